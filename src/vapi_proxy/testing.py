@@ -1,0 +1,97 @@
+"""Helpers for tests (ours and our users'): run an ASGI app as a real server on loopback.
+
+`ServerThread` starts uvicorn on 127.0.0.1 on a free port in a background thread with its own
+event loop, so tests speak real HTTP to it and behaviour that lives in the network (streaming,
+disconnects, timeouts, CORS) is exercised for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerThread:
+    """Runs `app` under uvicorn on loopback until `stop()` (or the end of a `with` block)."""
+
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        lifespan: str = "on",
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._config = uvicorn.Config(
+            app,
+            host=host,
+            port=self.port,
+            lifespan=lifespan,
+            log_level="warning",
+            access_log=False,
+            loop="asyncio",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(self._config)
+        self._thread: threading.Thread | None = None
+        self._startup_timeout = startup_timeout
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._server.serve())
+        finally:
+            loop.close()
+
+    def start(self) -> ServerThread:
+        self._thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self._startup_timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"server on {self.url} exited during start-up")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server on {self.url} did not start in time")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
