@@ -1,0 +1,34 @@
+"""Who is calling, as proven by a verified credential (never by the request body)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AuthMethod = Literal["jwt", "api_key", "anonymous"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    subject: str
+    """The caller: a JWT `sub`, an API key's name, or the client address for anonymous."""
+    method: AuthMethod
+    tenant: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    profiles: frozenset[str] | None = None
+    """Profiles this credential may use (API keys restrict this); None means no restriction."""
+
+    @property
+    def key(self) -> str:
+        """Stable key for limits and the ledger: the method keeps namespaces apart."""
+        return f"{self.method}:{self.subject}"
+
+    @property
+    def hashed(self) -> str:
+        """A short non-reversible tag for logs, so raw subjects stay out of them."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:16]
+
+
+ANONYMOUS_METHOD: AuthMethod = "anonymous"
