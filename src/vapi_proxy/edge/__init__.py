@@ -1,0 +1,1 @@
+"""Edge: pure ASGI middleware and request-level helpers."""

@@ -1,0 +1,1 @@
+"""Policy: the pure decisions — profiles, intake, access, body building."""

@@ -1,0 +1,1 @@
+"""Routes: thin HTTP handlers that wire edge, auth, policy, limits, upstream and ledger."""

@@ -1,0 +1,1 @@
+"""Upstream: the one seam through which the proxy speaks to Vapi."""
