@@ -19,6 +19,8 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=dict)
     profiles: frozenset[str] | None = None
     """Profiles this credential may use (API keys restrict this); None means no restriction."""
+    roles: frozenset[str] = frozenset()
+    """Roles or groups read from a verified credential (a JWT's `roles_claim`); empty otherwise."""
 
     @property
     def key(self) -> str:

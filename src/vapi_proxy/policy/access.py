@@ -1,0 +1,91 @@
+"""Who may use a profile: the `access:` rule and the pure check of an identity against it.
+
+Every condition set must hold (AND); within one condition any listed value will do (OR). Refusals
+name the profile but not the condition, so a caller learns nothing about other users' claims.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vapi_proxy.auth.claims import MISSING, lookup
+from vapi_proxy.auth.identity import AuthMethod, Identity
+from vapi_proxy.errors import ForbiddenError, UnauthorizedError
+
+ClaimValue = str | int | float | bool
+
+
+class AccessRule(BaseModel):
+    """Conditions an identity must meet to start a profile; the default admits any signed-in
+    caller (JWT or API key) and no anonymous one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    anonymous: bool = Field(
+        default=False,
+        description="Admit callers without a credential (the `anonymous` auth method must be "
+        "configured too). Other conditions still apply, so keep them empty here.",
+    )
+    claims: dict[str, list[ClaimValue]] = Field(
+        default_factory=dict,
+        description="Each named claim (dotted path allowed) must equal one of the listed values; "
+        "a list-valued claim matches when any element does.",
+    )
+    roles: list[str] = Field(
+        default_factory=list, description="The identity must hold at least one of these roles."
+    )
+    tenants: list[str] = Field(
+        default_factory=list, description="The identity's tenant must be one of these."
+    )
+    methods: list[AuthMethod] | None = Field(
+        default=None,
+        description="Authentication methods admitted (`jwt`, `api_key`, `anonymous`); unset "
+        "admits all that the other conditions allow.",
+    )
+
+
+def check_access(rule: AccessRule, identity: Identity, profile_name: str) -> None:
+    """Return if `identity` may use the profile; raise a readable refusal if not.
+
+    An anonymous caller refused gets a 401 (signing in would help) rather than a 403.
+    """
+    if identity.method == "anonymous" and not rule.anonymous:
+        raise UnauthorizedError(
+            f"Sign in to use the profile '{profile_name}'.", error="invalid_request"
+        )
+    if identity.profiles is not None and profile_name not in identity.profiles:
+        raise ForbiddenError(f"This API key may not use the profile '{profile_name}'.")
+    if not _admits(rule, identity):
+        raise ForbiddenError(f"Your account may not use the profile '{profile_name}'.")
+
+
+def _admits(rule: AccessRule, identity: Identity) -> bool:
+    if rule.methods is not None and identity.method not in rule.methods:
+        return False
+    if rule.tenants and identity.tenant not in rule.tenants:
+        return False
+    if rule.roles and identity.roles.isdisjoint(rule.roles):
+        return False
+    return all(
+        _claim_matches(lookup(identity.claims, path), allowed)
+        for path, allowed in rule.claims.items()
+    )
+
+
+def _claim_matches(value: Any, allowed: list[ClaimValue]) -> bool:
+    if value is MISSING or value is None:
+        return False
+    if isinstance(value, list | tuple):
+        return any(_equal(item, option) for item in value for option in allowed)
+    return any(_equal(value, option) for option in allowed)
+
+
+def _equal(value: Any, option: ClaimValue) -> bool:
+    # Python says True == 1; a claim `admin: true` must not match a rule value 1, nor "1".
+    if isinstance(value, bool) or isinstance(option, bool):
+        return type(value) is type(option) and value == option
+    if isinstance(value, int | float) and isinstance(option, int | float):
+        return value == option
+    return type(value) is type(option) and value == option
