@@ -1,0 +1,67 @@
+"""A local Vapi: the simulator tests, the demo and benchmarks talk to instead of api.vapi.ai.
+
+from vapi_proxy.sandbox import SandboxSettings, run_sandbox
+with run_sandbox(SandboxSettings(admin_enabled=True)) as sandbox:
+    sandbox.url, sandbox.settings.private_key, sandbox.state.calls
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+
+from ..testing import ServerThread
+from .app import create_app
+from .clock import Clock, ManualClock, SystemClock
+from .settings import (
+    BearerCredential,
+    FaultSpec,
+    HmacCredential,
+    SandboxSettings,
+    SeededAssistant,
+    SeededPhoneNumber,
+    ServerConfig,
+    TokenRestrictions,
+)
+from .state import SandboxState
+
+__all__ = [
+    "BearerCredential",
+    "Clock",
+    "FaultSpec",
+    "HmacCredential",
+    "ManualClock",
+    "RunningSandbox",
+    "SandboxSettings",
+    "SandboxState",
+    "SeededAssistant",
+    "SeededPhoneNumber",
+    "ServerConfig",
+    "SystemClock",
+    "TokenRestrictions",
+    "create_app",
+    "run_sandbox",
+]
+
+
+@dataclass(frozen=True)
+class RunningSandbox:
+    """A simulator serving on loopback: its base URL, settings, app and state."""
+
+    url: str
+    settings: SandboxSettings
+    app: Starlette
+    state: SandboxState
+
+
+@contextmanager
+def run_sandbox(
+    settings: SandboxSettings, *, clock: Clock | None = None, host: str = "127.0.0.1"
+) -> Iterator[RunningSandbox]:
+    """Serve the simulator on a free loopback port for the duration of the `with` block."""
+    app = create_app(settings, clock=clock)
+    with ServerThread(app, host=host) as server:
+        yield RunningSandbox(server.url, settings, app, app.state.sandbox)
