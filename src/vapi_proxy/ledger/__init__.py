@@ -1,0 +1,1 @@
+"""The call ledger: calls and the webhook events that changed them, over SQLite or PostgreSQL."""

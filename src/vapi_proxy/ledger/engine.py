@@ -1,0 +1,103 @@
+"""One async SQLAlchemy engine over SQLite (WAL) or PostgreSQL, shared by the ledger and limits.
+
+SQLite writers take the database lock up front (`BEGIN IMMEDIATE`) so a read-then-write is atomic
+across processes, and an in-process lock queues them so waiting happens on the event loop, not in
+SQLite's busy handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+def async_url(url: str) -> str:
+    """`sqlite:///x.db` → `sqlite+aiosqlite:///x.db`; `postgresql://…` → `…+asyncpg://…`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL: {url!r}")
+    base = scheme.split("+", 1)[0].lower()
+    if base not in _DRIVERS:
+        raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+    return f"{_DRIVERS[base]}://{rest}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for logs and health output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL is not worth a crash in a log line
+        return "<database url>"
+
+
+class Database:
+    """An engine plus the write discipline its dialect needs."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = async_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": timeout}
+        else:
+            kwargs["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 20
+            kwargs["pool_timeout"] = timeout
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            busy_ms = int(timeout * 1000)
+            _sqlite_discipline(self.engine, busy_ms)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that may write: serialised in-process on SQLite, committed on exit."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (a deferred one on SQLite: readers never block writers)."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(sqlite_begin="DEFERRED")
+            async with conn.begin():
+                yield conn
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_discipline(engine: AsyncEngine, busy_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below); pysqlite's implicit BEGIN is deferred, which lets two
+        # processes both read a counter before either writes it.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,22 @@
+"""Rate, quota, concurrency and budget limits as one atomic reservation per request."""
+
+from vapi_proxy.limits.base import (
+    AdmissionRequest,
+    HealthStatus,
+    Hold,
+    Limiter,
+    Reservation,
+    create_limiter,
+)
+from vapi_proxy.limits.config import LimitRule, LimitsSettings
+
+__all__ = [
+    "AdmissionRequest",
+    "HealthStatus",
+    "Hold",
+    "LimitRule",
+    "Limiter",
+    "LimitsSettings",
+    "Reservation",
+    "create_limiter",
+]

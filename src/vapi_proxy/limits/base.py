@@ -1,0 +1,120 @@
+"""The admission interface every limits backend implements, and the registry that picks one.
+
+One `reserve` checks and takes every applicable limit at once (all or nothing); the HTTP layer
+then `commit`s it with Vapi's call id or `release`s it, and webhooks `settle` it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from vapi_proxy.auth.identity import Identity
+
+if TYPE_CHECKING:
+    from vapi_proxy.limits.config import Kind, LimitsSettings
+
+Clock = Callable[[], float]
+"""Seconds since the epoch; tests pass a fake one instead of sleeping."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    identity: Identity
+    profile: str
+    kind: Kind = "call"
+    worst_case_seconds: float = 0.0
+    """The enforced `maxDurationSeconds`: held against minute budgets and bounding the slot."""
+    estimated_cost_usd: float | None = None
+    """Held against USD budgets until the end-of-call-report settles the real cost."""
+    now: float | None = None
+    """Seconds since the epoch; None means the limiter's clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One thing a reservation took: a count, an amount, or a concurrency slot."""
+
+    rule: str
+    what: Literal["rate", "quota", "minutes", "usd", "concurrency"]
+    key: str
+    amount: int
+    """1 for counts and slots; milliseconds for minutes; micro-dollars for USD."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    holds: tuple[Hold, ...] = ()
+    expires_at: float = 0.0
+    """When a concurrency slot is given back if the call never reports its end."""
+    degraded: bool = False
+    """Admitted without counting because the store was down and the rules fail open."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    ok: bool
+    backend: str
+    detail: str | None = None
+    failure_mode: str = "closed"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    async def reserve(self, req: AdmissionRequest) -> Reservation:
+        """Take every applicable limit or none; raises TooManyRequestsError or, when the store
+        is down and a rule fails closed, ServiceUnavailableError."""
+
+    async def commit(self, reservation: Reservation, call_id: str) -> None:
+        """The upstream call succeeded: tie the reservation to Vapi's call id."""
+
+    async def release(self, reservation: Reservation) -> None:
+        """The upstream call failed: give back everything the reservation took."""
+
+    async def settle(
+        self,
+        call_id: str,
+        *,
+        duration_seconds: float | None,
+        cost_usd: float | None,
+        ended_at: datetime | float | None = None,
+    ) -> None:
+        """The call ended: free its slot, replace held worst cases with actuals. Idempotent."""
+
+    async def expire(self, now: float | None = None) -> int:
+        """Free slots of calls past max duration + grace; returns how many were freed."""
+
+    async def health(self) -> HealthStatus: ...
+
+    async def aclose(self) -> None: ...
+
+
+# Scheme → "module:factory". Imported lazily so a deployment without Redis never imports it.
+BACKENDS: dict[str, str] = {
+    "memory": "vapi_proxy.limits.memory:MemoryStore",
+    "sqlite": "vapi_proxy.limits.sql:SqlStore",
+    "postgresql": "vapi_proxy.limits.sql:SqlStore",
+    "postgres": "vapi_proxy.limits.sql:SqlStore",
+    "redis": "vapi_proxy.limits.redis:RedisStore",
+    "rediss": "vapi_proxy.limits.redis:RedisStore",
+}
+
+
+def create_limiter(settings: LimitsSettings, *, clock: Clock = time.time) -> Limiter:
+    """The limiter for `settings.backend`, chosen by URL scheme."""
+    from vapi_proxy.limits.core import StoreLimiter
+
+    scheme = settings.backend.split(":", 1)[0].split("+", 1)[0].lower()
+    try:
+        target = BACKENDS[scheme]
+    except KeyError:
+        raise ValueError(f"no limits backend for scheme {scheme!r}") from None
+    module_name, _, attr = target.partition(":")
+    store_cls = getattr(importlib.import_module(module_name), attr)
+    return StoreLimiter(settings, store_cls(settings), clock=clock)

@@ -1,0 +1,198 @@
+"""The `limits:` settings: which store holds the counters and which rules apply to whom.
+
+Validated once at start-up and passed down to `create_limiter`; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vapi_proxy.auth.identity import AuthMethod
+
+FailureMode = Literal["closed", "open"]
+Kind = Literal["call", "chat"]
+Scope = Literal["identity", "tenant", "profile", "global"]
+
+
+class _Strict(BaseModel):
+    # A misspelt key in a limits file must be an error, not a limit silently not applied.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateLimit(_Strict):
+    """Admissions per fixed clock window (epoch-aligned second, minute, hour)."""
+
+    per_second: int | None = Field(None, ge=1, description="Most admissions in one second.")
+    per_minute: int | None = Field(None, ge=1, description="Most admissions in one minute.")
+    per_hour: int | None = Field(None, ge=1, description="Most admissions in one hour.")
+
+
+class QuotaLimit(_Strict):
+    """Admissions per calendar day or month in `limits.time_zone`."""
+
+    per_day: int | None = Field(
+        None, ge=0, description="Most admissions per calendar day (resets at local midnight)."
+    )
+    per_month: int | None = Field(
+        None, ge=0, description="Most admissions per calendar month (resets on the 1st)."
+    )
+
+
+class BudgetLimit(_Strict):
+    """Call minutes and USD per calendar day or month, settled from Vapi's end-of-call-report."""
+
+    minutes_per_day: float | None = Field(
+        None, ge=0, description="Call minutes per calendar day (worst case held until settled)."
+    )
+    minutes_per_month: float | None = Field(None, ge=0, description="Call minutes per month.")
+    usd_per_day: float | None = Field(
+        None, ge=0, description="USD cost per calendar day (estimate held until settled)."
+    )
+    usd_per_month: float | None = Field(None, ge=0, description="USD cost per month.")
+    admit_worst_case: bool = Field(
+        True,
+        description=(
+            "True: admit a call only if its worst case (maxDurationSeconds, estimated cost) fits "
+            "what is left. False: admit while anything is left (the last call may overrun)."
+        ),
+    )
+
+
+class RuleMatch(_Strict):
+    """Which requests a rule applies to; every given condition must hold (empty matches all)."""
+
+    profiles: list[str] | None = Field(None, description="Profile names the rule applies to.")
+    methods: list[AuthMethod] | None = Field(
+        None, description="Authentication methods (`jwt`, `api_key`, `anonymous`)."
+    )
+    tenants: list[str] | None = Field(None, description="Tenants the rule applies to.")
+    claims: dict[str, list[Any]] | None = Field(
+        None,
+        description=(
+            "Claim name to accepted values, e.g. `{plan: [pro, team]}`. A list-valued claim "
+            "matches when any of its items is accepted."
+        ),
+    )
+
+
+class LimitRule(_Strict):
+    """One named limit: who it counts together (scope), whom it applies to, and its caps."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Unique name; part of every counter key, so renaming resets the counters.",
+    )
+    scope: Scope = Field(
+        "identity",
+        description=(
+            "Who shares one counter: each `identity`, each `tenant` (identities without a tenant "
+            "count on their own), each `profile`, or everyone (`global`)."
+        ),
+    )
+    per_profile: bool = Field(
+        False, description="Keep a separate counter for each profile within the scope."
+    )
+    group: str | None = Field(
+        None,
+        description=(
+            "Rules sharing a group are alternatives: only the first matching one (in file "
+            "order) applies. Use it for tiers, e.g. `pro` before a catch-all `free`."
+        ),
+    )
+    match: RuleMatch = Field(default_factory=RuleMatch, description="Whom the rule applies to.")
+    kinds: list[Kind] = Field(
+        default_factory=lambda: list[Kind](["call"]),
+        min_length=1,
+        description="What the rule counts: `call` starts, `chat` turns, or both (counted apart).",
+    )
+    rate: RateLimit | None = Field(None, description="Admissions per second, minute, hour.")
+    quota: QuotaLimit | None = Field(None, description="Admissions per calendar day, month.")
+    concurrency: int | None = Field(
+        None, ge=0, description="Live calls at once; a slot is held until the call is settled."
+    )
+    budget: BudgetLimit | None = Field(None, description="Minutes and USD per day, month.")
+    failure_mode: FailureMode | None = Field(
+        None,
+        description="When the store is unreachable: refuse (`closed`) or admit (`open`); "
+        "defaults to `limits.failure_mode`.",
+    )
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> LimitRule:
+        if all(x is None for x in (self.rate, self.quota, self.concurrency, self.budget)):
+            raise ValueError(f"limit rule {self.name!r} sets no rate, quota, concurrency or budget")
+        return self
+
+
+class LimitsSettings(_Strict):
+    """Everything the limiter needs; see docs/limits.md for the YAML shape."""
+
+    backend: str = Field(
+        "memory://",
+        description=(
+            "Where counters live: `memory://` (one process), `sqlite:///path.db` (one machine, "
+            "any number of workers), `postgresql://…` or `redis://…` (several replicas)."
+        ),
+    )
+    time_zone: str = Field(
+        "UTC", description="IANA zone whose midnight and 1st of the month reset quotas, budgets."
+    )
+    grace_seconds: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "A call's concurrency slot expires this long after its maxDurationSeconds if no "
+            "end-of-call-report arrives."
+        ),
+    )
+    failure_mode: FailureMode = Field(
+        "closed",
+        description="Default for rules when the store is unreachable: `closed` refuses (503), "
+        "`open` admits without counting.",
+    )
+    namespace: str = Field(
+        "vapi-proxy",
+        min_length=1,
+        description="Prefix of every key the limiter writes, so deployments can share a store.",
+    )
+    timeout_seconds: float = Field(
+        2.0, gt=0, description="How long one store operation may take before it counts as down."
+    )
+    rules: list[LimitRule] = Field(default_factory=list, description="The limits, in order.")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in {"memory", "sqlite", "postgresql", "postgres", "redis", "rediss"}:
+            raise ValueError(
+                f"limits backend {value!r}: use memory://, sqlite:///…, postgresql://… or redis://…"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> LimitsSettings:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"two limit rules are named {rule.name!r}")
+            seen.add(rule.name)
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)

@@ -1,0 +1,472 @@
+"""What every backend shares: which rules apply, which counters a request touches, refusal text.
+
+`StoreLimiter` turns an `AdmissionRequest` into a plan of counter and slot checks (pure), hands
+the plan to a `LimitStore` that checks and takes it atomically, and turns shortfalls into 429s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
+from vapi_proxy.limits.base import (
+    AdmissionRequest,
+    Clock,
+    HealthStatus,
+    Hold,
+    Reservation,
+)
+from vapi_proxy.limits.config import LimitRule, LimitsSettings, RuleMatch
+
+log = logging.getLogger(__name__)
+
+# Counters outlive their window a little so a settle arriving just after midnight still lands.
+COUNTER_MARGIN_SECONDS = 3600.0
+# A reservation record is kept this long after its slot expires, for late end-of-call-reports.
+RECORD_KEEP_SECONDS = 86400.0
+# Concurrency refusals cannot know when a call will end; this caps the Retry-After we promise.
+CONCURRENCY_RETRY_CAP_SECONDS = 30
+
+MS_PER_SECOND = 1000
+MICRO_USD = 1_000_000
+
+Period = Literal["second", "minute", "hour", "day", "month"]
+_FIXED: dict[Period, int] = {"second": 1, "minute": 60, "hour": 3600}
+
+
+class StoreUnavailableError(Exception):
+    """The backing store could not be reached or answered in time (internal to limits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCheck:
+    hold: Hold
+    limit: int
+    fit: bool
+    """True: current + amount must fit the limit. False: current must be below it."""
+    period: Period
+    window_end: float
+    ttl: float
+    """Seconds from now the counter must live (window end plus a margin)."""
+    rule: LimitRule
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCheck:
+    hold: Hold
+    limit: int
+    rule: LimitRule
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    index: int
+    """Position in counters + slots (counters first)."""
+    current: int
+    earliest_expiry: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    counters: tuple[CounterCheck, ...]
+    slots: tuple[SlotCheck, ...]
+
+    @property
+    def holds(self) -> tuple[Hold, ...]:
+        return tuple(c.hold for c in self.counters) + tuple(s.hold for s in self.slots)
+
+
+class LimitStore(Protocol):
+    """The one seam per backend: atomic check-and-take, and the bookkeeping around it.
+
+    Every method raises `StoreUnavailableError` when the store cannot be reached.
+    """
+
+    name: str
+
+    async def reserve(
+        self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
+    ) -> list[Shortfall]: ...
+
+    async def commit(self, rid: str, call_id: str, *, now: float) -> None: ...
+
+    async def release(self, rid: str, *, now: float) -> None: ...
+
+    async def settle(
+        self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
+    ) -> None: ...
+
+    async def expire(self, now: float) -> int: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- which rules apply -------------------------------------------------------------------------
+
+
+def _matches(match: RuleMatch, req: AdmissionRequest) -> bool:
+    ident = req.identity
+    if match.profiles is not None and req.profile not in match.profiles:
+        return False
+    if match.methods is not None and ident.method not in match.methods:
+        return False
+    if match.tenants is not None and ident.tenant not in match.tenants:
+        return False
+    for claim, accepted in (match.claims or {}).items():
+        if claim not in ident.claims:
+            return False
+        value = ident.claims[claim]
+        values = value if isinstance(value, list | tuple | set | frozenset) else [value]
+        if not any(v in accepted for v in values):
+            return False
+    return True
+
+
+def applicable_rules(rules: Sequence[LimitRule], req: AdmissionRequest) -> list[LimitRule]:
+    """Rules in file order whose match and kinds fit; only the first of each group."""
+    chosen: list[LimitRule] = []
+    groups: set[str] = set()
+    for rule in rules:
+        if req.kind not in rule.kinds or not _matches(rule.match, req):
+            continue
+        if rule.group is not None:
+            if rule.group in groups:
+                continue
+            groups.add(rule.group)
+        chosen.append(rule)
+    return chosen
+
+
+# --- which counters a request touches ----------------------------------------------------------
+
+
+def scope_key(rule: LimitRule, req: AdmissionRequest) -> str:
+    ident = req.identity
+    if rule.scope == "identity":
+        key = f"i={ident.key}"
+    elif rule.scope == "tenant":
+        # No tenant: the identity is its own tenant, never lumped with other tenantless callers.
+        key = f"t={ident.tenant}" if ident.tenant is not None else f"i={ident.key}"
+    elif rule.scope == "profile":
+        return f"p={req.profile}"
+    else:
+        key = "*"
+    if rule.per_profile:
+        key += f"|p={req.profile}"
+    return key
+
+
+def calendar_window(now: float, zone: ZoneInfo, period: Period) -> tuple[str, float]:
+    """(window id, end as epoch seconds) of the calendar day or month containing `now`."""
+    local = datetime.fromtimestamp(now, zone)
+    if period == "day":
+        nxt: date = local.date() + timedelta(days=1)
+        wid = local.strftime("%Y-%m-%d")
+    else:
+        nxt = date(local.year + (local.month == 12), local.month % 12 + 1, 1)
+        wid = local.strftime("%Y-%m")
+    end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=zone).timestamp()
+    return wid, end
+
+
+def fixed_window(now: float, period: Period) -> tuple[str, float]:
+    size = _FIXED[period]
+    start = math.floor(now / size) * size
+    return str(start), float(start + size)
+
+
+def make_plan(
+    settings: LimitsSettings, rules: Sequence[LimitRule], req: AdmissionRequest, now: float
+) -> Plan:
+    zone = settings.zone
+    ns = settings.namespace
+    counters: list[CounterCheck] = []
+    slots: list[SlotCheck] = []
+    worst_ms = max(0, round(req.worst_case_seconds * MS_PER_SECOND))
+    est_micro = max(0, round((req.estimated_cost_usd or 0.0) * MICRO_USD))
+
+    for rule in rules:
+        base = f"{ns}:{rule.name}:{scope_key(rule, req)}:{req.kind}"
+
+        def counter(
+            what: Literal["rate", "quota", "minutes", "usd"],
+            period: Period,
+            limit: int,
+            amount: int,
+            fit: bool,
+            rule: LimitRule = rule,
+            base: str = base,
+        ) -> None:
+            if period in _FIXED:
+                wid, end = fixed_window(now, period)
+            else:
+                wid, end = calendar_window(now, zone, period)
+            hold = Hold(rule.name, what, f"{base}:{what}:{period}:{wid}", amount)
+            ttl = end - now + COUNTER_MARGIN_SECONDS
+            counters.append(CounterCheck(hold, limit, fit, period, end, ttl, rule))
+
+        if rule.rate is not None:
+            r = rule.rate
+            rates: list[tuple[Period, int | None]] = [
+                ("second", r.per_second),
+                ("minute", r.per_minute),
+                ("hour", r.per_hour),
+            ]
+            for period, limit in rates:
+                if limit is not None:
+                    counter("rate", period, limit, 1, True)
+        if rule.quota is not None:
+            quotas: list[tuple[Period, int | None]] = [
+                ("day", rule.quota.per_day),
+                ("month", rule.quota.per_month),
+            ]
+            for period, limit in quotas:
+                if limit is not None:
+                    counter("quota", period, limit, 1, True)
+        if rule.budget is not None:
+            b = rule.budget
+            minutes: list[tuple[Period, float | None]] = [
+                ("day", b.minutes_per_day),
+                ("month", b.minutes_per_month),
+            ]
+            for period, cap in minutes:
+                if cap is not None:
+                    limit_ms = round(cap * 60 * MS_PER_SECOND)
+                    counter("minutes", period, limit_ms, worst_ms, b.admit_worst_case)
+            dollars: list[tuple[Period, float | None]] = [
+                ("day", b.usd_per_day),
+                ("month", b.usd_per_month),
+            ]
+            for period, cap in dollars:
+                if cap is not None:
+                    limit_micro = round(cap * MICRO_USD)
+                    counter("usd", period, limit_micro, est_micro, b.admit_worst_case)
+        if rule.concurrency is not None:
+            slots.append(
+                SlotCheck(
+                    Hold(rule.name, "concurrency", f"{base}:slots", 1), rule.concurrency, rule
+                )
+            )
+    return Plan(tuple(counters), tuple(slots))
+
+
+# --- refusal text ------------------------------------------------------------------------------
+
+
+def _num(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def _noun(kind: str, n: float) -> str:
+    one = "call" if kind == "call" else "chat message"
+    return one if n == 1 else one + "s"
+
+
+def _who(rule: LimitRule, req: AdmissionRequest) -> tuple[str, str, str]:
+    """(subject with verb 'has', possessive, ' on profile' suffix)."""
+    pp = f" on '{req.profile}'" if rule.per_profile and rule.scope != "profile" else ""
+    if rule.scope == "identity":
+        return "You have", "your", pp
+    if rule.scope == "tenant":
+        return "Your organisation has", "its", pp
+    if rule.scope == "profile":
+        return f"The '{req.profile}' profile has", "its", ""
+    return "The service has", "its", pp
+
+
+def _reset_text(period: Period, end: float, zone: ZoneInfo) -> str:
+    local = datetime.fromtimestamp(end, zone)
+    clock = f"{local:%H:%M} {zone.key}"
+    if period == "day":
+        return f"at {clock}"
+    return f"on {local.day} {local:%B} at {clock}"
+
+
+def refusal(
+    check: CounterCheck | SlotCheck,
+    short: Shortfall,
+    req: AdmissionRequest,
+    now: float,
+    zone: ZoneInfo,
+) -> TooManyRequestsError:
+    """A 429 whose message a person can act on, with an honest Retry-After."""
+    rule = check.rule
+    who, poss, pp = _who(rule, req)
+    noun = _noun(req.kind, check.limit)
+    if isinstance(check, SlotCheck):
+        wait = CONCURRENCY_RETRY_CAP_SECONDS
+        if short.earliest_expiry is not None:
+            wait = min(wait, max(1, math.ceil(short.earliest_expiry - now)))
+        msg = (
+            f"{who} {short.current} {_noun(req.kind, short.current)}{pp} in progress, the "
+            f"most allowed at once; try again when one ends."
+        )
+        return TooManyRequestsError(msg, retry_after=wait)
+
+    wait = max(1, math.ceil(check.window_end - now))
+    what = check.hold.what
+    if what == "rate":
+        scope_txt = {
+            "identity": "",
+            "tenant": " from your organisation",
+            "profile": f" to '{req.profile}'",
+            "global": " overall",
+        }[rule.scope]
+        msg = (
+            f"Too many {_noun(req.kind, 2)}{scope_txt}{pp}: the limit is {check.limit} per "
+            f"{check.period}. Try again in {wait} second{'s' if wait != 1 else ''}."
+        )
+        return TooManyRequestsError(msg, retry_after=wait)
+
+    span = "today" if check.period == "day" else "this month"
+    reset = _reset_text(check.period, check.window_end, zone)
+    if what == "quota":
+        if check.limit == 0:
+            msg = f"No {noun}{pp} are allowed {span}; the quota resets {reset}."
+        else:
+            msg = (
+                f"{who} used {poss} {check.limit} {noun}{pp} for {span}; the quota resets {reset}."
+            )
+        return TooManyRequestsError(msg, retry_after=wait)
+
+    if what == "minutes":
+        used, limit = short.current / 60000, check.limit / 60000
+        worst = check.hold.amount / 60000
+        unit = "call minutes"
+        used_txt, limit_txt, worst_txt = _num(used), _num(limit), f"{_num(worst)} minutes"
+    else:
+        used, limit = short.current / MICRO_USD, check.limit / MICRO_USD
+        unit = "USD budget"
+        used_txt, limit_txt = f"${used:.2f}", f"${limit:.2f}"
+        worst_txt = f"${check.hold.amount / MICRO_USD:.2f}"
+    if check.fit and short.current < check.limit:
+        limit_phrase = f"{limit_txt} {unit}"
+        msg = (
+            f"{who} used {used_txt} of {poss} {limit_phrase}{pp} for {span}, and this call "
+            f"could cost up to {worst_txt}; the budget resets {reset}."
+        )
+    else:
+        msg = f"{who} used all {poss} {limit_txt} {unit}{pp} for {span}; the budget resets {reset}."
+    return TooManyRequestsError(msg, retry_after=wait)
+
+
+# --- the limiter -------------------------------------------------------------------------------
+
+
+class StoreLimiter:
+    """A `Limiter` over any `LimitStore`: planning, refusals and failure modes live here."""
+
+    def __init__(self, settings: LimitsSettings, store: LimitStore, *, clock: Clock) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+
+    @property
+    def store(self) -> LimitStore:
+        return self._store
+
+    def _mode(self, rule: LimitRule) -> str:
+        return rule.failure_mode or self._settings.failure_mode
+
+    async def reserve(self, req: AdmissionRequest) -> Reservation:
+        now = req.now if req.now is not None else self._clock()
+        rules = applicable_rules(self._settings.rules, req)
+        rid = uuid.uuid4().hex
+        expires_at = now + max(0.0, req.worst_case_seconds) + self._settings.grace_seconds
+        if not rules:
+            return Reservation(rid, (), expires_at)
+        plan = make_plan(self._settings, rules, req, now)
+        try:
+            shortfalls = await self._store.reserve(
+                rid,
+                plan,
+                now=now,
+                expires_at=expires_at,
+                keep_until=expires_at + RECORD_KEEP_SECONDS,
+            )
+        except StoreUnavailableError as exc:
+            closed = [r.name for r in rules if self._mode(r) == "closed"]
+            if closed:
+                log.warning(
+                    "limits store %s down; refusing (fail closed: %s): %s",
+                    self._store.name,
+                    ", ".join(closed),
+                    exc,
+                )
+                raise ServiceUnavailableError(
+                    "Usage limits cannot be checked right now; please try again shortly."
+                ) from exc
+            log.warning(
+                "limits store %s down; admitting uncounted (fail open): %s", self._store.name, exc
+            )
+            return Reservation(rid, (), expires_at, degraded=True)
+        if shortfalls:
+            checks: list[CounterCheck | SlotCheck] = [*plan.counters, *plan.slots]
+            errors = [
+                refusal(checks[s.index], s, req, now, self._settings.zone) for s in shortfalls
+            ]
+            # The longest wait is the honest one: retrying sooner fails on that limit anyway.
+            raise max(errors, key=lambda e: e.retry_after)
+        return Reservation(rid, plan.holds, expires_at)
+
+    async def commit(self, reservation: Reservation, call_id: str) -> None:
+        if not reservation.holds:
+            return
+        try:
+            await self._store.commit(reservation.id, call_id, now=self._clock())
+        except StoreUnavailableError as exc:
+            # The call exists upstream; failing the request now would orphan it. The slot
+            # still frees itself at its expiry.
+            log.warning("limits store down; commit of %s not recorded: %s", call_id, exc)
+
+    async def release(self, reservation: Reservation) -> None:
+        if not reservation.holds:
+            return
+        try:
+            await self._store.release(reservation.id, now=self._clock())
+        except StoreUnavailableError as exc:
+            log.warning("limits store down; reservation %s left to expire: %s", reservation.id, exc)
+
+    async def settle(
+        self,
+        call_id: str,
+        *,
+        duration_seconds: float | None,
+        cost_usd: float | None,
+        ended_at: datetime | float | None = None,
+    ) -> None:
+        ms = None if duration_seconds is None else max(0, round(duration_seconds * MS_PER_SECOND))
+        micro = None if cost_usd is None else max(0, round(cost_usd * MICRO_USD))
+        try:
+            await self._store.settle(
+                call_id, actual_ms=ms, actual_micro_usd=micro, now=self._clock()
+            )
+        except StoreUnavailableError as exc:
+            raise ServiceUnavailableError("Usage limits store is unavailable.") from exc
+
+    async def expire(self, now: float | None = None) -> int:
+        try:
+            return await self._store.expire(self._clock() if now is None else now)
+        except StoreUnavailableError as exc:
+            raise ServiceUnavailableError("Usage limits store is unavailable.") from exc
+
+    async def health(self) -> HealthStatus:
+        try:
+            await self._store.ping()
+        except StoreUnavailableError as exc:
+            return HealthStatus(
+                False, self._store.name, str(exc) or type(exc).__name__, self._settings.failure_mode
+            )
+        return HealthStatus(True, self._store.name, None, self._settings.failure_mode)
+
+    async def aclose(self) -> None:
+        await self._store.aclose()

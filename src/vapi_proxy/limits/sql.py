@@ -1,0 +1,296 @@
+"""Limits store in SQLite or PostgreSQL: one transaction per reservation, correct across processes.
+
+SQLite takes the database write lock at BEGIN (`BEGIN IMMEDIATE`); PostgreSQL upserts every
+counter row it needs and locks them in key order (`FOR UPDATE`), so concurrent reservations on
+the same counters queue instead of racing, and never deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vapi_proxy.ledger.engine import Database, redact
+from vapi_proxy.limits.config import LimitsSettings
+from vapi_proxy.limits.core import Plan, Shortfall, StoreUnavailableError
+
+metadata = sa.MetaData()
+
+counters = sa.Table(
+    "limit_counters",
+    metadata,
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+slots = sa.Table(
+    "limit_slots",
+    metadata,
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("reservation_id", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_limit_slots_reservation", "reservation_id"),
+)
+reservations = sa.Table(
+    "limit_reservations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("namespace", sa.String(128), nullable=False),
+    sa.Column("call_key", sa.String(512), unique=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("keep_until", sa.Float, nullable=False),
+    sa.Column("holds", sa.Text, nullable=False),
+    sa.Index("ix_limit_reservations_expiry", "namespace", "state", "expires_at"),
+)
+
+LIVE = ("pending", "committed")
+_SCHEMA_LOCK_ID = 0x7661_7069  # arbitrary, constant: serialises CREATE TABLE across replicas
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Translate driver and network failures into StoreUnavailableError at one boundary."""
+
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (
+            sa.exc.OperationalError,
+            sa.exc.InterfaceError,
+            sa.exc.DBAPIError,
+            OSError,
+            TimeoutError,
+        ) as exc:
+            raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+
+    return wrapper
+
+
+class SqlStore:
+    def __init__(self, settings: LimitsSettings) -> None:
+        self._db = Database(settings.backend, timeout=settings.timeout_seconds)
+        self.name = f"{self._db.dialect} ({redact(settings.backend)})"
+        self._ns = settings.namespace
+        self._ready = False
+        self._schema_lock = asyncio.Lock()
+
+    def _insert(self, table: sa.Table) -> Any:
+        dialect = postgresql if self._db.dialect == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    async def _ensure_schema(self) -> None:
+        if self._ready:
+            return
+        async with self._schema_lock:  # a burst at start-up creates the tables once
+            if self._ready:
+                return
+            async with self._db.write() as conn:
+                if self._db.dialect == "postgresql":
+                    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
+                await conn.run_sync(metadata.create_all)
+            self._ready = True
+
+    @_unavailable
+    async def reserve(
+        self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
+    ) -> list[Shortfall]:
+        await self._ensure_schema()
+        slot_keys = [s.hold.key for s in plan.slots]
+        # Every counter, plus one anchor row per slot bucket so slot counting is serialised too.
+        anchors = {c.hold.key: now + c.ttl for c in plan.counters}
+        for key in slot_keys:
+            anchors.setdefault(key, keep_until)
+        keys = sorted(anchors)
+        async with self._db.write() as conn:
+            ins = self._insert(counters).values(
+                [{"key": k, "value": 0, "expires_at": anchors[k]} for k in keys]
+            )
+            await conn.execute(ins.on_conflict_do_nothing(index_elements=["key"]))
+            rows = await conn.execute(
+                sa.select(counters.c.key, counters.c.value)
+                .where(counters.c.key.in_(keys))
+                .order_by(counters.c.key)
+                .with_for_update()
+            )
+            current = {k: int(v) for k, v in rows}
+            live: dict[str, tuple[int, float | None]] = {}
+            if slot_keys:
+                res = await conn.execute(
+                    sa.select(slots.c.key, sa.func.count(), sa.func.min(slots.c.expires_at))
+                    .where(slots.c.key.in_(slot_keys), slots.c.expires_at > now)
+                    .group_by(slots.c.key)
+                )
+                live = {k: (int(n), e) for k, n, e in res}
+            short: list[Shortfall] = []
+            for i, c in enumerate(plan.counters):
+                cur = current.get(c.hold.key, 0)
+                ok = cur + c.hold.amount <= c.limit if c.fit else cur < c.limit
+                if not ok:
+                    short.append(Shortfall(i, cur))
+            for j, s in enumerate(plan.slots):
+                n, earliest = live.get(s.hold.key, (0, None))
+                if n >= s.limit:
+                    short.append(Shortfall(len(plan.counters) + j, n, earliest))
+            if short:
+                await conn.rollback()
+                return short
+            bumps = [c for c in plan.counters if c.hold.amount]
+            if bumps:
+                await conn.execute(
+                    counters.update()
+                    .where(counters.c.key == sa.bindparam("k"))
+                    .values(value=counters.c.value + sa.bindparam("amt")),
+                    [{"k": c.hold.key, "amt": c.hold.amount} for c in bumps],
+                )
+            if slot_keys:
+                await conn.execute(
+                    slots.insert(),
+                    [
+                        {"key": k, "reservation_id": rid, "expires_at": expires_at}
+                        for k in slot_keys
+                    ],
+                )
+            await conn.execute(
+                reservations.insert().values(
+                    id=rid,
+                    namespace=self._ns,
+                    call_key=None,
+                    state="pending",
+                    expires_at=expires_at,
+                    keep_until=keep_until,
+                    holds=json.dumps([[h.what, h.key, h.amount] for h in plan.holds]),
+                )
+            )
+        return []
+
+    @_unavailable
+    async def commit(self, rid: str, call_id: str, *, now: float) -> None:
+        await self._ensure_schema()
+        async with self._db.write() as conn:
+            await conn.execute(
+                reservations.update()
+                .where(reservations.c.id == rid, reservations.c.state == "pending")
+                .values(state="committed", call_key=f"{self._ns}:{call_id}")
+            )
+
+    async def _finish(
+        self,
+        conn: AsyncConnection,
+        where: sa.ColumnElement[bool],
+        states: tuple[str, ...],
+        new_state: str,
+        deltas: Callable[[str, int], int | None],
+    ) -> None:
+        row = (
+            await conn.execute(
+                sa.select(reservations.c.id, reservations.c.state, reservations.c.holds)
+                .where(where)
+                .with_for_update()
+            )
+        ).first()
+        if row is None or row.state not in states:
+            return
+        changes: dict[str, int] = {}
+        for what, key, amount in json.loads(row.holds):
+            delta = deltas(what, amount)
+            if delta:
+                changes[key] = changes.get(key, 0) + delta
+        for key in sorted(changes):  # key order, like reserve: no lock-order deadlocks
+            new = counters.c.value + changes[key]
+            await conn.execute(
+                counters.update()
+                .where(counters.c.key == key)
+                .values(value=sa.case((new < 0, 0), else_=new))
+            )
+        await conn.execute(slots.delete().where(slots.c.reservation_id == row.id))
+        await conn.execute(
+            reservations.update().where(reservations.c.id == row.id).values(state=new_state)
+        )
+
+    @_unavailable
+    async def release(self, rid: str, *, now: float) -> None:
+        await self._ensure_schema()
+
+        def give_back(what: str, amount: int) -> int | None:
+            return None if what == "concurrency" else -amount
+
+        async with self._db.write() as conn:
+            await self._finish(conn, reservations.c.id == rid, LIVE, "released", give_back)
+
+    @_unavailable
+    async def settle(
+        self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
+    ) -> None:
+        await self._ensure_schema()
+
+        def true_up(what: str, amount: int) -> int | None:
+            actual = {"minutes": actual_ms, "usd": actual_micro_usd}.get(what)
+            return None if actual is None else actual - amount
+
+        async with self._db.write() as conn:
+            await self._finish(
+                conn,
+                reservations.c.call_key == f"{self._ns}:{call_id}",
+                (*LIVE, "expired"),
+                "settled",
+                true_up,
+            )
+
+    @_unavailable
+    async def expire(self, now: float) -> int:
+        await self._ensure_schema()
+        async with self._db.write() as conn:
+            ids = list(
+                (
+                    await conn.execute(
+                        sa.select(reservations.c.id)
+                        .where(
+                            reservations.c.namespace == self._ns,
+                            reservations.c.state.in_(LIVE),
+                            reservations.c.expires_at <= now,
+                        )
+                        .limit(1000)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
+            )
+            if ids:
+                await conn.execute(slots.delete().where(slots.c.reservation_id.in_(ids)))
+                await conn.execute(
+                    reservations.update().where(reservations.c.id.in_(ids)).values(state="expired")
+                )
+            await conn.execute(
+                reservations.delete().where(
+                    reservations.c.namespace == self._ns, reservations.c.keep_until <= now
+                )
+            )
+            # Keys start with the namespace; a range is index-friendly where LIKE may not be.
+            lo, hi = f"{self._ns}:", f"{self._ns};"
+            await conn.execute(
+                counters.delete().where(
+                    counters.c.key >= lo, counters.c.key < hi, counters.c.expires_at <= now
+                )
+            )
+            await conn.execute(
+                slots.delete().where(slots.c.key >= lo, slots.c.key < hi, slots.c.expires_at <= now)
+            )
+        return len(ids)
+
+    @_unavailable
+    async def ping(self) -> None:
+        async with self._db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def aclose(self) -> None:
+        await self._db.aclose()

@@ -1,0 +1,342 @@
+"""One contract for every limits backend (memory, SQLite, PostgreSQL, Redis): same inputs, same
+admissions, same refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from conftest import FakeClock, MakeLimiter
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.errors import TooManyRequestsError
+from vapi_proxy.limits import AdmissionRequest, Limiter, Reservation
+
+ALICE = Identity(subject="alice", method="jwt", tenant="acme", claims={"plan": "free"})
+BOB = Identity(subject="bob", method="jwt", tenant="acme", claims={"plan": "pro"})
+CAROL = Identity(subject="carol", method="api_key", tenant=None, claims={"roles": ["ops", "x"]})
+
+
+def at(iso: str) -> float:
+    return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
+
+
+def req(identity: Identity = ALICE, **kw: Any) -> AdmissionRequest:
+    kw.setdefault("profile", "support")
+    return AdmissionRequest(identity=identity, **kw)
+
+
+async def refused(limiter: Limiter, request: AdmissionRequest) -> TooManyRequestsError:
+    with pytest.raises(TooManyRequestsError) as info:
+        await limiter.reserve(request)
+    return info.value
+
+
+async def start(limiter: Limiter, call_id: str, request: AdmissionRequest) -> Reservation:
+    r = await limiter.reserve(request)
+    await limiter.commit(r, call_id)
+    return r
+
+
+async def test_no_applicable_rule_admits(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(
+        [{"name": "pro", "match": {"claims": {"plan": ["pro"]}}, "quota": {"per_day": 0}}]
+    )
+    for _ in range(5):
+        r = await limiter.reserve(req())
+        assert r.holds == ()
+    await refused(limiter, req(BOB))
+
+
+async def test_rate_per_minute_fixed_window(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    clock.t = at("2026-05-01T10:00:15")
+    limiter = await make_limiter([{"name": "r", "rate": {"per_minute": 3}}])
+    for _ in range(3):
+        await limiter.reserve(req())
+    err = await refused(limiter, req())
+    assert err.retry_after == 45
+    assert err.headers["Retry-After"] == "45"
+    assert err.message == "Too many calls: the limit is 3 per minute. Try again in 45 seconds."
+    await limiter.reserve(req(BOB))  # another identity has its own counter
+    clock.advance(45)
+    await limiter.reserve(req())
+
+
+async def test_quota_resets_at_local_midnight(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    clock.t = at("2026-03-10T22:30:00")  # 23:30 in Paris (UTC+1 in March before DST)
+    limiter = await make_limiter([{"name": "q", "quota": {"per_day": 5}}], time_zone="Europe/Paris")
+    for _ in range(5):
+        await limiter.reserve(req())
+    err = await refused(limiter, req())
+    assert err.message == (
+        "You have used your 5 calls for today; the quota resets at 00:00 Europe/Paris."
+    )
+    assert err.retry_after == 1800
+    clock.advance(1799)
+    await refused(limiter, req())
+    clock.advance(1)
+    await limiter.reserve(req())
+
+
+async def test_quota_default_zone_message(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    clock.t = at("2026-05-01T23:00:00")
+    limiter = await make_limiter([{"name": "q", "quota": {"per_day": 1}}])
+    await limiter.reserve(req())
+    err = await refused(limiter, req())
+    assert err.message == "You have used your 1 call for today; the quota resets at 00:00 UTC."
+    assert err.retry_after == 3600
+
+
+async def test_quota_month_rollover(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    clock.t = at("2026-01-31T23:00:00")
+    limiter = await make_limiter([{"name": "m", "scope": "tenant", "quota": {"per_month": 2}}])
+    await limiter.reserve(req(ALICE))
+    await limiter.reserve(req(BOB))  # same tenant: one counter
+    err = await refused(limiter, req(ALICE))
+    assert err.message == (
+        "Your organisation has used its 2 calls for this month; "
+        "the quota resets on 1 February at 00:00 UTC."
+    )
+    assert err.retry_after == 3600
+    await limiter.reserve(req(CAROL))  # no tenant: counted on its own
+    clock.t = at("2026-02-01T00:00:00")
+    await limiter.reserve(req(ALICE))
+
+
+async def test_concurrency_held_until_settle(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter([{"name": "c", "concurrency": 2}])
+    await start(limiter, "call-1", req(worst_case_seconds=600))
+    await start(limiter, "call-2", req(worst_case_seconds=600))
+    err = await refused(limiter, req(worst_case_seconds=600))
+    assert err.message == (
+        "You have 2 calls in progress, the most allowed at once; try again when one ends."
+    )
+    assert 1 <= err.retry_after <= 30
+    await limiter.settle("call-1", duration_seconds=30, cost_usd=0.1)
+    await start(limiter, "call-3", req(worst_case_seconds=600))
+    await refused(limiter, req(worst_case_seconds=600))
+
+
+async def test_release_gives_back_everything(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(
+        [
+            {
+                "name": "all",
+                "quota": {"per_day": 1},
+                "rate": {"per_second": 1},
+                "concurrency": 1,
+                "budget": {"minutes_per_day": 5},
+            },
+        ]
+    )
+    r = await limiter.reserve(req(worst_case_seconds=300))
+    await refused(limiter, req(worst_case_seconds=300))
+    await limiter.release(r)
+    await limiter.release(r)  # twice is harmless
+    r2 = await limiter.reserve(req(worst_case_seconds=300))
+    assert {h.what for h in r2.holds} == {"quota", "rate", "concurrency", "minutes"}
+
+
+async def test_minutes_budget_settles_actual_and_is_idempotent(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter([{"name": "b", "budget": {"minutes_per_day": 10}}])
+    four = {"worst_case_seconds": 240}
+    await start(limiter, "a", req(**four))
+    await start(limiter, "b", req(**four))  # 8 of 10 minutes held
+    err = await refused(limiter, req(**four))
+    assert "You have used 8 of your 10 call minutes for today" in err.message
+    assert "could cost up to 4 minutes" in err.message
+    await limiter.settle("a", duration_seconds=60, cost_usd=None)  # 4 → 1: 5 held
+    await start(limiter, "c", req(**four))  # 9 held
+    await limiter.settle("a", duration_seconds=0, cost_usd=None)  # second settle: ignored
+    await limiter.settle("unknown-call", duration_seconds=0, cost_usd=None)
+    err = await refused(limiter, req(**four))
+    assert "used 9 of your 10 call minutes" in err.message
+
+
+async def test_usd_budget_uses_estimate_then_actual(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter([{"name": "u", "budget": {"usd_per_day": 1.0}}])
+    est = {"estimated_cost_usd": 0.4}
+    await start(limiter, "a", req(**est))
+    await start(limiter, "b", req(**est))
+    err = await refused(limiter, req(**est))
+    assert "You have used $0.80 of your $1.00 USD budget for today" in err.message
+    await limiter.settle("a", duration_seconds=10, cost_usd=0.1)
+    await start(limiter, "c", req(**est))  # 0.1 + 0.4 + 0.4
+
+
+async def test_budget_without_worst_case_admits_while_anything_left(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = await make_limiter(
+        [{"name": "b", "budget": {"minutes_per_day": 10, "admit_worst_case": False}}]
+    )
+    await start(limiter, "a", req(worst_case_seconds=540))  # 9 of 10
+    await start(limiter, "b", req(worst_case_seconds=540))  # 1 minute left: admitted anyway
+    err = await refused(limiter, req(worst_case_seconds=60))
+    assert err.message.startswith("You have used all your 10 call minutes for today;")
+
+
+async def test_expiry_after_max_duration_plus_grace(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = await make_limiter(
+        [{"name": "c", "concurrency": 1, "budget": {"minutes_per_day": 100}}], grace_seconds=60
+    )
+    t0 = clock.t
+    await start(limiter, "lost", req(worst_case_seconds=300))
+    clock.t = t0 + 359
+    assert await limiter.expire() == 0
+    await refused(limiter, req(worst_case_seconds=300))
+    clock.t = t0 + 360
+    assert await limiter.expire() == 1
+    assert await limiter.expire() == 0
+    await start(limiter, "next", req(worst_case_seconds=300))
+    # A late end-of-call-report still trues up the budget of the expired call.
+    await limiter.settle("lost", duration_seconds=6000, cost_usd=None)  # 100 minutes
+    await limiter.settle("next", duration_seconds=0, cost_usd=None)
+    err = await refused(limiter, req(worst_case_seconds=60))
+    assert "used all your 100 call minutes" in err.message
+
+
+async def test_slot_frees_itself_without_expire_call(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = await make_limiter([{"name": "c", "concurrency": 1}], grace_seconds=0)
+    await start(limiter, "x", req(worst_case_seconds=10))
+    await refused(limiter, req(worst_case_seconds=10))
+    clock.advance(10.5)
+    await limiter.reserve(req(worst_case_seconds=10))
+
+
+async def test_rule_matching_tiers_claims_tenants_profiles(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(
+        [
+            {
+                "name": "pro",
+                "group": "plan",
+                "match": {"claims": {"plan": ["pro"]}},
+                "quota": {"per_day": 3},
+            },
+            {"name": "free", "group": "plan", "quota": {"per_day": 1}},
+            {
+                "name": "ops",
+                "match": {"claims": {"roles": ["ops"]}, "methods": ["api_key"]},
+                "concurrency": 0,
+            },
+            {
+                "name": "sales-tenant",
+                "match": {"tenants": ["globex"], "profiles": ["sales"]},
+                "scope": "profile",
+                "quota": {"per_day": 0},
+            },
+        ]
+    )
+    await limiter.reserve(req(ALICE))
+    await refused(limiter, req(ALICE))  # free tier
+    for _ in range(3):
+        await limiter.reserve(req(BOB))  # pro tier only: not also the catch-all
+    await refused(limiter, req(BOB))
+    err = await refused(limiter, req(CAROL))  # list-valued claim matches any item
+    assert "0 calls in progress" in err.message
+    globex = Identity(subject="g", method="jwt", tenant="globex")
+    err = await refused(limiter, req(globex, profile="sales"))
+    assert err.message.startswith("No calls are allowed today")
+    await limiter.reserve(req(globex, profile="support"))
+
+
+async def test_kinds_are_counted_apart(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(
+        [
+            {"name": "turns", "kinds": ["call", "chat"], "quota": {"per_day": 1}},
+            {"name": "calls-only", "rate": {"per_second": 1}},
+        ]
+    )
+    await limiter.reserve(req(kind="call"))
+    await limiter.reserve(req(kind="chat"))
+    err = await refused(limiter, req(kind="chat"))
+    assert err.message.startswith("You have used your 1 chat message for today")
+    await refused(limiter, req(kind="call"))
+
+
+async def test_per_profile_and_global_scopes(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(
+        [
+            {"name": "pp", "per_profile": True, "quota": {"per_day": 1}},
+            {"name": "all", "scope": "global", "quota": {"per_day": 3}},
+        ]
+    )
+    await limiter.reserve(req(profile="support"))
+    err = await refused(limiter, req(profile="support"))
+    assert "your 1 call on 'support' for today" in err.message
+    await limiter.reserve(req(profile="sales"))
+    await limiter.reserve(req(BOB))
+    err = await refused(limiter, req(CAROL))
+    assert err.message.startswith("The service has used its 3 calls for today")
+
+
+async def test_longest_wait_is_reported(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    clock.t = at("2026-05-01T12:00:00")
+    limiter = await make_limiter(
+        [{"name": "r", "rate": {"per_minute": 1}, "quota": {"per_day": 1}}]
+    )
+    await limiter.reserve(req())
+    err = await refused(limiter, req())
+    assert err.retry_after == 12 * 3600
+    assert "quota" in err.message
+
+
+async def test_request_now_overrides_clock(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    limiter = await make_limiter([{"name": "q", "quota": {"per_day": 1}}])
+    await limiter.reserve(req(now=at("2026-05-01T10:00:00")))
+    await refused(limiter, req(now=at("2026-05-01T11:00:00")))
+    await limiter.reserve(req(now=at("2026-05-02T00:00:00")))
+
+
+async def test_health_ok(make_limiter: MakeLimiter, backend: str) -> None:
+    limiter = await make_limiter([{"name": "q", "quota": {"per_day": 1}}])
+    health = await limiter.health()
+    assert health.ok, health
+    assert health.failure_mode == "closed"
+
+
+async def test_burst_respects_concurrency_and_quota(make_limiter: MakeLimiter) -> None:
+    """200 simultaneous reservations: never more than 3 live, never more than 50 admitted."""
+    limiter = await make_limiter([{"name": "burst", "concurrency": 3, "quota": {"per_day": 50}}])
+    live = peak = admitted = 0
+    refusals: list[BaseException] = []
+    counter = iter(range(10_000))
+
+    async def one() -> None:
+        nonlocal live, peak, admitted
+        try:
+            r = await limiter.reserve(req(worst_case_seconds=60))
+        except TooManyRequestsError as exc:
+            refusals.append(exc)
+            return
+        admitted += 1
+        live += 1
+        peak = max(peak, live)
+        call_id = f"burst-{next(counter)}"
+        await limiter.commit(r, call_id)
+        await asyncio.sleep(0)
+        live -= 1
+        await limiter.settle(call_id, duration_seconds=1, cost_usd=0)
+
+    results = await asyncio.gather(*(one() for _ in range(200)), return_exceptions=True)
+    assert [r for r in results if r is not None] == []
+    assert 3 <= admitted <= 50
+    assert peak <= 3
+    assert len(refusals) == 200 - admitted
+
+
+async def test_burst_takes_exactly_the_quota(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter([{"name": "q", "concurrency": 100, "quota": {"per_day": 50}}])
+    results = await asyncio.gather(
+        *(limiter.reserve(req(worst_case_seconds=60)) for _ in range(200)),
+        return_exceptions=True,
+    )
+    admitted = [r for r in results if isinstance(r, Reservation)]
+    assert len(admitted) == 50
+    assert all(isinstance(r, TooManyRequestsError) for r in results if r not in admitted)
