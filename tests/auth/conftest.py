@@ -1,0 +1,79 @@
+"""Fixtures for the auth tests: session-wide keys, a JWKS server on loopback, started chains."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from auth_helpers import Clock, JwksServer, SigningKey, make_key, settings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from vapi_proxy.auth.chain import AuthChain
+from vapi_proxy.testing import ServerThread
+
+
+@pytest.fixture(scope="session")
+def rsa_key() -> SigningKey:
+    return make_key("RS256", "rsa-1")
+
+
+@pytest.fixture(scope="session")
+def rsa_key_2() -> SigningKey:
+    return make_key("RS256", "rsa-2")
+
+
+@pytest.fixture(scope="session")
+def es_key() -> SigningKey:
+    return make_key("ES256", "ec-1")
+
+
+@pytest.fixture(scope="session")
+def ed_key() -> SigningKey:
+    return make_key("EdDSA", "ed-1")
+
+
+@pytest.fixture(scope="session")
+def jwks_server() -> Iterator[JwksServer]:
+    state = JwksServer()
+
+    async def jwks(request: Request) -> Response:
+        state.fetches += 1
+        if state.body is not None:
+            return Response(state.body, status_code=state.status)
+        return JSONResponse({"keys": state.keys}, status_code=state.status)
+
+    app = Starlette(routes=[Route("/.well-known/jwks.json", jwks)])
+    with ServerThread(app) as server:
+        state.url = f"{server.url}/.well-known/jwks.json"
+        yield state
+
+
+@pytest.fixture
+def jwks(jwks_server: JwksServer) -> JwksServer:
+    jwks_server.reset()
+    return jwks_server
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def chain_factory(clock: Clock) -> AsyncIterator[Any]:
+    """Builds started chains from method dicts and closes them after the test."""
+    chains: list[AuthChain] = []
+
+    async def build(*methods: dict[str, Any], **kwargs: Any) -> AuthChain:
+        chain = AuthChain.from_settings(settings(*methods, **kwargs), clock=clock)
+        await chain.start()
+        chains.append(chain)
+        return chain
+
+    yield build
+    for chain in chains:
+        await chain.aclose()
