@@ -38,19 +38,17 @@ _ECHO = (
 )
 
 
-def _room() -> str:
-    return base64.b32encode(os.urandom(10)).decode().lower()
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _daily_token(room: str, exp: float) -> str:
+_TOKEN_HEAD = _b64(b'{"alg":"HS256","typ":"JWT"}')
+
+
+def _daily_token(room: str, exp: float, noise: bytes) -> str:
     # A Daily meeting token is an HS256 JWT; this one has the shape but no valid signature.
-    head = _b64(b'{"alg":"HS256","typ":"JWT"}')
     body = _b64(orjson.dumps({"r": room, "o": False, "exp": int(exp), "d": "vapi-sandbox"}))
-    return f"{head}.{body}.{_b64(os.urandom(32))}"
+    return f"{_TOKEN_HEAD}.{body}.{_b64(noise)}"
 
 
 def resolve_target(state: SandboxState, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -119,7 +117,9 @@ def new_call(
         if body.get(key) is not None:
             base[key] = body[key]
     if kind == "webCall":
-        room_url = f"https://vapi.daily.co/{_room()}"
+        noise = os.urandom(42)  # one syscall for the room name and the token's signature
+        room = noise[:10].hex()
+        room_url = f"https://vapi.daily.co/{room}"
         video = bool((merged.get("artifactPlan") or {}).get("videoRecordingEnabled", False))
         base["transport"] = {
             "conversationType": "voice",
@@ -128,7 +128,7 @@ def new_call(
             "assistantVideoEnabled": False,
             "roomDeleteOnUserLeaveEnabled": body.get("roomDeleteOnUserLeaveEnabled", True),
             "callUrl": room_url,
-            "callToken": _daily_token(room_url, now + 3600),
+            "callToken": _daily_token(room, now + 3600, noise[10:]),
         }
         base["webCallUrl"] = room_url
         base["artifactPlan"] = {

@@ -98,9 +98,8 @@ class CallRecord:
             out["cost"] = self.cost()
             out["costBreakdown"] = self.cost_breakdown()
             out["updatedAt"] = iso(end_at)
-        else:
-            last = max((t for t, _ in self.timeline if t <= now), default=self.created)
-            out["updatedAt"] = iso(last)
+        elif status != "queued":
+            out["updatedAt"] = iso(max(t for t, _ in self.timeline if t <= now))
         return out
 
 

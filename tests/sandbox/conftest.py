@@ -1,0 +1,33 @@
+"""Fixtures for the simulator's tests: a running simulator, an HTTP client, a receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from vapi_proxy.sandbox import RunningSandbox, run_sandbox
+from vapi_proxy.testing import ServerThread
+
+from .helpers import Receiver, base_settings
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSandbox]:
+    """A shared simulator for tests that do not depend on timing or webhooks."""
+    with run_sandbox(base_settings()) as running:
+        yield running
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    rec = Receiver()
+    with ServerThread(rec.app) as server:
+        yield rec, server.url + "/hook"
