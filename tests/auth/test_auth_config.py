@@ -132,3 +132,10 @@ def _models() -> list[type[BaseModel]]:
 def test_every_setting_is_documented(model: type[BaseModel]) -> None:
     undocumented = [name for name, f in model.model_fields.items() if not f.description]
     assert undocumented == []
+
+
+def test_public_key_as_shared_secret_refused(tmp_path: Path, rsa_pem: str) -> None:
+    path = tmp_path / "secret"
+    path.write_text(rsa_pem)
+    with pytest.raises(ValidationError, match="looks like a public key"):
+        load({"type": "jwt", "secret_file": str(path), "algorithms": ["HS256"]})

@@ -95,6 +95,28 @@ async def test_leeway_tolerates_small_skew(chain_factory: Any, rsa_key: SigningK
     assert (await chain.authenticate(f"Bearer {token}", "::1")).subject == "user-1"
 
 
+def _non_canonical(token: str) -> str:
+    """The same bytes spelled differently: an RS256 signature's last base64url character carries
+    four unused bits, and flipping one leaves the decoded signature as it was."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet[alphabet.index(token[-1]) ^ 1]
+    return token[:-1] + last
+
+
+async def test_audience_list_and_unconfigured_audience(
+    chain_factory: Any, rsa_key: SigningKey
+) -> None:
+    chain = await chain_factory(pem_method(rsa_key, audience=["web", "mobile"]))
+    token = rsa_key.sign(claims(aud=["other", "mobile"]))
+    assert (await chain.authenticate(f"Bearer {token}", "::1")).subject == "user-1"
+    with pytest.raises(UnauthorizedError, match="audience"):
+        await chain.authenticate("Bearer " + rsa_key.sign(claims(aud=["other"])), "::1")
+    unset = await chain_factory(pem_method(rsa_key, audience=None))
+    assert (await unset.authenticate("Bearer " + rsa_key.sign(claims(aud=None)), "::1")).subject
+    with pytest.raises(UnauthorizedError, match="audience is not accepted"):
+        await unset.authenticate("Bearer " + rsa_key.sign(claims()), "::1")
+
+
 def _refusals(rsa_key: SigningKey, other: SigningKey) -> list[tuple[str, str, str, str]]:
     now = int(time.time())
     pem = rsa_key.public_pem().encode()
@@ -132,6 +154,22 @@ def _refusals(rsa_key: SigningKey, other: SigningKey) -> list[tuple[str, str, st
             hand_signed({"alg": "HS256", "typ": "JWT"}, claims(), pem),
             "algorithm",
             "algorithm is not allowed",
+        ),
+        (
+            "critical extension",
+            rsa_key.sign(claims(), crit=["exp"]),
+            "malformed",
+            "unsupported critical header",
+        ),
+        ("padded segment", rsa_key.sign(claims()) + "==", "malformed", "malformed"),
+        ("non-canonical base64", _non_canonical(rsa_key.sign(claims())), "malformed", "malformed"),
+        ("audience not a string", rsa_key.sign(claims(aud=[1, 2])), "malformed", "malformed"),
+        ("boolean exp", rsa_key.sign({**claims(), "exp": True}), "malformed", "malformed"),
+        (
+            "payload not an object",
+            hand_signed({"alg": "RS256"}, [], None),
+            "malformed",
+            "malformed",
         ),
         ("garbage header", "bm90LWpzb24.e30.c2ln", "malformed", "malformed"),
         ("empty parts", "..", "malformed", "malformed"),

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import get_default_algorithms
+from jwt.exceptions import InvalidKeyError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -177,6 +179,13 @@ class JwtMethod(_Model):
             if len(hmac_algs) != len(self.algorithms):
                 raise ValueError("a shared secret verifies HS256/HS384/HS512 only")
             self._secret = SecretStr(self._read_secret())
+            try:
+                # PyJWT refuses HMAC secrets that are PEM/SSH public keys: key-confusion bait.
+                get_default_algorithms()["HS256"].prepare_key(self._secret.get_secret_value())
+            except InvalidKeyError:
+                raise ValueError(
+                    "the shared secret looks like a public key, not a secret"
+                ) from None
             need = max(_HMAC_MIN_BYTES[a] for a in hmac_algs)
             if len(self._secret.get_secret_value().encode()) < need:
                 raise ValueError(
