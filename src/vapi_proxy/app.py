@@ -1,0 +1,108 @@
+"""Build the proxy's ASGI app from `Settings`: runtime state, routes, edge middleware, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.routing import BaseRoute, Router
+from starlette.types import ASGIApp
+
+from vapi_proxy.auth.chain import AuthChain
+from vapi_proxy.edge.middleware import CorsPolicy, EdgeMiddleware
+from vapi_proxy.logs import configure_logging
+from vapi_proxy.policy.reply import compile_paths
+from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
+from vapi_proxy.routes import calls, health
+from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
+from vapi_proxy.upstream.client import UpstreamClient
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs, built once from `Settings` and passed to the routes."""
+
+    settings: Settings
+    secrets: Secrets
+    auth: AuthChain
+    upstream: UpstreamClient
+    profiles: dict[str, CompiledProfile] = field(default_factory=dict)
+    reply_paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    webhook_server: dict[str, Any] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, secrets: Secrets) -> Runtime:
+        if secrets.vapi_api_key is None:
+            raise ConfigError(["VAPI_API_KEY: not set (or set VAPI_API_KEY_FILE)"])
+        key = secrets.vapi_api_key
+        upstream = UpstreamClient(
+            settings.vapi.base_url,
+            key.get_secret_value,
+            connect_timeout=settings.vapi.connect_timeout_seconds,
+            timeout=settings.vapi.timeout_seconds,
+            pool_size=settings.vapi.pool_size,
+            max_response_bytes=settings.vapi.max_response_bytes,
+        )
+        webhook_server = None
+        if settings.public_url is not None:
+            webhook_server = {"url": settings.public_url + settings.webhook_path}
+        return cls(
+            settings=settings,
+            secrets=secrets,
+            auth=AuthChain.from_settings(settings.auth),
+            upstream=upstream,
+            profiles=compile_profiles(settings.profiles),
+            reply_paths={
+                name: compile_paths(profile.expose) for name, profile in settings.profiles.items()
+            },
+            webhook_server=webhook_server,
+        )
+
+    @property
+    def api_key(self) -> str:
+        return self.secrets.vapi_api_key.get_secret_value() if self.secrets.vapi_api_key else ""
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        await self.auth.start()
+
+    async def aclose(self) -> None:
+        await self.auth.aclose()
+        await self.upstream.aclose()
+
+
+def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
+    """The proxy as an ASGI app (runs under uvicorn or any ASGI server)."""
+    runtime = Runtime.build(settings, secrets)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: object) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    route_list: list[BaseRoute] = [*health.routes(), *calls.routes(runtime)]
+    router = Router(routes=route_list, lifespan=lifespan)
+    app = EdgeMiddleware(
+        router,
+        cors=CorsPolicy(settings.cors.allow_origins, settings.cors.max_age_seconds),
+        path_prefix=settings.server.path_prefix,
+        access_log=settings.logging.access_log,
+    )
+    app.runtime = runtime  # type: ignore[attr-defined]
+    return app
+
+
+def app_from_environment() -> ASGIApp:
+    """Factory for ASGI servers and `--workers`: reads the config named by VAPI_PROXY_CONFIG."""
+    path = os.environ.get("VAPI_PROXY_CONFIG")
+    if not path:
+        raise ConfigError(["VAPI_PROXY_CONFIG: not set (the path of the proxy's YAML config)"])
+    settings = load_settings(path)
+    configure_logging(settings.logging.level, settings.logging.format)
+    return create_app(settings, load_secrets())

@@ -1,0 +1,69 @@
+"""Read a request body as JSON within the edge's limits: type 415, size 413, syntax/depth 400."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from vapi_proxy.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def _depth_ok(value: Any, max_depth: int) -> bool:
+    # Iterative so that hostile nesting cannot exhaust the interpreter's stack.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > max_depth:
+                return False
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            if depth > max_depth:
+                return False
+            stack.extend((child, depth + 1) for child in node)
+    return True
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_bytes:
+                raise PayloadTooLargeError(f"The request body is larger than {max_bytes} bytes.")
+        except ValueError:
+            raise BadRequestError("Content-Length is not a number.") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"The request body is larger than {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
+    """The parsed JSON body, or a refusal that says what is wrong with it."""
+    if not _is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaTypeError(
+            "The request body must be JSON (Content-Type: application/json)."
+        )
+    raw = await read_body(request, max_bytes)
+    if not raw.strip():
+        raise BadRequestError("The request body is empty; send a JSON object.")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequestError("The request body is not valid JSON.") from None
+    if not _depth_ok(value, max_depth):
+        raise BadRequestError(f"The request body is nested deeper than {max_depth} levels.")
+    return value

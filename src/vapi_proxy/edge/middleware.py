@@ -1,0 +1,255 @@
+"""The edge: one pure ASGI middleware in front of every route.
+
+In order: a request id (`X-Request-ID` in and out); path normalisation (a configured prefix,
+`//call/web` from a trailing-slash base URL); CORS against the explicit origin list, answering
+preflights before any authentication and refusing state-changing requests from other origins;
+the one JSON error envelope for every failure, never a stack trace; one access log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vapi_proxy.errors import ProxyError, envelope
+from vapi_proxy.logs import ACCESS_LOGGER
+
+logger = logging.getLogger("vapi_proxy.edge")
+access_logger = logging.getLogger(ACCESS_LOGGER)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_SLASHES = re.compile(r"/{2,}")
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ALLOW_HEADERS = "authorization, content-type, idempotency-key, x-api-key, x-request-id"
+EXPOSE_HEADERS = b"x-request-id, retry-after"
+
+
+@dataclass(slots=True)
+class RequestState:
+    """Per-request facts the handlers fill in for the access log."""
+
+    request_id: str
+    client: str | None = None
+    profile: str | None = None
+    identity: str | None = None
+    upstream_status: int | None = None
+    upstream_ms: float | None = None
+
+
+def request_state(scope: Scope) -> RequestState:
+    state: RequestState = scope["vapi_proxy.request"]
+    return state
+
+
+class CorsPolicy:
+    """An explicit origin list; '*' allows any origin without credentials."""
+
+    def __init__(self, origins: list[str], max_age: int) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(o.lower() for o in origins if o != "*")
+        self.max_age = str(max_age).encode()
+
+    def allows(self, origin: str) -> bool:
+        return self.any or origin.lower() in self.origins
+
+    def allow_origin_value(self, origin: bytes) -> bytes:
+        return b"*" if self.any else origin
+
+
+class EdgeMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        cors: CorsPolicy,
+        path_prefix: str = "",
+        access_log: bool = True,
+    ) -> None:
+        self.app = app
+        self.cors = cors
+        self.prefix = path_prefix
+        self.access_log = access_log
+
+    def _normalise(self, path: str) -> str:
+        if "//" in path:
+            path = _SLASHES.sub("/", path)
+        prefix = self.prefix
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            path = path[len(prefix) :] or "/"
+        return path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        origin: bytes | None = None
+        preflight_method: bytes | None = None
+        request_id: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+            elif name == b"x-request-id":
+                text = value.decode("latin-1")
+                if _REQUEST_ID.fullmatch(text):
+                    request_id = text
+            elif name == b"access-control-request-method":
+                preflight_method = value
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        client = scope.get("client")
+        state = RequestState(request_id=request_id, client=client[0] if client else None)
+        path = self._normalise(scope["path"])
+        scope = dict(scope)
+        scope["path"] = path
+        scope["raw_path"] = path.encode()
+        scope["vapi_proxy.request"] = state
+        # Starlette's router raises HTTPException (rather than answering in plain text) when
+        # it finds "app" in the scope; we turn those into the envelope below.
+        scope["app"] = self
+        method: str = scope["method"]
+        status = 500
+
+        origin_ok = origin is not None and self.cors.allows(origin.decode("latin-1"))
+        cors_headers: list[tuple[bytes, bytes]] = []
+        if origin is not None:
+            cors_headers.append((b"vary", b"Origin"))
+            if origin_ok:
+                cors_headers.append(
+                    (b"access-control-allow-origin", self.cors.allow_origin_value(origin))
+                )
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                if origin_ok:
+                    headers.append((b"access-control-expose-headers", EXPOSE_HEADERS))
+                headers.extend(cors_headers)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if method == "OPTIONS" and origin is not None and preflight_method is not None:
+                status = await self._preflight(send, origin_ok, cors_headers, request_id)
+            elif origin is not None and not origin_ok and method not in _SAFE_METHODS:
+                await self._error(
+                    send_wrapper,
+                    ProxyError("This origin is not allowed to use the proxy.", status_code=403),
+                    request_id,
+                )
+            else:
+                await self._call_app(scope, receive, send_wrapper, request_id)
+        finally:
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "request",
+                    extra={
+                        "fields": {
+                            "request_id": request_id,
+                            "method": method,
+                            "path": path,
+                            "status": status,
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                            "profile": state.profile,
+                            "identity": state.identity,
+                            "upstream_status": state.upstream_status,
+                            "upstream_ms": state.upstream_ms,
+                        }
+                    },
+                )
+
+    async def _call_app(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ProxyError as exc:
+            if started:
+                raise
+            await self._error(send, exc, request_id)
+        except HTTPException as exc:
+            if started:
+                raise
+            await self._error(send, _from_http_exception(exc, scope), request_id)
+        except Exception:
+            logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+            if started:
+                raise
+            await self._error(
+                send,
+                ProxyError(f"Internal error. Quote request id {request_id} when reporting it."),
+                request_id,
+            )
+
+    async def _preflight(
+        self,
+        send: Send,
+        origin_ok: bool,
+        cors_headers: list[tuple[bytes, bytes]],
+        request_id: str,
+    ) -> int:
+        headers = [
+            (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+            (b"x-request-id", request_id.encode()),
+            (b"content-length", b"0"),
+        ]
+        if not origin_ok:
+            # No CORS headers: the browser blocks the real request; say why to curl users.
+            body = orjson.dumps(
+                envelope(403, "This origin is not allowed to use the proxy.", request_id)
+            )
+            headers[-1] = (b"content-length", str(len(body)).encode())
+            headers.append((b"content-type", b"application/json"))
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return 403
+        headers.extend(h for h in cors_headers if h[0] != b"vary")
+        headers += [
+            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
+            (b"access-control-max-age", self.cors.max_age),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return 204
+
+    @staticmethod
+    async def _error(send: Send, exc: ProxyError, request_id: str) -> None:
+        body = orjson.dumps(envelope(exc.status_code, exc.message, request_id, exc.reason))
+        headers: list[tuple[bytes, bytes]] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
+        await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _from_http_exception(exc: HTTPException, scope: Scope) -> ProxyError:
+    headers: dict[str, Any] = dict(exc.headers or {})
+    if exc.status_code == 404:
+        message = f"Cannot {scope['method']} {scope['path']}: no such route."
+    elif exc.status_code == 405:
+        allowed = headers.get("Allow", "")
+        message = f"Method {scope['method']} is not allowed here; use {allowed}."
+    else:
+        message = str(exc.detail)
+    return ProxyError(message, status_code=exc.status_code, headers=headers)

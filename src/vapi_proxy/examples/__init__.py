@@ -1,0 +1,1 @@
+"""Example configurations shipped with the package (used by `vapi-proxy serve --sandbox`)."""

@@ -1,0 +1,319 @@
+"""Configuration: a YAML file plus the environment → one validated `Settings`, built once.
+
+Secrets never come from the file: the Vapi private key is read from `VAPI_API_KEY` or the file
+named by `VAPI_API_KEY_FILE`. Any setting can be overridden from the environment as
+`VAPI_PROXY__SECTION__FIELD=value` (the value is read as YAML), and `VAPI_BASE_URL` sets the
+upstream. Errors name the exact field and why (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from vapi_proxy.auth.config import AuthSettings
+from vapi_proxy.policy.profiles import FileRef, Profile
+
+DEFAULT_BASE_URL = "https://api.vapi.ai"
+ENV_PREFIX = "VAPI_PROXY__"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists each one as `path: reason`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VapiSettings(_Section):
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description="Vapi's API base URL (env VAPI_BASE_URL overrides it).",
+    )
+    connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="Time allowed to open a connection to Vapi."
+    )
+    timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="Total time allowed for one Vapi request."
+    )
+    pool_size: int = Field(
+        default=100, ge=1, le=10_000, description="Most open connections to Vapi per process."
+    )
+    max_response_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest Vapi JSON reply accepted."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ServerSettings(_Section):
+    path_prefix: str = Field(
+        default="",
+        description="Path the proxy is mounted under (e.g. /api/vapi); requests are accepted "
+        "with and without it.",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=256, le=16 * 1024 * 1024, description="Largest request body."
+    )
+    max_json_depth: int = Field(
+        default=32, ge=2, le=256, description="Deepest JSON nesting accepted in a body."
+    )
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip()
+        if not value or value == "/":
+            return ""
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value.rstrip("/")
+
+
+class CorsSettings(_Section):
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call from a browser, exactly as the browser sends "
+        "them (scheme://host[:port]); '*' allows any origin (never with credentials).",
+    )
+    max_age_seconds: int = Field(
+        default=600, ge=0, le=86400, description="How long browsers may cache a preflight."
+    )
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        cleaned = []
+        for value in values:
+            origin = value.strip().rstrip("/")
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"origin {value!r} must be '*' or start with http(s)://")
+            if origin != "*" and origin.count("/") > 2:
+                raise ValueError(f"origin {value!r} must not have a path")
+            cleaned.append(origin)
+        return cleaned
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+    format: Literal["json", "console"] = Field(
+        default="json", description="JSON lines for machines, or console for humans."
+    )
+    access_log: bool = Field(default=True, description="One line per request.")
+
+
+class IntakeSettings(_Section):
+    ignored_fields: list[str] = Field(
+        default_factory=lambda: ["userId"],
+        description="Fields a frontend may send as context that the proxy drops silently "
+        "(identity always comes from the verified credential, never from the body).",
+    )
+
+
+class Settings(_Section):
+    """Everything the proxy runs on, validated. Built once at start-up and passed down."""
+
+    vapi: VapiSettings = Field(default_factory=VapiSettings)
+    public_url: str | None = Field(
+        default=None,
+        description="How Vapi reaches this proxy (https://proxy.example.com); webhook URLs "
+        "are built from it.",
+    )
+    webhook_path: str = Field(default="/webhook", description="Path of the webhook receiver.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    profiles: dict[str, Profile] = Field(
+        default_factory=dict, description="Named profiles a client may start."
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _webhook_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, value: dict[str, Profile]) -> dict[str, Profile]:
+        for name in value:
+            if not name or len(name) > 80 or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(
+                    f"profile name {name!r} must be 1-80 letters, digits, '-', '_' or '.'"
+                )
+        return value
+
+
+class Secrets(BaseModel):
+    """Secrets from the environment or files; `repr` never shows them."""
+
+    vapi_api_key: SecretStr | None = None
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling; see the config reference)"
+        problems.append(f"{loc}: {msg}")
+    return problems
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    merged = copy.deepcopy(raw)
+    for name, text in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = text
+            _set_path(merged, path, value)
+    if environ.get("VAPI_BASE_URL"):
+        _set_path(merged, ["vapi", "base_url"], environ["VAPI_BASE_URL"])
+    return merged
+
+
+def _load_file_ref(ref: dict[str, Any], base_dir: Path, where: str) -> Any:
+    path = (base_dir / str(ref["file"])).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{where}.file: cannot read {path} ({exc.strerror})"]) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{where}.file: {path} is not valid JSON/YAML ({exc})"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{where}.file: {path} must hold a JSON object"])
+    return data
+
+
+def _resolve_files(raw: dict[str, Any], base_dir: Path) -> None:
+    profiles = raw.get("profiles")
+    if not isinstance(profiles, dict):
+        return
+    for name, profile in profiles.items():
+        if not isinstance(profile, dict):
+            continue
+        for key in ("assistant", "squad", "workflow"):
+            value = profile.get(key)
+            if isinstance(value, dict) and set(value) == {"file"}:
+                profile[key] = _load_file_ref(value, base_dir, f"profiles.{name}.{key}")
+
+
+def parse_settings(
+    raw: Mapping[str, Any] | None,
+    *,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validate a config mapping (as read from YAML) merged with the environment."""
+    environ = os.environ if environ is None else environ
+    data = _apply_environment(dict(raw or {}), environ)
+    vapi = data.get("vapi")
+    if isinstance(vapi, dict) and ({"api_key", "private_key", "key"} & set(vapi)):
+        raise ConfigError(
+            [
+                "vapi.api_key: the Vapi private key must not be in the config file; "
+                "set VAPI_API_KEY or VAPI_API_KEY_FILE"
+            ]
+        )
+    _resolve_files(data, base_dir or Path.cwd())
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    for name, profile in settings.profiles.items():
+        for key in ("assistant", "squad", "workflow"):
+            if isinstance(getattr(profile, key), FileRef):
+                raise ConfigError([f"profiles.{name}.{key}.file: was not resolved"])
+    return settings
+
+
+def load_settings(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and validate a YAML config file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read the config file ({exc.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{file}: not valid YAML ({exc})"]) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError([f"{file}: the top level must be a mapping"])
+    return parse_settings(raw, base_dir=file.resolve().parent, environ=environ)
+
+
+def load_secrets(environ: Mapping[str, str] | None = None) -> Secrets:
+    """Read the Vapi key from VAPI_API_KEY or the file named by VAPI_API_KEY_FILE."""
+    environ = os.environ if environ is None else environ
+    key = environ.get("VAPI_API_KEY")
+    key_file = environ.get("VAPI_API_KEY_FILE")
+    if key and key_file:
+        raise ConfigError(["VAPI_API_KEY and VAPI_API_KEY_FILE are both set; set only one"])
+    if key_file:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                [f"VAPI_API_KEY_FILE: cannot read {key_file} ({exc.strerror})"]
+            ) from None
+        if not key:
+            raise ConfigError([f"VAPI_API_KEY_FILE: {key_file} is empty"])
+    return Secrets(vapi_api_key=SecretStr(key.strip()) if key else None)

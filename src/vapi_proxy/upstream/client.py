@@ -1,0 +1,120 @@
+"""The Vapi client: one pooled aiohttp session per process, errors mapped at this one boundary.
+
+The private key replaces whatever credential the client sent; nothing from the client's headers
+is forwarded. A request is retried only when it provably never left (the connection could not be
+opened): a retried POST that did reach Vapi would start a second call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from vapi_proxy import __version__
+from vapi_proxy.errors import UpstreamError
+
+USER_AGENT = f"vapi-proxy/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    body: bytes
+    content_type: str
+    retry_after: str | None
+    elapsed_ms: float
+
+
+class UpstreamClient:
+    """Speaks to Vapi's REST API with the private key; one instance per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Callable[[], str],
+        *,
+        connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        pool_size: int = 100,
+        max_response_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._pool_size = pool_size
+        self._max_response_bytes = max_response_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=True,
+            # The key must never follow a redirect to another host.
+            requote_redirect_url=False,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not called")
+        return self._session
+
+    def _headers(self, has_body: bool) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._api_key()}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
+        """Send one request to Vapi and read its (bounded) reply."""
+        url = self.base_url + path
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            try:
+                async with self.session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=self._headers(body is not None),
+                    allow_redirects=False,
+                ) as response:
+                    data = await response.content.read(self._max_response_bytes + 1)
+                    if len(data) > self._max_response_bytes:
+                        raise UpstreamError("Vapi's reply was larger than the proxy accepts.")
+                    return UpstreamResponse(
+                        status=response.status,
+                        body=data,
+                        content_type=response.headers.get("Content-Type", ""),
+                        retry_after=response.headers.get("Retry-After"),
+                        elapsed_ms=(time.perf_counter() - started) * 1000,
+                    )
+            except aiohttp.ClientConnectorError as exc:
+                # The TCP connection was never established: nothing reached Vapi, so one
+                # immediate retry is safe.
+                if attempt == 1:
+                    continue
+                raise UpstreamError("Could not reach Vapi. Try again later.") from exc
+            except TimeoutError as exc:
+                raise UpstreamError(
+                    "Vapi did not answer in time. Try again later.", status_code=504
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError("The connection to Vapi failed. Try again later.") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
