@@ -8,6 +8,7 @@ SQLite's busy handler.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,6 +62,18 @@ class Database:
         if self.dialect == "sqlite":
             busy_ms = int(timeout * 1000)
             _sqlite_discipline(self.engine, busy_ms)
+
+    def check_reachable(self) -> None:
+        """Raise OSError early when a SQLite file cannot be opened (its folder is missing or
+        read-only): failing inside aiosqlite's connect leaves its worker thread behind."""
+        if self.dialect != "sqlite":
+            return
+        path = make_url(self.url).database
+        if not path or path == ":memory:":
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise FileNotFoundError(f"SQLite folder {folder!r} is missing or not writable")
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

@@ -95,6 +95,7 @@ class SqlStore:
         async with self._schema_lock:  # a burst at start-up creates the tables once
             if self._ready:
                 return
+            self._db.check_reachable()
             async with self._db.write() as conn:
                 if self._db.dialect == "postgresql":
                     await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
@@ -289,6 +290,7 @@ class SqlStore:
 
     @_unavailable
     async def ping(self) -> None:
+        self._db.check_reachable()
         async with self._db.read() as conn:
             await conn.execute(sa.text("SELECT 1"))
 

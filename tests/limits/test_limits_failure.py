@@ -1,0 +1,149 @@
+"""With the store unreachable or stopped, each rule fails closed (503) or open (admit uncounted)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import FakeClock
+from conftest_services import closed_port
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.errors import ServiceUnavailableError
+from vapi_proxy.limits import AdmissionRequest, LimitsSettings, create_limiter
+
+WHO = Identity(subject="alice", method="jwt")
+REQ = AdmissionRequest(identity=WHO, profile="support", worst_case_seconds=60)
+
+
+def unreachable(backend: str, tmp_path: Path) -> str:
+    port = closed_port()
+    return {
+        "sqlite": f"sqlite:///{tmp_path}/missing-dir/limits.db",
+        "postgres": f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        "redis": f"redis://127.0.0.1:{port}/0",
+    }[backend]
+
+
+def settings(url: str, rules: list[dict[str, Any]], **kw: Any) -> LimitsSettings:
+    return LimitsSettings(backend=url, rules=rules, timeout_seconds=1.0, **kw)
+
+
+QUOTA = [{"name": "q", "quota": {"per_day": 5}, "concurrency": 2}]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"])
+async def test_fail_closed_by_default(backend: str, tmp_path: Path, clock: FakeClock) -> None:
+    limiter = create_limiter(settings(unreachable(backend, tmp_path), QUOTA), clock=clock)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError) as info:
+            await limiter.reserve(REQ)
+        assert time.monotonic() - started < 5
+        assert info.value.status_code == 503
+        assert "cannot be checked right now" in str(info.value.message)
+        health = await limiter.health()
+        assert not health.ok
+        assert health.detail
+        assert health.failure_mode == "closed"
+        with pytest.raises(ServiceUnavailableError):
+            await limiter.settle("c1", duration_seconds=1, cost_usd=0)
+        with pytest.raises(ServiceUnavailableError):
+            await limiter.expire()
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"])
+async def test_fail_open_admits_uncounted(backend: str, tmp_path: Path, clock: FakeClock) -> None:
+    limiter = create_limiter(
+        settings(unreachable(backend, tmp_path), QUOTA, failure_mode="open"), clock=clock
+    )
+    try:
+        for _ in range(10):  # beyond both the quota and the concurrency
+            r = await limiter.reserve(REQ)
+            assert r.degraded
+            assert r.holds == ()
+            await limiter.commit(r, "c1")
+            await limiter.release(r)
+        assert (await limiter.health()).failure_mode == "open"
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize(
+    ("modes", "admitted"),
+    [(("open", "open"), True), (("open", "closed"), False), (("open", None), False)],
+)
+async def test_failure_mode_per_rule(
+    modes: tuple[str | None, str | None], admitted: bool, tmp_path: Path, clock: FakeClock
+) -> None:
+    rules = [
+        {"name": "a", "quota": {"per_day": 1}, "failure_mode": modes[0]},
+        {"name": "b", "rate": {"per_second": 1}, "failure_mode": modes[1]},
+    ]
+    url = unreachable("redis", tmp_path)
+    limiter = create_limiter(settings(url, rules), clock=clock)
+    try:
+        if admitted:
+            assert (await limiter.reserve(REQ)).degraded
+        else:
+            with pytest.raises(ServiceUnavailableError):
+                await limiter.reserve(REQ)
+    finally:
+        await limiter.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis of this test's own, so the test can stop it mid-way."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server not installed: run scripts/services")
+    port = closed_port()
+    proc = subprocess.Popen(
+        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        import socket
+
+        for _ in range(100):  # bounded: 5 s
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("own redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+async def test_redis_stopped_mid_way_fails_closed_then_recovers_nothing_lost(
+    own_redis: tuple[str, subprocess.Popen[bytes]], clock: FakeClock
+) -> None:
+    url, proc = own_redis
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    limiter = create_limiter(settings(url, QUOTA, namespace=ns), clock=clock)
+    try:
+        r = await limiter.reserve(REQ)
+        assert not r.degraded
+        assert (await limiter.health()).ok
+        proc.terminate()
+        proc.wait(timeout=10)
+        with pytest.raises(ServiceUnavailableError):
+            await limiter.reserve(REQ)
+        health = await limiter.health()
+        assert not health.ok
+        assert health.backend.startswith("redis")
+    finally:
+        await limiter.aclose()
