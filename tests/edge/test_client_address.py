@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from starlette.datastructures import Headers
 
 from vapi_proxy.edge.client_address import client_address
 
@@ -64,6 +65,7 @@ CASES = [
         "203.0.113.5",
     ),
     ("no peer", None, {"x-forwarded-for": "203.0.113.5"}, "unknown"),
+    ("empty peer", "", {"x-forwarded-for": "203.0.113.5"}, "unknown"),
     ("non-IP peer kept", "testclient", {"x-forwarded-for": "203.0.113.5"}, "testclient"),
 ]
 
@@ -77,3 +79,11 @@ def test_client_address(
 
 def test_nothing_trusted_means_the_peer() -> None:
     assert client_address("10.0.0.2", {"x-forwarded-for": "203.0.113.5"}, []) == "10.0.0.2"
+
+
+def test_repeated_header_lines_are_one_list() -> None:
+    # The client sent its own line first; our proxy added a second one rather than appending.
+    headers = Headers(raw=[(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"203.0.113.5")])
+    assert client_address("10.0.0.2", headers, TRUSTED) == "203.0.113.5"
+    forwarded = Headers(raw=[(b"forwarded", b"for=6.6.6.6"), (b"forwarded", b"for=10.4.4.4")])
+    assert client_address("10.0.0.2", forwarded, TRUSTED) == "6.6.6.6"

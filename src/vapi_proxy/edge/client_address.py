@@ -21,22 +21,23 @@ UNKNOWN = "unknown"
 def client_address(peer: str | None, headers: Mapping[str, str], trusted: Sequence[Network]) -> str:
     """The client's address as a normalised string.
 
-    `headers` is looked up case-insensitively; several `X-Forwarded-For` headers must be joined
-    with commas by the caller (RFC 9110 §5.3). RFC 7239 `Forwarded` wins over `X-Forwarded-For`
-    when both are present, being the standard one.
+    `headers` is looked up case-insensitively. Repeated header lines count as one comma-joined
+    list (RFC 9110 §5.3) when `headers` has Starlette's `getlist`; a plain mapping holds one value
+    per name, so its caller must join them. RFC 7239 `Forwarded` wins over `X-Forwarded-For` when
+    both are present, being the standard one.
     """
-    if peer is None:
+    if not peer:
         return UNKNOWN
     current = _parse(peer)
     if current is None:
         return peer
     if not _is_trusted(current, trusted):
         return str(current)
-    forwarded = get_header(headers, "forwarded")
+    forwarded = _joined(headers, "forwarded")
     if forwarded is not None:
         hops = _forwarded_for(forwarded)
     else:
-        xff = get_header(headers, "x-forwarded-for")
+        xff = _joined(headers, "x-forwarded-for")
         hops = [part.strip() for part in xff.split(",")] if xff else []
     for hop in reversed(hops):
         address = _parse(hop)
@@ -59,6 +60,16 @@ def get_header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
+
+
+def _joined(headers: Mapping[str, str], name: str) -> str | None:
+    # A proxy that adds its own header line instead of appending to the client's would otherwise
+    # leave us reading only the first, client-written, line: the spoof this module exists to stop.
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None:
+        values: list[str] = getlist(name)
+        return ", ".join(values) if values else None
+    return get_header(headers, name)
 
 
 def _is_trusted(address: Address, trusted: Sequence[Network]) -> bool:
