@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 import yaml
 from pydantic import SecretStr
 
@@ -102,8 +105,6 @@ def _uvicorn_kwargs(args: argparse.Namespace, settings: Settings) -> dict[str, A
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from vapi_proxy.app import create_app
     from vapi_proxy.logs import configure_logging
 
@@ -143,8 +144,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_sandbox(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from vapi_proxy.app import create_app
     from vapi_proxy.auth.api_key import generate_key, hash_key
     from vapi_proxy.logs import configure_logging
@@ -201,7 +200,7 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
     key = sandbox_settings.private_key
     proxy_app = create_app(settings, Secrets(vapi_api_key=SecretStr(key.get_secret_value())))
     servers = [
-        uvicorn.Server(
+        _QuietServer(
             uvicorn.Config(
                 create_sandbox(sandbox_settings),
                 host=args.host,
@@ -210,7 +209,7 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
                 access_log=False,
             )
         ),
-        uvicorn.Server(uvicorn.Config(proxy_app, **_uvicorn_kwargs(args, settings))),
+        _QuietServer(uvicorn.Config(proxy_app, **_uvicorn_kwargs(args, settings))),
     ]
     proxy_url = f"http://{args.host}:{args.port}"
     print(
@@ -223,8 +222,26 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
         f"  web:  new Vapi('<token>', '{proxy_url}').start('demo')",
         flush=True,
     )
+
+    # Two servers share one loop: the signals stop both, and neither re-raises them on exit
+    # (uvicorn's own handling would kill the process with the signal once the first one ends).
+    def stop_all() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop_all)
     await asyncio.gather(*(server.serve() for server in servers))
     return 0
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its caller."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,123 @@
+"""The `vapi-proxy` command as a user runs it: exit codes and what it prints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vapi_proxy.cli import main
+
+
+def test_check_prints_the_resolved_profiles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        "profiles:\n  coach:\n    assistant_id: a-1\n"
+        "    client_variables: {name: {max_length: 9}}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "OK, 1 profile(s)" in out
+    assert "assistantId: a-1" in out and "max_length: 9" in out
+
+
+def test_check_names_the_bad_field_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("profiles:\n  coach:\n    assistant_id: a\n    max_duration_seconds: 1\n")
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "profiles.coach.max_duration_seconds" in err
+
+
+def test_serve_refuses_an_invalid_config_with_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("profiles: {coach: {}}\n")
+    env = {**os.environ, "VAPI_API_KEY": "dummy-key-for-test"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vapi_proxy", "serve", "--config", str(config), "--port", "9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "profiles.coach" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_without_a_key_says_how_to_try_the_sandbox(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("profiles: {coach: {assistant_id: a}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "vapi_proxy", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "VAPI_API_KEY" in done.stderr and "--sandbox" in done.stderr
+
+
+def test_the_shipped_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.resources import files
+
+    path = files("vapi_proxy.examples").joinpath("sandbox.yaml")
+    assert main(["check", "--config", str(path)]) == 0
+
+
+def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
+    import time
+
+    import httpx
+
+    from vapi_proxy.testing import free_port
+
+    port, sandbox_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vapi_proxy",
+            "serve",
+            "--sandbox",
+            "--port",
+            str(port),
+            "--sandbox-port",
+            str(sandbox_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        reply = None
+        while time.monotonic() < deadline:
+            try:
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/call/web", json={"assistantId": "demo"}
+                )
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert reply is not None, "the sandbox proxy did not start in 30 s"
+        assert reply.status_code == 201, reply.text
+        assert reply.json()["webCallUrl"].startswith("https://vapi.daily.co/")
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=30)
+    assert "demo API key" in out
+    assert process.returncode == 0, err

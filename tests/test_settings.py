@@ -1,0 +1,146 @@
+"""Config loading: every problem names its field; secrets come only from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vapi_proxy.settings import ConfigError, load_secrets, load_settings, parse_settings
+
+MINIMAL: dict[str, Any] = {"profiles": {"p": {"assistant_id": "a"}}}
+
+
+def problems(raw: Any, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(raw, environ=environ or {})
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"profiles": {"p": {}}}, "profiles.p: Value error, a profile needs exactly one target"),
+        (
+            {"profiles": {"p": {"assistant_id": "a", "squad_id": "s"}}},
+            "found: assistant_id, squad_id",
+        ),
+        (
+            {"profiles": {"p": {"assistant_id": "a", "max_duration_seconds": 5}}},
+            "profiles.p.max_duration_seconds: Input should be greater than or equal to 10",
+        ),
+        (
+            {
+                "profiles": {
+                    "p": {"assistant_id": "a", "client_variables": {"x": {"max_length": "y"}}}
+                }
+            },
+            "profiles.p.client_variables.x.max_length: Input should be a valid integer",
+        ),
+        (
+            {"profiles": {"p": {"assistant_id": "a", "client_variables": {"x": {"pattern": "("}}}}},
+            "profiles.p.client_variables.x.pattern: Value error, not a valid regular expression",
+        ),
+        (
+            {"profiles": {"p": {"assistant_id": "a", "colour": "red"}}},
+            "profiles.p.colour: unknown setting",
+        ),
+        (
+            {"profiles": {"p": {"assistant_id": "a", "variables": {"u": "{{identity.password}}"}}}},
+            "profiles.p",
+        ),
+        (
+            {"profiles": {"p": {"assistant_id": "a", "overrides": {"maxDurationSeconds": 9}}}},
+            "use max_duration_seconds instead",
+        ),
+        (
+            {
+                "profiles": {
+                    "p": {"assistant_id": "a", "variables": {"x": 1}, "client_variables": {"x": {}}}
+                }
+            },
+            "both client_variables",
+        ),
+        ({"profiles": {"bad name!": {"assistant_id": "a"}}}, "profile name 'bad name!'"),
+        ({"cors": {"allow_origins": ["app.example.com"]}}, "cors.allow_origins"),
+        ({"cors": {"allow_origins": ["https://app.example.com/path"]}}, "must not have a path"),
+        ({"vapi": {"base_url": "ftp://x"}}, "vapi.base_url"),
+        ({"vapi": {"api_key": "sk-123"}}, "must not be in the config file"),
+        ({"server": {"max_body_bytes": 10}}, "server.max_body_bytes"),
+        ({"server": {"path_prefix": "api"}}, "server.path_prefix"),
+        ({"public_url": "proxy.example.com"}, "public_url"),
+    ],
+)
+def test_problems_name_the_field(raw: dict[str, Any], expected: str) -> None:
+    found = problems(raw)
+    assert any(expected in p for p in found), found
+
+
+def test_the_example_from_the_issue_loads(tmp_path: Path) -> None:
+    (tmp_path / "assistants").mkdir()
+    (tmp_path / "assistants" / "support.json").write_text('{"name": "Support"}')
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        """
+vapi:
+  base_url: https://api.vapi.ai
+public_url: https://proxy.example.com
+cors:
+  allow_origins: [https://app.example.com]
+profiles:
+  sales-coach:
+    assistant_id: 3f1c
+    client_variables:
+      firstName: {type: string, max_length: 40}
+      language: {enum: [en, de, fr]}
+    variables: {plan: pro}
+    max_duration_seconds: 600
+  support:
+    assistant: {file: assistants/support.json}
+    expose: [id, webCallUrl]
+"""
+    )
+    settings = load_settings(config, environ={})
+    assert settings.profiles["support"].assistant == {"name": "Support"}
+    assert settings.public_url == "https://proxy.example.com"
+    lang = settings.profiles["sales-coach"].client_variables["language"]
+    assert lang.type == "string"
+
+
+def test_a_missing_assistant_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("profiles:\n  s:\n    assistant: {file: nope.json}\n")
+    with pytest.raises(ConfigError, match=r"profiles\.s\.assistant\.file: cannot read"):
+        load_settings(config, environ={})
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    settings = parse_settings(
+        MINIMAL,
+        environ={
+            "VAPI_BASE_URL": "http://127.0.0.1:9/",
+            "VAPI_PROXY__SERVER__MAX_BODY_BYTES": "2048",
+            "VAPI_PROXY__CORS__ALLOW_ORIGINS": "[https://a.example]",
+        },
+    )
+    assert settings.vapi.base_url == "http://127.0.0.1:9"
+    assert settings.server.max_body_bytes == 2048
+    assert settings.cors.allow_origins == ["https://a.example"]
+
+
+def test_secrets_from_environment_or_file(tmp_path: Path) -> None:
+    assert load_secrets({}).vapi_api_key is None
+    secret = load_secrets({"VAPI_API_KEY": " k-123 "})
+    assert secret.vapi_api_key is not None
+    assert secret.vapi_api_key.get_secret_value() == "k-123"
+    assert "k-123" not in repr(secret)
+    key_file = tmp_path / "key"
+    key_file.write_text("k-456\n")
+    from_file = load_secrets({"VAPI_API_KEY_FILE": str(key_file)})
+    assert from_file.vapi_api_key is not None
+    assert from_file.vapi_api_key.get_secret_value() == "k-456"
+    with pytest.raises(ConfigError, match="both set"):
+        load_secrets({"VAPI_API_KEY": "a", "VAPI_API_KEY_FILE": str(key_file)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_secrets({"VAPI_API_KEY_FILE": str(tmp_path / "missing")})
