@@ -109,7 +109,8 @@ def plan_timeline(
     """Transitions, natural end time and reason for a call created at `created`."""
     timeline = [(created, "queued")]
     if phone:
-        timeline.append((created + lifecycle.ringing_after, "ringing"))
+        ringing = min(lifecycle.ringing_after, lifecycle.in_progress_after)
+        timeline.append((created + ringing, "ringing"))
     started = created + lifecycle.in_progress_after
     timeline.append((started, "in-progress"))
     if lifecycle.duration >= max_duration:

@@ -1,0 +1,186 @@
+"""Chat endpoints against API-FACTS §2.7: JSON replies, SSE framing, continuation, public keys."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from vapi_proxy.sandbox import RunningSandbox, run_sandbox
+from vapi_proxy.sandbox.settings import ChatSettings
+
+from .helpers import ASSISTANT_ID, base_settings, private, public
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    """Split an SSE body into events: {"event": name or None, "data": raw data string}."""
+    events = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        event: dict[str, Any] = {"event": None, "data": ""}
+        for line in block.split("\n"):
+            field, _, value = line.partition(": ")
+            if field == "event":
+                event["event"] = value
+            elif field == "data":
+                event["data"] += value
+        events.append(event)
+    return events
+
+
+def test_chat_json(sim: RunningSandbox, client: httpx.Client) -> None:
+    resp = client.post(
+        sim.url + "/chat", json={"assistantId": ASSISTANT_ID, "input": "ping"}, headers=private(sim)
+    )
+    assert resp.status_code == 201
+    chat = resp.json()
+    assert chat["output"] == [{"role": "assistant", "content": "You said: ping"}]
+    assert chat["assistantId"] == ASSISTANT_ID
+    assert chat["messages"] == [{"role": "user", "content": "ping"}]
+    assert chat["orgId"] == sim.settings.org_id
+
+
+def test_chat_continues_with_previous_chat_id(sim: RunningSandbox, client: httpx.Client) -> None:
+    first = client.post(
+        sim.url + "/chat", json={"assistantId": ASSISTANT_ID, "input": "one"}, headers=private(sim)
+    ).json()
+    second = client.post(
+        sim.url + "/chat",
+        json={"previousChatId": first["id"], "input": "two"},
+        headers=private(sim),
+    ).json()
+    assert second["assistantId"] == ASSISTANT_ID
+    assert [m["content"] for m in second["messages"]] == ["one", "You said: one", "two"]
+    got = client.get(f"{sim.url}/chat/{second['id']}", headers=private(sim)).json()
+    assert got == second
+
+
+def test_chat_message_array_input(sim: RunningSandbox, client: httpx.Client) -> None:
+    body = {
+        "assistantId": ASSISTANT_ID,
+        "input": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ],
+    }
+    chat = client.post(sim.url + "/chat", json=body, headers=private(sim)).json()
+    assert chat["output"][0]["content"] == "You said: c"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"input": "x"}, 400),
+        ({"assistantId": ASSISTANT_ID}, 400),
+        ({"assistantId": ASSISTANT_ID, "input": "x", "sessionId": "s", "previousChatId": "p"}, 400),
+        ({"previousChatId": "missing", "input": "x"}, 400),
+        ({"assistantId": ASSISTANT_ID, "input": "x", "metadata": {}}, 400),
+    ],
+)
+def test_chat_errors(
+    sim: RunningSandbox, client: httpx.Client, body: dict[str, Any], status: int
+) -> None:
+    resp = client.post(sim.url + "/chat", json=body, headers=private(sim))
+    assert resp.status_code == status
+    assert resp.json()["statusCode"] == status
+
+
+def test_chat_stream_framing(sim: RunningSandbox, client: httpx.Client) -> None:
+    body = {"assistantId": ASSISTANT_ID, "input": "stream me please", "stream": True}
+    resp = client.post(sim.url + "/chat", json=body, headers=private(sim))
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(resp.text)
+    assert events[-1]["data"] == "[DONE]"
+    chunks = [json.loads(e["data"]) for e in events[:-1]]
+    assert len(chunks) > 1
+    assert {c["path"] for c in chunks} == {"chat.output[0].content"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert "".join(c["delta"] for c in chunks) == "You said: stream me please"
+
+
+def test_responses_stream_is_default_and_framed(sim: RunningSandbox, client: httpx.Client) -> None:
+    body = {"assistantId": ASSISTANT_ID, "input": "hello"}
+    resp = client.post(sim.url + "/chat/responses", json=body, headers=private(sim))
+    events = sse_events(resp.text)
+    kinds = [e["event"] for e in events]
+    assert kinds[-2:] == ["response.output_text.done", "response.completed"]
+    assert set(kinds[:-2]) == {"response.output_text.delta"}
+    payloads = [json.loads(e["data"]) for e in events]
+    assert all(p["type"] == e["event"] for p, e in zip(payloads, events, strict=True))
+    assert "".join(p["delta"] for p in payloads[:-2]) == "You said: hello"
+    assert payloads[-2]["text"] == "You said: hello"
+    done = payloads[-1]["response"]
+    assert done["object"] == "response"
+    assert done["status"] == "completed"
+    assert done["output"][0]["content"][0] == {
+        "type": "output_text",
+        "text": "You said: hello",
+        "annotations": [],
+    }
+
+
+def test_responses_non_stream(sim: RunningSandbox, client: httpx.Client) -> None:
+    body = {"assistantId": ASSISTANT_ID, "input": "hey", "stream": False}
+    resp = client.post(sim.url + "/chat/responses", json=body, headers=private(sim))
+    assert resp.status_code == 201
+    assert resp.json()["output"][0]["content"][0]["text"] == "You said: hey"
+
+
+def test_web_chat_with_public_key(sim: RunningSandbox, client: httpx.Client) -> None:
+    body = {"assistantId": ASSISTANT_ID, "input": "hi"}
+    first = client.post(sim.url + "/chat/web", json=body, headers=public(sim))
+    assert first.status_code == 201
+    reply = first.json()
+    assert set(reply) == {"id", "sessionId", "output"}
+    again = client.post(
+        sim.url + "/chat/web",
+        json={"sessionId": reply["sessionId"], "input": "more"},
+        headers=public(sim),
+    )
+    assert again.json()["sessionId"] == reply["sessionId"]
+    streamed = client.post(sim.url + "/chat/web/responses", json=body, headers=public(sim))
+    assert sse_events(streamed.text)[-1]["event"] == "response.completed"
+    assert client.post(sim.url + "/chat", json=body, headers=public(sim)).status_code == 401
+
+
+def test_web_chat_overrides_are_variable_values_only(
+    sim: RunningSandbox, client: httpx.Client
+) -> None:
+    body = {
+        "assistantId": ASSISTANT_ID,
+        "input": "hi",
+        "assistantOverrides": {"variableValues": {"a": 1}, "model": {}},
+    }
+    resp = client.post(sim.url + "/chat/web", json=body, headers=public(sim))
+    assert resp.json()["message"] == ["assistantOverrides.property model should not exist"]
+
+
+def test_list_chats_is_paginated(sim: RunningSandbox, client: httpx.Client) -> None:
+    client.post(
+        sim.url + "/chat", json={"assistantId": ASSISTANT_ID, "input": "x"}, headers=private(sim)
+    )
+    page = client.get(sim.url + "/chat", params={"limit": 1}, headers=private(sim)).json()
+    assert len(page["results"]) == 1
+    assert page["metadata"]["itemsPerPage"] == 1
+    assert page["metadata"]["hasNextPage"] is (page["metadata"]["totalItems"] > 1)
+
+
+def test_stream_events_are_spaced_by_the_configured_delay(client: httpx.Client) -> None:
+    settings = base_settings(chat=ChatSettings(chunk_chars=4, stream_delay_seconds=0.05))
+    with run_sandbox(settings) as sb:
+        body = {"assistantId": ASSISTANT_ID, "input": "abcdefgh", "stream": True}
+        arrivals = []
+        with client.stream("POST", sb.url + "/chat", json=body, headers=private(sb)) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    arrivals.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert len(arrivals) == 6  # "You said: abcdefgh" in 4-char deltas = 5, plus [DONE]
+    assert min(gaps) >= 0.04
