@@ -113,6 +113,9 @@ def test_method_type_and_proxies() -> None:
         load({"type": "oauth"})
     with pytest.raises(ValidationError, match="at most once"):
         load({"type": "anonymous"}, {"type": "anonymous", "enabled": False})
+    keys = {"type": "api_key", "keys": [{"name": "a", "hash": hash_key("k" * 40)}]}
+    with pytest.raises(ValidationError, match="api_key method at most once: put all keys in one"):
+        load(keys, keys)
     with pytest.raises(ValidationError, match="host bits set"):
         load(trusted_proxies=["10.0.0.1/8"])
     assert load({"type": "anonymous"}, trusted_proxies=["10.0.0.0/8", "::1/128"]).anonymous_enabled
@@ -132,6 +135,17 @@ def _models() -> list[type[BaseModel]]:
 def test_every_setting_is_documented(model: type[BaseModel]) -> None:
     undocumented = [name for name, f in model.model_fields.items() if not f.description]
     assert undocumented == []
+
+
+def test_several_jwt_methods_need_distinct_issuers() -> None:
+    def jwt(issuer: str | None) -> dict[str, Any]:
+        return {"type": "jwt", "jwks_url": JWKS, "algorithms": ["RS256"], "issuer": issuer}
+
+    load(jwt("https://a/"), jwt("https://b/"))
+    load(jwt(None))
+    for pair in [(jwt("https://a/"), jwt(None)), (jwt("https://a/"), jwt("https://a/"))]:
+        with pytest.raises(ValidationError, match="each needs its own issuer"):
+            load(*pair)
 
 
 def test_public_key_as_shared_secret_refused(tmp_path: Path, rsa_pem: str) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 from vapi_proxy.auth.anonymous import AnonymousAuthenticator
 from vapi_proxy.auth.api_key import ApiKeyAuthenticator
 from vapi_proxy.auth.base import Authenticator, AuthFailure, AuthStats, Credential, looks_like_jwt
-from vapi_proxy.auth.config import AnonymousMethod, ApiKeyMethod, AuthSettings, JwtMethod
+from vapi_proxy.auth.config import ApiKeyMethod, AuthSettings, JwtMethod
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.auth.jwks import JwksCache
 from vapi_proxy.auth.jwt import JwtAuthenticator
@@ -60,7 +60,6 @@ class AuthChain:
         authenticators: list[Authenticator] = []
         caches: list[JwksCache] = []
         key_headers: list[str] = []
-        anonymous = None
         for method in settings.methods:
             if isinstance(method, JwtMethod):
                 cache = None
@@ -82,12 +81,13 @@ class AuthChain:
                 authenticators.append(api_keys)
                 if api_keys.header is not None:
                     key_headers.append(api_keys.header)
-            elif isinstance(method, AnonymousMethod) and method.enabled:
-                anonymous = AnonymousAuthenticator(settings.trusted_proxies)
+        anonymous = None
+        if settings.anonymous_enabled:
+            anonymous = AnonymousAuthenticator(settings.trusted_proxies)
         return cls(
             authenticators,
             anonymous=anonymous,
-            key_headers=list(dict.fromkeys(key_headers)),
+            key_headers=key_headers,
             jwks=caches,
             stats=stats,
         )

@@ -335,10 +335,24 @@ class AuthSettings(_Model):
         return value
 
     @model_validator(mode="after")
-    def _one_anonymous(self) -> AuthSettings:
+    def _unambiguous(self) -> AuthSettings:
+        # The first method that recognises a credential owns it, so two methods that would
+        # recognise the same credentials make the second unreachable.
         kinds: list[AuthMethod] = [m.type for m in self.methods]
-        if kinds.count("anonymous") > 1:
-            raise ValueError("configure the anonymous method at most once")
+        once: tuple[tuple[AuthMethod, str], ...] = (
+            ("anonymous", ""),
+            ("api_key", ": put all keys in one"),
+        )
+        for kind, hint in once:
+            if kinds.count(kind) > 1:
+                raise ValueError(f"configure the {kind} method at most once{hint}")
+        jwts = [m for m in self.methods if isinstance(m, JwtMethod)]
+        issuers = [m.issuer for m in jwts]
+        if len(jwts) > 1 and (None in issuers or len(set(issuers)) != len(issuers)):
+            raise ValueError(
+                "with several jwt methods each needs its own issuer: tokens go to the method "
+                "whose issuer matches their `iss`"
+            )
         return self
 
     @property
