@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import jwt
 import pytest
-from auth_helpers import AUDIENCE, ISSUER, claims, make_key, settings
+from auth_helpers import AUDIENCE, claims, make_key, settings
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -17,24 +19,41 @@ from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.auth.chain import AuthChain
 from vapi_proxy.errors import UnauthorizedError
 
-KEY = make_key("ES256")
 API_KEY = generate_key()
-VALID = KEY.sign(claims(exp=2**31 - 1))
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+SECRET = secrets.token_urlsafe(48)
+KEYS = {alg: make_key(alg) for alg in ("ES256", "RS256", "EdDSA")}
+FAR_FUTURE = 2**31 - 1
+
+
+def issuer(alg: str) -> str:
+    return f"https://{alg.lower()}.issuer.test/"
+
+
+# One valid token per verification path; each jwt method has its own issuer.
+VALID = {
+    **{alg: key.sign(claims(iss=issuer(alg), exp=FAR_FUTURE)) for alg, key in KEYS.items()},
+    "HS256": jwt.encode(claims(iss=issuer("HS256"), exp=FAR_FUTURE), SECRET, algorithm="HS256"),
+}
 
 
 @pytest.fixture(scope="module")
-def harness() -> Iterator[tuple[asyncio.Runner, AuthChain]]:
+def harness(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[asyncio.Runner, AuthChain]]:
+    secret_file = tmp_path_factory.mktemp("secret") / "hs256"
+    secret_file.write_text(SECRET)
+    jwt_methods: list[dict[str, Any]] = [
+        {"type": "jwt", "public_key": key.public_pem(), "algorithms": [alg]}
+        for alg, key in KEYS.items()
+    ]
+    jwt_methods.append({"type": "jwt", "secret_file": str(secret_file), "algorithms": ["HS256"]})
+    for method, alg in zip(jwt_methods, [*KEYS, "HS256"], strict=True):
+        method.update(issuer=issuer(alg), audience=AUDIENCE)
     chain = AuthChain.from_settings(
         settings(
             {"type": "api_key", "keys": [{"name": "svc", "hash": hash_key(API_KEY)}]},
-            {
-                "type": "jwt",
-                "public_key": KEY.public_pem(),
-                "algorithms": ["ES256"],
-                "issuer": ISSUER,
-                "audience": AUDIENCE,
-            },
+            *jwt_methods,
         )
     )
     with asyncio.Runner() as runner:
@@ -66,15 +85,16 @@ def segments(token: str) -> list[bytes]:
 PROPERTY = hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def test_valid_token_is_accepted(harness: Any) -> None:
-    assert not refused(harness, f"Bearer {VALID}")
+def test_valid_tokens_are_accepted(harness: Any) -> None:
+    for token in VALID.values():
+        assert not refused(harness, f"Bearer {token}")
     assert not refused(harness, f"Bearer {API_KEY}")
 
 
 @PROPERTY
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
 def test_random_credentials_never_authenticate(harness: Any, text: str) -> None:
-    assume(text.strip() not in (VALID, API_KEY))
+    assume(text.strip() not in (*VALID.values(), API_KEY))
     assert refused(harness, f"Bearer {text}")
 
 
@@ -87,7 +107,8 @@ def test_random_jwt_shapes_never_authenticate(harness: Any, parts: list[str]) ->
 @PROPERTY
 @given(st.data())
 def test_tampered_tokens_never_authenticate(harness: Any, data: st.DataObject) -> None:
-    token = VALID
+    alg = data.draw(st.sampled_from(sorted(VALID)))
+    token = VALID[alg]
     edit = data.draw(st.sampled_from(["replace", "delete", "insert", "truncate", "swap_part"]))
     pos = data.draw(st.integers(0, len(token) - 1))
     char = data.draw(st.sampled_from(B64URL + "."))
@@ -100,7 +121,8 @@ def test_tampered_tokens_never_authenticate(harness: Any, data: st.DataObject) -
     elif edit == "truncate":
         mutated = token[:pos]
     else:
-        other = KEY.sign(claims(sub="someone-else", exp=2**31 - 1)).split(".")
+        # A part from another genuine token: a valid signature over someone else's claims.
+        other = VALID[data.draw(st.sampled_from(sorted(VALID)))].split(".")
         parts = token.split(".")
         index = data.draw(st.integers(0, 2))
         parts[index] = other[index]
