@@ -139,18 +139,30 @@ class IntakeSettings(_Section):
 class Settings(_Section):
     """Everything the proxy runs on, validated. Built once at start-up and passed down."""
 
-    vapi: VapiSettings = Field(default_factory=VapiSettings)
+    vapi: VapiSettings = Field(
+        default_factory=VapiSettings, description="How the proxy reaches Vapi."
+    )
     public_url: str | None = Field(
         default=None,
         description="How Vapi reaches this proxy (https://proxy.example.com); webhook URLs "
         "are built from it.",
     )
     webhook_path: str = Field(default="/webhook", description="Path of the webhook receiver.")
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    cors: CorsSettings = Field(default_factory=CorsSettings)
-    auth: AuthSettings = Field(default_factory=AuthSettings)
-    logging: LoggingSettings = Field(default_factory=LoggingSettings)
-    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    server: ServerSettings = Field(
+        default_factory=ServerSettings, description="HTTP limits and where the proxy is mounted."
+    )
+    cors: CorsSettings = Field(
+        default_factory=CorsSettings, description="Which browser origins may call the proxy."
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings, description="How callers prove who they are (docs/auth.md)."
+    )
+    logging: LoggingSettings = Field(
+        default_factory=LoggingSettings, description="Log level, format and the access log."
+    )
+    intake: IntakeSettings = Field(
+        default_factory=IntakeSettings, description="How client bodies are read."
+    )
     profiles: dict[str, Profile] = Field(
         default_factory=dict, description="Named profiles a client may start."
     )

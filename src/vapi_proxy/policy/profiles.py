@@ -78,7 +78,7 @@ class FileRef(BaseModel):
     """A JSON or YAML file holding a transient assistant/squad/workflow, relative to the config."""
 
     model_config = ConfigDict(extra="forbid")
-    file: str
+    file: str = Field(description="Path of the file, relative to the config file's folder.")
 
 
 class Profile(BaseModel):
