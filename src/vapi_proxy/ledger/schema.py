@@ -1,0 +1,105 @@
+"""The ledger's tables as SQLAlchemy Core metadata: calls, the events that changed them, and
+idempotency keys. Migrations in `migrations/versions/` must produce exactly this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which stores naive text) as on PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("ledger timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if not isinstance(moment, datetime):
+            raise TypeError(f"not a timestamp: {value!r}")
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True, comment="Vapi call or chat id"),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("identity_key", sa.String(512), nullable=False),
+    sa.Column("identity_hash", sa.String(32), nullable=False),
+    sa.Column("auth_method", sa.String(32), nullable=False),
+    sa.Column("tenant", sa.String(256)),
+    sa.Column("profile", sa.String(256), nullable=False),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("started_at", UTCDateTime()),
+    sa.Column("ended_at", UTCDateTime()),
+    sa.Column("ended_reason", sa.String(256)),
+    sa.Column("duration_seconds", sa.Float),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("max_duration_seconds", sa.Float),
+    sa.Column("reservation_id", sa.String(64)),
+    sa.Column("summary", sa.Text),
+    sa.Column("analysis", JSONType),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "identity_key", "created_at"),
+    sa.Index(None, "tenant", "created_at"),
+    sa.Index(None, "created_at"),
+)
+
+call_events = sa.Table(
+    "call_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("call_id", sa.String(128), comment="as reported; may name a call we never made"),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32)),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("dedupe_key", sa.String(256), nullable=False, unique=True),
+    sa.Column("known", sa.Boolean, nullable=False),
+    sa.Column("payload", JSONType),
+    sa.Index(None, "call_id"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(256), primary_key=True),
+    sa.Column("identity_key", sa.String(512), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("request_hash", sa.String(64)),
+    sa.Column("response_status", sa.Integer),
+    sa.Column("response_body", sa.LargeBinary),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "expires_at"),
+)

@@ -1,0 +1,519 @@
+"""The `Ledger`: record calls, apply Vapi's webhook events to them, sum usage, idempotency keys.
+
+Every write is one transaction. Events are deduplicated by a unique key, and a call's state only
+moves forward (queued → ringing → in-progress → forwarding → ended), so late or repeated
+deliveries cannot undo an end-of-call-report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.ledger.engine import Database, redact
+from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
+from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys
+
+# Vapi's call statuses in the order a call moves through them.
+STATUS_RANK = {
+    "scheduled": 0,
+    "queued": 1,
+    "ringing": 2,
+    "in-progress": 3,
+    "forwarding": 4,
+    "ended": 5,
+}
+FINAL_TYPES = {"end-of-call-report"}
+PAYLOAD_LIMIT = 16_384  # bytes of raw event kept; transcripts and messages are trimmed first
+_TRIM_KEYS = (
+    "transcript",
+    "messages",
+    "messagesOpenAIFormatted",
+    "artifact",
+    "recordingUrl",
+    "stereoRecordingUrl",
+    "call",
+    "assistant",
+    "customer",
+    "phoneNumber",
+)
+
+
+class LedgerSchemaError(RuntimeError):
+    """The database is not at the revision this code expects; run `vapi-proxy db upgrade`."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        # Vapi's `timestamp` is epoch milliseconds.
+        return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    id: str
+    kind: str
+    identity_key: str
+    identity_hash: str
+    auth_method: str
+    tenant: str | None
+    profile: str
+    request_id: str | None
+    created_at: datetime
+    status: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    ended_reason: str | None
+    duration_seconds: float | None
+    cost_usd: float | None
+    max_duration_seconds: float | None
+    reservation_id: str | None
+    summary: str | None
+    analysis: Any
+    updated_at: datetime
+
+
+_CALL_FIELDS = [f.name for f in fields(CallRecord)]
+
+
+def _record(row: Any) -> CallRecord:
+    m = row._mapping
+    return CallRecord(**{name: m[name] for name in _CALL_FIELDS})
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvent:
+    """One webhook message, reduced to what the ledger uses."""
+
+    type: str
+    call_id: str | None
+    dedupe_key: str
+    status: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    ended_reason: str | None = None
+    duration_seconds: float | None = None
+    cost_usd: float | None = None
+    summary: str | None = None
+    analysis: Any = None
+    payload: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_vapi(cls, message: Mapping[str, Any], *, dedupe_key: str | None = None) -> LedgerEvent:
+        """From Vapi's webhook `message` object (status-update, end-of-call-report, …)."""
+        mtype = str(message.get("type", "unknown"))
+        call = message.get("call") or {}
+        call_id = call.get("id") if isinstance(call, Mapping) else None
+        call_id = call_id or message.get("callId") or message.get("chatId")
+        status = message.get("status")
+        if mtype in FINAL_TYPES:
+            status = "ended"
+        analysis = message.get("analysis")
+        summary = message.get("summary")
+        if summary is None and isinstance(analysis, Mapping):
+            summary = analysis.get("summary")
+        duration = message.get("durationSeconds")
+        if dedupe_key is None:
+            stamp = message.get("timestamp")
+            if stamp is not None:
+                dedupe_key = f"{mtype}:{call_id}:{status or ''}:{stamp}"
+            else:
+                digest = hashlib.sha256(orjson.dumps(message, option=orjson.OPT_SORT_KEYS))
+                dedupe_key = f"{mtype}:{call_id}:{digest.hexdigest()[:32]}"
+        return cls(
+            type=mtype,
+            call_id=str(call_id) if call_id else None,
+            dedupe_key=dedupe_key[:256],
+            status=str(status) if status else None,
+            started_at=_parse_time(message.get("startedAt")),
+            ended_at=_parse_time(message.get("endedAt")),
+            ended_reason=message.get("endedReason"),
+            duration_seconds=float(duration) if duration is not None else None,
+            cost_usd=float(message["cost"]) if message.get("cost") is not None else None,
+            summary=summary if isinstance(summary, str) else None,
+            analysis=analysis,
+            payload=message,
+        )
+
+
+def trim_payload(payload: Mapping[str, Any] | None) -> Any:
+    """Keep the event small: drop bulky fields (transcripts, nested call objects) if needed."""
+    if payload is None:
+        return None
+    raw = orjson.dumps(payload, default=str)
+    if len(raw) <= PAYLOAD_LIMIT:
+        return orjson.loads(raw)
+    slim = {k: v for k, v in payload.items() if k not in _TRIM_KEYS}
+    slim["_trimmed"] = sorted(k for k in payload if k in _TRIM_KEYS)
+    raw = orjson.dumps(slim, default=str)
+    if len(raw) <= PAYLOAD_LIMIT:
+        return orjson.loads(raw)
+    return {"_trimmed": "all", "type": payload.get("type"), "bytes": len(raw)}
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    known: bool
+    """The event names a call in the ledger."""
+    duplicate: bool
+    """Seen before (same dedupe key): nothing was changed."""
+    call: CallRecord | None
+    ended_now: bool = False
+    """This event moved the call to `ended` (time to settle its limits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    identity_key: str
+    tenant: str | None
+    kind: str
+    calls: int
+    ended: int
+    minutes: float
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyResult:
+    state: Literal["claimed", "in_progress", "completed", "mismatch"]
+    """`claimed`: you are first, do the work then `idempotency_complete`. `in_progress`: another
+    request holds the key. `completed`: replay `response_*`. `mismatch`: same key, other body."""
+    response_status: int | None = None
+    response_body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerHealth:
+    ok: bool
+    backend: str
+    detail: str | None = None
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 5.0) -> Ledger:
+        return cls(Database(url, timeout=timeout))
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql if self._db.dialect == "postgresql" else sqlite).insert(table)
+
+    async def start(self, auto_migrate: bool = False) -> None:
+        """Migrate (when asked) or check the schema is current; refuses to run on a stale one."""
+        if auto_migrate:
+            await upgrade_async(self._db)
+            return
+        self._db.check_reachable()
+        current = await current_revision(self._db)
+        if current != head_revision():
+            raise LedgerSchemaError(
+                f"ledger database is at revision {current or 'none'}, this version needs "
+                f"{head_revision()}: run `vapi-proxy db upgrade` (or enable auto-migrate)"
+            )
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+    async def health(self) -> LedgerHealth:
+        name = f"{self._db.dialect} ({redact(self._db.url)})"
+        try:
+            self._db.check_reachable()
+            async with self._db.read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+            return LedgerHealth(False, name, f"{type(exc).__name__}: {exc}"[:300])
+        return LedgerHealth(True, name)
+
+    # --- calls -----------------------------------------------------------------------------
+
+    async def record_call(
+        self,
+        *,
+        call_id: str,
+        identity: Identity,
+        profile: str,
+        kind: str = "call",
+        request_id: str | None = None,
+        status: str = "queued",
+        max_duration_seconds: float | None = None,
+        reservation_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> bool:
+        """Insert the call; False if it was already recorded (a retry), which changes nothing."""
+        now = created_at or _now()
+        stmt = (
+            self._insert(calls)
+            .values(
+                id=call_id,
+                kind=kind,
+                identity_key=identity.key,
+                identity_hash=identity.hashed,
+                auth_method=identity.method,
+                tenant=identity.tenant,
+                profile=profile,
+                request_id=request_id,
+                created_at=now,
+                status=status,
+                max_duration_seconds=max_duration_seconds,
+                reservation_id=reservation_id,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        async with self._db.write() as conn:
+            inserted = (await conn.execute(stmt)).rowcount == 1
+            if inserted:
+                # Events that beat the ledger row here (the webhook raced our reply) now count.
+                await conn.execute(
+                    call_events.update()
+                    .where(call_events.c.call_id == call_id, call_events.c.known.is_(False))
+                    .values(known=True)
+                )
+        return inserted
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        async with self._db.read() as conn:
+            row = (await conn.execute(sa.select(calls).where(calls.c.id == call_id))).first()
+        return None if row is None else _record(row)
+
+    async def list_calls(
+        self, identity_key: str, *, limit: int = 50, since: datetime | None = None
+    ) -> list[CallRecord]:
+        """Newest first: a user's own calls (the ownership check for reads)."""
+        q = sa.select(calls).where(calls.c.identity_key == identity_key)
+        if since is not None:
+            q = q.where(calls.c.created_at >= since)
+        q = q.order_by(calls.c.created_at.desc(), calls.c.id).limit(max(1, min(limit, 1000)))
+        async with self._db.read() as conn:
+            return [_record(r) for r in await conn.execute(q)]
+
+    async def apply_event(
+        self, event: LedgerEvent, *, received_at: datetime | None = None
+    ) -> EventOutcome:
+        received = received_at or _now()
+        async with self._db.write() as conn:
+            current = None
+            if event.call_id is not None:
+                current = (
+                    await conn.execute(
+                        sa.select(calls).where(calls.c.id == event.call_id).with_for_update()
+                    )
+                ).first()
+            ins = (
+                self._insert(call_events)
+                .values(
+                    call_id=event.call_id,
+                    type=event.type[:64],
+                    status=event.status,
+                    received_at=received,
+                    dedupe_key=event.dedupe_key,
+                    known=current is not None,
+                    payload=trim_payload(event.payload),
+                )
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            )
+            if (await conn.execute(ins)).rowcount != 1:
+                return EventOutcome(
+                    current is not None, True, None if current is None else _record(current)
+                )
+            if current is None:
+                return EventOutcome(False, False, None)
+            call, ended_now = await self._settle(conn, _record(current), event, received)
+        return EventOutcome(True, False, call, ended_now)
+
+    async def _settle(
+        self, conn: AsyncConnection, call: CallRecord, event: LedgerEvent, now: datetime
+    ) -> tuple[CallRecord, bool]:
+        final = event.type in FINAL_TYPES
+        changes: dict[str, Any] = {}
+        old_rank = STATUS_RANK.get(call.status, -1)
+        new_rank = STATUS_RANK.get(event.status or "", -1)
+        if new_rank > old_rank:
+            changes["status"] = event.status
+        if event.started_at and call.started_at is None:
+            changes["started_at"] = event.started_at
+        # The report is authoritative for how the call ended; a status-update only fills gaps.
+        for name in ("ended_at", "ended_reason", "cost_usd", "duration_seconds", "summary"):
+            value = getattr(event, name)
+            if value is not None and (final or getattr(call, name) is None):
+                changes[name] = value
+        if event.analysis is not None and final:
+            changes["analysis"] = event.analysis
+        started = changes.get("started_at", call.started_at)
+        ended = changes.get("ended_at", call.ended_at)
+        if (
+            "duration_seconds" not in changes
+            and call.duration_seconds is None
+            and started
+            and ended
+        ):
+            changes["duration_seconds"] = max(0.0, (ended - started).total_seconds())
+        if not changes:
+            return call, False
+        changes["updated_at"] = now
+        await conn.execute(calls.update().where(calls.c.id == call.id).values(**changes))
+        merged = {name: getattr(call, name) for name in _CALL_FIELDS} | changes
+        return CallRecord(**merged), changes.get("status") == "ended"
+
+    async def usage(
+        self,
+        *,
+        identity_key: str | None = None,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRow]:
+        """Calls, ended calls, minutes and cost per identity, tenant and kind."""
+        q = sa.select(
+            calls.c.identity_key,
+            calls.c.tenant,
+            calls.c.kind,
+            sa.func.count(),
+            sa.func.count(calls.c.ended_at),
+            sa.func.coalesce(sa.func.sum(calls.c.duration_seconds), 0.0),
+            sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0),
+        ).group_by(calls.c.identity_key, calls.c.tenant, calls.c.kind)
+        if identity_key is not None:
+            q = q.where(calls.c.identity_key == identity_key)
+        if tenant is not None:
+            q = q.where(calls.c.tenant == tenant)
+        if since is not None:
+            q = q.where(calls.c.created_at >= since)
+        if until is not None:
+            q = q.where(calls.c.created_at < until)
+        q = q.order_by(calls.c.identity_key, calls.c.kind)
+        async with self._db.read() as conn:
+            rows = await conn.execute(q)
+            return [
+                UsageRow(ik, t, k, int(n), int(e), round(float(secs) / 60, 4), round(float(c), 6))
+                for ik, t, k, n, e, secs, c in rows
+            ]
+
+    # --- idempotency -----------------------------------------------------------------------
+
+    async def idempotency_claim(
+        self,
+        key: str,
+        identity_key: str,
+        *,
+        ttl_seconds: float = 86400,
+        request_hash: str | None = None,
+        now: datetime | None = None,
+    ) -> IdempotencyResult:
+        """First writer wins atomically; later ones see its state (or an expired key is reused)."""
+        now = now or _now()
+        expires = now + timedelta(seconds=ttl_seconds)
+        ins = (
+            self._insert(idempotency_keys)
+            .values(
+                key=key,
+                identity_key=identity_key,
+                state="in_progress",
+                request_hash=request_hash,
+                created_at=now,
+                expires_at=expires,
+            )
+            .on_conflict_do_nothing(index_elements=["key", "identity_key"])
+        )
+        where = (idempotency_keys.c.key == key) & (idempotency_keys.c.identity_key == identity_key)
+        async with self._db.write() as conn:
+            if (await conn.execute(ins)).rowcount == 1:
+                return IdempotencyResult("claimed")
+            taken = await conn.execute(
+                idempotency_keys.update()
+                .where(where, idempotency_keys.c.expires_at <= now)
+                .values(
+                    state="in_progress",
+                    request_hash=request_hash,
+                    response_status=None,
+                    response_body=None,
+                    created_at=now,
+                    expires_at=expires,
+                )
+            )
+            if taken.rowcount == 1:
+                return IdempotencyResult("claimed")
+            row = (await conn.execute(sa.select(idempotency_keys).where(where))).one()
+        if request_hash is not None and row.request_hash not in (None, request_hash):
+            return IdempotencyResult("mismatch")
+        if row.state == "completed":
+            return IdempotencyResult("completed", row.response_status, row.response_body)
+        return IdempotencyResult("in_progress")
+
+    async def idempotency_complete(
+        self, key: str, identity_key: str, *, status: int, body: bytes
+    ) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                idempotency_keys.update()
+                .where(
+                    idempotency_keys.c.key == key, idempotency_keys.c.identity_key == identity_key
+                )
+                .values(state="completed", response_status=status, response_body=body)
+            )
+
+    async def idempotency_abandon(self, key: str, identity_key: str) -> None:
+        """The first request failed before reaching Vapi: let a retry try again."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                idempotency_keys.delete().where(
+                    idempotency_keys.c.key == key,
+                    idempotency_keys.c.identity_key == identity_key,
+                    idempotency_keys.c.state == "in_progress",
+                )
+            )
+
+    async def idempotency_get(
+        self, key: str, identity_key: str, *, now: datetime | None = None
+    ) -> IdempotencyResult | None:
+        now = now or _now()
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(idempotency_keys).where(
+                        idempotency_keys.c.key == key,
+                        idempotency_keys.c.identity_key == identity_key,
+                        idempotency_keys.c.expires_at > now,
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        if row.state == "completed":
+            return IdempotencyResult("completed", row.response_status, row.response_body)
+        return IdempotencyResult("in_progress")
+
+    async def idempotency_purge(self, *, now: datetime | None = None) -> int:
+        async with self._db.write() as conn:
+            res = await conn.execute(
+                idempotency_keys.delete().where(idempotency_keys.c.expires_at <= (now or _now()))
+            )
+        return int(res.rowcount)
