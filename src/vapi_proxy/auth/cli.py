@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     else:
         key = generate_key()
-        # The key goes to stderr-free stdout once; nothing else ever prints or stores it.
+        # Printed this once only: the proxy keeps the hash, so a lost key is replaced, not found.
         print(f"key:  {key}")
         print("      (shown once: give it to the caller now; the proxy stores only the hash)")
     digest = hash_key(key)
