@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,7 +31,13 @@ class Identity:
     @property
     def hashed(self) -> str:
         """A short non-reversible tag for logs, so raw subjects stay out of them."""
-        return hashlib.sha256(self.key.encode()).hexdigest()[:16]
+        return _tag(self.key)
+
+
+@lru_cache(maxsize=4096)
+def _tag(key: str) -> str:
+    # Cached: the same callers come back, and this runs on every request's log line.
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 ANONYMOUS_METHOD: AuthMethod = "anonymous"

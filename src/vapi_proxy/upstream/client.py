@@ -56,6 +56,9 @@ class UpstreamClient:
             connector=connector,
             timeout=self._timeout,
             skip_auto_headers=("User-Agent",),
+            # Nothing Vapi sets as a cookie may be stored and replayed on later requests made
+            # for other users.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             # The key must never follow a redirect to another host.
             requote_redirect_url=False,
