@@ -9,7 +9,7 @@ import orjson
 import pytest
 from auth_helpers import AUDIENCE, ISSUER, Clock, JwksServer, SigningKey, claims, make_key
 
-from vapi_proxy.auth.jwks import JwksError, parse_jwks
+from vapi_proxy.auth.jwks import MAX_STALE_SECONDS, JwksError, parse_jwks
 from vapi_proxy.errors import ServiceUnavailableError, UnauthorizedError
 from vapi_proxy.testing import free_port
 
@@ -139,6 +139,15 @@ async def test_stale_keys_used_while_provider_down(
     clock.advance(31)
     with pytest.raises(ServiceUnavailableError):
         await chain.authenticate("Bearer " + rsa_key.sign(claims(), kid="new"), "::1")
+    # Stale keys are trusted for a bounded time only.
+    clock.advance(MAX_STALE_SECONDS - 100)
+    assert (await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")).subject
+    clock.advance(100)
+    with pytest.raises(ServiceUnavailableError):
+        await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")
+    jwks.status = 200
+    clock.advance(31)
+    assert (await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")).subject
 
 
 async def test_key_pinned_to_other_alg_refused(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 512 * 1024
 """Real key sets are a few KiB; anything far larger is not one."""
+MAX_STALE_SECONDS = 24 * 3600
+"""How long past `cache_seconds` the last good key set is used while refreshes keep failing."""
 
 # Only asymmetric kinds: a JWKS is public, so an `oct` (shared secret) entry in it is a mistake
 # or an attack, never a key to trust.
@@ -117,27 +120,31 @@ class JwksCache:
         """The key for `kid`, refetching the set if it is unknown or the cache is old.
 
         Raises `AuthFailure` `unknown_kid` when a good, recent set lacks it, or `jwks_unavailable`
-        when no set could be fetched: a fail-closed refusal the chain turns into a 503.
+        when no usable set could be fetched: a fail-closed refusal the chain turns into a 503.
         """
         key = self._find(kid)
-        fresh = (
-            self._fetched_at is not None and self._clock() - self._fetched_at < self._cache_seconds
-        )
-        if key is not None and fresh:
+        if key is None or self._age() >= self._cache_seconds:
+            await self.refresh()
+            key = self._find(kid)
+        # After a failed refresh the last good set is still the provider's last word: keep using
+        # it rather than lock every user out while the provider is down, but only for so long,
+        # so a key the provider has since withdrawn does not stay trusted indefinitely.
+        usable = self._age() < self._cache_seconds + MAX_STALE_SECONDS
+        if key is not None and usable:
             return key
-        await self.refresh()
-        # After a failed refresh a stale key is still the provider's last word: keep using it
-        # rather than locking every user out while the provider's endpoint is down.
-        found = self._find(kid) or (key if self._last_failed else None)
-        if found is not None:
-            return found
-        if self._last_failed or self._fetched_at is None:
+        if self._last_failed or not usable:
             raise AuthFailure(
                 "jwks_unavailable",
                 "Cannot verify the token now: the identity provider's keys are unavailable",
                 unavailable=True,
             )
         raise AuthFailure("unknown_kid", "Token is signed with a key id the issuer does not list")
+
+    def _age(self) -> float:
+        """Seconds since the last successful fetch (infinite before the first)."""
+        if self._fetched_at is None:
+            return math.inf
+        return self._clock() - self._fetched_at
 
     async def refresh(self) -> None:
         """Fetch the set unless a fetch is in flight (join it) or one began too recently."""
