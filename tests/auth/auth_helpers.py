@@ -86,9 +86,11 @@ class JwksServer:
     status: int = 200
     body: bytes | None = None
     fetches: int = 0
+    redirected_fetches: int = 0
 
     def reset(self) -> None:
-        self.keys, self.status, self.body, self.fetches = [], 200, None, 0
+        self.keys, self.status, self.body = [], 200, None
+        self.fetches = self.redirected_fetches = 0
 
 
 def settings(*methods: dict[str, Any], trusted_proxies: list[str] | None = None) -> AuthSettings:

@@ -42,11 +42,20 @@ def jwks_server() -> Iterator[JwksServer]:
 
     async def jwks(request: Request) -> Response:
         state.fetches += 1
+        if state.status in (301, 302, 307, 308):
+            return Response(status_code=state.status, headers={"Location": "/elsewhere.json"})
         if state.body is not None:
             return Response(state.body, status_code=state.status)
         return JSONResponse({"keys": state.keys}, status_code=state.status)
 
-    app = Starlette(routes=[Route("/.well-known/jwks.json", jwks)])
+    async def elsewhere(request: Request) -> Response:
+        # Where a redirect from the JWKS URL points: a valid key set the proxy must not fetch.
+        state.redirected_fetches += 1
+        return JSONResponse({"keys": state.keys})
+
+    app = Starlette(
+        routes=[Route("/.well-known/jwks.json", jwks), Route("/elsewhere.json", elsewhere)]
+    )
     with ServerThread(app) as server:
         state.url = f"{server.url}/.well-known/jwks.json"
         yield state

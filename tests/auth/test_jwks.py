@@ -169,6 +169,18 @@ async def test_token_without_kid_uses_the_only_key(
     assert (await chain.authenticate(f"Bearer {token}", "::1")).subject == "user-1"
 
 
+async def test_redirects_are_not_followed(
+    chain_factory: Any, jwks: JwksServer, rsa_key: SigningKey
+) -> None:
+    jwks.keys = [rsa_key.jwk()]
+    jwks.status = 302
+    chain = await chain_factory(jwks_method(jwks.url, ["RS256"]))
+    with pytest.raises(ServiceUnavailableError):
+        await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")
+    assert (jwks.fetches, jwks.redirected_fetches) == (1, 0)
+    assert chain.stats.jwks_fetch_failures == 1
+
+
 @pytest.mark.parametrize(
     "body",
     [b"not json", b"[]", b'{"keys": {}}', b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'],
