@@ -236,7 +236,7 @@ def test_hmac_signature(
 
 def test_server_timeout_is_respected(receiver: tuple[Receiver, str], client: httpx.Client) -> None:
     rec, url = receiver
-    rec.delay["status-update"] = 3
+    rec.delay["status-update"] = 1.5
     settings = base_settings(
         server=ServerConfig(url=url, timeoutSeconds=1),
         lifecycle=LifecycleSettings(ringing_after=0, in_progress_after=100, duration=1),
