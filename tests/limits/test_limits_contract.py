@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from limits_helpers import FakeClock, MakeLimiter
 
-from conftest import FakeClock, MakeLimiter
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import TooManyRequestsError
 from vapi_proxy.limits import AdmissionRequest, Limiter, Reservation
@@ -340,3 +340,26 @@ async def test_burst_takes_exactly_the_quota(make_limiter: MakeLimiter) -> None:
     admitted = [r for r in results if isinstance(r, Reservation)]
     assert len(admitted) == 50
     assert all(isinstance(r, TooManyRequestsError) for r in results if r not in admitted)
+
+
+async def test_settle_in_two_steps_counts_each_actual_once(make_limiter: MakeLimiter) -> None:
+    """status-update `ended` (no cost yet) frees the slot; the end-of-call-report that follows
+    brings minutes and cost; any repeat changes nothing."""
+    limiter = await make_limiter(
+        [{"name": "b", "concurrency": 1, "budget": {"minutes_per_day": 10, "usd_per_day": 1}}]
+    )
+    worst = {"worst_case_seconds": 300, "estimated_cost_usd": 0.5}
+    await start(limiter, "a", req(**worst))
+    await refused(limiter, req(**worst))  # slot taken
+    await limiter.settle("a", duration_seconds=None, cost_usd=None)
+    r = await limiter.reserve(req(**worst))  # slot free; 10 minutes and $1.00 now held
+    await limiter.release(r)
+    await limiter.settle("a", duration_seconds=60, cost_usd=None)  # minutes land: 1 held
+    await limiter.settle("a", duration_seconds=600, cost_usd=0.9)  # minutes again: ignored
+    await limiter.settle("a", duration_seconds=None, cost_usd=0.0)  # cost already landed
+    err = await refused(limiter, req(worst_case_seconds=60, estimated_cost_usd=0.2))
+    assert "$0.90 of your $1.00 USD budget" in err.message  # cost counted once, not zeroed
+    await start(limiter, "b", req(worst_case_seconds=300, estimated_cost_usd=0.1))
+    await limiter.settle("b", duration_seconds=0, cost_usd=0)
+    # 1 minute used (not 10): the second duration was ignored; 9 more fit exactly.
+    await limiter.reserve(req(worst_case_seconds=540, estimated_cost_usd=0.1))

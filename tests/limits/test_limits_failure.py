@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from limits_helpers import FakeClock
 
-from conftest import FakeClock
 from conftest_services import closed_port
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ServiceUnavailableError

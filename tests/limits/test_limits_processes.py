@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from burst_worker import run
-
-from conftest import SHARED_BACKENDS, backend_url
+from limits_helpers import SHARED_BACKENDS, backend_url
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,10 @@ class Database:
             kwargs["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
-            kwargs["pool_timeout"] = timeout
+            # A burst queues for a pooled connection rather than failing: each statement is
+            # still bounded by `command_timeout`, and refusing a burst as "store down" would
+            # turn load into 503s.
+            kwargs["pool_timeout"] = max(30.0, timeout)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             busy_ms = int(timeout * 1000)

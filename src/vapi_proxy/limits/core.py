@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
@@ -108,6 +108,33 @@ class LimitStore(Protocol):
     async def ping(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+# --- settling ---------------------------------------------------------------------------------
+
+SETTLEABLE = ("pending", "committed", "expired", "ended")
+"""States `settle` acts on. `ended`: slot freed, some actual amounts still to come."""
+
+
+def true_up(
+    holds: Sequence[Sequence[Any]], applied: str, actual_ms: int | None, actual_micro: int | None
+) -> tuple[dict[str, int], str, bool]:
+    """Counter deltas replacing held worst cases with actuals, each metric at most once.
+
+    A status-update `ended` may settle with no cost and the end-of-call-report later with it;
+    `applied` ("m", "u") remembers which actuals already landed so neither counts twice.
+    Returns (key → delta, new applied, fully settled).
+    """
+    given = {"minutes": actual_ms, "usd": actual_micro}
+    deltas: dict[str, int] = {}
+    now_applied = set(applied)
+    for what, key, amount in holds:
+        actual = given.get(what)
+        if actual is not None and what[0] not in applied:
+            deltas[key] = deltas.get(key, 0) + actual - int(amount)
+    now_applied |= {what[0] for what, value in given.items() if value is not None}
+    needed = {what[0] for what, _, _ in holds if what in given}
+    return deltas, "".join(sorted(now_applied)), needed <= now_applied
 
 
 # --- which rules apply -------------------------------------------------------------------------

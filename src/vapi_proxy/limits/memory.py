@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from vapi_proxy.limits.base import Hold
 from vapi_proxy.limits.config import LimitsSettings
-from vapi_proxy.limits.core import Plan, Shortfall
+from vapi_proxy.limits.core import SETTLEABLE, Plan, Shortfall, true_up
 
 # States a reservation moves through; only live ones hold a concurrency slot.
 LIVE = ("pending", "committed")
@@ -22,6 +22,7 @@ class _Record:
     keep_until: float
     state: str = "pending"
     call_id: str | None = None
+    applied: str = ""
     slot_keys: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -98,14 +99,14 @@ class MemoryStore:
     ) -> None:
         rid = self._calls.get(call_id)
         rec = self._records.get(rid) if rid is not None else None
-        if rec is None or rec.state not in (*LIVE, "expired"):
+        if rec is None or rec.state not in SETTLEABLE:
             return
-        for h in rec.holds:
-            actual = {"minutes": actual_ms, "usd": actual_micro_usd}.get(h.what)
-            if actual is not None:
-                self._adjust(h.key, actual - h.amount, now)
+        holds = [(h.what, h.key, h.amount) for h in rec.holds]
+        deltas, rec.applied, done = true_up(holds, rec.applied, actual_ms, actual_micro_usd)
+        for key, delta in deltas.items():
+            self._adjust(key, delta, now)
         self._free_slots(rid or "", rec)
-        rec.state = "settled"
+        rec.state = "settled" if done else "ended"
 
     async def expire(self, now: float) -> int:
         freed = 0

@@ -85,29 +85,49 @@ if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
 return 1
 """
 
-# ARGV: rid, mode (release|settle), actual ms or '', actual micro-USD or ''
+# ARGV: rid, mode (release|settle), actual ms or '', actual micro-USD or ''.
+# Settle mirrors core.true_up: each actual lands at most once ('applied' remembers m/u), and a
+# reservation still waiting for one is left 'ended' (slot freed) rather than 'settled'.
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return 0 end
+local release = ARGV[2] == 'release'
 local live = st == 'pending' or st == 'committed'
-if not (live or (ARGV[2] == 'settle' and st == 'expired')) then return 0 end
+if release and not live then return 0 end
+if not release and not (live or st == 'expired' or st == 'ended') then return 0 end
+local applied = redis.call('HGET', KEYS[1], 'applied') or ''
+local given = {minutes = ARGV[3], usd = ARGV[4]}
+local needed_done = true
 for _, h in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'holds'))) do
   local what, key, amount = h[1], h[2], tonumber(h[3])
   if what == 'concurrency' then
     redis.call('ZREM', key, ARGV[1])
   else
     local delta = nil
-    if ARGV[2] == 'release' then delta = -amount
-    elseif what == 'minutes' and ARGV[3] ~= '' then delta = tonumber(ARGV[3]) - amount
-    elseif what == 'usd' and ARGV[4] ~= '' then delta = tonumber(ARGV[4]) - amount end
+    local tag = string.sub(what, 1, 1)
+    if release then
+      delta = -amount
+    elseif given[what] ~= nil then
+      if given[what] ~= '' then
+        if not string.find(applied, tag, 1, true) then delta = tonumber(given[what]) - amount end
+      elseif not string.find(applied, tag, 1, true) then
+        needed_done = false
+      end
+    end
     -- A counter gone with its window stays gone: the window is over.
     if delta and delta ~= 0 and redis.call('EXISTS', key) == 1 then
       if redis.call('INCRBY', key, delta) < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
     end
   end
 end
-if ARGV[2] == 'release' then st = 'released' else st = 'settled' end
-redis.call('HSET', KEYS[1], 'state', st)
+if release then
+  st = 'released'
+else
+  if ARGV[3] ~= '' and not string.find(applied, 'm', 1, true) then applied = applied .. 'm' end
+  if ARGV[4] ~= '' and not string.find(applied, 'u', 1, true) then applied = applied .. 'u' end
+  if needed_done then st = 'settled' else st = 'ended' end
+end
+redis.call('HSET', KEYS[1], 'state', st, 'applied', applied)
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
@@ -155,7 +175,7 @@ class RedisStore:
         self._pool = aioredis.BlockingConnectionPool.from_url(
             settings.backend,
             max_connections=64,
-            timeout=t,
+            timeout=max(30.0, t),  # queue a burst; each command is still bounded by t
             decode_responses=True,
             socket_timeout=t,
             socket_connect_timeout=t,

@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.limits.config import LimitsSettings
-from vapi_proxy.limits.core import Plan, Shortfall, StoreUnavailableError
+from vapi_proxy.limits.core import (
+    SETTLEABLE,
+    Plan,
+    Shortfall,
+    StoreUnavailableError,
+    true_up,
+)
 
 metadata = sa.MetaData()
 
@@ -48,6 +54,7 @@ reservations = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("keep_until", sa.Float, nullable=False),
     sa.Column("holds", sa.Text, nullable=False),
+    sa.Column("applied", sa.String(8), nullable=False, server_default=""),
     sa.Index("ix_limit_reservations_expiry", "namespace", "state", "expires_at"),
 )
 
@@ -66,6 +73,7 @@ def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except (
+            sa.exc.TimeoutError,
             sa.exc.OperationalError,
             sa.exc.InterfaceError,
             sa.exc.DBAPIError,
@@ -168,6 +176,7 @@ class SqlStore:
                     namespace=self._ns,
                     call_key=None,
                     state="pending",
+                    applied="",
                     expires_at=expires_at,
                     keep_until=keep_until,
                     holds=json.dumps([[h.what, h.key, h.amount] for h in plan.holds]),
@@ -185,68 +194,62 @@ class SqlStore:
                 .values(state="committed", call_key=f"{self._ns}:{call_id}")
             )
 
-    async def _finish(
-        self,
-        conn: AsyncConnection,
-        where: sa.ColumnElement[bool],
-        states: tuple[str, ...],
-        new_state: str,
-        deltas: Callable[[str, int], int | None],
-    ) -> None:
-        row = (
+    async def _locked(self, conn: AsyncConnection, where: sa.ColumnElement[bool]) -> Any:
+        return (
             await conn.execute(
-                sa.select(reservations.c.id, reservations.c.state, reservations.c.holds)
+                sa.select(
+                    reservations.c.id,
+                    reservations.c.state,
+                    reservations.c.holds,
+                    reservations.c.applied,
+                )
                 .where(where)
                 .with_for_update()
             )
         ).first()
-        if row is None or row.state not in states:
-            return
-        changes: dict[str, int] = {}
-        for what, key, amount in json.loads(row.holds):
-            delta = deltas(what, amount)
-            if delta:
-                changes[key] = changes.get(key, 0) + delta
-        for key in sorted(changes):  # key order, like reserve: no lock-order deadlocks
-            new = counters.c.value + changes[key]
+
+    async def _finish(
+        self, conn: AsyncConnection, rid: str, deltas: dict[str, int], **values: str
+    ) -> None:
+        for key in sorted(deltas):  # key order, like reserve: no lock-order deadlocks
+            if not deltas[key]:
+                continue
+            new = counters.c.value + deltas[key]
             await conn.execute(
                 counters.update()
                 .where(counters.c.key == key)
                 .values(value=sa.case((new < 0, 0), else_=new))
             )
-        await conn.execute(slots.delete().where(slots.c.reservation_id == row.id))
-        await conn.execute(
-            reservations.update().where(reservations.c.id == row.id).values(state=new_state)
-        )
+        await conn.execute(slots.delete().where(slots.c.reservation_id == rid))
+        await conn.execute(reservations.update().where(reservations.c.id == rid).values(**values))
 
     @_unavailable
     async def release(self, rid: str, *, now: float) -> None:
         await self._ensure_schema()
-
-        def give_back(what: str, amount: int) -> int | None:
-            return None if what == "concurrency" else -amount
-
         async with self._db.write() as conn:
-            await self._finish(conn, reservations.c.id == rid, LIVE, "released", give_back)
+            row = await self._locked(conn, reservations.c.id == rid)
+            if row is None or row.state not in LIVE:
+                return
+            deltas: dict[str, int] = {}
+            for what, key, amount in json.loads(row.holds):
+                if what != "concurrency":
+                    deltas[key] = deltas.get(key, 0) - int(amount)
+            await self._finish(conn, row.id, deltas, state="released")
 
     @_unavailable
     async def settle(
         self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
     ) -> None:
         await self._ensure_schema()
-
-        def true_up(what: str, amount: int) -> int | None:
-            actual = {"minutes": actual_ms, "usd": actual_micro_usd}.get(what)
-            return None if actual is None else actual - amount
-
         async with self._db.write() as conn:
-            await self._finish(
-                conn,
-                reservations.c.call_key == f"{self._ns}:{call_id}",
-                (*LIVE, "expired"),
-                "settled",
-                true_up,
+            row = await self._locked(conn, reservations.c.call_key == f"{self._ns}:{call_id}")
+            if row is None or row.state not in SETTLEABLE:
+                return
+            deltas, applied, done = true_up(
+                json.loads(row.holds), row.applied, actual_ms, actual_micro_usd
             )
+            state = "settled" if done else "ended"
+            await self._finish(conn, row.id, deltas, state=state, applied=applied)
 
     @_unavailable
     async def expire(self, now: float) -> int:

@@ -1,0 +1,39 @@
+"""Shared by the limits tests (conftest.py is not importable by name when several exist)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest_services
+
+from conftest_services import postgres_url, redis_url
+from vapi_proxy.limits import Limiter
+
+BACKENDS = ["memory", "sqlite", "postgres", "redis"]
+SHARED_BACKENDS = ["sqlite", "postgres", "redis"]
+
+
+class FakeClock:
+    def __init__(self, start: float) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def backend_url(backend: str, tmp_path: Path) -> str:
+    if backend == "memory":
+        return "memory://"
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'limits.db'}"
+    if backend == "postgres":
+        return postgres_url()
+    return redis_url()
+
+
+MakeLimiter = Callable[..., Awaitable[Limiter]]
