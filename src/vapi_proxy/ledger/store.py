@@ -397,7 +397,7 @@ class Ledger:
             calls.c.tenant,
             calls.c.kind,
             sa.func.count(),
-            sa.func.count(calls.c.ended_at),
+            sa.func.count(sa.case((calls.c.status == "ended", 1))),
             sa.func.coalesce(sa.func.sum(calls.c.duration_seconds), 0.0),
             sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0),
         ).group_by(calls.c.identity_key, calls.c.tenant, calls.c.kind)

@@ -1,0 +1,170 @@
+"""`vapi-proxy db …` and `vapi-proxy usage …`: parsers and runners the main CLI wires in.
+
+Both read the database URL from `--database-url` or `VAPI_PROXY_DATABASE_URL`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from vapi_proxy.ledger.engine import Database, redact
+from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade
+from vapi_proxy.ledger.store import Ledger, UsageRow
+
+ENV_URL = "VAPI_PROXY_DATABASE_URL"
+COLUMNS = ["identity", "tenant", "kind", "calls", "ended", "minutes", "cost_usd"]
+
+
+def _add_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help=f"ledger database (sqlite:///path.db or postgresql://…); default ${ENV_URL}",
+    )
+
+
+def _url(args: argparse.Namespace) -> str:
+    url = args.database_url or os.environ.get(ENV_URL)
+    if not url:
+        raise SystemExit(f"no database: pass --database-url or set {ENV_URL}")
+    return str(url)
+
+
+def configure_db_parser(parser: argparse.ArgumentParser) -> None:
+    """`db upgrade [--revision R]` and `db current`."""
+    sub = parser.add_subparsers(dest="db_command", required=True)
+    up = sub.add_parser("upgrade", help="migrate the ledger database to the latest schema")
+    _add_url(up)
+    up.add_argument("--revision", default="head", help="target revision (default: head)")
+    cur = sub.add_parser("current", help="print the database's schema revision")
+    _add_url(cur)
+
+
+def run_db(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    url = _url(args)
+    if args.db_command == "upgrade":
+        rev = upgrade(url, args.revision)
+        print(f"ledger at revision {rev} ({redact(url)})", file=out)
+        return 0
+
+    async def show() -> str | None:
+        db = Database(url)
+        try:
+            return await current_revision(db)
+        finally:
+            await db.aclose()
+
+    rev = asyncio.run(show())
+    head = head_revision()
+    state = "up to date" if rev == head else f"behind (head is {head})"
+    print(f"{rev or 'empty'}: {state}", file=out)
+    return 0 if rev == head else 1
+
+
+def _date(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def configure_usage_parser(parser: argparse.ArgumentParser) -> None:
+    """`usage [--identity ID] [--tenant T] [--since DATE] [--until DATE] [--format F]`."""
+    _add_url(parser)
+    parser.add_argument("--identity", help="one identity key, e.g. jwt:user-123 or api_key:ci")
+    parser.add_argument("--tenant", help="one tenant")
+    parser.add_argument("--since", type=_date, help="calls created at or after (UTC if no zone)")
+    parser.add_argument("--until", type=_date, help="calls created before (UTC if no zone)")
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+
+def _cells(row: UsageRow) -> list[str]:
+    return [
+        row.identity_key,
+        row.tenant or "",
+        row.kind,
+        str(row.calls),
+        str(row.ended),
+        f"{row.minutes:.2f}",
+        f"{row.cost_usd:.4f}",
+    ]
+
+
+def render_usage(rows: list[UsageRow], fmt: str) -> str:
+    total = UsageRow(
+        "TOTAL",
+        None,
+        "",
+        sum(r.calls for r in rows),
+        sum(r.ended for r in rows),
+        round(sum(r.minutes for r in rows), 4),
+        round(sum(r.cost_usd for r in rows), 6),
+    )
+    if fmt == "json":
+        items = [
+            {
+                "identity": r.identity_key,
+                "tenant": r.tenant,
+                "kind": r.kind,
+                "calls": r.calls,
+                "ended": r.ended,
+                "minutes": r.minutes,
+                "cost_usd": r.cost_usd,
+            }
+            for r in rows
+        ]
+        totals = {
+            "calls": total.calls,
+            "ended": total.ended,
+            "minutes": total.minutes,
+            "cost_usd": total.cost_usd,
+        }
+        return json.dumps({"rows": items, "total": totals}, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(_cells(r) for r in rows)
+        return buf.getvalue()
+    table = [COLUMNS, *(_cells(r) for r in rows), _cells(total)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    numeric = {3, 4, 5, 6}
+
+    def fmt_line(line: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+
+    lines = [fmt_line(table[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt_line(line) for line in table[1:-1]]
+    lines += ["  ".join("-" * w for w in widths), fmt_line(table[-1])]
+    return "\n".join(lines) + "\n"
+
+
+def run_usage(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    url = _url(args)
+
+    async def fetch() -> list[UsageRow]:
+        ledger = Ledger.from_url(url)
+        try:
+            await ledger.start(auto_migrate=False)
+            return await ledger.usage(
+                identity_key=args.identity, tenant=args.tenant, since=args.since, until=args.until
+            )
+        finally:
+            await ledger.aclose()
+
+    out.write(render_usage(asyncio.run(fetch()), args.format))
+    return 0
