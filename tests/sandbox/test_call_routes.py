@@ -281,3 +281,31 @@ def test_assistants(sim: RunningSandbox, client: httpx.Client) -> None:
     assert bad.json()["message"] == ["property userId should not exist"]
     missing = client.get(f"{sim.url}/assistant/nope", headers=private(sim))
     assert missing.status_code == 404
+
+
+def test_list_calls_created_at_filters(client: httpx.Client) -> None:
+    clock = ManualClock(start=1_800_000_000)
+    with run_sandbox(base_settings(), clock=clock) as sb:
+        first = web_call(sb, client, {"assistantId": ASSISTANT_ID}).json()
+        clock.advance(60)
+        second = web_call(sb, client, {"assistantId": ASSISTANT_ID}).json()
+
+        def ids(**params: str) -> list[str]:
+            resp = client.get(sb.url + "/call", params=params, headers=private(sb))
+            assert resp.status_code == 200, resp.text
+            return [c["id"] for c in resp.json()]
+
+        assert ids(createdAtGt=first["createdAt"]) == [second["id"]]
+        assert ids(createdAtLe=first["createdAt"]) == [first["id"]]
+        assert ids(createdAtGe=first["createdAt"]) == [second["id"], first["id"]]
+        bad = client.get(sb.url + "/call", params={"createdAtLt": "yesterday"}, headers=private(sb))
+        assert bad.status_code == 400
+
+
+def test_legacy_server_secret_is_accepted(sim: RunningSandbox, client: httpx.Client) -> None:
+    body = {"assistant": {"server": {"url": "http://127.0.0.1:9/hook", "secret": "s"}}}
+    assert web_call(sim, client, body).status_code == 201
+    body = {"assistant": {"server": {"url": "http://127.0.0.1:9/hook", "token": "s"}}}
+    assert web_call(sim, client, body).json()["message"] == [
+        "assistant.server.property token should not exist"
+    ]

@@ -142,7 +142,7 @@ class Dispatcher:
         caller: Caller | None = None
         try:
             if matched is not None and matched[0].access == "key":
-                caller = state.auth.identify(request.headers.get("authorization"))
+                caller = state.auth.identify(request.header(b"authorization"))
         finally:
             if not admin_path:
                 self._record(request, path, body, caller)

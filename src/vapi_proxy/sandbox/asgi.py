@@ -23,18 +23,31 @@ _JSON = [(b"content-type", b"application/json; charset=utf-8")]
 class Request:
     """Method, path, headers (lower-case names) and, once `read()`, body and parsed JSON."""
 
-    __slots__ = ("_query", "body", "headers", "method", "path", "receive", "scope")
+    __slots__ = ("_headers", "_query", "body", "method", "path", "receive", "scope")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
         self.receive = receive
         self.method: str = scope["method"]
         self.path: str = scope["path"]
-        self.headers: dict[str, str] = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-        }
         self.body = b""
         self._query: dict[str, str] | None = None
+        self._headers: dict[str, str] | None = None
+
+    def header(self, name: bytes) -> str | None:
+        """One header (lower-case name) without decoding the rest: the hot path needs three."""
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return str(value.decode("latin-1"))
+        return None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]
+            }
+        return self._headers
 
     @property
     def query(self) -> dict[str, str]:
@@ -59,7 +72,7 @@ class Request:
 async def send_json(
     send: Send, status: int, payload: Any, headers: dict[str, str] | None = None
 ) -> None:
-    body = orjson.dumps(payload)
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     raw = [*_JSON, (b"content-length", str(len(body)).encode())]
     if headers:
         raw.extend((k.lower().encode(), v.encode()) for k, v in headers.items())

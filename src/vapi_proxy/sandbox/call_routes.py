@@ -5,7 +5,10 @@ control at `POST /{id}/control`, and the call factory the inbound simulation reu
 from __future__ import annotations
 
 import base64
+import operator
 import os
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -142,7 +145,14 @@ def new_call(
         base["phoneCallProvider"] = "twilio"
         base["phoneCallTransport"] = "pstn"
         base["phoneCallProviderId"] = "CA" + os.urandom(16).hex()
-        for key in ("phoneNumberId", "customer", "customerId", "name", "schedulePlan"):
+        for key in (
+            "phoneNumberId",
+            "customer",
+            "customerId",
+            "name",
+            "schedulePlan",
+            "destination",
+        ):
             if body.get(key) is not None:
                 base[key] = body[key]
     number_server = (phone_number or {}).get("server")
@@ -156,11 +166,14 @@ def new_call(
     call = CallRecord(
         id=call_id,
         created=now,
-        base=base,
+        snapshot=orjson.dumps(base),
         timeline=timeline,
         natural_end=end_at,
         natural_reason=reason,
         cost_per_minute=settings.cost_per_minute,
+        assistant_id=body.get("assistantId"),
+        phone_number_id=body.get("phoneNumberId"),
+        customer=body.get("customer"),
         assistant=assistant,
         phone_number=phone_number,
         server=server,
@@ -175,16 +188,18 @@ def base_url(ctx: Context) -> str:
     if configured:
         return configured.rstrip("/")
     scheme = ctx.request.scope.get("scheme", "http")
-    host = ctx.request.headers.get("host", "127.0.0.1")
+    host = ctx.request.header(b"host") or "127.0.0.1"
     return f"{scheme}://{host}"
 
 
 async def create_web_call(ctx: Context) -> Reply:
     body = validate(ctx, "CreateWebCallDTO")
     if ctx.caller is not None:
-        check_restrictions(ctx.caller, ctx.request.headers.get("origin"), body)
+        check_restrictions(ctx.caller, ctx.request.header(b"origin"), body)
     assistant = resolve_target(ctx.state, body)
     call = new_call(ctx.state, base_url(ctx), kind="webCall", body=body, assistant=assistant)
+    if call.status_at(call.created) == "queued":
+        return 201, call.snapshot  # already the reply: skip a decode and re-encode
     return 201, call.view(call.created)
 
 
@@ -253,6 +268,29 @@ async def get_call(ctx: Context) -> Reply:
     return 200, call.view(ctx.state.clock.now())
 
 
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    "createdAtGt": operator.gt,
+    "createdAtLt": operator.lt,
+    "createdAtGe": operator.ge,
+    "createdAtLe": operator.le,
+}
+
+
+def _created_bounds(query: dict[str, str]) -> list[tuple[Callable[[float, float], bool], float]]:
+    """`createdAtGt|Lt|Ge|Le` filters as (comparison, epoch seconds); 400 on a bad date."""
+    bounds = []
+    for name, test in _COMPARISONS.items():
+        if name in query:
+            try:
+                edge = datetime.fromisoformat(query[name].replace("Z", "+00:00"))
+            except ValueError:
+                raise VapiError(400, [f"{name} must be a valid ISO 8601 date string"]) from None
+            if edge.tzinfo is None:
+                edge = edge.replace(tzinfo=UTC)
+            bounds.append((test, edge.timestamp()))
+    return bounds
+
+
 async def list_calls(ctx: Context) -> Reply:
     """`GET /call`: a plain array, newest first (API-FACTS §2.4)."""
     if ctx.caller is not None:
@@ -260,15 +298,18 @@ async def list_calls(ctx: Context) -> Reply:
     limit = query_limit(ctx)
     query = ctx.request.query
     now = ctx.state.clock.now()
+    bounds = _created_bounds(query)
     out: list[dict[str, Any]] = []
     for call in ctx.state.calls.newest_first():
         if len(out) >= limit:
             break
+        if bounds and not all(test(call.created, edge) for test, edge in bounds):
+            continue
         if "id" in query and call.id != query["id"]:
             continue
-        if "assistantId" in query and call.base.get("assistantId") != query["assistantId"]:
+        if "assistantId" in query and call.assistant_id != query["assistantId"]:
             continue
-        if "phoneNumberId" in query and call.base.get("phoneNumberId") != query["phoneNumberId"]:
+        if "phoneNumberId" in query and call.phone_number_id != query["phoneNumberId"]:
             continue
         out.append(call.view(now))
     return 200, out

@@ -212,7 +212,7 @@ def _gate(ctx: Context, body: dict[str, Any], *, web: bool) -> None:
     if ctx.caller is None:
         return
     if web:
-        check_restrictions(ctx.caller, ctx.request.headers.get("origin"), body)
+        check_restrictions(ctx.caller, ctx.request.header(b"origin"), body)
     else:
         require_private(ctx.caller)
 

@@ -49,7 +49,12 @@ class ManualClock:
             due = [w for w in self._waiters if w[0] <= self._now]
             self._waiters = [w for w in self._waiters if w[0] > self._now]
         for _, loop, fut in due:
-            loop.call_soon_threadsafe(_resolve, fut)
+            if fut.done() or loop.is_closed():
+                continue  # the waiter gave up (cancelled) or its server has stopped
+            try:
+                loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # the loop closed between the check and the call
+                continue
 
     async def sleep_until(self, when: float) -> None:
         loop = asyncio.get_running_loop()

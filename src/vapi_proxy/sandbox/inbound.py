@@ -135,6 +135,5 @@ async def inbound_call(
         created=at,
     )
     if "destination" in start:
-        call.base["destination"] = start["destination"]
         call.natural_reason = "assistant-request-returned-forwarding-phone-number"
     return call

@@ -15,8 +15,8 @@ def _common(kind: str, call: CallRecord, at: float) -> dict[str, Any]:
     msg: dict[str, Any] = {"type": kind, "timestamp": int(at * 1000), "call": call.view(at)}
     if call.assistant is not None:
         msg["assistant"] = call.assistant
-    if call.base.get("customer") is not None:
-        msg["customer"] = call.base["customer"]
+    if call.customer is not None:
+        msg["customer"] = call.customer
     if call.phone_number is not None:
         msg["phoneNumber"] = call.phone_number
     return msg
