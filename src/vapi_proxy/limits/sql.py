@@ -122,15 +122,15 @@ class SqlStore:
             anchors.setdefault(key, keep_until)
         keys = sorted(anchors)
         async with self._db.write() as conn:
+            # One statement creates missing rows, locks every row in key order (DO UPDATE takes
+            # the row lock where DO NOTHING would not) and returns the current values.
             ins = self._insert(counters).values(
                 [{"key": k, "value": 0, "expires_at": anchors[k]} for k in keys]
             )
-            await conn.execute(ins.on_conflict_do_nothing(index_elements=["key"]))
             rows = await conn.execute(
-                sa.select(counters.c.key, counters.c.value)
-                .where(counters.c.key.in_(keys))
-                .order_by(counters.c.key)
-                .with_for_update()
+                ins.on_conflict_do_update(
+                    index_elements=["key"], set_={"value": counters.c.value}
+                ).returning(counters.c.key, counters.c.value)
             )
             current = {k: int(v) for k, v in rows}
             live: dict[str, tuple[int, float | None]] = {}
