@@ -1,0 +1,193 @@
+"""Fixtures for the browser suite: the example page on its own loopback port and one Chromium.
+
+The page (examples/web/index.html with the bundle `npm run build` makes) is served from one
+127.0.0.1 port and the proxy listens on another, so every call is cross-origin and the browser
+makes the real CORS preflight. `driver.mjs` runs Debian's Chromium through playwright-core; this
+side sends it one case per line and reads one JSON result per line, each wait bounded.
+Missing Chromium, node or node_modules fail the suite (never skip it): run `scripts/e2e-setup`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from vapi_proxy.testing import ServerThread
+
+E2E_DIR = Path(__file__).resolve().parent
+EXAMPLE_DIR = E2E_DIR.parents[1] / "examples" / "web"
+BUNDLE = E2E_DIR / "build" / "app.js"
+CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
+SETUP_HINT = "run scripts/e2e-setup (installs Debian's chromium, npm ci, builds the bundle)"
+
+# Bounds on every wait: a page whose start() never settles is reported, not waited on forever.
+CASE_TIMEOUT_SECONDS = 15.0
+DRIVER_GRACE_SECONDS = 15.0
+DRIVER_START_SECONDS = 30.0
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        pytest.fail(f"browser suite cannot run: {what}; {SETUP_HINT}", pytrace=False)
+
+
+def _page_app() -> Starlette:
+    """The example page exactly as a user serves it, with the suite's build of its bundle."""
+
+    async def index(request: Request) -> Response:
+        return FileResponse(EXAMPLE_DIR / "index.html", media_type="text/html")
+
+    async def bundle(request: Request) -> Response:
+        return FileResponse(BUNDLE, media_type="text/javascript")
+
+    return Starlette(routes=[Route("/", index), Route("/dist/app.js", bundle)])
+
+
+@pytest.fixture(scope="session")
+def page_server() -> Iterator[ServerThread]:
+    _require(BUNDLE.is_file(), f"{BUNDLE} is missing")
+    server = ServerThread(_page_app())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def page_origin(page_server: ServerThread) -> str:
+    return page_server.url
+
+
+class BrowserDriver:
+    """`node driver.mjs`: one Chromium for the whole session, one page per case."""
+
+    def __init__(self, stderr: TextIO) -> None:
+        node = shutil.which("node")
+        _require(node is not None, "node is not on PATH")
+        assert node is not None
+        self._stderr = stderr
+        self._process = subprocess.Popen(
+            [node, str(E2E_DIR / "driver.mjs")],
+            cwd=E2E_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "E2E_CHROMIUM": str(CHROMIUM)},
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+        self._next_id = 0
+        ready = self._read(DRIVER_START_SECONDS)
+        if not ready.get("ready"):
+            self.close()
+            pytest.fail(f"browser driver did not start: {ready}", pytrace=False)
+
+    def _pump(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self._lines.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                self.close()
+                pytest.fail(f"browser driver gave no answer within {timeout:.0f} s", pytrace=False)
+            if line is None:
+                self._stderr.flush()
+                pytest.fail(
+                    f"browser driver exited (code {self._process.poll()}): {self.stderr_text()}",
+                    pytrace=False,
+                )
+            if line.startswith("{"):
+                message: dict[str, Any] = json.loads(line)
+                return message
+
+    def stderr_text(self) -> str:
+        self._stderr.flush()
+        return Path(self._stderr.name).read_text(errors="replace")[-4000:]
+
+    def run(
+        self, url: str, *, until: str = "settled", timeout: float = CASE_TIMEOUT_SECONDS
+    ) -> dict[str, Any]:
+        """Open `url`, wait until start() settles or the SDK begins the Daily join, report."""
+        self._next_id += 1
+        case = {"id": self._next_id, "url": url, "timeoutMs": int(timeout * 1000), "until": until}
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(case) + "\n")
+        self._process.stdin.flush()
+        result = self._read(timeout * 2 + DRIVER_GRACE_SECONDS)
+        assert result.get("id") == case["id"], result
+        return result
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                assert self._process.stdin is not None
+                self._process.stdin.close()
+                self._process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait(timeout=10)
+        self._pump_thread.join(timeout=5)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserDriver]:
+    _require(CHROMIUM.is_file(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    _require(
+        (E2E_DIR / "node_modules" / "playwright-core").is_dir()
+        and (E2E_DIR / "node_modules" / "@vapi-ai" / "web").is_dir(),
+        "tests/e2e/node_modules is missing",
+    )
+    log = tmp_path_factory.mktemp("browser") / "driver-stderr.log"
+    with log.open("w") as stderr:
+        driver = BrowserDriver(stderr)
+        yield driver
+        driver.close()
+
+
+def page_url(page_server: ServerThread, **params: str) -> str:
+    """The example page, told by its query string what to start, pressing Start itself."""
+    return f"{page_server.url}/?{urlencode({**params, 'autostart': '1'})}"
+
+
+# Hosts outside loopback the page may *try* to reach; every such request is aborted by the
+# driver. After the proxy answers, daily-js fetches its call-machine bundle from c.daily.co (the
+# join then fails: that is the offline failure the suite expects) and reports the failure to
+# Daily's own Sentry project, whose ingest host is hard-coded in daily-js 0.87.
+ALLOWED_OFF_LOOPBACK = ("c.daily.co", "o77906.ingest.sentry.io")
+
+
+def off_loopback_violations(result: dict[str, Any]) -> list[str]:
+    """Every request of the page that left 127.0.0.1 for anything but Daily."""
+    seen = [entry["url"] for entry in result["offLoopback"]]
+    seen += [
+        entry["url"]
+        for entry in result["requests"]
+        if urlsplit(entry["url"]).hostname != "127.0.0.1"
+        and urlsplit(entry["url"]).scheme not in ("data", "blob")
+    ]
+    return sorted({url for url in seen if urlsplit(url).hostname not in ALLOWED_OFF_LOOPBACK})
