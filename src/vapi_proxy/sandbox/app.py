@@ -170,12 +170,12 @@ class Dispatcher:
         action = fault.action
         if action == "drop-before-body":
             self._record(request, request.path, None, None)
-            return self._drop(request)
+            return await self._drop(request)
         if action in ("drop-after-body", "status"):
             await request.read()
             self._record(request, request.path, _maybe_json(request.body), None)
             if action == "drop-after-body":
-                return self._drop(request)
+                return await self._drop(request)
             headers = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
@@ -184,8 +184,8 @@ class Dispatcher:
         return False
 
     @staticmethod
-    def _drop(request: Request) -> bool:
-        if not drop_connection(request.receive):
+    async def _drop(request: Request) -> bool:
+        if not await drop_connection(request.receive):
             # Not under uvicorn: an exception is the closest to a dropped connection.
             raise ConnectionAbortedError("sandbox fault: connection dropped")
         return True

@@ -6,6 +6,7 @@ route, so handlers get this small `Request` and answer through `send_json`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -94,15 +95,22 @@ async def start_sse(send: Send) -> None:
     )
 
 
-def drop_connection(receive: Receive) -> bool:
+async def drop_connection(receive: Receive) -> bool:
     """Close the client's socket without a reply; False if the server gives no way to.
 
     uvicorn's `receive` is a bound method of its per-request cycle, which holds the asyncio
-    transport; closing it is what a crashed or overloaded upstream looks like to a client.
+    transport; closing it is what a crashed or overloaded upstream looks like to a client. We
+    then wait for uvicorn to notice the disconnect, or it would log the missing response.
     """
     cycle = getattr(receive, "__self__", None)
     transport = getattr(cycle, "transport", None)
     if transport is None:
         return False
     transport.close()
+    try:
+        async with asyncio.timeout(1.0):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        pass
     return True

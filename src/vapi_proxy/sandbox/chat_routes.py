@@ -112,7 +112,7 @@ async def _stream(ctx: Context, events: AsyncIterator[bytes]) -> None:
     sent = 0
     async for event in events:
         if fault is not None and sent == fault.after_events:
-            if fault.action == "truncate-stream" and drop_connection(ctx.request.receive):
+            if fault.action == "truncate-stream" and await drop_connection(ctx.request.receive):
                 return
             if fault.action == "stall-stream":
                 await _stall(ctx, fault.stall_seconds)
@@ -134,7 +134,7 @@ async def _stall(ctx: Context, seconds: float) -> None:
     try:
         await asyncio.wait_for(disconnected(), timeout=seconds)
     except TimeoutError:
-        drop_connection(ctx.request.receive)
+        await drop_connection(ctx.request.receive)
 
 
 def _data(payload: Any) -> bytes:
