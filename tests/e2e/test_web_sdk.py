@@ -9,8 +9,9 @@ Daily and, offline, fails there; every refusal must reach the app as the proxy's
 from __future__ import annotations
 
 import json
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -455,3 +456,80 @@ def test_an_origin_not_in_the_cors_list_is_refused_by_the_browser(
     assert result["status"] == "Failed to fetch"
     assert any("blocked by CORS policy" in line for line in result["console"])
     assert upstream_calls(sandbox) == []
+
+
+@pytest.fixture
+def faults(sandbox: RunningSandbox) -> Iterator[Callable[[dict[str, Any]], None]]:
+    def add(spec: dict[str, Any]) -> None:
+        reply = httpx.post(sandbox.url + "/__sandbox/faults", json=spec, timeout=5)
+        assert reply.status_code < 300, reply.text
+
+    yield add
+    httpx.delete(sandbox.url + "/__sandbox/faults", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("fault", "proxy_timeout", "wrong_key"),
+    [
+        pytest.param({"action": "status", "status": 503}, 5, False, id="vapi-503"),
+        pytest.param({"action": "drop-before-body"}, 5, False, id="vapi-drops-the-connection"),
+        pytest.param({"latency_seconds": 3}, 1, False, id="vapi-slower-than-the-timeout"),
+        pytest.param(None, 5, True, id="vapi-refuses-the-private-key"),
+    ],
+)
+def test_vapi_failures_reach_the_app_as_readable_json(
+    browser: BrowserDriver,
+    page_server: ServerThread,
+    page_origin: str,
+    make_proxy: ProxyFactory,
+    faults: Callable[[dict[str, Any]], None],
+    user_key: str,
+    fault: dict[str, Any] | None,
+    proxy_timeout: float,
+    wrong_key: bool,
+) -> None:
+    """Not an HTML error page (which the SDK would turn into a JSON SyntaxError): the envelope."""
+
+    def patch(config: dict[str, Any]) -> None:
+        config["cors"]["allow_origins"] = [page_origin]
+        config["vapi"]["timeout_seconds"] = proxy_timeout
+
+    proxy = make_proxy(patch, api_key="sk-not-the-key" if wrong_key else None)
+    if fault is not None:
+        faults({"path": "/call/web", "count": 1, **fault})
+    result = start_in_page(
+        browser, page_server, proxy.url, token=user_key, profile="sales-coach", form="string"
+    )
+    assert result["done"] and result["result"] == {"resolved": None}
+    [failed] = events_named(result, "call-start-failed")
+    envelope = failed["error"]
+    assert isinstance(envelope, dict), envelope
+    assert envelope["statusCode"] in (502, 503, 504)
+    assert isinstance(envelope["message"], str) and envelope["message"]
+    assert result["status"] == envelope["message"]
+    assert "sk-not-the-key" not in json.dumps(result)
+    assert ("daily-call-join", "started") not in progress(result)
+
+
+def test_a_proxy_that_never_answers_cannot_hang_the_suite(
+    browser: BrowserDriver, page_server: ServerThread, user_key: str
+) -> None:
+    """The SDK has no timeout; the driver's bounded wait reports the hang instead of waiting."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)  # connections are queued, never accepted, never answered
+        url = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
+        started = time.monotonic()
+        result = start_in_page(
+            browser,
+            page_server,
+            url,
+            token=user_key,
+            profile="sales-coach",
+            form="string",
+            timeout=2,
+        )
+    assert time.monotonic() - started < 10
+    assert not result["done"]
+    assert ("web-call-creation", "started") in progress(result)
+    assert ("web-call-creation", "completed") not in progress(result)
