@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -62,9 +65,11 @@ class Database:
             # turn load into 503s.
             kwargs["pool_timeout"] = max(30.0, timeout)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._timeout = timeout
+        self._sync: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
         if self.dialect == "sqlite":
-            busy_ms = int(timeout * 1000)
-            _sqlite_discipline(self.engine, busy_ms)
+            _sqlite_discipline(self.engine.sync_engine, int(timeout * 1000))
 
     def check_reachable(self) -> None:
         """Raise OSError early when a SQLite file cannot be opened (its folder is missing or
@@ -96,12 +101,37 @@ class Database:
             async with conn.begin():
                 yield conn
 
+    async def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one write transaction, committed when it returns, rolled back if it
+        raises. SQLite: the whole transaction runs on one writer thread with the stdlib driver
+        (one hop off the event loop instead of one per statement, and writes queue in-process);
+        PostgreSQL: on the async engine."""
+        if self.dialect != "sqlite":
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="vapi-proxy-sqlite")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_tx, fn)
+
+    def _sync_tx(self, fn: Callable[[Connection], T]) -> T:
+        if self._sync is None:
+            sync_url = make_url(self.url).set(drivername="sqlite")
+            self._sync = create_engine(sync_url, connect_args={"timeout": self._timeout})
+            _sqlite_discipline(self._sync, int(self._timeout * 1000))
+        with self._sync.begin() as conn:
+            return fn(conn)
+
     async def aclose(self) -> None:
+        if self._writer is not None:
+            if self._sync is not None:
+                await asyncio.get_running_loop().run_in_executor(self._writer, self._sync.dispose)
+            self._writer.shutdown(wait=True)
+            self._writer = None
         await self.engine.dispose()
 
 
-def _sqlite_discipline(engine: AsyncEngine, busy_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_discipline(engine: Engine, busy_ms: int) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # We issue BEGIN ourselves (below); pysqlite's implicit BEGIN is deferred, which lets two
         # processes both read a counter before either writes it.
@@ -113,7 +143,7 @@ def _sqlite_discipline(engine: AsyncEngine, busy_ms: int) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")

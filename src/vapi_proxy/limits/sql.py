@@ -1,8 +1,9 @@
 """Limits store in SQLite or PostgreSQL: one transaction per reservation, correct across processes.
 
 SQLite takes the database write lock at BEGIN (`BEGIN IMMEDIATE`); PostgreSQL upserts every
-counter row it needs and locks them in key order (`FOR UPDATE`), so concurrent reservations on
-the same counters queue instead of racing, and never deadlock.
+counter row it needs, which locks them in key order, so concurrent reservations on the same
+counters queue instead of racing, and never deadlock. Each transaction is a plain function of a
+connection, run by `Database.run_write` (on SQLite's writer thread, or PostgreSQL's async engine).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.limits.config import LimitsSettings
@@ -85,6 +86,14 @@ def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+class _Refused(Exception):
+    """Raised inside a reservation transaction to roll it back and report the shortfalls."""
+
+    def __init__(self, shortfalls: list[Shortfall]) -> None:
+        super().__init__("refused")
+        self.shortfalls = shortfalls
+
+
 class SqlStore:
     def __init__(self, settings: LimitsSettings) -> None:
         self._db = Database(settings.backend, timeout=settings.timeout_seconds)
@@ -97,37 +106,39 @@ class SqlStore:
         dialect = postgresql if self._db.dialect == "postgresql" else sqlite
         return dialect.insert(table)
 
-    async def _ensure_schema(self) -> None:
-        if self._ready:
-            return
-        async with self._schema_lock:  # a burst at start-up creates the tables once
-            if self._ready:
-                return
-            self._db.check_reachable()
-            async with self._db.write() as conn:
-                if self._db.dialect == "postgresql":
-                    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
-                await conn.run_sync(metadata.create_all)
-            self._ready = True
+    async def _run(self, fn: Callable[[Connection], R]) -> R:
+        if not self._ready:
+            async with self._schema_lock:  # a burst at start-up creates the tables once
+                if not self._ready:
+                    self._db.check_reachable()
+                    await self._db.run_write(self._create_schema)
+                    self._ready = True
+        return await self._db.run_write(fn)
+
+    def _create_schema(self, conn: Connection) -> None:
+        if self._db.dialect == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
+        metadata.create_all(conn)
 
     @_unavailable
     async def reserve(
         self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
     ) -> list[Shortfall]:
-        await self._ensure_schema()
         slot_keys = [s.hold.key for s in plan.slots]
         # Every counter, plus one anchor row per slot bucket so slot counting is serialised too.
         anchors = {c.hold.key: now + c.ttl for c in plan.counters}
         for key in slot_keys:
             anchors.setdefault(key, keep_until)
         keys = sorted(anchors)
-        async with self._db.write() as conn:
+        holds = json.dumps([[h.what, h.key, h.amount] for h in plan.holds])
+
+        def tx(conn: Connection) -> None:
             # One statement creates missing rows, locks every row in key order (DO UPDATE takes
             # the row lock where DO NOTHING would not) and returns the current values.
             ins = self._insert(counters).values(
                 [{"key": k, "value": 0, "expires_at": anchors[k]} for k in keys]
             )
-            rows = await conn.execute(
+            rows = conn.execute(
                 ins.on_conflict_do_update(
                     index_elements=["key"], set_={"value": counters.c.value}
                 ).returning(counters.c.key, counters.c.value)
@@ -135,7 +146,7 @@ class SqlStore:
             current = {k: int(v) for k, v in rows}
             live: dict[str, tuple[int, float | None]] = {}
             if slot_keys:
-                res = await conn.execute(
+                res = conn.execute(
                     sa.select(slots.c.key, sa.func.count(), sa.func.min(slots.c.expires_at))
                     .where(slots.c.key.in_(slot_keys), slots.c.expires_at > now)
                     .group_by(slots.c.key)
@@ -152,25 +163,24 @@ class SqlStore:
                 if n >= s.limit:
                     short.append(Shortfall(len(plan.counters) + j, n, earliest))
             if short:
-                await conn.rollback()
-                return short
+                raise _Refused(short)
             bumps = [c for c in plan.counters if c.hold.amount]
             if bumps:
-                await conn.execute(
+                conn.execute(
                     counters.update()
                     .where(counters.c.key == sa.bindparam("k"))
                     .values(value=counters.c.value + sa.bindparam("amt")),
                     [{"k": c.hold.key, "amt": c.hold.amount} for c in bumps],
                 )
             if slot_keys:
-                await conn.execute(
+                conn.execute(
                     slots.insert(),
                     [
                         {"key": k, "reservation_id": rid, "expires_at": expires_at}
                         for k in slot_keys
                     ],
                 )
-            await conn.execute(
+            conn.execute(
                 reservations.insert().values(
                     id=rid,
                     namespace=self._ns,
@@ -179,123 +189,128 @@ class SqlStore:
                     applied="",
                     expires_at=expires_at,
                     keep_until=keep_until,
-                    holds=json.dumps([[h.what, h.key, h.amount] for h in plan.holds]),
+                    holds=holds,
                 )
             )
+
+        try:
+            await self._run(tx)
+        except _Refused as refused:
+            return refused.shortfalls
         return []
 
     @_unavailable
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
-        await self._ensure_schema()
-        async with self._db.write() as conn:
-            await conn.execute(
+        def tx(conn: Connection) -> None:
+            conn.execute(
                 reservations.update()
                 .where(reservations.c.id == rid, reservations.c.state == "pending")
                 .values(state="committed", call_key=f"{self._ns}:{call_id}")
             )
 
-    async def _locked(self, conn: AsyncConnection, where: sa.ColumnElement[bool]) -> Any:
-        return (
-            await conn.execute(
-                sa.select(
-                    reservations.c.id,
-                    reservations.c.state,
-                    reservations.c.holds,
-                    reservations.c.applied,
-                )
-                .where(where)
-                .with_for_update()
-            )
-        ).first()
+        await self._run(tx)
 
-    async def _finish(
-        self, conn: AsyncConnection, rid: str, deltas: dict[str, int], **values: str
-    ) -> None:
+    @staticmethod
+    def _locked(conn: Connection, where: sa.ColumnElement[bool]) -> Any:
+        cols = (
+            reservations.c.id,
+            reservations.c.state,
+            reservations.c.holds,
+            reservations.c.applied,
+        )
+        return conn.execute(sa.select(*cols).where(where).with_for_update()).first()
+
+    @staticmethod
+    def _finish(conn: Connection, rid: str, deltas: dict[str, int], **values: str) -> None:
         for key in sorted(deltas):  # key order, like reserve: no lock-order deadlocks
             if not deltas[key]:
                 continue
             new = counters.c.value + deltas[key]
-            await conn.execute(
+            conn.execute(
                 counters.update()
                 .where(counters.c.key == key)
                 .values(value=sa.case((new < 0, 0), else_=new))
             )
-        await conn.execute(slots.delete().where(slots.c.reservation_id == rid))
-        await conn.execute(reservations.update().where(reservations.c.id == rid).values(**values))
+        conn.execute(slots.delete().where(slots.c.reservation_id == rid))
+        conn.execute(reservations.update().where(reservations.c.id == rid).values(**values))
 
     @_unavailable
     async def release(self, rid: str, *, now: float) -> None:
-        await self._ensure_schema()
-        async with self._db.write() as conn:
-            row = await self._locked(conn, reservations.c.id == rid)
+        def tx(conn: Connection) -> None:
+            row = self._locked(conn, reservations.c.id == rid)
             if row is None or row.state not in LIVE:
                 return
             deltas: dict[str, int] = {}
             for what, key, amount in json.loads(row.holds):
                 if what != "concurrency":
                     deltas[key] = deltas.get(key, 0) - int(amount)
-            await self._finish(conn, row.id, deltas, state="released")
+            self._finish(conn, row.id, deltas, state="released")
+
+        await self._run(tx)
 
     @_unavailable
     async def settle(
         self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
     ) -> None:
-        await self._ensure_schema()
-        async with self._db.write() as conn:
-            row = await self._locked(conn, reservations.c.call_key == f"{self._ns}:{call_id}")
+        def tx(conn: Connection) -> None:
+            row = self._locked(conn, reservations.c.call_key == f"{self._ns}:{call_id}")
             if row is None or row.state not in SETTLEABLE:
                 return
             deltas, applied, done = true_up(
                 json.loads(row.holds), row.applied, actual_ms, actual_micro_usd
             )
             state = "settled" if done else "ended"
-            await self._finish(conn, row.id, deltas, state=state, applied=applied)
+            self._finish(conn, row.id, deltas, state=state, applied=applied)
+
+        await self._run(tx)
 
     @_unavailable
     async def expire(self, now: float) -> int:
-        await self._ensure_schema()
-        async with self._db.write() as conn:
+        def tx(conn: Connection) -> int:
             ids = list(
-                (
-                    await conn.execute(
-                        sa.select(reservations.c.id)
-                        .where(
-                            reservations.c.namespace == self._ns,
-                            reservations.c.state.in_(LIVE),
-                            reservations.c.expires_at <= now,
-                        )
-                        .limit(1000)
-                        .with_for_update(skip_locked=True)
+                conn.execute(
+                    sa.select(reservations.c.id)
+                    .where(
+                        reservations.c.namespace == self._ns,
+                        reservations.c.state.in_(LIVE),
+                        reservations.c.expires_at <= now,
                     )
+                    .limit(1000)
+                    .with_for_update(skip_locked=True)
                 ).scalars()
             )
             if ids:
-                await conn.execute(slots.delete().where(slots.c.reservation_id.in_(ids)))
-                await conn.execute(
+                conn.execute(slots.delete().where(slots.c.reservation_id.in_(ids)))
+                conn.execute(
                     reservations.update().where(reservations.c.id.in_(ids)).values(state="expired")
                 )
-            await conn.execute(
+            conn.execute(
                 reservations.delete().where(
                     reservations.c.namespace == self._ns, reservations.c.keep_until <= now
                 )
             )
             # Keys start with the namespace; a range is index-friendly where LIKE may not be.
             lo, hi = f"{self._ns}:", f"{self._ns};"
-            await conn.execute(
+            conn.execute(
                 counters.delete().where(
                     counters.c.key >= lo, counters.c.key < hi, counters.c.expires_at <= now
                 )
             )
-            await conn.execute(
+            conn.execute(
                 slots.delete().where(slots.c.key >= lo, slots.c.key < hi, slots.c.expires_at <= now)
             )
-        return len(ids)
+            return len(ids)
+
+        return await self._run(tx)
 
     @_unavailable
     async def ping(self) -> None:
         self._db.check_reachable()
-        async with self._db.read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+
+        def tx(conn: Connection) -> None:
+            conn.execute(sa.text("SELECT 1"))
+
+        await self._db.run_write(tx)
 
     async def aclose(self) -> None:
         await self._db.aclose()
