@@ -105,7 +105,12 @@ ProxyFactory = Callable[..., ServerThread]
 
 
 @pytest.fixture
-def make_proxy(sandbox: RunningSandbox, user_key: str, other_key: str) -> Iterator[ProxyFactory]:
+def make_proxy(
+    sandbox: RunningSandbox,
+    user_key: str,
+    other_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ProxyFactory]:
     """Start a proxy in front of the simulator; `patch` edits the base config first."""
     started: list[ServerThread] = []
 
@@ -115,6 +120,8 @@ def make_proxy(sandbox: RunningSandbox, user_key: str, other_key: str) -> Iterat
         api_key: str | None = None,
     ) -> ServerThread:
         config = base_config(sandbox.url, user_key, other_key)
+        folder = tmp_path_factory.mktemp("proxy")
+        config["ledger"] = {"url": f"sqlite:///{folder}/ledger.db"}
         if patch is not None:
             patch(config)
         settings = parse_settings(config, environ={})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,12 +15,16 @@ from starlette.types import ASGIApp
 
 from vapi_proxy.auth.chain import AuthChain
 from vapi_proxy.edge.middleware import CorsPolicy, EdgeMiddleware
+from vapi_proxy.ledger.store import Ledger
+from vapi_proxy.limits.base import Limiter, create_limiter
 from vapi_proxy.logs import configure_logging
 from vapi_proxy.policy.reply import compile_paths
 from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
 from vapi_proxy.routes import calls, health
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
 from vapi_proxy.upstream.client import UpstreamClient
+
+logger = logging.getLogger("vapi_proxy.app")
 
 
 @dataclass
@@ -29,6 +35,8 @@ class Runtime:
     secrets: Secrets
     auth: AuthChain
     upstream: UpstreamClient
+    limiter: Limiter
+    ledger: Ledger
     profiles: dict[str, CompiledProfile] = field(default_factory=dict)
     reply_paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     webhook_server: dict[str, Any] | None = None
@@ -49,11 +57,18 @@ class Runtime:
         webhook_server = None
         if settings.public_url is not None:
             webhook_server = {"url": settings.public_url + settings.webhook_path}
+        try:
+            limiter = create_limiter(settings.limits)
+            ledger = Ledger.from_url(settings.ledger.url, timeout=settings.ledger.timeout_seconds)
+        except ValueError as exc:
+            raise ConfigError([f"limits.backend or ledger.url: {exc}"]) from None
         return cls(
             settings=settings,
             secrets=secrets,
             auth=AuthChain.from_settings(settings.auth),
             upstream=upstream,
+            limiter=limiter,
+            ledger=ledger,
             profiles=compile_profiles(settings.profiles),
             reply_paths={
                 name: compile_paths(profile.expose) for name, profile in settings.profiles.items()
@@ -66,12 +81,28 @@ class Runtime:
         return self.secrets.vapi_api_key.get_secret_value() if self.secrets.vapi_api_key else ""
 
     async def start(self) -> None:
+        await self.ledger.start(auto_migrate=self.settings.ledger.auto_migrate)
         await self.upstream.start()
         await self.auth.start()
 
     async def aclose(self) -> None:
         await self.auth.aclose()
         await self.upstream.aclose()
+        await self.limiter.aclose()
+        await self.ledger.aclose()
+
+    async def maintain(self, interval: float = 30.0) -> None:
+        """Background upkeep: free slots of calls that never reported their end, drop expired
+        idempotency keys. Failures are logged and retried on the next round."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                freed = await self.limiter.expire()
+                if freed:
+                    logger.info("expired call slots", extra={"fields": {"freed": freed}})
+                await self.ledger.idempotency_purge()
+            except Exception:
+                logger.exception("maintenance round failed")
 
 
 def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
@@ -81,12 +112,16 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
         await runtime.start()
+        upkeep = asyncio.create_task(runtime.maintain())
         try:
             yield
         finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
             await runtime.aclose()
 
-    route_list: list[BaseRoute] = [*health.routes(), *calls.routes(runtime)]
+    route_list: list[BaseRoute] = [*health.routes(runtime), *calls.routes(runtime)]
     router = Router(routes=route_list, lifespan=lifespan)
     app = EdgeMiddleware(
         router,

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -182,6 +183,10 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
     demo_key = generate_key()
     raw_settings = settings.model_dump(mode="json", exclude_none=True)
     raw_settings["vapi"]["base_url"] = sandbox_url
+    if path is None:
+        # The shipped demo keeps its ledger out of the working directory: it is thrown away.
+        scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
+        raw_settings["ledger"]["url"] = f"sqlite:///{scratch}/ledger.db"
     methods = raw_settings.setdefault("auth", {}).setdefault("methods", [])
     methods.insert(
         0,

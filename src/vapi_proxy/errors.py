@@ -104,9 +104,24 @@ class ServiceUnavailableError(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """Vapi could not be reached (502), timed out (504) or answered something unusable (502)."""
+    """Vapi could not be reached (502), timed out (504) or answered something unusable (502).
+
+    `maybe_sent` is True when the request may have reached Vapi (a timeout or a connection lost
+    after sending): a call may exist, so the caller must not be told it is safe to retry.
+    """
 
     status_code = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        maybe_sent: bool = False,
+    ) -> None:
+        super().__init__(message, status_code=status_code, headers=headers)
+        self.maybe_sent = maybe_sent
 
 
 def envelope(

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from vapi_proxy.auth.config import AuthSettings
+from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.policy.profiles import FileRef, Profile
 
 DEFAULT_BASE_URL = "https://api.vapi.ai"
@@ -136,6 +137,33 @@ class IntakeSettings(_Section):
     )
 
 
+class LedgerSettings(_Section):
+    url: str = Field(
+        default="sqlite:///vapi-proxy.db",
+        description="Where the call ledger lives: `sqlite:///path.db` (one machine; a relative "
+        "path is relative to the working directory) or `postgresql://user@host/db` (several "
+        "replicas). The password may come from the environment: "
+        "VAPI_PROXY__LEDGER__URL.",
+    )
+    auto_migrate: bool = Field(
+        default=True,
+        description="Apply database migrations at start-up; off: run `vapi-proxy db upgrade` "
+        "first and refuse to start on an old schema.",
+    )
+    timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="How long one ledger operation may take."
+    )
+
+
+class IdempotencySettings(_Section):
+    ttl_seconds: int = Field(
+        default=86400,
+        ge=60,
+        le=30 * 86400,
+        description="How long a call creation's `Idempotency-Key` replays its first result.",
+    )
+
+
 class Settings(_Section):
     """Everything the proxy runs on, validated. Built once at start-up and passed down."""
 
@@ -162,6 +190,17 @@ class Settings(_Section):
     )
     intake: IntakeSettings = Field(
         default_factory=IntakeSettings, description="How client bodies are read."
+    )
+    limits: LimitsSettings = Field(
+        default_factory=LimitsSettings,
+        description="Rate, quota, concurrency and budget limits (docs/limits.md).",
+    )
+    ledger: LedgerSettings = Field(
+        default_factory=LedgerSettings, description="The call ledger's database."
+    )
+    idempotency: IdempotencySettings = Field(
+        default_factory=IdempotencySettings,
+        description="Replays of call creations that carry an `Idempotency-Key` header.",
     )
     profiles: dict[str, Profile] = Field(
         default_factory=dict, description="Named profiles a client may start."

@@ -37,6 +37,7 @@ class ServerThread:
         lifespan: str = "on",
         startup_timeout: float = 10.0,
     ) -> None:
+        self.app = app
         self.host = host
         self.port = port or free_port(host)
         self._config = uvicorn.Config(

@@ -1,17 +1,58 @@
-"""Health: `/healthz` says the process is alive; it never touches Vapi or spends money."""
+"""Health: `/healthz` says the process is alive; `/readyz` that it can serve (config loaded,
+ledger and limits store reachable). Neither ever calls Vapi or spends money."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+if TYPE_CHECKING:
+    from vapi_proxy.app import Runtime
+
 _OK = b'{"status":"ok"}'
+_HEADERS = {"Cache-Control": "no-store"}
+CHECK_TIMEOUT = 2.0
 
 
 async def healthz(request: Request) -> Response:
-    return Response(_OK, media_type="application/json", headers={"Cache-Control": "no-store"})
+    return Response(_OK, media_type="application/json", headers=_HEADERS)
 
 
-def routes() -> list[Route]:
-    return [Route("/healthz", healthz, methods=["GET"])]
+def routes(runtime: Runtime) -> list[Route]:
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, Any] = {"config": {"ok": True, "profiles": len(runtime.profiles)}}
+        try:
+            ledger = await asyncio.wait_for(runtime.ledger.health(), CHECK_TIMEOUT)
+            checks["ledger"] = {"ok": ledger.ok, "backend": ledger.backend, "detail": ledger.detail}
+        except TimeoutError:
+            checks["ledger"] = {"ok": False, "detail": "timed out"}
+        try:
+            limits = await asyncio.wait_for(runtime.limiter.health(), CHECK_TIMEOUT)
+            checks["limits"] = {
+                "ok": limits.ok,
+                "backend": limits.backend,
+                "detail": limits.detail,
+                "failure_mode": limits.failure_mode,
+            }
+        except TimeoutError:
+            checks["limits"] = {"ok": False, "detail": "timed out"}
+        # A limits store that is down with every rule failing open still admits calls.
+        limits_ok = checks["limits"]["ok"] or checks["limits"].get("failure_mode") == "open"
+        ready = checks["ledger"]["ok"] and limits_ok
+        body = orjson.dumps({"status": "ready" if ready else "unavailable", "checks": checks})
+        return Response(
+            body,
+            status_code=200 if ready else 503,
+            media_type="application/json",
+            headers=_HEADERS,
+        )
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]

@@ -1,0 +1,140 @@
+"""Limits, the ledger and idempotency on `POST /call/web`, through real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.conftest import ProxyFactory
+from tests.proxy.test_edge import assert_envelope
+from tests.proxy.test_web_call import post, upstream_bodies
+from vapi_proxy.sandbox import RunningSandbox
+from vapi_proxy.testing import ServerThread
+
+T = TypeVar("T")
+
+
+def on_server(server: ServerThread, coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on the server's own event loop (its engine lives there)."""
+    assert server.loop is not None
+    return asyncio.run_coroutine_threadsafe(coro, server.loop).result(timeout=10)
+
+
+def runtime(server: ServerThread) -> Any:
+    return server.app.runtime  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _reset(sandbox: RunningSandbox) -> Iterator[None]:
+    httpx.delete(sandbox.url + "/__sandbox/requests", timeout=5)
+    httpx.delete(sandbox.url + "/__sandbox/faults", timeout=5)
+    yield
+    httpx.delete(sandbox.url + "/__sandbox/faults", timeout=5)
+
+
+def limited(rules: list[dict[str, Any]]) -> Any:
+    def patch(config: dict[str, Any]) -> None:
+        config["limits"] = {"backend": "memory://", "rules": rules}
+
+    return patch
+
+
+def test_a_created_call_is_in_the_ledger_with_its_caller(
+    proxy: ServerThread, user_key: str
+) -> None:
+    reply = post(proxy, {"assistantId": "sales-coach"}, user_key, headers={"X-Request-ID": "rq-9"})
+    assert reply.status_code == 201
+    call_id = reply.json()["id"]
+    record = on_server(proxy, runtime(proxy).ledger.get_call(call_id))
+    assert record is not None
+    assert record.identity_key == "api_key:alice"
+    assert record.profile == "sales-coach"
+    assert record.kind == "web"
+    assert record.request_id == "rq-9"
+    assert record.max_duration_seconds == 600
+
+
+def test_quota_refusal_is_a_readable_429_with_retry_after(
+    make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str
+) -> None:
+    server = make_proxy(limited([{"name": "daily", "quota": {"per_day": 2}}]))
+    for _ in range(2):
+        assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 201
+    httpx.delete(sandbox.url + "/__sandbox/requests", timeout=5)
+    refused = post(server, {"assistantId": "sales-coach"}, user_key)
+    body = assert_envelope(refused, 429)
+    assert "2 calls" in str(body["message"])
+    assert int(refused.headers["retry-after"]) >= 1
+    assert upstream_bodies(sandbox) == []
+
+
+def test_a_failed_upstream_call_gives_its_reservation_back(
+    make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str
+) -> None:
+    server = make_proxy(limited([{"name": "daily", "quota": {"per_day": 1}}]))
+    fault = {"path": "/call/web", "action": "status", "status": 500, "count": 1}
+    httpx.post(sandbox.url + "/__sandbox/faults", json=fault, timeout=5)
+    assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 502
+    # The quota of one is still there because Vapi created nothing.
+    assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 201
+    assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 429
+
+
+def test_concurrency_holds_under_a_burst(
+    make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str
+) -> None:
+    server = make_proxy(
+        limited([{"name": "live", "concurrency": 3}, {"name": "daily", "quota": {"per_day": 10}}])
+    )
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        replies = list(
+            pool.map(lambda _: post(server, {"assistantId": "sales-coach"}, user_key), range(20))
+        )
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses.count(201) == 3, statuses
+    assert set(statuses) == {201, 429}
+    for reply in replies:
+        if reply.status_code == 429:
+            assert_envelope(reply, 429)
+    assert len(upstream_bodies(sandbox)) == 3
+
+
+def test_an_idempotency_key_replays_the_first_call(
+    proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+) -> None:
+    headers = {"Idempotency-Key": "create-42"}
+    first = post(proxy, {"assistantId": "sales-coach"}, user_key, headers=headers)
+    second = post(proxy, {"assistantId": "sales-coach"}, user_key, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert second.headers["idempotent-replayed"] == "true"
+    assert len(upstream_bodies(sandbox)) == 1
+    other = post(proxy, {"assistantId": "support"}, user_key, headers=headers)
+    assert_envelope(other, 422)
+    bad = post(proxy, {"assistantId": "sales-coach"}, user_key, headers={"Idempotency-Key": "a b"})
+    assert_envelope(bad, 400)
+
+
+def test_idempotency_keys_belong_to_their_caller(
+    proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
+) -> None:
+    headers = {"Idempotency-Key": "shared-key"}
+    mine = post(proxy, {"assistantId": "support"}, user_key, headers=headers)
+    theirs = post(proxy, {"assistantId": "support"}, other_key, headers=headers)
+    assert mine.status_code == theirs.status_code == 201
+    assert mine.json()["id"] != theirs.json()["id"]
+
+
+def test_readyz_reports_each_dependency(proxy: ServerThread, sandbox: RunningSandbox) -> None:
+    reply = httpx.get(proxy.url + "/readyz")
+    assert reply.status_code == 200, reply.text
+    checks = reply.json()["checks"]
+    assert checks["ledger"]["ok"] is True
+    assert checks["limits"]["ok"] is True
+    assert upstream_bodies(sandbox) == []
+    assert httpx.get(sandbox.url + "/__sandbox/requests").json() == []
