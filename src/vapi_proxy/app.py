@@ -20,7 +20,7 @@ from vapi_proxy.limits.base import Limiter, create_limiter
 from vapi_proxy.logs import configure_logging
 from vapi_proxy.policy.reply import compile_paths
 from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
-from vapi_proxy.routes import calls, health
+from vapi_proxy.routes import calls, chat, health, webhook
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
 from vapi_proxy.upstream.client import UpstreamClient
 
@@ -121,7 +121,12 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
                 await upkeep
             await runtime.aclose()
 
-    route_list: list[BaseRoute] = [*health.routes(runtime), *calls.routes(runtime)]
+    route_list: list[BaseRoute] = [
+        *health.routes(runtime),
+        *calls.routes(runtime),
+        *chat.routes(runtime),
+        *webhook.routes(runtime),
+    ]
     router = Router(routes=route_list, lifespan=lifespan)
     app = EdgeMiddleware(
         router,

@@ -28,6 +28,7 @@ from pydantic import (
 from vapi_proxy.auth.config import AuthSettings
 from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.policy.profiles import FileRef, Profile
+from vapi_proxy.webhooks.config import WebhookSettings
 
 DEFAULT_BASE_URL = "https://api.vapi.ai"
 ENV_PREFIX = "VAPI_PROXY__"
@@ -176,6 +177,10 @@ class Settings(_Section):
         "are built from it.",
     )
     webhook_path: str = Field(default="/webhook", description="Path of the webhook receiver.")
+    webhooks: WebhookSettings = Field(
+        default_factory=WebhookSettings,
+        description="How Vapi's server messages are verified, answered and forwarded.",
+    )
     server: ServerSettings = Field(
         default_factory=ServerSettings, description="HTTP limits and where the proxy is mounted."
     )

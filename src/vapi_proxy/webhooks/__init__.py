@@ -1,0 +1,1 @@
+"""Webhooks: Vapi's server messages to the proxy — verification, settlement, answers, forwarding."""
