@@ -50,8 +50,11 @@ class MemoryStore:
             if not ok:
                 short.append(Shortfall(i, cur))
         for j, s in enumerate(plan.slots):
-            live = {r: t for r, t in self._slots.get(s.hold.key, {}).items() if t > now}
-            self._slots[s.hold.key] = live
+            live = self._slots.setdefault(s.hold.key, {})
+            if len(live) >= s.limit:
+                # Prune expired slots only when they could matter: O(1) in the common case.
+                for r in [r for r, t in live.items() if t <= now]:
+                    del live[r]
             if len(live) >= s.limit:
                 short.append(
                     Shortfall(len(plan.counters) + j, len(live), min(live.values(), default=None))
