@@ -174,20 +174,39 @@ def page_url(page_server: ServerThread, **params: str) -> str:
     return f"{page_server.url}/?{urlencode({**params, 'autostart': '1'})}"
 
 
-# Hosts outside loopback the page may *try* to reach; every such request is aborted by the
-# driver. After the proxy answers, daily-js fetches its call-machine bundle from c.daily.co (the
-# join then fails: that is the offline failure the suite expects) and reports the failure to
-# Daily's own Sentry project, whose ingest host is hard-coded in daily-js 0.87.
-ALLOWED_OFF_LOOPBACK = ("c.daily.co", "o77906.ingest.sentry.io")
+# Nothing leaves loopback: the driver points Chromium at a refusing proxy and lets no host but
+# 127.0.0.1 resolve. What may still be *attempted* (and is refused):
+# - by the page: only Daily. After the proxy answers, daily-js fetches its call-machine bundle
+#   from c.daily.co (the join then fails offline: the failure the suite expects) and reports that
+#   to Daily's own Sentry project, whose ingest host is hard-coded in daily-js 0.87.
+# - by Chromium itself (not the page): its sign-in and update services, which Debian's build
+#   contacts even with --disable-background-networking and --disable-component-update.
+PAGE_MAY_TRY = frozenset({"c.daily.co", "o77906.ingest.sentry.io"})
+CHROMIUM_MAY_TRY = frozenset(
+    {"accounts.google.com", "update.googleapis.com", "clients2.google.com"}
+)
+
+
+def _off_loopback(url: str) -> str | None:
+    """The host of `url` when it is not on 127.0.0.1 (None for loopback, data: and blob:)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("data", "blob") or parts.hostname == "127.0.0.1":
+        return None
+    return parts.hostname or url
+
+
+def page_tried(result: dict[str, Any]) -> list[str]:
+    """Every URL off loopback that the page asked for (HTTP or WebSocket)."""
+    urls = [entry["url"] for entry in result["requests"] + result["websockets"]]
+    return sorted({url for url in urls if _off_loopback(url) is not None})
 
 
 def off_loopback_violations(result: dict[str, Any]) -> list[str]:
-    """Every request of the page that left 127.0.0.1 for anything but Daily."""
-    seen = [entry["url"] for entry in result["offLoopback"]]
-    seen += [
+    """Attempts to leave 127.0.0.1 that nobody may make (all of them were refused anyway)."""
+    bad = [url for url in page_tried(result) if _off_loopback(url) not in PAGE_MAY_TRY]
+    bad += [
         entry["url"]
-        for entry in result["requests"]
-        if urlsplit(entry["url"]).hostname != "127.0.0.1"
-        and urlsplit(entry["url"]).scheme not in ("data", "blob")
+        for entry in result["refused"]
+        if _off_loopback(entry["url"]) not in PAGE_MAY_TRY | CHROMIUM_MAY_TRY
     ]
-    return sorted({url for url in seen if urlsplit(url).hostname not in ALLOWED_OFF_LOOPBACK})
+    return sorted(set(bad))

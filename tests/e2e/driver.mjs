@@ -4,15 +4,22 @@
 //
 // Protocol: one JSON object per line on stdin, `{"id", "url", "timeoutMs", "until"}`; one JSON
 // line per case on stdout: `{"id", "done", "reachedJoin", "result", "events", "status",
-// "requests", "offLoopback", "console"}`. The first line is `{"ready": true}`. EOF on stdin
+// "requests", "websockets", "refused", "console"}`. The first line is `{"ready": true}`. EOF on stdin
 // closes the browser. `until` is "settled" (wait for start() to return) or "daily-join" (stop
 // once the SDK has the call and begins joining Daily: offline that join fails only after Daily's
 // three attempts 3 s apart, which one dedicated case waits out).
 //
-// Network rule: the page may reach 127.0.0.1 only. Every other request is aborted and recorded
-// in `offLoopback`; the pytest side decides which of those are allowed (Daily's, see conftest).
+// Network rule: nothing leaves 127.0.0.1. Chromium sends everything else to a "proxy" on loopback
+// that this script runs: it records the target (`refused`, whoever asked: the page or Chromium's
+// own background services) and refuses it; and no host but 127.0.0.1 resolves. What the page
+// itself asked for is in `requests` and `websockets`. The pytest side decides which attempts
+// are allowed (Daily's, see conftest). Not page.route: while any route is registered,
+// playwright-core answers every CORS preflight itself with allow-everything headers (see
+// `isInterceptedOptionsPreflight` in its coreBundle.js), which would fake the very preflight the
+// proxy must answer.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -20,18 +27,27 @@ import { createInterface } from 'node:readline';
 const CHROMIUM = process.env.E2E_CHROMIUM || '/usr/bin/chromium';
 const userDataDir = mkdtempSync(join(tmpdir(), 'vapi-proxy-e2e-'));
 
-const isLoopback = (url) => {
-  try {
-    const { protocol, hostname } = new URL(url);
-    return hostname === '127.0.0.1' || protocol === 'data:' || protocol === 'blob:';
-  } catch {
-    return false;
-  }
-};
-
 function send(message) {
   process.stdout.write(`${JSON.stringify(message)}\n`);
 }
+
+let current = null; // the case whose page is open: what the page does is recorded into it
+let refusedBetweenCases = []; // the browser's own attempts while no case runs: given to the next
+
+// The refusing proxy: reads the request line (`CONNECT host:443` or `GET http://...`), records
+// it, answers 403 and closes. Bounded: a silent client is dropped after 5 s.
+const refuser = createServer((socket) => {
+  socket.setTimeout(5000, () => socket.destroy());
+  socket.on('error', () => {});
+  socket.once('data', (chunk) => {
+    const [method = '?', target = '?'] = chunk.toString('latin1').split('\r\n', 1)[0].split(' ');
+    const url = method === 'CONNECT' ? `https://${target}/` : target;
+    (current ? current.refused : refusedBetweenCases).push({ url, via: method });
+    socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  });
+});
+await new Promise((resolve) => refuser.listen(0, '127.0.0.1', resolve));
+refuser.unref();
 
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: CHROMIUM,
@@ -45,8 +61,23 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
-    // Belt and braces: nothing but loopback resolves, whatever escapes page.route.
+    // Chromium's own background services (autofill, sign-in, ...) would otherwise knock on
+    // Google's hosts: the refusing proxy records every attempt and the suite allows none.
+    '--disable-features=AutofillServerCommunication,OptimizationHints,MediaRouter,Translate,' +
+      'CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions,' +
+      'DialMediaRouteProvider,PrivacySandboxSettings4',
+    '--disable-client-side-phishing-detection',
+    '--disable-default-apps',
+    '--disable-extensions',
+    '--disable-domain-reliability',
+    '--no-pings',
+    '--disable-breakpad',
+    '--metrics-recording-only',
+    // Everything but loopback (bypassed implicitly) goes to the refusing proxy; nothing but
+    // 127.0.0.1 resolves; WebRTC may not send UDP around the proxy.
+    `--proxy-server=http://127.0.0.1:${refuser.address().port}`,
     '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+    '--force-webrtc-ip-handling-policy=disable_non_proxied_udp',
     // No permission prompt or real device for Daily's getUserMedia.
     '--use-fake-ui-for-media-stream',
     '--use-fake-device-for-media-stream',
@@ -54,17 +85,6 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   timeout: 20000,
 });
 
-let current = null; // the case whose page is open: requests are recorded into it
-
-await context.route('**/*', async (route) => {
-  const url = route.request().url();
-  if (isLoopback(url)) {
-    await route.continue();
-    return;
-  }
-  current?.offLoopback.push({ url, via: 'route' });
-  await route.abort('internetdisconnected');
-});
 context.on('request', (request) => {
   current?.requests.push({ method: request.method(), url: request.url() });
 });
@@ -88,18 +108,16 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
     result: null,
     events: [],
     requests: [],
-    offLoopback: [],
+    websockets: [],
+    refused: refusedBetweenCases,
     console: [],
   };
+  refusedBetweenCases = [];
   current = record;
   const page = await context.newPage();
   page.on('console', (message) => record.console.push(`${message.type()}: ${message.text()}`));
   page.on('pageerror', (error) => record.console.push(`pageerror: ${error.message}`));
-  page.on('websocket', (socket) => {
-    if (!isLoopback(socket.url())) {
-      record.offLoopback.push({ url: socket.url(), via: 'websocket' });
-    }
-  });
+  page.on('websocket', (socket) => record.websockets.push({ url: socket.url() }));
   try {
     await page.goto(url, { timeout: timeoutMs });
     // start() has no timeout of its own: bound the wait here, and report what happened so far.
@@ -144,4 +162,5 @@ for await (const line of lines) {
 }
 
 await context.close();
+refuser.close();
 rmSync(userDataDir, { recursive: true, force: true });

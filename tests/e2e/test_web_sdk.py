@@ -9,6 +9,7 @@ Daily and, offline, fails there; every refusal must reach the app as the proxy's
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,8 @@ import jwt
 import pytest
 
 from tests.conftest import APP_ORIGIN, SAVED_ASSISTANT_ID, ProxyFactory
-from tests.e2e.conftest import BrowserDriver, off_loopback_violations, page_url
+from tests.e2e.conftest import BrowserDriver, off_loopback_violations, page_tried, page_url
+from vapi_proxy.logs import ACCESS_LOGGER
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 
@@ -331,8 +333,12 @@ def test_offline_the_start_fails_at_dailys_join_not_at_the_proxy(
         "daily-call-join-error",
         "start-method-error",
     ]
-    tried = {entry["url"] for entry in result["offLoopback"]}
-    assert tried and all("daily.co" in url or "sentry.io" in url for url in tried)
+    tried = page_tried(result)
+    assert tried and all(
+        url.startswith(("https://c.daily.co/", "https://o77906.ingest.sentry.io/")) for url in tried
+    )
+    # ... and Daily really was out of reach: Chromium's way out was refused, not just watched.
+    assert any(entry["url"] == "https://c.daily.co:443/" for entry in result["refused"])
     expect_sales_coach(the_one_upstream_call(sandbox, user_key), {"firstName": "Ann"})
 
 
@@ -533,3 +539,51 @@ def test_a_proxy_that_never_answers_cannot_hang_the_suite(
     assert not result["done"]
     assert ("web-call-creation", "started") in progress(result)
     assert ("web-call-creation", "completed") not in progress(result)
+
+
+class _AccessLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(dict(getattr(record, "fields", {})))
+
+
+@pytest.mark.parametrize(("token_kind", "profile"), [("key", "sales-coach"), ("none", "demo")])
+def test_the_browser_preflights_every_cross_origin_start(
+    browser: BrowserDriver,
+    page_server: ServerThread,
+    page_origin: str,
+    make_proxy: ProxyFactory,
+    user_key: str,
+    token_kind: str,
+    profile: str,
+) -> None:
+    """The page and the proxy are on different ports: OPTIONS is answered, then POST arrives."""
+
+    def patch(config: dict[str, Any]) -> None:
+        config["cors"]["allow_origins"] = [page_origin]
+        config["logging"]["access_log"] = True
+
+    proxy = make_proxy(patch)
+    logger = logging.getLogger(ACCESS_LOGGER)
+    handler, old_level = _AccessLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = start_in_page(
+            browser,
+            page_server,
+            proxy.url,
+            token=user_key if token_kind == "key" else "",
+            profile=profile,
+            form="string",
+            until="daily-join",
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert_joining_daily(result)
+    seen = [(line["method"], line["path"], line["status"]) for line in handler.lines]
+    assert seen == [("OPTIONS", "/call/web", 204), ("POST", "/call/web", 201)], seen
