@@ -26,8 +26,17 @@ def client() -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, str]]:
+@pytest.fixture(scope="module")
+def receiver_server() -> Iterator[tuple[Receiver, str]]:
+    """One receiver per module (starting servers is most of these tests' time)."""
     rec = Receiver()
     with ServerThread(rec.app) as server:
-        yield rec, server.url + "/hook"
+        yield rec, server.url
+
+
+@pytest.fixture
+def receiver(receiver_server: tuple[Receiver, str]) -> tuple[Receiver, str]:
+    """The module's receiver, emptied, and the URL of its `/hook` path."""
+    rec, base = receiver_server
+    rec.reset()
+    return rec, base + "/hook"

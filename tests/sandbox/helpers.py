@@ -52,13 +52,21 @@ class Receiver:
         self.replies: dict[str, Any] = {}
         self.delay: dict[str, float] = {}
         self.status = 200
-        self.app = Starlette(routes=[Route("/hook", self._hook, methods=["POST"])])
+        self.app = Starlette(routes=[Route("/{name}", self._hook, methods=["POST"])])
+
+    def reset(self) -> None:
+        self.received.clear()
+        self.replies.clear()
+        self.delay.clear()
+        self.status = 200
 
     async def _hook(self, request: Request) -> Response:
         raw = await request.body()
         body = await request.json()
         kind = body["message"]["type"]
-        self.received.append({"headers": dict(request.headers), "raw": raw, "body": body})
+        self.received.append(
+            {"path": request.url.path, "headers": dict(request.headers), "raw": raw, "body": body}
+        )
         if kind in self.delay:
             await asyncio.sleep(self.delay[kind])
         return JSONResponse(self.replies.get(kind, {}), status_code=self.status)
