@@ -333,6 +333,9 @@ def refusal(
         wait = CONCURRENCY_RETRY_CAP_SECONDS
         if short.earliest_expiry is not None:
             wait = min(wait, max(1, math.ceil(short.earliest_expiry - now)))
+        if check.limit == 0:
+            msg = f"No {_noun(req.kind, 2)}{pp} are allowed here."
+            return TooManyRequestsError(msg, retry_after=wait)
         msg = (
             f"{who} {short.current} {_noun(req.kind, short.current)}{pp} in progress, the "
             f"most allowed at once; try again when one ends."
