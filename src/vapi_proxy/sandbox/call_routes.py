@@ -203,7 +203,8 @@ async def create_web_call(ctx: Context) -> Reply:
     return 201, call.view(call.created)
 
 
-def _subscription_limits(state: SandboxState) -> dict[str, Any]:
+def _subscription_limits() -> dict[str, Any]:
+    # Vapi's default: 10 concurrent call slots (API-FACTS §2.10); the sandbox never blocks.
     return {"concurrencyBlocked": False, "concurrencyLimit": 10, "remainingConcurrentCalls": 10}
 
 
@@ -236,7 +237,7 @@ async def create_call(ctx: Context) -> Reply:
             phone_number=phone_number,
         )
         view = call.view(call.created)
-        view["subscriptionLimits"] = _subscription_limits(state)
+        view["subscriptionLimits"] = _subscription_limits()
         return 201, view
     results = []
     for customer in customers:
@@ -255,7 +256,7 @@ async def create_call(ctx: Context) -> Reply:
     return 201, {
         "results": results,
         "errors": [],
-        "subscriptionLimits": _subscription_limits(state),
+        "subscriptionLimits": _subscription_limits(),
     }
 
 

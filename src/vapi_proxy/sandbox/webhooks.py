@@ -14,7 +14,6 @@ import hmac
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -184,12 +183,6 @@ class WebhookSender:
             sent.add(status)
             await self.deliver(server, messages.status_update(call, status, reason, at))
         await self.deliver(server, messages.end_of_call_report(call, self._clock.now()))
-
-    def spawn(self, factory: Callable[[], Any]) -> None:
-        """Run a coroutine in the background, cancelled at shutdown."""
-        task = asyncio.get_running_loop().create_task(factory())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 async def _first(sleep: Any, event: asyncio.Event) -> None:
