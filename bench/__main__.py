@@ -1,0 +1,64 @@
+"""`python -m bench [--quick]`: every variant side by side in one run; writes
+bench/results/latest.{md,json,png} (raw logs under bench/results/raw/, not committed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench import extras, report
+from bench.run import Plan, run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 × 2 s per point (about a minute)")
+    parser.add_argument("--repeats", type=int, help="runs per point (default 3)")
+    parser.add_argument("--seconds", type=float, help="seconds per run (default 5)")
+    parser.add_argument(
+        "--connections", default="1,16,64", help="comma-separated (default 1,16,64)"
+    )
+    parser.add_argument("--only", default="", help="comma-separated proxy variants to run")
+    parser.add_argument("--no-services", action="store_true", help="skip Redis + PostgreSQL")
+    parser.add_argument("--no-extras", action="store_true", help="skip stream/webhook benches")
+    parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+
+    repeats = args.repeats or (1 if args.quick else 3)
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    plan = Plan(
+        concurrencies=tuple(int(c) for c in args.connections.split(",")),
+        repeats=max(1, min(repeats, 20)),
+        seconds=max(1.0, min(seconds, 60.0)),
+        warmup_seconds=1.0,
+        services=not args.no_services,
+        only=tuple(x for x in args.only.split(",") if x),
+        tool=args.tool,
+    )
+    started = time.monotonic()
+    raw = run(plan, args.out / "raw", log=lambda m: print(m, flush=True))
+    extra = {} if args.no_extras else extras.run_extras(lambda m: print(m, flush=True))
+    summary = report.summarise(raw)
+    raw["total_seconds"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(
+        json.dumps({"summary": summary, "extras": extra, "raw": raw}, indent=1, default=str)
+    )
+    md = report.markdown(raw, summary, extra)
+    problem = report.plot(summary, args.out / "latest.png")
+    if problem:
+        md += f"\n{problem}\n"
+    (args.out / "latest.md").write_text(md)
+    print(md)
+    print(f"took {raw['total_seconds']:.0f} s; wrote {args.out}/latest.md, .json, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

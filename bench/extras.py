@@ -1,0 +1,51 @@
+"""The SSE and webhook benches (written separately): run each in its own process if its file
+exists, and keep whatever dict its `main()` returns. Absent or failing: say so, never fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+EXTRAS = ("stream_bench", "webhook_bench")
+# Runs the module's main() with no arguments (argv holds only its name) and writes its dict.
+_RUNNER = (
+    "import json, sys, importlib; out = sys.argv[1]; mod = sys.argv[2]; sys.argv = [mod]; "
+    "r = importlib.import_module('bench.' + mod).main(); "
+    "open(out, 'w').write(json.dumps(r, default=str))"
+)
+
+
+def run_extra(name: str, timeout: float = 300.0) -> dict[str, Any]:
+    if not (HERE / f"{name}.py").exists():
+        return {"skipped": f"bench/{name}.py does not exist yet: no figures"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _RUNNER, str(out), name],
+                cwd=HERE.parent,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"did not finish within {timeout:.0f} s"}
+        if proc.returncode != 0:
+            return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-600:]}"}
+        result = json.loads(out.read_text()) if out.exists() else None
+        if not isinstance(result, dict):
+            return {"error": "main() did not return a dict", "output": proc.stdout[-600:]}
+        return {"result": result}
+
+
+def run_extras(log: Any = print) -> dict[str, dict[str, Any]]:
+    results = {}
+    for name in EXTRAS:
+        log(f"running bench/{name}.py")
+        results[name] = run_extra(name)
+    return results

@@ -1,0 +1,133 @@
+"""Processes the bench starts: free loopback ports, CPU pinning, /proc sampling, clean stops."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
+    """`cmd` under `taskset -c cpu` when pinning is possible, else unchanged."""
+    if cpu is None or cpu_count() < 2 or shutil.which("taskset") is None:
+        return list(cmd)
+    return ["taskset", "-c", str(cpu), *cmd]
+
+
+def wait_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on {HOST}:{port} within {timeout:.0f} s")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    cpu_seconds: float  # utime + stime of the whole process (all threads)
+    rss_kb: int
+    peak_rss_kb: int  # VmHWM
+
+
+def sample(pid: int) -> ProcSample:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    rest = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(rest[11]) + int(rest[12])
+    rss = peak = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1])
+    return ProcSample(ticks / CLK_TCK, rss, peak)
+
+
+class Service:
+    """One server process: started pinned, output to a log file, always stopped."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        *,
+        port: int,
+        log: Path,
+        cpu: int | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(
+            pinned(cmd, cpu),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the bench, which stops us
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> Service:
+        try:
+            wait_port(self.port, timeout, self.proc)
+        except Exception as exc:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} did not start: {exc}\n{tail}") from exc
+        return self
+
+    def sample(self) -> ProcSample:
+        return sample(self.proc.pid)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(5)
+        self._log_file.close()
+
+
+def load_average() -> tuple[float, float, float]:
+    one, five, fifteen = os.getloadavg()
+    return round(one, 2), round(five, 2), round(fifteen, 2)
