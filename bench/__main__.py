@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-services", action="store_true", help="skip Redis + PostgreSQL")
     parser.add_argument("--no-extras", action="store_true", help="skip stream/webhook benches")
     parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--ref", help="run this git ref's src/ (e.g. HEAD) instead of the working tree's"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
 
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         services=not args.no_services,
         only=tuple(x for x in args.only.split(",") if x),
         tool=args.tool,
+        ref=args.ref,
     )
     started = time.monotonic()
     raw = run(plan, args.out / "raw", log=lambda m: print(m, flush=True))

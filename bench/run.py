@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -22,6 +23,7 @@ from bench.procs import Service
 # The proxy (and nginx, the other proxy) get CPU 0 to themselves; the load generator and the
 # simulator share CPU 1, for every variant alike.
 SERVER_CPU, LOAD_CPU, SIM_CPU = 0, 1, 1
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,31 @@ class Plan:
     services: bool = True
     only: tuple[str, ...] = ()
     tool: str = "auto"  # auto | wrk | python
+    ref: str | None = None  # a git ref to run instead of the working tree's src/
+
+
+def source_tree(ref: str | None, tmp: Path) -> tuple[dict[str, str], str]:
+    """Environment that makes child processes import `ref`'s src/ (from `git archive`, which
+    leaves the repository untouched), and a description of what runs."""
+    if ref is None:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+        )
+        return {}, f"working tree {out.stdout.strip() or '?'}"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", ref + "^{commit}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = tmp / "src-tree"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "src"], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return {"PYTHONPATH": str(tree / "src")}, f"{ref} ({commit[:10]})"
 
 
 @dataclass
@@ -78,6 +105,8 @@ def _start_targets(
     stack: contextlib.ExitStack, plan: Plan, tmp: Path, raw: Path, log: Callable[[str], None]
 ) -> tuple[list[Target], Service, dict[str, Any]]:
     notes: dict[str, Any] = {}
+    src_env, notes["code"] = source_tree(plan.ref, tmp)
+    log(f"measuring {notes['code']}")
     sim_cfg = tmp / "sandbox.yaml"
     sim_cfg.write_text(yaml.safe_dump(setups.sandbox_config()))
     port = procs.free_port()
@@ -87,6 +116,7 @@ def _start_targets(
         port=port,
         log=raw / "simulator.log",
         cpu=SIM_CPU,
+        env=src_env,
     )
     stack.callback(sim.stop)
     sim.wait_ready()
@@ -133,7 +163,7 @@ def _start_targets(
     variants = setups.proxy_variants(
         tmp, keys, scaled[0] if scaled else None, scaled[1] if scaled else None
     )
-    env = {"VAPI_API_KEY": setups.PRIVATE_KEY, "VAPI_BASE_URL": sim.url}
+    env = {**src_env, "VAPI_API_KEY": setups.PRIVATE_KEY, "VAPI_BASE_URL": sim.url}
     for variant in variants:
         if plan.only and variant.name not in plan.only:
             continue
