@@ -173,7 +173,7 @@ def test_list_chats_is_paginated(sim: RunningSandbox, client: httpx.Client) -> N
 
 
 def test_stream_events_are_spaced_by_the_configured_delay(client: httpx.Client) -> None:
-    settings = base_settings(chat=ChatSettings(chunk_chars=4, stream_delay_seconds=0.05))
+    settings = base_settings(chat=ChatSettings(chunk_chars=4, stream_delay_seconds=0.1))
     with run_sandbox(settings) as sb:
         body = {"assistantId": ASSISTANT_ID, "input": "abcdefgh", "stream": True}
         arrivals = []
@@ -181,6 +181,9 @@ def test_stream_events_are_spaced_by_the_configured_delay(client: httpx.Client) 
             for line in resp.iter_lines():
                 if line.startswith("data: "):
                     arrivals.append(time.monotonic())
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 6  # "You said: abcdefgh" in 4-char deltas = 5, plus [DONE]
-    assert min(gaps) >= 0.04
+    # Five 0.1 s pauses. Scheduling jitter on a busy machine can shorten one gap (a late event
+    # followed by a punctual one), so require most gaps, and the whole span, to show them.
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert sum(gap >= 0.05 for gap in gaps) >= 4, gaps
+    assert arrivals[-1] - arrivals[0] >= 0.4
