@@ -3,7 +3,10 @@ exists, and keep whatever dict its `main()` returns. Absent or failing: say so, 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,21 +28,31 @@ def run_extra(name: str, timeout: float = 300.0) -> dict[str, Any]:
         return {"skipped": f"bench/{name}.py does not exist yet: no figures"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
+        # Its own session, so a timeout stops whatever it started too.
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RUNNER, str(out), name],
+            cwd=HERE.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _RUNNER, str(out), name],
-                cwd=HERE.parent,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             return {"error": f"did not finish within {timeout:.0f} s"}
+        finally:
+            if proc.poll() is None:  # Ctrl-C or another error while waiting
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
         if proc.returncode != 0:
-            return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-600:]}"}
+            return {"error": f"exit {proc.returncode}: {stderr.strip()[-600:]}"}
         result = json.loads(out.read_text()) if out.exists() else None
         if not isinstance(result, dict):
-            return {"error": "main() did not return a dict", "output": proc.stdout[-600:]}
+            return {"error": "main() did not return a dict", "output": stdout[-600:]}
         return {"result": result}
 
 
