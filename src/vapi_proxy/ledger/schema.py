@@ -1,5 +1,6 @@
-"""The ledger's tables as SQLAlchemy Core metadata: calls, the events that changed them, and
-idempotency keys. Migrations in `migrations/versions/` must produce exactly this."""
+"""The ledger's tables as SQLAlchemy Core metadata: calls, the events that changed them,
+idempotency keys, and the outbox of webhook events to forward. Migrations in
+`migrations/versions/` must produce exactly this."""
 
 from __future__ import annotations
 
@@ -102,4 +103,26 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Index(None, "expires_at"),
+)
+
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("event_id", sa.String(64), nullable=False, comment="sent as X-Vapi-Proxy-Event-Id"),
+    sa.Column("target", sa.String(2048), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False, comment="the delivery's raw bytes"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, comment="pending, delivered or parked"),
+    sa.Column("last_error", sa.String(512)),
+    sa.Column("delivered_at", UTCDateTime()),
+    sa.Index(None, "state", "next_attempt_at"),
 )
