@@ -1,0 +1,210 @@
+"""Limits that hold across processes: a burst through several proxy processes sharing state.
+
+Two `vapi-proxy serve` processes on Redis + PostgreSQL, and one process with two workers on
+SQLite, each take 200 simultaneous requests from one identity with concurrency 3 and quota 50:
+never more than 3 live, never more than 50 admitted, every refusal a clean 429, every admitted
+call in the ledger exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import SAVED_ASSISTANT_ID
+from tests.conftest_services import fresh_postgres_database, redis_url
+from vapi_proxy.auth.api_key import generate_key, hash_key
+from vapi_proxy.ledger.store import Ledger
+from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, SeededAssistant, run_sandbox
+from vapi_proxy.testing import free_port
+
+BURST = 200
+CONCURRENCY = 3
+QUOTA = 50
+
+
+@pytest.fixture(scope="module")
+def slow_sandbox() -> Iterator[RunningSandbox]:
+    """Calls stay live long enough for the burst to contend for the 3 slots."""
+    settings = SandboxSettings(
+        admin_enabled=True,
+        assistants=[SeededAssistant(id=SAVED_ASSISTANT_ID, name="Coach")],
+    )
+    with run_sandbox(settings) as running:
+        yield running
+
+
+def write_config(folder: Path, sandbox: RunningSandbox, key: str, limits: str, ledger: str) -> Path:
+    config = {
+        "vapi": {"base_url": sandbox.url, "timeout_seconds": 10},
+        "logging": {"access_log": False, "level": "warning"},
+        "auth": {
+            "methods": [{"type": "api_key", "keys": [{"name": "burst", "hash": hash_key(key)}]}]
+        },
+        "limits": {
+            "backend": limits,
+            "namespace": f"burst-{time.monotonic_ns()}",
+            "rules": [
+                {"name": "live", "concurrency": CONCURRENCY},
+                {"name": "daily", "quota": {"per_day": QUOTA}},
+            ],
+        },
+        "ledger": {"url": ledger},
+        "profiles": {"coach": {"assistant_id": SAVED_ASSISTANT_ID}},
+    }
+    path = folder / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextmanager
+def serve(config: Path, sandbox: RunningSandbox, *, workers: int = 1) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "VAPI_API_KEY": sandbox.settings.private_key.get_secret_value()}
+    log = config.parent / f"proxy-{port}.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vapi_proxy",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )
+
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait(timeout=10)
+                raise AssertionError(f"proxy did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def burst(urls: list[str], key: str) -> list[tuple[int, dict[str, Any]]]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=BURST)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def one(i: int) -> tuple[int, dict[str, Any]]:
+            async with session.post(
+                urls[i % len(urls)] + "/call/web", data=b'{"assistantId":"coach"}', headers=headers
+            ) as reply:
+                return reply.status, await reply.json(content_type=None)
+
+        return await asyncio.gather(*(one(i) for i in range(BURST)))
+
+
+def check_burst(results: list[tuple[int, dict[str, Any]]], sandbox: RunningSandbox) -> list[str]:
+    statuses = [status for status, _ in results]
+    admitted = [body["id"] for status, body in results if status == 201]
+    assert set(statuses) <= {201, 429}, sorted(set(statuses))
+    for status, body in results:
+        if status == 429:
+            assert set(body) == {"message", "error", "statusCode", "requestId"}
+            assert body["statusCode"] == 429
+    # The simulator's calls stay live for its lifecycle duration (longer than the burst), so
+    # the concurrency cap of 3 is the binding limit here.
+    assert 1 <= len(admitted) <= CONCURRENCY, statuses
+    assert len(set(admitted)) == len(admitted)
+    return admitted
+
+
+async def ledger_ids(url: str, ids: list[str]) -> list[str]:
+    ledger = Ledger.from_url(url)
+    await ledger.start(auto_migrate=False)
+    try:
+        found = [await ledger.get_call(call_id) for call_id in ids]
+        rows = await ledger.list_calls("api_key:burst", limit=1000)
+    finally:
+        await ledger.aclose()
+    assert all(found)
+    return [row.id for row in rows]
+
+
+def test_two_processes_on_redis_and_postgres(slow_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    key = generate_key()
+
+    async def run() -> None:
+        async with fresh_postgres_database() as database:
+            config = write_config(tmp_path, slow_sandbox, key, redis_url(), database)
+            with serve(config, slow_sandbox) as first, serve(config, slow_sandbox) as second:
+                results = await burst([first, second], key)
+            admitted = check_burst(results, slow_sandbox)
+            rows = await ledger_ids(database, admitted)
+            assert sorted(rows) == sorted(admitted)
+
+    asyncio.run(run())
+
+
+def test_one_process_two_workers_on_sqlite(slow_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    key = generate_key()
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    config = write_config(
+        tmp_path, slow_sandbox, key, f"sqlite:///{tmp_path / 'limits.db'}", database
+    )
+    with serve(config, slow_sandbox, workers=2) as url:
+        results = asyncio.run(burst([url], key))
+    admitted = check_burst(results, slow_sandbox)
+    rows = asyncio.run(ledger_ids(database, admitted))
+    assert sorted(rows) == sorted(admitted)
+
+
+def test_quota_holds_across_processes(slow_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """With no concurrency cap, the quota of 50 is what binds: exactly 50 of 200 admitted."""
+    key = generate_key()
+
+    async def run() -> None:
+        async with fresh_postgres_database() as database:
+            config = write_config(tmp_path, slow_sandbox, key, redis_url(), database)
+            raw = yaml.safe_load(config.read_text())
+            raw["limits"]["rules"] = [{"name": "daily", "quota": {"per_day": QUOTA}}]
+            config.write_text(yaml.safe_dump(raw))
+            with serve(config, slow_sandbox) as first, serve(config, slow_sandbox) as second:
+                results = await burst([first, second], key)
+            statuses = [status for status, _ in results]
+            assert statuses.count(201) == QUOTA, sorted(set(statuses))
+            assert statuses.count(429) == BURST - QUOTA
+            admitted = [body["id"] for status, body in results if status == 201]
+            rows = await ledger_ids(database, admitted)
+            assert sorted(rows) == sorted(admitted)
+
+    asyncio.run(run())
