@@ -8,7 +8,7 @@ deliveries cannot undo an end-of-call-report.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -305,10 +305,17 @@ class Ledger:
         return None if row is None else _record(row)
 
     async def list_calls(
-        self, identity_key: str, *, limit: int = 50, since: datetime | None = None
+        self,
+        identity_key: str,
+        *,
+        limit: int = 50,
+        since: datetime | None = None,
+        kinds: Collection[str] | None = None,
     ) -> list[CallRecord]:
         """Newest first: a user's own calls (the ownership check for reads)."""
         q = sa.select(calls).where(calls.c.identity_key == identity_key)
+        if kinds is not None:
+            q = q.where(calls.c.kind.in_(list(kinds)))
         if since is not None:
             q = q.where(calls.c.created_at >= since)
         q = q.order_by(calls.c.created_at.desc(), calls.c.id).limit(max(1, min(limit, 1000)))

@@ -20,10 +20,7 @@ _ID_SLOTS = (("assistantId", "assistant"), ("squadId", "squad"), ("workflowId", 
 _OVERRIDE_SLOTS = ("assistantOverrides", "squadOverrides", "workflowOverrides")
 NAME_KEYS = ("assistantType", "profile")
 _TOP_LEVEL = frozenset(
-    {slot for pair in _ID_SLOTS for slot in pair}
-    | set(_OVERRIDE_SLOTS)
-    | set(NAME_KEYS)
-    | {"roomDeleteOnUserLeaveEnabled"}
+    {slot for pair in _ID_SLOTS for slot in pair} | set(_OVERRIDE_SLOTS) | set(NAME_KEYS)
 )
 
 
@@ -54,16 +51,31 @@ def _name_from(value: Any, path: str, names: list[tuple[str, str]]) -> None:
         raise BadRequestError(f"'{path}' must be a string naming a profile.")
 
 
-def read_web_call(body: Any, ignored: Collection[str] = ("userId",)) -> WebCallIntake:
-    """Turn a `/call/web` body into a `WebCallIntake`, or refuse malformed input (400)."""
+@dataclass(slots=True)
+class ClientContext:
+    """What every entry point reads the same way: profile names, variables, refused paths."""
+
+    names: list[tuple[str, str]] = field(default_factory=list)
+    """(path, name) for every place the body named a profile."""
+    variables: list[ClientField] = field(default_factory=list)
+    disallowed: list[str] = field(default_factory=list)
+
+
+def read_context(
+    body: Any, ignored: Collection[str], extra_keys: Collection[str] = ()
+) -> ClientContext:
+    """Read profile names, candidate variables and refused top-level keys from a JSON body.
+
+    `extra_keys` are top-level keys the caller's entry point reads itself (e.g. `customer` for
+    phone calls, `input` for chats); every other unknown key is reported as disallowed.
+    """
     if not isinstance(body, Mapping):
         raise BadRequestError("The request body must be a JSON object.")
-    names: list[tuple[str, str]] = []
-    variables: list[ClientField] = []
-    disallowed: list[str] = []
+    ctx = ClientContext()
+    names, variables, disallowed = ctx.names, ctx.variables, ctx.disallowed
 
     for key in body:
-        if key not in _TOP_LEVEL and key not in ignored:
+        if key not in _TOP_LEVEL and key not in ignored and key not in extra_keys:
             disallowed.append(key)
 
     for name_key in NAME_KEYS:
@@ -105,22 +117,32 @@ def read_web_call(body: Any, ignored: Collection[str] = ("userId",)) -> WebCallI
                 raise BadRequestError(f"'{slot}.variableValues' must be an object.")
             for var, var_value in value.items():
                 variables.append(ClientField(f"{slot}.variableValues.{var}", var, var_value))
+    return ctx
 
-    room = body.get("roomDeleteOnUserLeaveEnabled")
-    if room is not None and not isinstance(room, bool):
-        raise BadRequestError("'roomDeleteOnUserLeaveEnabled' must be true or false.")
 
+def one_profile(names: list[tuple[str, str]]) -> str | None:
+    """The single profile the body names; None if it names none; 400 if it names several."""
     distinct = {name for _, name in names}
-    if not distinct:
-        raise BadRequestError(
-            "Name a profile: vapi.start('<profile>') or vapi.start({assistantType: '<profile>'})."
-        )
     if len(distinct) > 1:
         shown = ", ".join(f"{path}={name!r}" for path, name in names)
         raise BadRequestError(f"The request names more than one profile ({shown}).")
+    return names[0][1] if names else None
+
+
+def read_web_call(body: Any, ignored: Collection[str] = ("userId",)) -> WebCallIntake:
+    """Turn a `/call/web` body into a `WebCallIntake`, or refuse malformed input (400)."""
+    ctx = read_context(body, ignored, ("roomDeleteOnUserLeaveEnabled",))
+    room = body.get("roomDeleteOnUserLeaveEnabled")
+    if room is not None and not isinstance(room, bool):
+        raise BadRequestError("'roomDeleteOnUserLeaveEnabled' must be true or false.")
+    profile = one_profile(ctx.names)
+    if profile is None:
+        raise BadRequestError(
+            "Name a profile: vapi.start('<profile>') or vapi.start({assistantType: '<profile>'})."
+        )
     return WebCallIntake(
-        profile=names[0][1],
-        variables=variables,
-        disallowed=disallowed,
+        profile=profile,
+        variables=ctx.variables,
+        disallowed=ctx.disallowed,
         room_delete_on_user_leave=room,
     )

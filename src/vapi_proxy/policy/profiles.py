@@ -81,6 +81,81 @@ class FileRef(BaseModel):
     file: str = Field(description="Path of the file, relative to the config file's folder.")
 
 
+# Premium-rate and other high-cost ranges refused by default (toll fraud: a caller who can choose
+# the number could make the operator pay for calls to a number the caller is paid by). Prefixes
+# of E.164 numbers; a profile adds its own with `phone.denied_prefixes`.
+DEFAULT_PREMIUM_PREFIXES: tuple[str, ...] = (
+    "+1900",  # NANP premium-rate services
+    "+1976",  # NANP pay-per-call (historic, still abused)
+    "+44870",  # UK non-geographic, revenue-sharing
+    "+44871",
+    "+44872",
+    "+44873",
+    "+4470",  # UK "personal numbers", a classic fraud range
+    "+449",  # UK premium rate (09)
+    "+3381",  # France shared-cost
+    "+3389",  # France premium rate (089)
+    "+49137",  # Germany mass-calling / televoting
+    "+49900",  # Germany premium rate
+    "+3989",  # Italy premium rate (89x)
+    "+34803",  # Spain premium rate
+    "+34806",
+    "+34807",
+    "+3290",  # Belgium premium rate
+    "+31900",  # Netherlands premium rate
+    "+61190",  # Australia premium rate (190x)
+    "+870",  # Inmarsat satellite
+    "+871",
+    "+872",
+    "+873",
+    "+874",
+    "+881",  # Global Mobile Satellite Systems
+    "+882",  # International Networks
+    "+883",
+    "+979",  # International Premium Rate Service
+)
+
+CustomerField = Literal["name", "email", "extension", "externalId"]
+
+
+class PhoneRules(BaseModel):
+    """Where a server-side phone call (`POST /call`) of this profile may ring."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_prefixes: list[str] = Field(
+        default_factory=list,
+        description="E.164 prefixes a callee's number must start with, e.g. `+1` or `+4420`; "
+        "`+` admits every country. Required when `phone_number_id` is set.",
+    )
+    denied_prefixes: list[str] = Field(
+        default_factory=list,
+        description="E.164 prefixes refused on top of the default premium-rate denylist.",
+    )
+    default_denylist: bool = Field(
+        default=True,
+        description="Refuse the built-in premium-rate and satellite ranges (docs/api.md).",
+    )
+    customer_fields: list[CustomerField] = Field(
+        default_factory=list,
+        description="`customer` fields the client may set besides `number`.",
+    )
+    max_batch: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Most callees in one `customers[]` batch; 0 refuses batches.",
+    )
+
+    @field_validator("allowed_prefixes", "denied_prefixes")
+    @classmethod
+    def _e164_prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not re.fullmatch(r"\+[0-9]{0,14}", prefix):
+                raise ValueError(f"{prefix!r} is not an E.164 prefix like '+1' or '+4420'")
+        return value
+
+
 class Profile(BaseModel):
     """One named entry point: what `vapi.start('<name>')` may start, and under which rules."""
 
@@ -138,6 +213,15 @@ class Profile(BaseModel):
         default_factory=AccessRule,
         description="Who may use this profile (anonymous callers, claims, roles, tenants).",
     )
+    phone_number_id: str | None = Field(
+        default=None,
+        description="The Vapi phone number server-side calls (`POST /call`) of this profile ring "
+        "from; unset: the profile makes no phone calls.",
+    )
+    phone: PhoneRules = Field(
+        default_factory=PhoneRules,
+        description="Destination rules for phone calls (allowlist, premium denylist, batches).",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Profile:
@@ -151,6 +235,10 @@ class Profile(BaseModel):
         if overlap:
             raise ValueError(
                 f"variables {overlap} are both client_variables and server-owned variables"
+            )
+        if self.phone_number_id is not None and not self.phone.allowed_prefixes:
+            raise ValueError(
+                "phone_number_id needs phone.allowed_prefixes (e.g. ['+1']; '+' for anywhere)"
             )
         validate_value(self.variables)
         validate_value(self.metadata)

@@ -8,14 +8,14 @@ profiles serve server-side calls and `assistant-request` answers.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import BadRequestError, NotFoundError
 from vapi_proxy.policy.access import check_access
-from vapi_proxy.policy.intake import WebCallIntake
+from vapi_proxy.policy.intake import ClientField, WebCallIntake
 from vapi_proxy.policy.profiles import Profile
 from vapi_proxy.policy.templates import TemplateContext, render_value
 from vapi_proxy.policy.variables import check_variable
@@ -117,19 +117,24 @@ def _has_placeholder(value: Any) -> bool:
     return False
 
 
-def _client_variables(compiled: CompiledProfile, intake: WebCallIntake) -> dict[str, Any]:
+def check_client_values(
+    compiled: CompiledProfile,
+    variables: Sequence[ClientField],
+    disallowed: Sequence[str],
+    problems: list[str] | None = None,
+) -> dict[str, Any]:
+    """Check the client's variables against the profile's `client_variables` (shared by every
+    entry point); raise one 400 naming every problem, including those passed in."""
     specs = compiled.profile.client_variables
     problems = [
-        f"Field '{path}' may not be set by the client for profile '{compiled.name}'."
-        for path in intake.disallowed
+        *(problems or []),
+        *(
+            f"Field '{path}' may not be set by the client for profile '{compiled.name}'."
+            for path in disallowed
+        ),
     ]
-    if intake.room_delete_on_user_leave is not None and not compiled.profile.allow_reconnect:
-        problems.append(
-            "Field 'roomDeleteOnUserLeaveEnabled' may not be set by the client for profile "
-            f"'{compiled.name}'."
-        )
     values: dict[str, Any] = {}
-    for item in intake.variables:
+    for item in variables:
         spec = specs.get(item.name)
         if spec is None:
             problems.append(
@@ -154,45 +159,67 @@ def _client_variables(compiled: CompiledProfile, intake: WebCallIntake) -> dict[
     return values
 
 
-def plan_web_call(
-    profiles: Mapping[str, CompiledProfile], intake: WebCallIntake, ctx: CallContext
-) -> PlannedCall:
-    """Check the request against its profile and build the body for Vapi's `POST /call/web`."""
-    compiled = lookup_profile(profiles, intake.profile)
-    profile = compiled.profile
-    check_access(profile.access, ctx.identity, compiled.name)
-    client_values = _client_variables(compiled, intake)
+def _client_variables(compiled: CompiledProfile, intake: WebCallIntake) -> dict[str, Any]:
+    problems = []
+    if intake.room_delete_on_user_leave is not None and not compiled.profile.allow_reconnect:
+        problems.append(
+            "Field 'roomDeleteOnUserLeaveEnabled' may not be set by the client for profile "
+            f"'{compiled.name}'."
+        )
+    # The disallowed paths come first, as before the check was shared.
+    return check_client_values(compiled, intake.variables, intake.disallowed, problems)
 
+
+def server_values(
+    compiled: CompiledProfile, ctx: CallContext
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The profile's server-owned `variableValues` and metadata, templates rendered."""
+    profile = compiled.profile
     if compiled.templated:
         context = TemplateContext(ctx.identity, ctx.request_id, compiled.name)
-        server_values = render_value(profile.variables, context)
-        metadata = render_value(profile.metadata, context)
-    else:
-        server_values, metadata = profile.variables, profile.metadata
+        return render_value(profile.variables, context), render_value(profile.metadata, context)
+    return profile.variables, profile.metadata
 
+
+def build_call_body(
+    compiled: CompiledProfile, client_values: Mapping[str, Any], ctx: CallContext
+) -> dict[str, Any]:
+    """Vapi's call body for a profile: its target plus the server-owned overrides, the client's
+    checked variables, the duration cap, attribution metadata and the webhook server."""
+    variables, metadata = server_values(compiled, ctx)
     body: dict[str, Any] = dict(compiled.target)
-    variable_values = {**client_values, **server_values}
+    variable_values = {**client_values, **variables}
     if compiled.overrides_key == "workflowOverrides":
         # Vapi's WorkflowOverrides holds only variableValues; a transient workflow carries the
         # cap itself, and a saved workflow's own cap applies (documented).
         if variable_values:
             body["workflowOverrides"] = {"variableValues": variable_values}
-    else:
-        overrides: dict[str, Any] = dict(compiled.static_overrides)
-        if variable_values:
-            overrides["variableValues"] = variable_values
-        overrides["maxDurationSeconds"] = compiled.max_duration_seconds
-        overrides["metadata"] = {
-            **metadata,
-            METADATA_KEY: {
-                "profile": compiled.name,
-                "requestId": ctx.request_id,
-                "identity": ctx.identity.hashed,
-            },
-        }
-        if ctx.webhook_server is not None:
-            overrides["server"] = dict(ctx.webhook_server)
-        body[compiled.overrides_key] = overrides
+        return body
+    overrides: dict[str, Any] = dict(compiled.static_overrides)
+    if variable_values:
+        overrides["variableValues"] = variable_values
+    overrides["maxDurationSeconds"] = compiled.max_duration_seconds
+    overrides["metadata"] = {
+        **metadata,
+        METADATA_KEY: {
+            "profile": compiled.name,
+            "requestId": ctx.request_id,
+            "identity": ctx.identity.hashed,
+        },
+    }
+    if ctx.webhook_server is not None:
+        overrides["server"] = dict(ctx.webhook_server)
+    body[compiled.overrides_key] = overrides
+    return body
+
+
+def plan_web_call(
+    profiles: Mapping[str, CompiledProfile], intake: WebCallIntake, ctx: CallContext
+) -> PlannedCall:
+    """Check the request against its profile and build the body for Vapi's `POST /call/web`."""
+    compiled = lookup_profile(profiles, intake.profile)
+    check_access(compiled.profile.access, ctx.identity, compiled.name)
+    body = build_call_body(compiled, _client_variables(compiled, intake), ctx)
     if intake.room_delete_on_user_leave is not None:
         body["roomDeleteOnUserLeaveEnabled"] = intake.room_delete_on_user_leave
     return PlannedCall(profile=compiled, body=body)

@@ -1,9 +1,10 @@
-"""Call routes: `POST /call/web`, the one request the Web SDK makes.
+"""Call routes: `POST /call/web` (the Web SDK), `POST /call` (server SDKs' phone calls) and the
+caller's own call reads, `GET /call/{id}` and `GET /call`.
 
 Authenticate → read the JSON body → intake → policy → admit (limits) → Vapi → ledger → scrub.
 Each step raises the refusal the client should see; the edge renders it in the one envelope.
 An `Idempotency-Key` header makes a retried creation replay the first result instead of
-starting a second call.
+starting a second call. Reads answer only calls the ledger says this identity created.
 """
 
 from __future__ import annotations
@@ -21,10 +22,19 @@ from starlette.routing import Route
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import RequestState, request_state
-from vapi_proxy.errors import BadRequestError, ProxyError, UpstreamError, render
+from vapi_proxy.errors import (
+    BadRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ProxyError,
+    UpstreamError,
+    render,
+)
+from vapi_proxy.ledger.store import CallRecord
 from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.policy.intake import read_web_call
-from vapi_proxy.policy.reply import scrub
+from vapi_proxy.policy.phonecall import plan_phone_call, read_phone_call
+from vapi_proxy.policy.reply import SDK_PATHS, scrub
 from vapi_proxy.policy.webcall import CallContext, PlannedCall, plan_web_call
 from vapi_proxy.upstream.replies import parse_success
 
@@ -35,6 +45,21 @@ logger = logging.getLogger("vapi_proxy.calls")
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _JSON_HEADERS = {"Cache-Control": "no-store"}
+# What a server-side caller sees of its calls beyond the Web SDK's fields (plus `expose`): the
+# state of the call and whom it rang, never the monitor URLs, prompt or org.
+_SERVER_FIELDS = (
+    "updatedAt",
+    "startedAt",
+    "endedAt",
+    "endedReason",
+    "cost",
+    "phoneNumberId",
+    "customer.number",
+    "customer.name",
+)
+_SERVER_PATHS = tuple(tuple(path.split(".")) for path in _SERVER_FIELDS)
+_CALL_TYPES = {"web": "webCall", "phone": "outboundPhoneCall"}
+_CALL_KINDS = tuple(_CALL_TYPES)
 
 
 async def authenticate(runtime: Runtime, request: Request) -> Identity:
@@ -116,12 +141,50 @@ def _request_hash(body: Any) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _iso(moment: Any) -> str | None:
+    if moment is None:
+        return None
+    text: str = moment.isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def call_view(record: CallRecord) -> dict[str, Any]:
+    """A Call-like object from the ledger (for `GET /call`): what the proxy knows itself."""
+    view: dict[str, Any] = {
+        "id": record.id,
+        "type": _CALL_TYPES.get(record.kind, record.kind),
+        "assistantId": record.profile,
+        "status": record.status,
+        "createdAt": _iso(record.created_at),
+        "updatedAt": _iso(record.updated_at),
+    }
+    optional = {
+        "startedAt": _iso(record.started_at),
+        "endedAt": _iso(record.ended_at),
+        "endedReason": record.ended_reason,
+        "cost": record.cost_usd,
+    }
+    view.update({k: v for k, v in optional.items() if v is not None})
+    return view
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 100
+    if not raw.isdigit() or int(raw) > 1000:
+        raise BadRequestError("limit must be a whole number from 0 to 1000.")
+    return int(raw)
+
+
 def routes(runtime: Runtime) -> list[Route]:
     settings = runtime.settings
     ignored = frozenset(settings.intake.ignored_fields)
     max_bytes = settings.server.max_body_bytes
     max_depth = settings.server.max_json_depth
     ttl = settings.idempotency.ttl_seconds
+
+    def server_paths(profile: str) -> tuple[tuple[str, ...], ...]:
+        return runtime.reply_paths.get(profile, SDK_PATHS) + _SERVER_PATHS
 
     async def create_web_call(
         state: RequestState, identity: Identity, body: Any
@@ -137,14 +200,47 @@ def routes(runtime: Runtime) -> list[Route]:
         visible = scrub(call, runtime.reply_paths[planned.profile.name])
         return status, orjson.dumps(visible)
 
-    async def web_call(request: Request) -> Response:
+    async def create_phone_call(
+        state: RequestState, identity: Identity, body: Any
+    ) -> tuple[int, bytes]:
+        intake = read_phone_call(body, ignored)
+        state.profile = intake.profile if intake.profile in runtime.profiles else None
+        plans = plan_phone_call(
+            runtime.profiles,
+            intake,
+            CallContext(identity, state.request_id, runtime.webhook_server),
+        )
+        paths = server_paths(plans[0].profile.name)
+        if not intake.batch:
+            status, call = await start_call(
+                runtime, state, identity, plans[0], "/call", kind="phone"
+            )
+            return status, orjson.dumps(scrub(call, paths))
+        # A batch is one Vapi call per callee, so each is admitted by the limits on its own and
+        # one refusal does not sink the others (Vapi's CallBatchResponse shape).
+        results: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        first_error: ProxyError | None = None
+        for planned in plans:
+            try:
+                _, call = await start_call(runtime, state, identity, planned, "/call", kind="phone")
+            except ProxyError as exc:
+                first_error = first_error or exc
+                errors.append({"customer": planned.body["customer"], "error": exc.message})
+                continue
+            results.append(scrub(call, paths))
+        if not results and first_error is not None:
+            raise first_error
+        return 201, orjson.dumps({"results": results, "errors": errors})
+
+    async def idempotent(request: Request, create: Any) -> Response:
         state = request_state(request.scope)
         identity = await authenticate(runtime, request)
         state.identity = identity.hashed
         body = await read_json(request, max_bytes=max_bytes, max_depth=max_depth)
         key = request.headers.get("idempotency-key")
         if key is None:
-            status, payload = await create_web_call(state, identity, body)
+            status, payload = await create(state, identity, body)
             return _json(payload, status)
         if not _IDEMPOTENCY_KEY.fullmatch(key):
             raise BadRequestError("Idempotency-Key must be 1-255 visible ASCII characters.")
@@ -169,7 +265,7 @@ def routes(runtime: Runtime) -> list[Route]:
                 headers={"Retry-After": "1"},
             )
         try:
-            status, payload = await create_web_call(state, identity, body)
+            status, payload = await create(state, identity, body)
         except UpstreamError as exc:
             if exc.maybe_sent:
                 # A call may exist: replay this failure rather than risk a second call.
@@ -185,4 +281,43 @@ def routes(runtime: Runtime) -> list[Route]:
         await runtime.ledger.idempotency_complete(key, identity.key, status=status, body=payload)
         return _json(payload, status)
 
-    return [Route("/call/web", web_call, methods=["POST"])]
+    async def web_call(request: Request) -> Response:
+        return await idempotent(request, create_web_call)
+
+    async def phone_call(request: Request) -> Response:
+        return await idempotent(request, create_phone_call)
+
+    async def get_call(request: Request) -> Response:
+        state = request_state(request.scope)
+        identity = await authenticate(runtime, request)
+        state.identity = identity.hashed
+        call_id = request.path_params["id"]
+        if call_id == "web":  # `/call/web` is only ever created, never read
+            raise MethodNotAllowedError(["POST"])
+        record = await runtime.ledger.get_call(call_id) if len(call_id) <= 128 else None
+        # Someone else's call and no call at all look the same, and neither reaches Vapi.
+        if record is None or record.identity_key != identity.key or record.kind == "chat":
+            raise NotFoundError("Call not found.")
+        state.profile = record.profile
+        reply = await runtime.upstream.request("GET", f"/call/{call_id}")
+        state.upstream_status = reply.status
+        state.upstream_ms = round(reply.elapsed_ms, 3)
+        call = parse_success(reply, runtime.api_key)
+        return _json(orjson.dumps(scrub(call, server_paths(record.profile))), 200)
+
+    async def list_calls(request: Request) -> Response:
+        state = request_state(request.scope)
+        identity = await authenticate(runtime, request)
+        state.identity = identity.hashed
+        limit = _limit(request.query_params.get("limit"))
+        records = []
+        if limit:
+            records = await runtime.ledger.list_calls(identity.key, limit=limit, kinds=_CALL_KINDS)
+        return _json(orjson.dumps([call_view(r) for r in records]), 200)
+
+    return [
+        Route("/call/web", web_call, methods=["POST"]),
+        Route("/call", phone_call, methods=["POST"]),
+        Route("/call", list_calls, methods=["GET"]),
+        Route("/call/{id}", get_call, methods=["GET"]),
+    ]
