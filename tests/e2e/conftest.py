@@ -9,10 +9,12 @@ Missing Chromium, node or node_modules fail the suite (never skip it): run `scri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -73,36 +75,52 @@ def page_origin(page_server: ServerThread) -> str:
 
 
 class BrowserDriver:
-    """`node driver.mjs`: one Chromium for the whole session, one page per case."""
+    """`node driver.mjs`: one Chromium for the session, one page per case.
+
+    A driver that hangs or dies fails only the case it was running: it is killed, and the next
+    case starts a fresh one, so one stuck page cannot take the rest of the suite down with it.
+    """
 
     def __init__(self, stderr: TextIO) -> None:
         node = shutil.which("node")
         _require(node is not None, "node is not on PATH")
         assert node is not None
+        self._node = node
         self._stderr = stderr
+        self._process: subprocess.Popen[str] | None = None
+        self._pump_thread: threading.Thread | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._next_id = 0
+        self._start()
+
+    def _start(self) -> None:
         self._process = subprocess.Popen(
-            [node, str(E2E_DIR / "driver.mjs")],
+            [self._node, str(E2E_DIR / "driver.mjs")],
             cwd=E2E_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=stderr,
+            stderr=self._stderr,
             text=True,
             env={**os.environ, "E2E_CHROMIUM": str(CHROMIUM)},
+            # Its own process group, so a kill takes Chromium (node's child) down with it.
+            start_new_session=True,
         )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._lines = queue.Queue()
+        self._pump_thread = threading.Thread(
+            target=self._pump, args=(self._process, self._lines), daemon=True
+        )
         self._pump_thread.start()
-        self._next_id = 0
         ready = self._read(DRIVER_START_SECONDS)
         if not ready.get("ready"):
-            self.close()
+            self.close(kill=True)
             pytest.fail(f"browser driver did not start: {ready}", pytrace=False)
 
-    def _pump(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
+    @staticmethod
+    def _pump(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
 
     def _read(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -111,13 +129,17 @@ class BrowserDriver:
             try:
                 line = self._lines.get(timeout=max(left, 0.01))
             except queue.Empty:
-                self.close()
-                pytest.fail(f"browser driver gave no answer within {timeout:.0f} s", pytrace=False)
-            if line is None:
-                self._stderr.flush()
+                self.close(kill=True)
                 pytest.fail(
-                    f"browser driver exited (code {self._process.poll()}): {self.stderr_text()}",
+                    f"browser driver gave no answer within {timeout:.0f} s "
+                    f"(killed; the next case starts a new one): {self.stderr_text()}",
                     pytrace=False,
+                )
+            if line is None:
+                code = self._process.poll() if self._process else None
+                self.close(kill=True)
+                pytest.fail(
+                    f"browser driver exited (code {code}): {self.stderr_text()}", pytrace=False
                 )
             if line.startswith("{"):
                 message: dict[str, Any] = json.loads(line)
@@ -131,27 +153,40 @@ class BrowserDriver:
         self, url: str, *, until: str = "settled", timeout: float = CASE_TIMEOUT_SECONDS
     ) -> dict[str, Any]:
         """Open `url`, wait until start() settles or the SDK begins the Daily join, report."""
+        if self._process is None or self._process.poll() is not None:
+            self.close(kill=True)
+            self._start()
+        assert self._process is not None and self._process.stdin is not None
         self._next_id += 1
         case = {"id": self._next_id, "url": url, "timeoutMs": int(timeout * 1000), "until": until}
-        assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(case) + "\n")
         self._process.stdin.flush()
         result = self._read(timeout * 2 + DRIVER_GRACE_SECONDS)
         assert result.get("id") == case["id"], result
         return result
 
-    def close(self) -> None:
-        if self._process.poll() is None:
+    def close(self, *, kill: bool = False) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
             try:
-                assert self._process.stdin is not None
-                self._process.stdin.close()
-                self._process.wait(timeout=10)
+                if kill:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    assert process.stdin is not None
+                    process.stdin.close()  # EOF: the driver closes Chromium and exits
+                process.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                self._process.kill()
-                self._process.wait(timeout=10)
-        self._pump_thread.join(timeout=5)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+                with contextlib.suppress(OSError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout=5)
+        for stream in (process.stdin, process.stdout):
+            if stream is not None and not stream.closed:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@
 //
 // Protocol: one JSON object per line on stdin, `{"id", "url", "timeoutMs", "until"}`; one JSON
 // line per case on stdout: `{"id", "done", "reachedJoin", "result", "events", "status",
-// "requests", "websockets", "refused", "console"}`. The first line is `{"ready": true}`. EOF on stdin
-// closes the browser. `until` is "settled" (wait for start() to return) or "daily-join" (stop
+// "requests", "websockets", "replies", "refused", "console"}`. The first line is
+// `{"ready": true}`. EOF on stdin closes the browser. `until` is "settled" (wait for start() to return) or "daily-join" (stop
 // once the SDK has the call and begins joining Daily: offline that join fails only after Daily's
 // three attempts 3 s apart, which one dedicated case waits out).
 //
@@ -109,6 +109,7 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
     events: [],
     requests: [],
     websockets: [],
+    replies: [],
     refused: refusedBetweenCases,
     console: [],
   };
@@ -118,6 +119,22 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
   page.on('console', (message) => record.console.push(`${message.type()}: ${message.text()}`));
   page.on('pageerror', (error) => record.console.push(`pageerror: ${error.message}`));
   page.on('websocket', (socket) => record.websockets.push({ url: socket.url() }));
+  // What the proxy answered to the SDK's POST, as the page received it (after CORS).
+  const reading = [];
+  page.on('response', (response) => {
+    const request = response.request();
+    if (request.method() !== 'POST' || !new URL(response.url()).pathname.endsWith('/call/web')) {
+      return;
+    }
+    reading.push(
+      response
+        .text()
+        .catch(() => null)
+        .then((body) => {
+          record.replies.push({ url: response.url(), status: response.status(), body });
+        }),
+    );
+  });
   try {
     await page.goto(url, { timeout: timeoutMs });
     // start() has no timeout of its own: bound the wait here, and report what happened so far.
@@ -137,6 +154,7 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
       ),
     }));
     Object.assign(record, state);
+    await Promise.race([Promise.allSettled(reading), new Promise((r) => setTimeout(r, 2000))]);
   } catch (error) {
     record.driverError = String(error?.message || error);
   } finally {

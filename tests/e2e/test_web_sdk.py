@@ -119,9 +119,34 @@ def the_one_upstream_call(sandbox: RunningSandbox, token: str) -> dict[str, Any]
     return received["body"]
 
 
-def assert_joining_daily(result: dict[str, Any]) -> None:
+# What the browser may see of Vapi's Call object: what the SDK reads, plus harmless status fields.
+REPLY_KEYS = {"id", "webCallUrl", "transport", "artifactPlan", "assistant", "status", "type"}
+REPLY_KEYS |= {"createdAt"}
+
+
+def the_reply_the_page_got(result: dict[str, Any], *, listen_url: bool = False) -> dict[str, Any]:
+    """The proxy's answer to the SDK's POST, as the page read it: scrubbed, no secrets.
+
+    `listen_url`: the profile opts in to `monitor.listenUrl` (`demo` has `expose`); never more.
+    """
+    [reply] = result["replies"]
+    assert reply["status"] == 201, reply
+    text = reply["body"]
+    call: dict[str, Any] = json.loads(text)
+    if listen_url:
+        assert set(call.pop("monitor")) == {"listenUrl"}
+    assert set(call) <= REPLY_KEYS, set(call) - REPLY_KEYS
+    assert call["webCallUrl"].startswith("https://vapi.daily.co/")
+    assert set(call.get("transport", {})) <= {"callToken"}
+    for secret in ("controlUrl", "orgId", "SECRET-PROMPT", "messages"):
+        assert secret not in text
+    return call
+
+
+def assert_joining_daily(result: dict[str, Any], *, listen_url: bool = False) -> None:
     """The SDK accepted the proxy's reply and went on to Daily: nothing failed before that."""
     assert result["reachedJoin"], (progress(result), result["console"])
+    the_reply_the_page_got(result, listen_url=listen_url)
     created = [
         p
         for p in events_named(result, "call-start-progress")
@@ -271,7 +296,7 @@ def test_anonymous_caller_on_an_open_profile_sends_no_authorization(
         form="string",
         until="daily-join",
     )
-    assert_joining_daily(result)
+    assert_joining_daily(result, listen_url=True)
     expect_demo(the_one_upstream_call(sandbox, ""), {})
 
 
@@ -584,6 +609,58 @@ def test_the_browser_preflights_every_cross_origin_start(
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-    assert_joining_daily(result)
+    assert_joining_daily(result, listen_url=profile == "demo")
     seen = [(line["method"], line["path"], line["status"]) for line in handler.lines]
     assert seen == [("OPTIONS", "/call/web", 204), ("POST", "/call/web", 201)], seen
+
+
+def test_the_sdk_reads_the_voice_provider_of_a_transient_assistant(
+    browser: BrowserDriver,
+    page_server: ServerThread,
+    proxy_for_page: Callable[..., ServerThread],
+    user_key: str,
+) -> None:
+    """The scrub keeps `assistant.voice.provider` (a `tavus` voice turns the SDK's video on)."""
+    proxy = proxy_for_page()
+    result = start_in_page(
+        browser,
+        page_server,
+        proxy.url,
+        token=user_key,
+        profile="support",
+        form="object",
+        until="daily-join",
+    )
+    assert_joining_daily(result)
+    [created] = [
+        p
+        for p in events_named(result, "call-start-progress")
+        if p["stage"] == "web-call-creation" and p["status"] == "completed"
+    ]
+    assert created["metadata"]["voiceProvider"] == "vapi"
+    assert the_reply_the_page_got(result)["assistant"] == {"voice": {"provider": "vapi"}}
+
+
+def test_variables_in_the_object_and_in_assistant_overrides_together(
+    browser: BrowserDriver,
+    page_server: ServerThread,
+    proxy_for_page: Callable[..., ServerThread],
+    sandbox: RunningSandbox,
+    user_key: str,
+) -> None:
+    """start({assistantType, firstName}, {variableValues: {language}}), non-ASCII included."""
+    proxy = proxy_for_page()
+    result = start_in_page(
+        browser,
+        page_server,
+        proxy.url,
+        token=user_key,
+        profile="sales-coach",
+        form="object",
+        variables={"firstName": "Zoë 🎙"},
+        overrides={"variableValues": {"language": "fr"}},
+        until="daily-join",
+    )
+    assert_joining_daily(result)
+    body = the_one_upstream_call(sandbox, user_key)
+    expect_sales_coach(body, {"firstName": "Zoë 🎙", "language": "fr"})
