@@ -74,7 +74,7 @@ class Receiver:
     def types(self) -> list[str]:
         return [r["body"]["message"]["type"] for r in self.received]
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while len(self.received) < count:
             if time.monotonic() > deadline:
@@ -83,7 +83,7 @@ class Receiver:
         return self.received
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -105,7 +105,7 @@ def read_stream(
 def test_stalled_stream(fresh: RunningSandbox) -> None:
     body = {"assistantId": ASSISTANT_ID, "input": "a long enough input", "stream": True}
     lines: list[str] = []
-    with httpx.Client(timeout=httpx.Timeout(5, read=0.5)) as client:
+    with httpx.Client(timeout=httpx.Timeout(5, read=1.0)) as client:
         add(fresh, client, path="/chat", action="stall-stream", after_events=2)
         with pytest.raises(httpx.ReadTimeout):
             read_stream(client, fresh.url + "/chat", body, private(fresh), lines)

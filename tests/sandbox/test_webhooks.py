@@ -238,4 +238,4 @@ def test_server_timeout_is_respected(receiver: tuple[Receiver, str], client: htt
         delivery = client.get(sb.url + "/__sandbox/webhooks").json()[0]
     assert delivery["error"] == "timeout after 1.0s"
     assert delivery["responseStatus"] is None
-    assert 0.9 <= delivery["elapsedSeconds"] < 2.5
+    assert 0.9 <= delivery["elapsedSeconds"] < 5  # generous: the box may be busy
