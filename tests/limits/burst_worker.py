@@ -39,5 +39,9 @@ async def _run(
         await limiter.aclose()
     admitted = sum(isinstance(r, Reservation) for r in results)
     refused = sum(isinstance(r, TooManyRequestsError) for r in results)
-    others = [repr(r) for r in results if not isinstance(r, Reservation | TooManyRequestsError)]
+    others = [
+        f"{r!r} from {r.__cause__!r}"
+        for r in results
+        if not isinstance(r, Reservation | TooManyRequestsError)
+    ]
     return admitted, refused, others

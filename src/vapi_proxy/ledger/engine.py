@@ -57,9 +57,13 @@ class Database:
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": timeout}
         else:
-            kwargs["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 20
+            # Connecting is slower than a statement on a busy host (a backend is forked): a
+            # burst that opens the pool must not read as "PostgreSQL is down".
+            kwargs["connect_args"] = {"timeout": max(10.0, timeout), "command_timeout": timeout}
+            # Few connections: transactions are short (limits reserve in one call), and a burst
+            # from every replica opening dozens each would only queue inside PostgreSQL.
+            kwargs["pool_size"] = 5
+            kwargs["max_overflow"] = 5
             # A burst queues for a pooled connection rather than failing: each statement is
             # still bounded by `command_timeout`, and refusing a burst as "store down" would
             # turn load into 503s.

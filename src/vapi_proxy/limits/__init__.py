@@ -2,6 +2,7 @@
 
 from vapi_proxy.limits.base import (
     AdmissionRequest,
+    ExpiredHook,
     HealthStatus,
     Hold,
     Limiter,
@@ -12,6 +13,7 @@ from vapi_proxy.limits.config import LimitRule, LimitsSettings
 
 __all__ = [
     "AdmissionRequest",
+    "ExpiredHook",
     "HealthStatus",
     "Hold",
     "LimitRule",

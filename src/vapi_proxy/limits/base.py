@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 """Seconds since the epoch; tests pass a fake one instead of sleeping."""
+
+ExpiredHook = Callable[[list[str]], Awaitable[None]]
+"""Called by `expire` with the ids of committed calls whose slots expired without an end, so
+the proxy can ask Vapi (`GET /call/{id}`) how they ended and `settle` them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,8 @@ class Limiter(Protocol):
         """The call ended: free its slot, replace held worst cases with actuals. Idempotent."""
 
     async def expire(self, now: float | None = None) -> int:
-        """Free slots of calls past max duration + grace; returns how many were freed."""
+        """Free slots of calls past max duration + grace; returns how many were freed. Call it
+        periodically (e.g. every 30 s); slots past expiry stop counting even before it runs."""
 
     async def health(self) -> HealthStatus: ...
 
@@ -106,7 +111,12 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def create_limiter(settings: LimitsSettings, *, clock: Clock = time.time) -> Limiter:
+def create_limiter(
+    settings: LimitsSettings,
+    *,
+    clock: Clock = time.time,
+    on_expired: ExpiredHook | None = None,
+) -> Limiter:
     """The limiter for `settings.backend`, chosen by URL scheme."""
     from vapi_proxy.limits.core import StoreLimiter
 
@@ -117,4 +127,4 @@ def create_limiter(settings: LimitsSettings, *, clock: Clock = time.time) -> Lim
         raise ValueError(f"no limits backend for scheme {scheme!r}") from None
     module_name, _, attr = target.partition(":")
     store_cls = getattr(importlib.import_module(module_name), attr)
-    return StoreLimiter(settings, store_cls(settings), clock=clock)
+    return StoreLimiter(settings, store_cls(settings), clock=clock, on_expired=on_expired)

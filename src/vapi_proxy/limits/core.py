@@ -19,6 +19,7 @@ from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
 from vapi_proxy.limits.base import (
     AdmissionRequest,
     Clock,
+    ExpiredHook,
     HealthStatus,
     Hold,
     Reservation,
@@ -103,7 +104,10 @@ class LimitStore(Protocol):
         self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
     ) -> None: ...
 
-    async def expire(self, now: float) -> int: ...
+    async def expire(self, now: float) -> list[str | None]:
+        """Free the slots of live reservations past their expiry; their call ids (None for
+        reservations never committed)."""
+        ...
 
     async def ping(self) -> None: ...
 
@@ -395,10 +399,18 @@ def refusal(
 class StoreLimiter:
     """A `Limiter` over any `LimitStore`: planning, refusals and failure modes live here."""
 
-    def __init__(self, settings: LimitsSettings, store: LimitStore, *, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: LimitsSettings,
+        store: LimitStore,
+        *,
+        clock: Clock,
+        on_expired: ExpiredHook | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._clock = clock
+        self._on_expired = on_expired
 
     @property
     def store(self) -> LimitStore:
@@ -485,9 +497,18 @@ class StoreLimiter:
 
     async def expire(self, now: float | None = None) -> int:
         try:
-            return await self._store.expire(self._clock() if now is None else now)
+            freed = await self._store.expire(self._clock() if now is None else now)
         except StoreUnavailableError as exc:
             raise ServiceUnavailableError("Usage limits store is unavailable.") from exc
+        calls = [c for c in freed if c]
+        if calls and self._on_expired is not None:
+            # The hook asks Vapi (GET /call/{id}) how these calls really ended and settles them;
+            # its failure must not stop expiry, which already happened.
+            try:
+                await self._on_expired(calls)
+            except Exception:
+                log.exception("limits: reconciliation hook failed for %d calls", len(calls))
+        return len(freed)
 
     async def health(self) -> HealthStatus:
         try:

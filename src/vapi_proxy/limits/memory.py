@@ -111,13 +111,13 @@ class MemoryStore:
         self._free_slots(rid or "", rec)
         rec.state = "settled" if done else "ended"
 
-    async def expire(self, now: float) -> int:
-        freed = 0
+    async def expire(self, now: float) -> list[str | None]:
+        freed: list[str | None] = []
         for rid, rec in list(self._records.items()):
             if rec.state in LIVE and rec.expires_at <= now:
                 self._free_slots(rid, rec)
                 rec.state = "expired"
-                freed += 1
+                freed.append(rec.call_id)
             if rec.keep_until <= now:
                 del self._records[rid]
                 if rec.call_id is not None:

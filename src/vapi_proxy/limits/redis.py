@@ -132,10 +132,10 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: live set; ARGV: now, reservation key prefix
+# KEYS: live set; ARGV: now, reservation key prefix. Returns the freed calls' ids ('' if none).
 _EXPIRE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
-local n = 0
+local freed = {}
 for _, rid in ipairs(ids) do
   local rk = ARGV[2] .. rid
   local st = redis.call('HGET', rk, 'state')
@@ -144,11 +144,11 @@ for _, rid in ipairs(ids) do
       if h[1] == 'concurrency' then redis.call('ZREM', h[2], rid) end
     end
     redis.call('HSET', rk, 'state', 'expired')
-    n = n + 1
+    freed[#freed + 1] = redis.call('HGET', rk, 'call') or ''
   end
   redis.call('ZREM', KEYS[1], rid)
 end
-return n
+return freed
 """
 
 
@@ -253,9 +253,9 @@ class RedisStore:
         await self._finish(keys=[self._res(rid), self._live], args=args)
 
     @_unavailable
-    async def expire(self, now: float) -> int:
-        n = await self._expire(keys=[self._live], args=[repr(now), f"{self._tag}:res:"])
-        return int(n)
+    async def expire(self, now: float) -> list[str | None]:
+        freed = await self._expire(keys=[self._live], args=[repr(now), f"{self._tag}:res:"])
+        return [str(c) if c else None for c in freed]
 
     @_unavailable
     async def ping(self) -> None:

@@ -60,6 +60,64 @@ reservations = sa.Table(
 )
 
 LIVE = ("pending", "committed")
+
+# PostgreSQL does a whole reservation server-side in one call, so the counter rows are locked
+# for the function's run (well under a millisecond) rather than across several round trips:
+# under a burst on one identity, that lock is what every reservation queues for.
+_PG_RESERVE = """
+CREATE OR REPLACE FUNCTION vapi_limits_reserve(
+    p_anchor_keys text[], p_anchor_expires double precision[],
+    p_keys text[], p_amounts bigint[], p_limits bigint[], p_fits boolean[],
+    p_slot_keys text[], p_slot_limits bigint[],
+    p_rid text, p_ns text, p_now double precision, p_expires_at double precision,
+    p_keep_until double precision, p_holds text
+) RETURNS TABLE(idx integer, cur bigint, earliest double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    v bigint;
+    n bigint;
+    e double precision;
+    refused boolean := false;
+BEGIN
+    -- Create missing rows and lock all of them, in key order (the caller sorts the keys).
+    INSERT INTO limit_counters AS c (key, value, expires_at)
+        SELECT k, 0, x FROM unnest(p_anchor_keys, p_anchor_expires) AS t(k, x)
+        ON CONFLICT (key) DO UPDATE SET value = c.value;
+    FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+        SELECT value INTO v FROM limit_counters WHERE key = p_keys[i];
+        IF (p_fits[i] AND v + p_amounts[i] > p_limits[i])
+                OR (NOT p_fits[i] AND v >= p_limits[i]) THEN
+            refused := true;
+            idx := i - 1; cur := v; earliest := NULL;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. coalesce(array_length(p_slot_keys, 1), 0) LOOP
+        SELECT count(*), min(s.expires_at) INTO n, e FROM limit_slots s
+            WHERE s.key = p_slot_keys[i] AND s.expires_at > p_now;
+        IF n >= p_slot_limits[i] THEN
+            refused := true;
+            idx := coalesce(array_length(p_keys, 1), 0) + i - 1; cur := n; earliest := e;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    IF refused THEN
+        RETURN;
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+        IF p_amounts[i] <> 0 THEN
+            UPDATE limit_counters SET value = value + p_amounts[i] WHERE key = p_keys[i];
+        END IF;
+    END LOOP;
+    INSERT INTO limit_slots (key, reservation_id, expires_at)
+        SELECT k, p_rid, p_expires_at FROM unnest(p_slot_keys) AS t(k);
+    INSERT INTO limit_reservations
+        (id, namespace, call_key, state, expires_at, keep_until, holds, applied)
+        VALUES (p_rid, p_ns, NULL, 'pending', p_expires_at, p_keep_until, p_holds, '');
+END;
+$$;
+"""
 _SCHEMA_LOCK_ID = 0x7661_7069  # arbitrary, constant: serialises CREATE TABLE across replicas
 
 P = ParamSpec("P")
@@ -119,6 +177,8 @@ class SqlStore:
         if self._db.dialect == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
         metadata.create_all(conn)
+        if self._db.dialect == "postgresql":
+            conn.exec_driver_sql(_PG_RESERVE)
 
     @_unavailable
     async def reserve(
@@ -193,11 +253,53 @@ class SqlStore:
                 )
             )
 
+        if self._db.dialect == "postgresql":
+            return await self._run(
+                lambda conn: self._pg_reserve(
+                    conn, plan, rid, keys, anchors, now, expires_at, keep_until, holds
+                )
+            )
         try:
             await self._run(tx)
         except _Refused as refused:
             return refused.shortfalls
         return []
+
+    def _pg_reserve(
+        self,
+        conn: Connection,
+        plan: Plan,
+        rid: str,
+        keys: list[str],
+        anchors: dict[str, float],
+        now: float,
+        expires_at: float,
+        keep_until: float,
+        holds: str,
+    ) -> list[Shortfall]:
+        rows = conn.execute(
+            sa.text(
+                "SELECT idx, cur, earliest FROM vapi_limits_reserve(:ak, :ax, :k, :a, :l, :f, "
+                ":sk, :sl, :rid, :ns, :now, :exp, :keep, :holds)"
+            ),
+            {
+                "ak": keys,
+                "ax": [anchors[k] for k in keys],
+                "k": [c.hold.key for c in plan.counters],
+                "a": [c.hold.amount for c in plan.counters],
+                "l": [c.limit for c in plan.counters],
+                "f": [c.fit for c in plan.counters],
+                "sk": [s.hold.key for s in plan.slots],
+                "sl": [s.limit for s in plan.slots],
+                "rid": rid,
+                "ns": self._ns,
+                "now": now,
+                "exp": expires_at,
+                "keep": keep_until,
+                "holds": holds,
+            },
+        )
+        return [Shortfall(int(i), int(c), e) for i, c, e in rows]
 
     @_unavailable
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
@@ -265,11 +367,13 @@ class SqlStore:
         await self._run(tx)
 
     @_unavailable
-    async def expire(self, now: float) -> int:
-        def tx(conn: Connection) -> int:
-            ids = list(
+    async def expire(self, now: float) -> list[str | None]:
+        prefix = f"{self._ns}:"
+
+        def tx(conn: Connection) -> list[str | None]:
+            found = list(
                 conn.execute(
-                    sa.select(reservations.c.id)
+                    sa.select(reservations.c.id, reservations.c.call_key)
                     .where(
                         reservations.c.namespace == self._ns,
                         reservations.c.state.in_(LIVE),
@@ -277,8 +381,9 @@ class SqlStore:
                     )
                     .limit(1000)
                     .with_for_update(skip_locked=True)
-                ).scalars()
+                )
             )
+            ids = [rid for rid, _ in found]
             if ids:
                 conn.execute(slots.delete().where(slots.c.reservation_id.in_(ids)))
                 conn.execute(
@@ -299,7 +404,7 @@ class SqlStore:
             conn.execute(
                 slots.delete().where(slots.c.key >= lo, slots.c.key < hi, slots.c.expires_at <= now)
             )
-            return len(ids)
+            return [None if key is None else key[len(prefix) :] for _, key in found]
 
         return await self._run(tx)
 
