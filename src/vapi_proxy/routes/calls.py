@@ -27,6 +27,7 @@ from vapi_proxy.errors import (
     MethodNotAllowedError,
     NotFoundError,
     ProxyError,
+    UnauthorizedError,
     UpstreamError,
     render,
 )
@@ -287,10 +288,18 @@ def routes(runtime: Runtime) -> list[Route]:
     async def phone_call(request: Request) -> Response:
         return await idempotent(request, create_phone_call)
 
-    async def get_call(request: Request) -> Response:
+    async def reader(request: Request) -> Identity:
         state = request_state(request.scope)
         identity = await authenticate(runtime, request)
         state.identity = identity.hashed
+        if identity.method == "anonymous":
+            # An address is not an owner: whoever shares it could read the calls.
+            raise UnauthorizedError("Sign in to read calls.", error="invalid_request")
+        return identity
+
+    async def get_call(request: Request) -> Response:
+        state = request_state(request.scope)
+        identity = await reader(request)
         call_id = request.path_params["id"]
         if call_id == "web":  # `/call/web` is only ever created, never read
             raise MethodNotAllowedError(["POST"])
@@ -306,9 +315,7 @@ def routes(runtime: Runtime) -> list[Route]:
         return _json(orjson.dumps(scrub(call, server_paths(record.profile))), 200)
 
     async def list_calls(request: Request) -> Response:
-        state = request_state(request.scope)
-        identity = await authenticate(runtime, request)
-        state.identity = identity.hashed
+        identity = await reader(request)
         limit = _limit(request.query_params.get("limit"))
         records = []
         if limit:

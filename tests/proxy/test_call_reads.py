@@ -1,0 +1,96 @@
+"""`GET /call/{id}` and `GET /call`: a caller reads only the calls the ledger says it created."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.clients.support import (
+    HTTP,
+    bearer,
+    clear_requests,
+    phone_profiles,
+    proxy_for,
+    seed_phone_number,
+    upstream_requests,
+)
+from vapi_proxy.sandbox import RunningSandbox
+from vapi_proxy.testing import ServerThread
+
+
+@pytest.fixture(scope="module")
+def reads_proxy(
+    sandbox: RunningSandbox,
+    user_key: str,
+    other_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerThread]:
+    seed_phone_number(sandbox)
+    folder = str(tmp_path_factory.mktemp("reads"))
+    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
+        yield proxy
+
+
+def _web_call(proxy: ServerThread, key: str, profile: str = "sales-coach") -> str:
+    reply = HTTP.post(f"{proxy.url}/call/web", json={"assistantId": profile}, headers=bearer(key))
+    assert reply.status_code == 201, reply.text
+    call_id: str = reply.json()["id"]
+    return call_id
+
+
+def test_the_creator_reads_its_call_scrubbed(
+    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+) -> None:
+    call_id = _web_call(reads_proxy, user_key)
+    reply = HTTP.get(f"{reads_proxy.url}/call/{call_id}", headers=bearer(user_key))
+    assert reply.status_code == 200, reply.text
+    call = reply.json()
+    assert call["id"] == call_id and call["type"] == "webCall"
+    assert {"status", "createdAt", "updatedAt"} <= set(call)
+    assert "monitor" not in call and "orgId" not in call and "assistantOverrides" not in call
+
+
+def test_another_users_call_is_404_and_reaches_no_upstream(
+    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
+) -> None:
+    call_id = _web_call(reads_proxy, other_key, "support")
+    clear_requests(sandbox)
+    theirs = HTTP.get(f"{reads_proxy.url}/call/{call_id}", headers=bearer(user_key))
+    unknown = HTTP.get(f"{reads_proxy.url}/call/{'0' * 36}", headers=bearer(user_key))
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json()["message"] == unknown.json()["message"]
+    assert upstream_requests(sandbox) == []
+
+
+def test_reads_need_a_credential(reads_proxy: ServerThread) -> None:
+    assert HTTP.get(f"{reads_proxy.url}/call/x").status_code == 401
+    assert HTTP.get(f"{reads_proxy.url}/call").status_code == 401
+
+
+def test_the_list_holds_only_the_callers_calls_newest_first(
+    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
+) -> None:
+    mine = [_web_call(reads_proxy, user_key) for _ in range(3)]
+    phone = HTTP.post(
+        f"{reads_proxy.url}/call",
+        json={"assistantId": "outbound", "customer": {"number": "+14155550177"}},
+        headers=bearer(user_key),
+    ).json()["id"]
+    theirs = _web_call(reads_proxy, other_key, "support")
+    clear_requests(sandbox)
+    listed = HTTP.get(f"{reads_proxy.url}/call", headers=bearer(user_key)).json()
+    ids = [c["id"] for c in listed]
+    assert ids[:4] == [phone, *reversed(mine)]
+    assert theirs not in ids
+    by_id = {c["id"]: c for c in listed}
+    assert by_id[phone]["type"] == "outboundPhoneCall"
+    assert by_id[mine[0]] | {"status": "queued"} == by_id[mine[0]]
+    assert by_id[mine[0]]["assistantId"] == "sales-coach"
+    assert upstream_requests(sandbox) == []  # the list is the ledger's, Vapi is not asked
+    two = HTTP.get(f"{reads_proxy.url}/call?limit=2", headers=bearer(user_key)).json()
+    assert [c["id"] for c in two] == ids[:2]
+    assert HTTP.get(f"{reads_proxy.url}/call?limit=0", headers=bearer(user_key)).json() == []
+    for bad in ("1001", "-1", "x"):
+        refused = HTTP.get(f"{reads_proxy.url}/call?limit={bad}", headers=bearer(user_key))
+        assert refused.status_code == 400
