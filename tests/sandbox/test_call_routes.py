@@ -309,3 +309,36 @@ def test_legacy_server_secret_is_accepted(sim: RunningSandbox, client: httpx.Cli
     assert web_call(sim, client, body).json()["message"] == [
         "assistant.server.property token should not exist"
     ]
+
+
+def test_cors_is_off_by_default(sim: RunningSandbox, client: httpx.Client) -> None:
+    resp = web_call(sim, client, {"assistantId": ASSISTANT_ID})
+    assert "access-control-allow-origin" not in resp.headers
+    assert client.options(sim.url + "/call/web", headers={"Origin": "http://x"}).status_code == 404
+
+
+def test_cors_for_listed_origins(client: httpx.Client) -> None:
+    with run_sandbox(base_settings(cors_allow_origins=["http://app.test"])) as sb:
+        pre = client.options(
+            sb.url + "/call/web",
+            headers={
+                "Origin": "http://app.test",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        ok = client.post(
+            sb.url + "/call/web",
+            json={"assistantId": ASSISTANT_ID},
+            headers={**public(sb), "Origin": "http://app.test"},
+        )
+        other = client.post(
+            sb.url + "/call/web",
+            json={"assistantId": ASSISTANT_ID},
+            headers={**public(sb), "Origin": "http://evil.test"},
+        )
+    assert pre.status_code == 204
+    assert pre.headers["access-control-allow-origin"] == "http://app.test"
+    assert "authorization" in pre.headers["access-control-allow-headers"]
+    assert ok.headers["access-control-allow-origin"] == "http://app.test"
+    assert "access-control-allow-origin" not in other.headers

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from . import admin, assistant_routes, call_routes, chat_routes
-from .asgi import Receive, Request, Scope, Send, drop_connection, send_json
+from .asgi import Message, Receive, Request, Scope, Send, drop_connection, send_json
 from .auth import Caller
 from .clock import Clock
 from .errors import VapiError
@@ -104,12 +104,20 @@ class Dispatcher:
         self.app = app
         self.state = state
         self.router = Router(ROUTES)
+        self._cors = frozenset(state.settings.cors_allow_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        if self._cors:
+            origin = request.header(b"origin")
+            if origin is not None and ("*" in self._cors or origin in self._cors):
+                if request.method == "OPTIONS":
+                    await _preflight(send, origin)
+                    return
+                send = _with_cors(send, origin)
         try:
             await self._handle(request, send)
         except VapiError as exc:
@@ -189,6 +197,30 @@ class Dispatcher:
             # Not under uvicorn: an exception is the closest to a dropped connection.
             raise ConnectionAbortedError("sandbox fault: connection dropped")
         return True
+
+
+async def _preflight(send: Send, origin: str) -> None:
+    """Answer a CORS preflight: the Web SDK sends `Authorization` and JSON, cross-origin."""
+    headers = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+        (b"access-control-allow-headers", b"authorization, content-type"),
+        (b"access-control-max-age", b"600"),
+        (b"vary", b"Origin"),
+    ]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    extra = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
 
 
 def _maybe_json(raw: bytes) -> Any:

@@ -163,6 +163,10 @@ class SandboxSettings(_Model):
     )
     org_id: str = Field(default_factory=lambda: str(uuid.uuid4()), description="The org id.")
     admin_enabled: bool = Field(False, description="Serve `/__sandbox/*` (404 otherwise).")
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the sandbox from a browser (`*`: any); empty: no CORS.",
+    )
     accept_any_assistant_id: bool = Field(
         False, description="Treat any unknown assistantId as a blank saved assistant."
     )
