@@ -165,7 +165,7 @@ class SandboxSettings(_Model):
     admin_enabled: bool = Field(False, description="Serve `/__sandbox/*` (404 otherwise).")
     cors_allow_origins: list[str] = Field(
         default_factory=list,
-        description="Origins allowed to call the sandbox from a browser (`*`: any); empty: no CORS.",
+        description="Origins that may call the sandbox from a browser (`*`: any); empty: no CORS.",
     )
     accept_any_assistant_id: bool = Field(
         False, description="Treat any unknown assistantId as a blank saved assistant."
