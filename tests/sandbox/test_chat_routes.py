@@ -187,3 +187,18 @@ def test_stream_events_are_spaced_by_the_configured_delay(client: httpx.Client) 
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert sum(gap >= 0.05 for gap in gaps) >= 4, gaps
     assert arrivals[-1] - arrivals[0] >= 0.4
+
+
+def test_chat_store_is_bounded(client: httpx.Client) -> None:
+    with run_sandbox(base_settings(max_chats=2)) as sb:
+        ids = [
+            client.post(
+                sb.url + "/chat/web",
+                json={"assistantId": ASSISTANT_ID, "input": "x"},
+                headers=public(sb),
+            ).json()["id"]
+            for _ in range(3)
+        ]
+        first = client.get(f"{sb.url}/chat/{ids[0]}", headers=private(sb))
+        assert first.status_code == 404
+        assert (len(sb.state.chats), len(sb.state.sessions)) == (2, 2)

@@ -93,8 +93,7 @@ def _create_chat(ctx: Context, body: dict[str, Any], *, web: bool) -> dict[str, 
     if assistant_id is not None:
         chat["assistantId"] = assistant_id
     if session_id is not None:
-        chat["sessionId"] = session_id
-        state.sessions[str(session_id)] = chat["id"]
+        chat["sessionId"] = str(session_id)
     state.add_chat(chat)
     return chat
 

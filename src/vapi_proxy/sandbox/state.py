@@ -90,6 +90,12 @@ class SandboxState:
         self.chats[chat["id"]] = chat
         if len(self.chats) > self.settings.max_chats:
             del self.chats[next(iter(self.chats))]
+        session = chat.get("sessionId")
+        if session is not None:
+            self.sessions.pop(session, None)  # re-insert: the dict stays oldest-first
+            self.sessions[session] = chat["id"]
+            if len(self.sessions) > self.settings.max_chats:
+                del self.sessions[next(iter(self.sessions))]
 
     async def close(self) -> None:
         await self.webhooks.close()
