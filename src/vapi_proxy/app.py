@@ -23,6 +23,10 @@ from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
 from vapi_proxy.routes import calls, chat, health, webhook
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
 from vapi_proxy.upstream.client import UpstreamClient
+from vapi_proxy.webhooks import setup as webhook_setup
+from vapi_proxy.webhooks.forward import Forwarder
+from vapi_proxy.webhooks.receiver import WebhookReceiver
+from vapi_proxy.webhooks.stats import WebhookStats
 
 logger = logging.getLogger("vapi_proxy.app")
 
@@ -40,6 +44,9 @@ class Runtime:
     profiles: dict[str, CompiledProfile] = field(default_factory=dict)
     reply_paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     webhook_server: dict[str, Any] | None = None
+    webhooks: WebhookReceiver | None = None
+    forwarder: Forwarder | None = None
+    webhook_stats: WebhookStats = field(default_factory=WebhookStats)
 
     @classmethod
     def build(cls, settings: Settings, secrets: Secrets) -> Runtime:
@@ -54,14 +61,16 @@ class Runtime:
             pool_size=settings.vapi.pool_size,
             max_response_bytes=settings.vapi.max_response_bytes,
         )
-        webhook_server = None
-        if settings.public_url is not None:
-            webhook_server = {"url": settings.public_url + settings.webhook_path}
+        webhook_server = webhook_setup.webhook_server(settings)
         try:
             limiter = create_limiter(settings.limits)
             ledger = Ledger.from_url(settings.ledger.url, timeout=settings.ledger.timeout_seconds)
         except ValueError as exc:
             raise ConfigError([f"limits.backend or ledger.url: {exc}"]) from None
+        profiles = compile_profiles(settings.profiles)
+        hooks = webhook_setup.build(
+            settings, profiles=profiles, limiter=limiter, ledger=ledger, server=webhook_server
+        )
         return cls(
             settings=settings,
             secrets=secrets,
@@ -69,11 +78,14 @@ class Runtime:
             upstream=upstream,
             limiter=limiter,
             ledger=ledger,
-            profiles=compile_profiles(settings.profiles),
+            profiles=profiles,
             reply_paths={
                 name: compile_paths(profile.expose) for name, profile in settings.profiles.items()
             },
             webhook_server=webhook_server,
+            webhooks=hooks.receiver,
+            forwarder=hooks.forwarder,
+            webhook_stats=hooks.stats,
         )
 
     @property
@@ -84,8 +96,12 @@ class Runtime:
         await self.ledger.start(auto_migrate=self.settings.ledger.auto_migrate)
         await self.upstream.start()
         await self.auth.start()
+        if self.forwarder is not None:
+            await self.forwarder.start()
 
     async def aclose(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.aclose()
         await self.auth.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
@@ -112,13 +128,18 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
         await runtime.start()
-        upkeep = asyncio.create_task(runtime.maintain())
+        tasks = [asyncio.create_task(runtime.maintain())]
+        if runtime.forwarder is not None and runtime.forwarder.enabled:
+            # Drains the webhook outbox: events wait there until the app takes them.
+            tasks.append(asyncio.create_task(runtime.forwarder.run()))
         try:
             yield
         finally:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runtime.aclose()
 
     route_list: list[BaseRoute] = [

@@ -8,13 +8,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-AuthMethod = Literal["jwt", "api_key", "anonymous"]
+AuthMethod = Literal["jwt", "api_key", "anonymous", "phone"]
+"""`phone`: an inbound caller known only by caller ID (`customer.number`), which the
+proxy routed itself (webhooks/inbound.py); caller ID can be spoofed, so treat it as a label
+for limits and usage, not as proof."""
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     subject: str
-    """The caller: a JWT `sub`, an API key's name, or the client address for anonymous."""
+    """The caller: a JWT `sub`, an API key's name, the client address for anonymous, or the
+    caller's number for phone."""
     method: AuthMethod
     tenant: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict)

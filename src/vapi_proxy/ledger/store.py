@@ -1,4 +1,5 @@
-"""The `Ledger`: record calls, apply Vapi's webhook events to them, sum usage, idempotency keys.
+"""The `Ledger`: record calls, apply Vapi's webhook events to them, sum usage, idempotency keys,
+and the outbox of events to forward to the app.
 
 Every write is one transaction. Events are deduplicated by a unique key, and a call's state only
 moves forward (queued → ringing → in-progress → forwarding → ended), so late or repeated
@@ -8,7 +9,7 @@ deliveries cannot undo an end-of-call-report.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
-from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys
+from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys, webhook_outbox
 
 # Vapi's call statuses in the order a call moves through them.
 STATUS_RANK = {
@@ -185,6 +186,29 @@ class EventOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One delivery to make: the app's URL and the exact bytes to send."""
+
+    event_id: str
+    target: str
+    type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A claimed outbox row; `attempts` counts this one."""
+
+    id: int
+    event_id: str
+    target: str
+    type: str
+    body: bytes
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class UsageRow:
     identity_key: str
     tenant: str | None
@@ -323,8 +347,14 @@ class Ledger:
             return [_record(r) for r in await conn.execute(q)]
 
     async def apply_event(
-        self, event: LedgerEvent, *, received_at: datetime | None = None
+        self,
+        event: LedgerEvent,
+        *,
+        received_at: datetime | None = None,
+        outbox: Sequence[OutboxItem] = (),
     ) -> EventOutcome:
+        """Store the event (once per dedupe key) and move its call forward; `outbox` rows are
+        written in the same transaction, and only for a first delivery."""
         received = received_at or _now()
         async with self._db.write() as conn:
             current = None
@@ -351,10 +381,67 @@ class Ledger:
                 return EventOutcome(
                     current is not None, True, None if current is None else _record(current)
                 )
+            if outbox:
+                await conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
             if current is None:
                 return EventOutcome(False, False, None)
             call, ended_now = await self._settle(conn, _record(current), event, received)
         return EventOutcome(True, False, call, ended_now)
+
+    async def adopt_call(
+        self,
+        *,
+        call_id: str,
+        identity_hash: str,
+        profile: str,
+        kind: str,
+        request_id: str | None = None,
+        created_at: datetime | None = None,
+        max_duration_seconds: float | None = None,
+    ) -> CallRecord | None:
+        """Record a call this proxy created but never recorded (its ledger write failed), known
+        from the attribution in its webhooks, and replay the events already stored for it.
+        Only the identity's hash is known, so it is keyed `adopted:<hash>`. None if the call
+        was recorded meanwhile."""
+        now = _now()
+        stmt = (
+            self._insert(calls)
+            .values(
+                id=call_id,
+                kind=kind,
+                identity_key=f"adopted:{identity_hash}",
+                identity_hash=identity_hash[:32],
+                auth_method="adopted",
+                tenant=None,
+                profile=profile,
+                request_id=request_id,
+                created_at=created_at or now,
+                status="queued",
+                max_duration_seconds=max_duration_seconds,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        async with self._db.write() as conn:
+            if (await conn.execute(stmt)).rowcount != 1:
+                return None
+            events = await conn.execute(
+                sa.select(call_events.c.dedupe_key, call_events.c.payload)
+                .where(call_events.c.call_id == call_id)
+                .order_by(call_events.c.id)
+            )
+            row = (await conn.execute(sa.select(calls).where(calls.c.id == call_id))).one()
+            call = _record(row)
+            for dedupe_key, payload in list(events):
+                if isinstance(payload, Mapping):
+                    replay = LedgerEvent.from_vapi(payload, dedupe_key=dedupe_key)
+                    call, _ = await self._settle(conn, call, replay, now)
+            await conn.execute(
+                call_events.update()
+                .where(call_events.c.call_id == call_id, call_events.c.known.is_(False))
+                .values(known=True)
+            )
+        return call
 
     async def _settle(
         self, conn: AsyncConnection, call: CallRecord, event: LedgerEvent, now: datetime
@@ -524,3 +611,93 @@ class Ledger:
                 idempotency_keys.delete().where(idempotency_keys.c.expires_at <= (now or _now()))
             )
         return int(res.rowcount)
+
+    # --- webhook outbox --------------------------------------------------------------------
+
+    async def outbox_add(self, items: Sequence[OutboxItem], *, now: datetime | None = None) -> None:
+        if items:
+            async with self._db.write() as conn:
+                await conn.execute(webhook_outbox.insert(), _outbox_rows(items, now or _now()))
+
+    async def outbox_claim(
+        self, *, limit: int, lease_seconds: float, now: datetime | None = None
+    ) -> list[OutboxEntry]:
+        """Take up to `limit` due deliveries, oldest first, hiding them from other workers for
+        `lease_seconds` (a crashed worker's rows come back after it)."""
+        now = now or _now()
+        q = (
+            sa.select(webhook_outbox)
+            .where(webhook_outbox.c.state == "pending", webhook_outbox.c.next_attempt_at <= now)
+            .order_by(webhook_outbox.c.next_attempt_at, webhook_outbox.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._db.write() as conn:
+            rows = list(await conn.execute(q))
+            if not rows:
+                return []
+            await conn.execute(
+                webhook_outbox.update()
+                .where(webhook_outbox.c.id.in_([r.id for r in rows]))
+                .values(
+                    attempts=webhook_outbox.c.attempts + 1,
+                    next_attempt_at=now + timedelta(seconds=lease_seconds),
+                )
+            )
+        return [
+            OutboxEntry(r.id, r.event_id, r.target, r.type, r.body, r.attempts + 1, r.created_at)
+            for r in rows
+        ]
+
+    async def outbox_delivered(self, entry_id: int, *, now: datetime | None = None) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                webhook_outbox.update()
+                .where(webhook_outbox.c.id == entry_id)
+                .values(state="delivered", delivered_at=now or _now(), last_error=None)
+            )
+
+    async def outbox_failed(self, entry_id: int, *, error: str, retry_at: datetime | None) -> None:
+        """Record a failed attempt: retry at `retry_at`, or park the row (kept, not retried)
+        when it is None."""
+        values: dict[str, Any] = {"last_error": error[:512]}
+        if retry_at is None:
+            values["state"] = "parked"
+        else:
+            values["next_attempt_at"] = retry_at
+        async with self._db.write() as conn:
+            await conn.execute(
+                webhook_outbox.update().where(webhook_outbox.c.id == entry_id).values(**values)
+            )
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Rows per state (`pending`, `delivered`, `parked`)."""
+        q = sa.select(webhook_outbox.c.state, sa.func.count()).group_by(webhook_outbox.c.state)
+        async with self._db.read() as conn:
+            return {state: int(n) for state, n in await conn.execute(q)}
+
+    async def outbox_purge(self, *, before: datetime) -> int:
+        """Forget delivered rows older than `before`."""
+        async with self._db.write() as conn:
+            res = await conn.execute(
+                webhook_outbox.delete().where(
+                    webhook_outbox.c.state == "delivered", webhook_outbox.c.delivered_at < before
+                )
+            )
+        return int(res.rowcount)
+
+
+def _outbox_rows(items: Sequence[OutboxItem], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": item.event_id,
+            "target": item.target,
+            "type": item.type[:64],
+            "body": item.body,
+            "created_at": now,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "state": "pending",
+        }
+        for item in items
+    ]

@@ -41,8 +41,9 @@ class AccessRule(BaseModel):
     )
     methods: list[AuthMethod] | None = Field(
         default=None,
-        description="Authentication methods admitted (`jwt`, `api_key`, `anonymous`); unset "
-        "admits all that the other conditions allow.",
+        description="Authentication methods admitted (`jwt`, `api_key`, `anonymous`, `phone` "
+        "for inbound callers routed by webhooks.inbound); unset admits all that the other "
+        "conditions allow.",
     )
 
 

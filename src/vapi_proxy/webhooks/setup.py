@@ -1,0 +1,112 @@
+"""Wire the webhook parts from `Settings` for the `Runtime`: the `server` object the proxy puts
+on every call it creates, and the receiver with its verifier, responder and forwarder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vapi_proxy.ledger.store import Ledger
+from vapi_proxy.limits.base import Limiter
+from vapi_proxy.policy.webcall import CompiledProfile
+from vapi_proxy.settings import ConfigError, Settings
+from vapi_proxy.webhooks.config import InboundAction
+from vapi_proxy.webhooks.forward import Forwarder
+from vapi_proxy.webhooks.inbound import InboundResponder
+from vapi_proxy.webhooks.receiver import WebhookReceiver
+from vapi_proxy.webhooks.stats import WebhookStats
+from vapi_proxy.webhooks.verify import WebhookVerifier, server_headers
+
+
+def webhook_url(settings: Settings) -> str | None:
+    if settings.public_url is None:
+        return None
+    return settings.public_url + settings.webhook_path
+
+
+def webhook_server(settings: Settings) -> dict[str, Any] | None:
+    """Vapi's `Server` object for calls the proxy creates: URL from `public_url`, the Vapi
+    credential by id, and any secret headers the verifiers ask to send."""
+    url = webhook_url(settings)
+    if url is None:
+        return None
+    hooks = settings.webhooks
+    server: dict[str, Any] = {"url": url}
+    if hooks.vapi_credential_id is not None:
+        server["credentialId"] = hooks.vapi_credential_id
+    if hooks.server_timeout_seconds is not None:
+        server["timeoutSeconds"] = hooks.server_timeout_seconds
+    headers = server_headers(hooks.verify)
+    if headers:
+        server["headers"] = headers
+    return server
+
+
+def check(settings: Settings) -> list[str]:
+    """Cross-section problems pydantic cannot see (profile names, respond.url)."""
+    hooks = settings.webhooks
+    problems = []
+    inbound = hooks.inbound
+    actions: list[tuple[str, InboundAction]] = [
+        (f"webhooks.inbound.rules.{r.name}", r) for r in inbound.rules
+    ]
+    if inbound.default is not None:
+        actions.append(("webhooks.inbound.default", inbound.default))
+    for where, action in actions:
+        if action.profile is not None and action.profile not in settings.profiles:
+            problems.append(f"{where}.profile: no profile named {action.profile!r}")
+        if action.forward and hooks.respond.url is None:
+            problems.append(f"{where}.forward: needs webhooks.respond.url")
+    return problems
+
+
+@dataclass
+class WebhookParts:
+    receiver: WebhookReceiver
+    forwarder: Forwarder
+    stats: WebhookStats
+
+
+def build(
+    settings: Settings,
+    *,
+    profiles: Mapping[str, CompiledProfile],
+    limiter: Limiter,
+    ledger: Ledger,
+    server: Mapping[str, Any] | None,
+    clock: Callable[[], float] = time.time,
+) -> WebhookParts:
+    problems = check(settings)
+    if problems:
+        raise ConfigError(problems)
+    hooks = settings.webhooks
+    stats = WebhookStats()
+    forwarder = Forwarder(hooks.forward, hooks.respond, ledger, stats, clock=clock)
+    verifier = WebhookVerifier(
+        hooks.verify,
+        url=webhook_url(settings) or settings.webhook_path,
+        allow_unverified=hooks.allow_unverified,
+        clock=clock,
+    )
+    inbound = InboundResponder(
+        hooks.inbound,
+        profiles=profiles,
+        limiter=limiter,
+        ledger=ledger,
+        webhook_server=server,
+        forwarder=forwarder,
+        stats=stats,
+        clock=clock,
+    )
+    receiver = WebhookReceiver(
+        hooks,
+        verifier=verifier,
+        ledger=ledger,
+        limiter=limiter,
+        inbound=inbound,
+        forwarder=forwarder,
+        stats=stats,
+    )
+    return WebhookParts(receiver, forwarder, stats)

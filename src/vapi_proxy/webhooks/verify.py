@@ -1,0 +1,217 @@
+"""Verify that a delivery comes from Vapi: bearer token, legacy `X-Vapi-Secret`, or HMAC.
+
+Checked on the raw body bytes before anything parses them. Every comparison is constant-time
+(`hmac.compare_digest`), every configured secret is tried (rotation), and a failure says why
+in words that never include a secret. API-FACTS §4.4 lists the credential fields mirrored here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from vapi_proxy.webhooks.config import (
+    BearerVerifier,
+    HmacVerifier,
+    SecretHeaderVerifier,
+    Verifier,
+)
+
+MS_THRESHOLD = 1e11
+"""Timestamps above this are epoch milliseconds (1e11 s is the year 5138)."""
+
+
+class VerificationError(Exception):
+    """The delivery is not proven to come from Vapi; `reason` is a short counter label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A delivery that passed: which credential type proved it, and its message id if any."""
+
+    kind: str
+    message_id: str | None = None
+
+
+class _Check:
+    kind: str
+
+    def check(
+        self, headers: Mapping[str, str], body: bytes, method: str, now: float
+    ) -> Verified | None:
+        """Verified, None if this credential is absent, or raise if present and wrong."""
+        raise NotImplementedError
+
+
+class _TokenCheck(_Check):
+    def __init__(self, kind: str, header: str, prefix: str, secrets: Sequence[bytes]) -> None:
+        self.kind = kind
+        self.header = header.lower()
+        self.prefix = prefix
+        self.secrets = tuple(secrets)
+
+    def check(
+        self, headers: Mapping[str, str], body: bytes, method: str, now: float
+    ) -> Verified | None:
+        value = headers.get(self.header)
+        if value is None:
+            return None
+        if self.prefix:
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != self.prefix.lower():
+                raise VerificationError(f"{self.kind}_bad_scheme")
+            value = token.strip()
+        given = value.encode()
+        # Compare against every secret (no early exit) so timing does not tell which matched.
+        ok = False
+        for secret in self.secrets:
+            ok |= hmac.compare_digest(given, secret)
+        if not ok:
+            raise VerificationError(f"{self.kind}_mismatch")
+        return Verified(self.kind)
+
+
+class _HmacCheck(_Check):
+    kind = "hmac"
+
+    def __init__(self, conf: HmacVerifier, secrets: Sequence[bytes], url: str) -> None:
+        self.conf = conf
+        self.digest = getattr(hashlib, conf.algorithm)
+        self.keys = tuple(secrets)
+        self.url = url
+        self.sig_header = conf.signature_header.lower()
+        self.ts_header = conf.timestamp_header.lower()
+        self.id_header = conf.message_id_header.lower() if conf.message_id_header else None
+        head, has_body, tail = conf.payload_format.partition("{body}")
+        self._head, self._has_body, self._tail = head, bool(has_body), tail
+
+    def _signed(self, body: bytes, stamp: str, method: str, message_id: str) -> bytes:
+        def fill(text: str) -> bytes:
+            return (
+                text.replace("{timestamp}", stamp)
+                .replace("{method}", method)
+                .replace("{url}", self.url)
+                .replace("{svix-id}", message_id)
+                .encode()
+            )
+
+        if not self._has_body:
+            return fill(self._head)
+        return fill(self._head) + body + fill(self._tail)
+
+    def _decode(self, value: str) -> bytes:
+        prefix = self.conf.signature_prefix
+        if prefix:
+            if not value.startswith(prefix):
+                raise VerificationError("hmac_bad_prefix")
+            value = value[len(prefix) :]
+        value = value.strip()
+        try:
+            if self.conf.signature_encoding == "hex":
+                return bytes.fromhex(value)
+            return base64.b64decode(value, validate=True)
+        except (ValueError, binascii.Error):
+            raise VerificationError("hmac_bad_encoding") from None
+
+    def check(
+        self, headers: Mapping[str, str], body: bytes, method: str, now: float
+    ) -> Verified | None:
+        value = headers.get(self.sig_header)
+        if value is None:
+            return None
+        given = self._decode(value)
+        stamp = ""
+        if self.conf.include_timestamp:
+            stamp = headers.get(self.ts_header, "")
+            if not stamp:
+                raise VerificationError("hmac_no_timestamp")
+            try:
+                moment = float(stamp)
+            except ValueError:
+                raise VerificationError("hmac_bad_timestamp") from None
+            if moment > MS_THRESHOLD:
+                moment /= 1000
+            if abs(now - moment) > self.conf.max_age_seconds:
+                raise VerificationError("hmac_expired")
+        message_id = headers.get(self.id_header, "") if self.id_header else ""
+        signed = self._signed(body, stamp, method, message_id)
+        ok = False
+        for key in self.keys:
+            ok |= hmac.compare_digest(hmac.new(key, signed, self.digest).digest(), given)
+        if not ok:
+            raise VerificationError("hmac_mismatch")
+        return Verified("hmac", message_id or None)
+
+
+def _secret_bytes(conf: Verifier) -> list[bytes]:
+    out = []
+    for secret in conf.secrets:
+        text = secret.get_secret_value()
+        if isinstance(conf, HmacVerifier) and conf.secret_is_base64:
+            out.append(base64.b64decode(text))
+        else:
+            out.append(text.encode())
+    return out
+
+
+class WebhookVerifier:
+    """Tries each configured credential; the first present one decides."""
+
+    def __init__(
+        self,
+        verifiers: Sequence[Verifier],
+        *,
+        url: str,
+        allow_unverified: bool = False,
+        clock: Callable[[], float],
+    ) -> None:
+        self._checks: list[_Check] = []
+        for conf in verifiers:
+            secrets = _secret_bytes(conf)
+            if isinstance(conf, BearerVerifier):
+                prefix = "Bearer" if conf.prefix else ""
+                self._checks.append(_TokenCheck("bearer", conf.header, prefix, secrets))
+            elif isinstance(conf, SecretHeaderVerifier):
+                self._checks.append(_TokenCheck("x_vapi_secret", "x-vapi-secret", "", secrets))
+            else:
+                self._checks.append(_HmacCheck(conf, secrets, url))
+        self._allow_unverified = allow_unverified
+        self._clock = clock
+
+    def verify(self, headers: Mapping[str, str], body: bytes, method: str = "POST") -> Verified:
+        """Raise `VerificationError` unless a configured credential proves the delivery."""
+        now = self._clock()
+        failure: VerificationError | None = None
+        for check in self._checks:
+            try:
+                found = check.check(headers, body, method, now)
+            except VerificationError as exc:
+                failure = failure or exc
+                continue
+            if found is not None:
+                return found
+        if failure is not None:
+            raise failure
+        if self._allow_unverified:
+            return Verified("unverified")
+        raise VerificationError("no_credential")
+
+
+def server_headers(verifiers: Sequence[Verifier]) -> dict[str, str]:
+    """Headers for `server.headers` from credentials with `send_in_headers` (first secret)."""
+    out: dict[str, str] = {}
+    for conf in verifiers:
+        if isinstance(conf, BearerVerifier) and conf.send_in_headers:
+            token = conf.secrets[0].get_secret_value()
+            out[conf.header] = f"Bearer {token}" if conf.prefix else token
+        elif isinstance(conf, SecretHeaderVerifier) and conf.send_in_headers:
+            out["X-Vapi-Secret"] = conf.secrets[0].get_secret_value()
+    return out

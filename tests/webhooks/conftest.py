@@ -1,0 +1,229 @@
+"""Fixtures for webhook tests: a simulator whose calls send real, signed lifecycle webhooks to
+proxies that know their own loopback URL (`public_url`), on a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from tests.conftest import base_config
+from vapi_proxy.app import create_app
+from vapi_proxy.sandbox import (
+    BearerCredential,
+    HmacCredential,
+    ManualClock,
+    RunningSandbox,
+    SandboxSettings,
+    SeededAssistant,
+    SeededPhoneNumber,
+    ServerConfig,
+    run_sandbox,
+)
+from vapi_proxy.settings import Secrets, parse_settings
+from vapi_proxy.testing import ServerThread, free_port
+
+T = TypeVar("T")
+SAVED_ASSISTANT_ID = "3f1c2a7e-5b1d-4c8e-9a70-1b2c3d4e5f60"
+INBOUND_NUMBER_ID = "pn-main"
+INBOUND_NUMBER = "+15550100"
+
+
+class Keys:
+    """Secrets generated for this run, one per credential kind."""
+
+    def __init__(self) -> None:
+        self.bearer = secrets.token_urlsafe(24)
+        self.custom = secrets.token_urlsafe(24)
+        self.legacy = secrets.token_urlsafe(24)
+        self.hmac = secrets.token_urlsafe(32)
+        self.hmac512 = base64.b64encode(secrets.token_bytes(48)).decode()
+        self.svix = secrets.token_urlsafe(32)
+        self.app = secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture(scope="session")
+def clock() -> ManualClock:
+    # Starts at the real time so HMAC timestamps fall inside the proxy's replay window.
+    return ManualClock(start=time.time())
+
+
+@pytest.fixture(scope="session")
+def hook_sandbox(keys: Keys, clock: ManualClock) -> Iterator[RunningSandbox]:
+    settings = SandboxSettings(
+        admin_enabled=True,
+        assistants=[SeededAssistant(id=SAVED_ASSISTANT_ID, name="Sales coach")],
+        phone_numbers=[SeededPhoneNumber(id=INBOUND_NUMBER_ID, number=INBOUND_NUMBER)],
+        credentials=[
+            BearerCredential(id="bearer", type="bearer", token=SecretStr(keys.bearer)),
+            BearerCredential(
+                id="bearer-custom",
+                type="bearer",
+                token=SecretStr(keys.custom),
+                headerName="X-Webhook-Token",
+                bearerPrefixEnabled=False,
+            ),
+            BearerCredential(
+                id="legacy",
+                type="bearer",
+                token=SecretStr(keys.legacy),
+                headerName="X-Vapi-Secret",
+                bearerPrefixEnabled=False,
+            ),
+            HmacCredential(id="hmac", type="hmac", secretKey=SecretStr(keys.hmac)),
+            HmacCredential(
+                id="hmac512",
+                type="hmac",
+                secretKey=SecretStr(keys.hmac512),
+                secretIsBase64=True,
+                algorithm="sha512",
+                signatureHeader="x-vapi-signature",
+                signaturePrefix="sha512=",
+                signatureEncoding="base64",
+                timestampUnit="ms",
+            ),
+            HmacCredential(
+                id="svix",
+                type="hmac",
+                secretKey=SecretStr(keys.svix),
+                algorithm="sha1",
+                payloadFormat="{svix-id}.{timestamp}.{method}.{url}.{body}",
+                messageIdHeader="svix-id",
+            ),
+        ],
+        lifecycle={"ringing_after": 1, "in_progress_after": 2, "duration": 30},
+        cost_per_minute=0.1,
+    )
+    with run_sandbox(settings, clock=clock) as running:
+        yield running
+
+
+def write_secret(folder: Path, name: str, value: str) -> str:
+    path = folder / name
+    path.write_text(value + "\n", encoding="utf-8")
+    return str(path)
+
+
+VERIFIERS: dict[str, Callable[[Keys, Path], dict[str, Any]]] = {
+    "bearer": lambda k, d: {"type": "bearer", "secret_file": write_secret(d, "b", k.bearer)},
+    "bearer-custom": lambda k, d: {
+        "type": "bearer",
+        "header": "X-Webhook-Token",
+        "prefix": False,
+        "secret_file": write_secret(d, "c", k.custom),
+    },
+    "legacy": lambda k, d: {"type": "x-vapi-secret", "secret_file": write_secret(d, "l", k.legacy)},
+    "hmac": lambda k, d: {"type": "hmac", "secret_file": write_secret(d, "h", k.hmac)},
+    "hmac512": lambda k, d: {
+        "type": "hmac",
+        "algorithm": "sha512",
+        "secret_is_base64": True,
+        "signature_header": "x-vapi-signature",
+        "signature_prefix": "sha512=",
+        "signature_encoding": "base64",
+        "secret_file": write_secret(d, "h5", k.hmac512),
+    },
+    "svix": lambda k, d: {
+        "type": "hmac",
+        "algorithm": "sha1",
+        "payload_format": "{svix-id}.{timestamp}.{method}.{url}.{body}",
+        "message_id_header": "svix-id",
+        "secret_file": write_secret(d, "s", k.svix),
+    },
+}
+
+
+HookProxyFactory = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def make_hook_proxy(
+    hook_sandbox: RunningSandbox,
+    keys: Keys,
+    user_key: str,
+    other_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[HookProxyFactory]:
+    """A proxy whose calls carry `server.credentialId = credential` and that verifies it."""
+    started: list[ServerThread] = []
+
+    def factory(
+        credential: str = "hmac",
+        patch: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        org_server: bool = False,
+    ) -> ServerThread:
+        folder = tmp_path_factory.mktemp("hookproxy")
+        port = free_port()
+        config = base_config(hook_sandbox.url, user_key, other_key)
+        config["ledger"] = {"url": f"sqlite:///{folder}/ledger.db"}
+        config["public_url"] = f"http://127.0.0.1:{port}"
+        verify = VERIFIERS[credential](keys, folder)
+        if verify["type"] == "hmac":
+            # The simulator's manual clock runs ahead of real time as tests advance it.
+            verify["max_age_seconds"] = 3600
+        config["webhooks"] = {"vapi_credential_id": credential, "verify": [verify]}
+        if patch is not None:
+            patch(config)
+        settings = parse_settings(config, environ={})
+        key = hook_sandbox.settings.private_key.get_secret_value()
+        app = create_app(settings, Secrets(vapi_api_key=SecretStr(key)))
+        server = ServerThread(app, port=port).start()
+        started.append(server)
+        if org_server:
+            # Inbound calls ask the org's server URL (the number has none): point it here.
+            hook_sandbox.settings.server = ServerConfig(
+                url=f"{server.url}/webhook", credentialId=credential
+            )
+        return server
+
+    yield factory
+    hook_sandbox.settings.server = None
+    for server in started:
+        server.stop()
+
+
+def on_server(server: ServerThread, coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on the server's own event loop (its database engine lives there)."""
+    assert server.loop is not None
+    return asyncio.run_coroutine_threadsafe(coro, server.loop).result(timeout=10)
+
+
+def runtime(server: ServerThread) -> Any:
+    return server.app.runtime  # type: ignore[attr-defined]
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float = 10.0) -> T:
+    """Poll `check` until it returns something truthy; webhooks arrive over real sockets."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def start_web_call(
+    server: ServerThread, token: str, profile: str = "sales-coach"
+) -> httpx.Response:
+    return httpx.post(
+        server.url + "/call/web",
+        json={"assistantId": profile},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )

@@ -1,0 +1,238 @@
+"""Verification of each credential kind Vapi can send, on raw bytes, as a table of cases."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vapi_proxy.webhooks.config import WebhookSettings
+from vapi_proxy.webhooks.verify import VerificationError, WebhookVerifier, server_headers
+
+NOW = 1_800_000_000.0
+URL = "https://proxy.example.com/webhook"
+BODY = b'{"message":{"type":"status-update","status":"ended"}}'
+
+
+def verifier(tmp_path: Path, entries: list[dict[str, Any]], **kw: Any) -> WebhookVerifier:
+    settings = WebhookSettings.model_validate({"verify": entries, **kw})
+    return WebhookVerifier(
+        settings.verify, url=URL, allow_unverified=settings.allow_unverified, clock=lambda: NOW
+    )
+
+
+def secret_file(tmp_path: Path, value: str) -> str:
+    path = tmp_path / secrets.token_hex(4)
+    path.write_text(value + "\n")
+    return str(path)
+
+
+def sig(key: bytes, data: bytes, algo: str = "sha256") -> str:
+    return hmac.new(key, data, getattr(hashlib, algo)).hexdigest()
+
+
+def test_bearer_with_and_without_prefix_and_custom_header(tmp_path: Path) -> None:
+    token = secrets.token_urlsafe(16)
+    v = verifier(tmp_path, [{"type": "bearer", "secret_file": secret_file(tmp_path, token)}])
+    assert v.verify({"authorization": f"Bearer {token}"}, BODY).kind == "bearer"
+    for bad in ({"authorization": "Bearer nope"}, {"authorization": token}, {}):
+        with pytest.raises(VerificationError):
+            v.verify(bad, BODY)
+    custom = verifier(
+        tmp_path,
+        [
+            {
+                "type": "bearer",
+                "header": "X-Token",
+                "prefix": False,
+                "secret_file": secret_file(tmp_path, token),
+            }
+        ],
+    )
+    assert custom.verify({"x-token": token}, BODY).kind == "bearer"
+    with pytest.raises(VerificationError, match="bearer_mismatch"):
+        custom.verify({"x-token": token + "x"}, BODY)
+
+
+def test_legacy_x_vapi_secret(tmp_path: Path) -> None:
+    token = secrets.token_urlsafe(16)
+    v = verifier(tmp_path, [{"type": "x-vapi-secret", "secret_file": secret_file(tmp_path, token)}])
+    assert v.verify({"x-vapi-secret": token}, BODY).kind == "x_vapi_secret"
+    with pytest.raises(VerificationError, match="x_vapi_secret_mismatch"):
+        v.verify({"x-vapi-secret": "other"}, BODY)
+
+
+def test_rotation_accepts_every_configured_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    monkeypatch.setenv("HOOK_OLD", old)
+    v = verifier(
+        tmp_path,
+        [{"type": "bearer", "secret_env": "HOOK_OLD", "secret_file": secret_file(tmp_path, new)}],
+    )
+    for token in (old, new):
+        assert v.verify({"authorization": f"Bearer {token}"}, BODY)
+
+
+def test_missing_secret_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOOK_NOT_SET", raising=False)
+    with pytest.raises(ValueError, match="HOOK_NOT_SET"):
+        WebhookSettings.model_validate(
+            {"verify": [{"type": "bearer", "secret_env": "HOOK_NOT_SET"}]}
+        )
+    with pytest.raises(ValueError, match="never inline"):
+        WebhookSettings.model_validate({"verify": [{"type": "bearer"}]})
+
+
+@pytest.mark.parametrize(
+    ("stamp", "ok", "reason"),
+    [
+        (str(int(NOW)), True, None),
+        (str(int(NOW * 1000)), True, None),  # milliseconds are accepted too
+        (str(int(NOW) - 299), True, None),
+        (str(int(NOW) - 301), False, "hmac_expired"),
+        (str(int(NOW) + 301), False, "hmac_expired"),
+        (str(int(NOW * 1000) - 301_000), False, "hmac_expired"),
+        ("yesterday", False, "hmac_bad_timestamp"),
+    ],
+)
+def test_hmac_default_format_and_replay_window(
+    tmp_path: Path, stamp: str, ok: bool, reason: str | None
+) -> None:
+    key = secrets.token_urlsafe(24)
+    v = verifier(tmp_path, [{"type": "hmac", "secret_file": secret_file(tmp_path, key)}])
+    headers = {"x-signature": sig(key.encode(), stamp.encode() + b"." + BODY), "x-timestamp": stamp}
+    if ok:
+        assert v.verify(headers, BODY).kind == "hmac"
+    else:
+        with pytest.raises(VerificationError, match=reason):
+            v.verify(headers, BODY)
+
+
+def test_hmac_wrong_signature_body_or_missing_timestamp(tmp_path: Path) -> None:
+    key = secrets.token_urlsafe(24)
+    v = verifier(tmp_path, [{"type": "hmac", "secret_file": secret_file(tmp_path, key)}])
+    stamp = str(int(NOW))
+    good = sig(key.encode(), stamp.encode() + b"." + BODY)
+    cases = [
+        ({"x-signature": sig(b"other", stamp.encode() + b"." + BODY), "x-timestamp": stamp}, BODY),
+        ({"x-signature": good, "x-timestamp": stamp}, BODY + b" "),
+        ({"x-signature": good}, BODY),
+        ({"x-signature": "zz-not-hex", "x-timestamp": stamp}, BODY),
+    ]
+    for headers, body in cases:
+        with pytest.raises(VerificationError):
+            v.verify(headers, body)
+
+
+def test_hmac_sha512_base64_prefix_and_base64_secret(tmp_path: Path) -> None:
+    raw = secrets.token_bytes(48)
+    v = verifier(
+        tmp_path,
+        [
+            {
+                "type": "hmac",
+                "algorithm": "sha512",
+                "secret_is_base64": True,
+                "signature_prefix": "sha512=",
+                "signature_encoding": "base64",
+                "signature_header": "X-Vapi-Signature",
+                "secret_file": secret_file(tmp_path, base64.b64encode(raw).decode()),
+            }
+        ],
+    )
+    stamp = str(int(NOW * 1000))
+    mac = hmac.new(raw, stamp.encode() + b"." + BODY, hashlib.sha512).digest()
+    value = "sha512=" + base64.b64encode(mac).decode()
+    assert v.verify({"x-vapi-signature": value, "x-timestamp": stamp}, BODY)
+    with pytest.raises(VerificationError, match="hmac_bad_prefix"):
+        v.verify({"x-vapi-signature": value[7:], "x-timestamp": stamp}, BODY)
+
+
+def test_hmac_custom_payload_with_svix_id_gives_the_message_id(tmp_path: Path) -> None:
+    key = secrets.token_urlsafe(24)
+    v = verifier(
+        tmp_path,
+        [
+            {
+                "type": "hmac",
+                "algorithm": "sha1",
+                "payload_format": "{svix-id}.{timestamp}.{method}.{url}.{body}",
+                "message_id_header": "svix-id",
+                "secret_file": secret_file(tmp_path, key),
+            }
+        ],
+    )
+    stamp = str(int(NOW))
+    data = f"msg_1.{stamp}.POST.{URL}.".encode() + BODY
+    headers = {
+        "x-signature": sig(key.encode(), data, "sha1"),
+        "x-timestamp": stamp,
+        "svix-id": "msg_1",
+    }
+    assert v.verify(headers, BODY).message_id == "msg_1"
+    with pytest.raises(VerificationError):
+        v.verify({**headers, "svix-id": "msg_2"}, BODY)
+
+
+def test_without_timestamp_when_not_included(tmp_path: Path) -> None:
+    key = secrets.token_urlsafe(24)
+    v = verifier(
+        tmp_path,
+        [
+            {
+                "type": "hmac",
+                "include_timestamp": False,
+                "payload_format": "{body}",
+                "signature_prefix": "sha256=",
+                "signature_header": "x-vapi-signature",
+                "secret_file": secret_file(tmp_path, key),
+            }
+        ],
+    )
+    assert v.verify({"x-vapi-signature": "sha256=" + sig(key.encode(), BODY)}, BODY)
+
+
+def test_no_credential_is_refused_unless_explicitly_allowed(tmp_path: Path) -> None:
+    with pytest.raises(VerificationError, match="no_credential"):
+        verifier(tmp_path, []).verify({}, BODY)
+    assert verifier(tmp_path, [], allow_unverified=True).verify({}, BODY).kind == "unverified"
+
+
+def test_unknown_payload_placeholder_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="placeholder"):
+        WebhookSettings.model_validate(
+            {
+                "verify": [
+                    {
+                        "type": "hmac",
+                        "payload_format": "{nonce}.{body}",
+                        "secret_file": secret_file(tmp_path, "k" * 32),
+                    }
+                ]
+            }
+        )
+
+
+def test_secret_headers_for_the_server_object(tmp_path: Path) -> None:
+    token = secrets.token_urlsafe(16)
+    settings = WebhookSettings.model_validate(
+        {
+            "verify": [
+                {
+                    "type": "bearer",
+                    "send_in_headers": True,
+                    "secret_file": secret_file(tmp_path, token),
+                },
+                {"type": "hmac", "secret_file": secret_file(tmp_path, "k" * 32)},
+            ]
+        }
+    )
+    assert server_headers(settings.verify) == {"Authorization": f"Bearer {token}"}
+    assert token not in repr(settings)
