@@ -9,6 +9,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from vapi_proxy.ledger.config import LedgerSettings
 from vapi_proxy.limits.config import (
     BudgetLimit,
     LimitRule,
@@ -20,6 +21,7 @@ from vapi_proxy.limits.config import (
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "limits.md"
 MODELS: list[type[BaseModel]] = [
+    LedgerSettings,
     LimitsSettings,
     LimitRule,
     RuleMatch,
@@ -36,6 +38,13 @@ def test_documented_example_is_valid() -> None:
     assert settings.time_zone == "Europe/Paris"
     assert [r.name for r in settings.rules][:2] == ["pro-users", "free-users"]
     assert settings.rules[0].match.claims == {"plan": ["pro", "team"]}
+    database = re.findall(r"```yaml\n(database:.*?)```", DOC.read_text(), re.S)
+    assert LedgerSettings.model_validate(yaml.safe_load(database[0])["database"]).auto_migrate
+
+
+def test_ledger_url_must_be_sqlite_or_postgresql() -> None:
+    with pytest.raises(ValidationError, match="unsupported database"):
+        LedgerSettings(url="mysql://db/x")
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)

@@ -1,5 +1,6 @@
 """The call ledger: calls and the webhook events that changed them, over SQLite or PostgreSQL."""
 
+from vapi_proxy.ledger.config import LedgerSettings
 from vapi_proxy.ledger.migrate import upgrade, upgrade_async
 from vapi_proxy.ledger.store import (
     CallRecord,
@@ -20,6 +21,7 @@ __all__ = [
     "LedgerEvent",
     "LedgerHealth",
     "LedgerSchemaError",
+    "LedgerSettings",
     "UsageRow",
     "upgrade",
     "upgrade_async",

@@ -324,17 +324,19 @@ class SqlStore:
 
     @staticmethod
     def _finish(conn: Connection, rid: str, deltas: dict[str, int], **values: str) -> None:
-        for key in sorted(deltas):  # key order, like reserve: no lock-order deadlocks
-            if not deltas[key]:
-                continue
-            new = counters.c.value + deltas[key]
-            conn.execute(
-                counters.update()
-                .where(counters.c.key == key)
-                .values(value=sa.case((new < 0, 0), else_=new))
-            )
         conn.execute(slots.delete().where(slots.c.reservation_id == rid))
         conn.execute(reservations.update().where(reservations.c.id == rid).values(**values))
+        # Counters last, in one batch and in key order (like reserve: no lock-order deadlocks),
+        # so the rows every reservation of this identity queues for are held only briefly.
+        changes = [{"k": k, "d": d} for k, d in sorted(deltas.items()) if d]
+        if changes:
+            new = counters.c.value + sa.bindparam("d")
+            conn.execute(
+                counters.update()
+                .where(counters.c.key == sa.bindparam("k"))
+                .values(value=sa.case((new < 0, 0), else_=new)),
+                changes,
+            )
 
     @_unavailable
     async def release(self, rid: str, *, now: float) -> None:
