@@ -147,3 +147,19 @@ async def test_redis_stopped_mid_way_fails_closed_then_recovers_nothing_lost(
         assert health.backend.startswith("redis")
     finally:
         await limiter.aclose()
+
+
+async def test_tables_from_an_older_version_are_named(tmp_path: Path, clock: FakeClock) -> None:
+    import sqlite3
+
+    from vapi_proxy.limits.sql import LimitsSchemaError
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE limit_reservations (id TEXT PRIMARY KEY, state TEXT)")
+    limiter = create_limiter(settings(f"sqlite:///{path}", QUOTA), clock=clock)
+    try:
+        with pytest.raises(LimitsSchemaError, match=r"lacks .*namespace.*older vapi-proxy"):
+            await limiter.reserve(REQ)
+    finally:
+        await limiter.aclose()

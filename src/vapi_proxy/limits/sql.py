@@ -144,6 +144,10 @@ def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+class LimitsSchemaError(RuntimeError):
+    """The limits tables exist but do not match this version."""
+
+
 class _Refused(Exception):
     """Raised inside a reservation transaction to roll it back and report the shortfalls."""
 
@@ -177,6 +181,18 @@ class SqlStore:
         if self._db.dialect == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
         metadata.create_all(conn)
+        # create_all never alters an existing table: say so plainly if one is from an older
+        # version rather than failing later on a missing column.
+        inspector = sa.inspect(conn)
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            missing = sorted(set(table.columns.keys()) - have)
+            if missing:
+                raise LimitsSchemaError(
+                    f"table {table.name} lacks {', '.join(missing)}: it is from an older "
+                    "vapi-proxy. The limits tables hold only live counters; drop limit_counters, "
+                    "limit_slots and limit_reservations (or use a new database) and restart."
+                )
         if self._db.dialect == "postgresql":
             conn.exec_driver_sql(_PG_RESERVE)
 
