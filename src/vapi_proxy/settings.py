@@ -63,6 +63,13 @@ class VapiSettings(_Section):
     max_response_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest Vapi JSON reply accepted."
     )
+    stream_idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest silence allowed in a streamed (SSE) chat reply from Vapi; past it the "
+        "proxy ends the stream with an error event and closes the upstream connection.",
+    )
 
     @field_validator("base_url")
     @classmethod

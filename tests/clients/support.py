@@ -163,3 +163,13 @@ async def wait_for(check: Callable[[], bool], timeout: float = 3.0) -> bool:
             return True
         await asyncio.sleep(0.01)
     return check()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll `check` every 10 ms for at most `timeout` seconds (for synchronous tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()

@@ -67,7 +67,9 @@ calls = sa.Table(
     sa.Column("summary", sa.Text),
     sa.Column("analysis", JSONType),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("session_id", sa.String(128), comment="Vapi chat session id (chats only)"),
     sa.Index(None, "identity_key", "created_at"),
+    sa.Index(None, "session_id"),
     sa.Index(None, "tenant", "created_at"),
     sa.Index(None, "created_at"),
 )

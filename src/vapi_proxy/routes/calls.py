@@ -298,11 +298,11 @@ def routes(runtime: Runtime) -> list[Route]:
         return identity
 
     async def get_call(request: Request) -> Response:
-        state = request_state(request.scope)
-        identity = await reader(request)
         call_id = request.path_params["id"]
         if call_id == "web":  # `/call/web` is only ever created, never read
             raise MethodNotAllowedError(["POST"])
+        state = request_state(request.scope)
+        identity = await reader(request)
         record = await runtime.ledger.get_call(call_id) if len(call_id) <= 128 else None
         # Someone else's call and no call at all look the same, and neither reaches Vapi.
         if record is None or record.identity_key != identity.key or record.kind == "chat":

@@ -1,14 +1,257 @@
-"""Chat routes: `POST /chat`, `/chat/responses`, `/chat/web`, `/chat/web/responses`."""
+"""Chat routes: `POST /chat`, `/chat/responses`, `/chat/web`, `/chat/web/responses`, JSON or SSE.
+
+Authenticate → read the body → intake → ownership of a continued chat or session (ledger; an
+unknown or foreign id is a 404 that reaches no upstream) → policy → admit (limits, kind `chat`)
+→ Vapi → ledger (the chat id, and its session) → reply. Streamed replies are relayed as they
+arrive (`routes/relay.py`); the chat id is picked out of the events as they pass.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.edge.body import read_json
+from vapi_proxy.edge.middleware import RequestState, request_state
+from vapi_proxy.errors import NotFoundError, UpstreamError
+from vapi_proxy.limits.base import AdmissionRequest, Reservation
+from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
+from vapi_proxy.policy.webcall import CallContext
+from vapi_proxy.routes.calls import authenticate
+from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay
+from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
 
+logger = logging.getLogger("vapi_proxy.chat")
+
+_JSON_HEADERS = {"Cache-Control": "no-store"}
+# Never shown to the client: the profile's transient assistant (its prompt), the server-owned
+# variables, and the org.
+_HIDDEN = ("assistant", "assistantOverrides", "squad", "orgId")
+
+
+def scrub_chat(reply: dict[str, Any]) -> dict[str, Any]:
+    """A chat reply without the server's secrets (prompt, server variables, system messages)."""
+    out = {k: v for k, v in reply.items() if k not in _HIDDEN}
+    messages = out.get("messages")
+    if isinstance(messages, list):
+        out["messages"] = [
+            m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")
+        ]
+    return out
+
+
+class _Turn:
+    """The bookkeeping of one chat turn: the limits reservation and the ledger row, each done
+    exactly once whether the turn succeeds, fails or its client leaves."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        state: RequestState,
+        identity: Identity,
+        profile: str,
+        reservation: Reservation,
+    ) -> None:
+        self.runtime = runtime
+        self.state = state
+        self.identity = identity
+        self.profile = profile
+        self.reservation = reservation
+        self.chat_id: str | None = None
+        self.closed = False
+
+    async def record(self, chat_id: str, session_id: str | None) -> None:
+        if self.chat_id is not None:
+            return
+        self.chat_id = chat_id
+        try:
+            await self.runtime.limiter.commit(self.reservation, chat_id)
+            await self.runtime.ledger.record_call(
+                call_id=chat_id,
+                identity=self.identity,
+                profile=self.profile,
+                kind="chat",
+                request_id=self.state.request_id,
+                status="ended",
+                reservation_id=self.reservation.id,
+                session_id=session_id,
+            )
+        except Exception:
+            logger.exception(
+                "recording a chat failed",
+                extra={"fields": {"request_id": self.state.request_id, "chat_id": chat_id}},
+            )
+
+    async def close(self) -> None:
+        """Settle a recorded turn (a chat holds no slot past its reply); give back the
+        reservation of one that produced no chat."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.chat_id is not None:
+                await self.runtime.limiter.settle(self.chat_id, duration_seconds=0, cost_usd=None)
+            else:
+                # No chat came of it (refused, failed, or no id seen): the turn is not counted.
+                await self.runtime.limiter.release(self.reservation)
+        except Exception:
+            logger.exception(
+                "settling a chat's limits failed",
+                extra={"fields": {"request_id": self.state.request_id}},
+            )
+
+
+def _json(payload: Any, status: int) -> Response:
+    return Response(
+        orjson.dumps(payload),
+        status_code=status,
+        media_type="application/json",
+        headers=_JSON_HEADERS,
+    )
+
+
+class _ChatStream:
+    """An ASGI response that opens Vapi's stream; refusals before the first byte are raised
+    (the edge renders the one JSON envelope), everything after is relayed as SSE."""
+
+    def __init__(
+        self, runtime: Runtime, turn: _Turn, path: str, body: bytes, fmt: SseFormat
+    ) -> None:
+        self.runtime = runtime
+        self.turn = turn
+        self.path = path
+        self.body = body
+        self.fmt = fmt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime, turn = self.runtime, self.turn
+        state = turn.state
+        idle = runtime.settings.vapi.stream_idle_timeout_seconds
+        try:
+            async with runtime.upstream.stream(
+                "POST", self.path, self.body, idle_timeout=idle
+            ) as upstream:
+                state.upstream_status = upstream.status
+                state.upstream_ms = round(upstream.elapsed_ms, 3)
+                if not (200 <= upstream.status < 300 and upstream.is_sse):
+                    reply = await upstream.read()
+                    chat = parse_success(reply, runtime.api_key)
+                    await _record_reply(turn, chat)
+                    await turn.close()
+                    await _json(scrub_chat(chat), reply.status)(scope, receive, send)
+                    return
+
+                async def on_id(watcher: IdWatcher) -> None:
+                    if watcher.chat_id is not None:
+                        await turn.record(watcher.chat_id, watcher.session_id)
+
+                async def finish(watcher: IdWatcher, completed: bool) -> None:
+                    await turn.close()
+
+                relay = SseRelay(
+                    upstream.chunks(),
+                    fmt=self.fmt,
+                    request_id=state.request_id,
+                    on_id=on_id,
+                    finish=finish,
+                )
+                await relay.run(receive, send)
+        except BaseException:
+            await turn.close()
+            raise
+
+
+async def _record_reply(turn: _Turn, chat: dict[str, Any]) -> None:
+    chat_id = chat.get("id")
+    if not isinstance(chat_id, str) or not chat_id:
+        raise UpstreamError("Vapi's reply had no chat id.", maybe_sent=True)
+    session = chat.get("sessionId")
+    await turn.record(chat_id, session if isinstance(session, str) else None)
+
 
 def routes(runtime: Runtime) -> list[Route]:
-    return []
+    settings = runtime.settings
+    ignored = frozenset(settings.intake.ignored_fields)
+    max_bytes = settings.server.max_body_bytes
+    max_depth = settings.server.max_json_depth
+
+    async def continuation(identity: Identity, intake: ChatIntake) -> Continuation | None:
+        """The continued chat or session, if this identity started it; 404 otherwise (the
+        same answer as for an id that never existed, and no request reaches Vapi)."""
+        if intake.previous_chat_id is not None:
+            record = await runtime.ledger.get_call(intake.previous_chat_id)
+            if record is None or record.kind != "chat" or record.identity_key != identity.key:
+                raise NotFoundError("Chat not found.")
+            return Continuation(record.profile)
+        if intake.session_id is not None:
+            record = await runtime.ledger.session_owner(intake.session_id)
+            if record is None or record.identity_key != identity.key:
+                raise NotFoundError("Session not found.")
+            return Continuation(record.profile)
+        return None
+
+    def endpoint(path: str, *, web: bool, responses: bool) -> Any:
+        fmt: SseFormat = "responses" if responses else "chat"
+
+        async def chat(request: Request) -> Any:
+            state = request_state(request.scope)
+            identity = await authenticate(runtime, request)
+            state.identity = identity.hashed
+            body = await read_json(request, max_bytes=max_bytes, max_depth=max_depth)
+            intake = read_chat(body, ignored, web=web, responses=responses)
+            if intake.profile is not None and intake.profile in runtime.profiles:
+                state.profile = intake.profile
+            found = await continuation(identity, intake)
+            planned: PlannedChat = plan_chat(
+                runtime.profiles,
+                intake,
+                CallContext(identity, state.request_id, runtime.webhook_server),
+                found,
+            )
+            name = planned.profile.name
+            state.profile = name
+            reservation = await runtime.limiter.reserve(
+                AdmissionRequest(identity=identity, profile=name, kind="chat")
+            )
+            turn = _Turn(runtime, state, identity, name, reservation)
+            payload = orjson.dumps(planned.body)
+            if planned.stream:
+                return _ChatStream(runtime, turn, path, payload, fmt)
+            try:
+                reply = await runtime.upstream.request("POST", path, payload)
+                state.upstream_status = reply.status
+                state.upstream_ms = round(reply.elapsed_ms, 3)
+                chat_reply = parse_success(reply, runtime.api_key)
+                await _record_reply(turn, chat_reply)
+            except BaseException:
+                await turn.close()
+                raise
+            await turn.close()
+            return _json(scrub_chat(chat_reply), reply.status)
+
+        return chat
+
+    return [
+        Route("/chat", endpoint("/chat", web=False, responses=False), methods=["POST"]),
+        Route(
+            "/chat/responses",
+            endpoint("/chat/responses", web=False, responses=True),
+            methods=["POST"],
+        ),
+        Route("/chat/web", endpoint("/chat/web", web=True, responses=False), methods=["POST"]),
+        Route(
+            "/chat/web/responses",
+            endpoint("/chat/web/responses", web=True, responses=True),
+            methods=["POST"],
+        ),
+    ]

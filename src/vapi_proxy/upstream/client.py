@@ -7,14 +7,19 @@ opened): a retried POST that did reach Vapi would start a second call.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from vapi_proxy import __version__
 from vapi_proxy.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from vapi_proxy.upstream.stream import UpstreamStream
 
 USER_AGENT = f"vapi-proxy/{__version__}"
 
@@ -44,6 +49,7 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._connect_timeout = connect_timeout
         self._pool_size = pool_size
         self._max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -75,10 +81,10 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not called")
         return self._session
 
-    def _headers(self, has_body: bool) -> dict[str, str]:
+    def _headers(self, has_body: bool, accept: str = "application/json") -> dict[str, str]:
         headers = {
             "Authorization": f"Bearer {self._api_key()}",
-            "Accept": "application/json",
+            "Accept": accept,
             "User-Agent": USER_AGENT,
         }
         if has_body:
@@ -121,3 +127,55 @@ class UpstreamClient:
             except aiohttp.ClientError as exc:
                 raise UpstreamError("The connection to Vapi failed. Try again later.") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, path: str, body: bytes | None = None, *, idle_timeout: float = 30.0
+    ) -> AsyncIterator[UpstreamStream]:
+        """Send one request whose reply may be streamed (SSE) and hand out the open reply.
+
+        No total timeout: a stream may last as long as Vapi keeps talking, but each wait for
+        the headers or the next bytes is capped at `idle_timeout`. Leaving the block before the
+        body ended closes the connection (Vapi sees the client go); a finished one is reused.
+        """
+        from vapi_proxy.upstream.stream import UpstreamStream
+
+        url = self.base_url + path
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
+        )
+        headers = self._headers(body is not None, "text/event-stream, application/json")
+        started = time.perf_counter()
+        response: aiohttp.ClientResponse | None = None
+        for attempt in (1, 2):
+            try:
+                response = await self.session.request(
+                    method, url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+                )
+                break
+            except aiohttp.ClientConnectorError as exc:
+                if attempt == 1:  # never connected: nothing reached Vapi
+                    continue
+                raise UpstreamError("Could not reach Vapi. Try again later.") from exc
+            except TimeoutError as exc:
+                raise UpstreamError(
+                    "Vapi did not answer in time. Try again later.",
+                    status_code=504,
+                    maybe_sent=True,
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(
+                    "The connection to Vapi failed. Try again later.", maybe_sent=True
+                ) from exc
+        if response is None:  # pragma: no cover - the loop either breaks or raises
+            raise AssertionError("unreachable")
+        stream = UpstreamStream(
+            response, started=started, max_response_bytes=self._max_response_bytes
+        )
+        try:
+            yield stream
+        finally:
+            if stream.finished:
+                response.release()
+            else:
+                response.close()

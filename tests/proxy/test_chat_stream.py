@@ -1,0 +1,160 @@
+"""Streaming through the proxy, measured at both ends: events arrive as the simulator sends
+them, a client that leaves closes the upstream stream, a stalled upstream ends the stream with
+an error event the client understands."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.clients.support import (
+    HTTP,
+    ObservedSandbox,
+    bearer,
+    observed_sandbox,
+    proxy_for,
+    wait_for,
+    wait_until,
+)
+from tests.conftest import SAVED_ASSISTANT_ID
+from vapi_proxy.testing import ServerThread
+
+DELAY = 0.05  # the simulator's pause between deltas
+
+
+@pytest.fixture(scope="module")
+def slow() -> Iterator[ObservedSandbox]:
+    with observed_sandbox(delay=DELAY) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stream_proxy(
+    slow: ObservedSandbox, user_key: str, other_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    def patch(config: dict[str, Any]) -> None:
+        config["vapi"]["stream_idle_timeout_seconds"] = 0.5
+
+    folder = str(tmp_path_factory.mktemp("stream"))
+    with proxy_for(slow.sandbox, user_key, other_key, folder, patch) as proxy:
+        yield proxy
+
+
+def _fault(slow: ObservedSandbox, **spec: Any) -> None:
+    reply = HTTP.post(f"{slow.sandbox.url}/__sandbox/faults", json={"count": 1, **spec})
+    assert reply.status_code == 201, reply.text
+
+
+def _timed_events(
+    url: str, key: str, body: dict[str, Any]
+) -> tuple[float, list[tuple[float, bytes]]]:
+    """POST and read the SSE reply; (seconds to the response headers, [(arrival, line)])."""
+    started = time.perf_counter()
+    arrivals: list[tuple[float, bytes]] = []
+    with HTTP.stream("POST", url, json=body, headers=bearer(key)) as reply:
+        assert reply.status_code == 200, reply.read()
+        headers_at = time.perf_counter() - started
+        for line in reply.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append((time.perf_counter() - started, line.encode()))
+    return headers_at, arrivals
+
+
+def test_events_arrive_as_sent_and_the_first_as_fast_as_direct(
+    slow: ObservedSandbox, stream_proxy: ServerThread, user_key: str
+) -> None:
+    text = "x" * 40  # "You said: " + 40 chars = 7 deltas of 8, 50 ms apart
+    direct_key = slow.sandbox.settings.private_key.get_secret_value()
+    direct_body = {"assistantId": SAVED_ASSISTANT_ID, "input": text, "stream": True}
+    proxy_body = {"assistantId": "sales-coach", "input": text, "stream": True}
+    direct_first, proxy_first = [], []
+    for _ in range(5):
+        _, direct = _timed_events(f"{slow.sandbox.url}/chat", direct_key, direct_body)
+        _, proxied = _timed_events(f"{stream_proxy.url}/chat", user_key, proxy_body)
+        direct_first.append(direct[0][0])
+        proxy_first.append(proxied[0][0])
+        deltas = [t for t, line in proxied if line != b"data: [DONE]"]
+        assert len(deltas) == 7
+        gaps = [b - a for a, b in itertools.pairwise(deltas)]
+        # Every event arrives when it is sent, not all at the end.
+        assert min(gaps) > DELAY * 0.6, gaps
+        assert deltas[0] < deltas[-1] - 5 * DELAY
+    # Loopback medians; the benchmark measures the real margin (bench/stream_bench.py).
+    assert statistics.median(proxy_first) < statistics.median(direct_first) + 0.02
+
+
+def _upstream_chat_keys(slow: ObservedSandbox) -> set[str]:
+    return {key for key in slow.log.started if key.endswith(":/chat") or "/chat/" in key}
+
+
+async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(
+    slow: ObservedSandbox, stream_proxy: ServerThread, user_key: str
+) -> None:
+    _fault(slow, path="/chat", action="stall-stream", after_events=1, stall_seconds=30)
+    before = _upstream_chat_keys(slow)
+    async with (
+        httpx.AsyncClient(timeout=5) as client,
+        client.stream(
+            "POST",
+            f"{stream_proxy.url}/chat",
+            json={"assistantId": "sales-coach", "input": "leave early", "stream": True},
+            headers=bearer(user_key),
+        ) as reply,
+    ):
+        async for line in reply.aiter_lines():
+            if line.startswith("data:"):
+                break  # one event seen; the client goes away
+    left_at = time.monotonic()
+    (key,) = _upstream_chat_keys(slow) - before
+    assert await wait_for(lambda: key in slow.log.finished, timeout=3)
+    assert key in slow.log.disconnected
+    # The simulator would have stalled 30 s: it was released by the proxy closing the stream.
+    assert slow.log.disconnected[key] - left_at < 1.0
+
+
+@pytest.mark.parametrize("path", ["/chat", "/chat/responses"])
+def test_a_stalled_upstream_ends_the_stream_with_an_error_event(
+    slow: ObservedSandbox, stream_proxy: ServerThread, user_key: str, path: str
+) -> None:
+    _fault(slow, path=path, action="stall-stream", after_events=2, stall_seconds=10)
+    before = _upstream_chat_keys(slow)
+    started = time.perf_counter()
+    _, events = _timed_events(
+        stream_proxy.url + path,
+        user_key,
+        {"assistantId": "sales-coach", "input": "stall me please", "stream": True},
+    )
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3, elapsed  # the idle timeout is 0.5 s
+    payloads = [orjson.loads(line[5:]) for _, line in events]
+    assert len(payloads) == 3
+    last = payloads[-1]
+    if path == "/chat":
+        assert last["error"]["statusCode"] == 504 and "timed out" in last["error"]["message"]
+    else:
+        assert last["type"] == "error" and last["code"] == "upstream_timeout"
+        assert last["sequence_number"] == 2
+    (key,) = _upstream_chat_keys(slow) - before
+    # The proxy let go of the stalled stream (the simulator would have held it 10 s).
+    assert wait_until(lambda: key in slow.log.disconnected, timeout=3)
+
+
+def test_a_refusal_from_vapi_before_the_stream_is_the_json_envelope(
+    slow: ObservedSandbox, stream_proxy: ServerThread, user_key: str
+) -> None:
+    _fault(slow, path="/chat", action="status", status=429, retry_after=3)
+    reply = HTTP.post(
+        f"{stream_proxy.url}/chat",
+        json={"assistantId": "sales-coach", "input": "busy", "stream": True},
+        headers=bearer(user_key),
+    )
+    assert reply.status_code == 429
+    assert reply.headers["retry-after"] == "3"
+    assert reply.json()["statusCode"] == 429
