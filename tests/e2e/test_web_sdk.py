@@ -395,6 +395,9 @@ REFUSALS = [
     ("forged-jwt", _forged_jwt, "sales-coach", {}, "signature"),
     ("anonymous-on-signed-in-profile", "", "sales-coach", {}, "Sign in"),
     ("key-not-allowed-this-profile", "OTHER", "sales-coach", {}, "sales-coach"),
+    ("variable-too-long", None, "sales-coach", {"variableValues": {"firstName": "x" * 41}}, "40"),
+    ("server-owned-variable", None, "sales-coach", {"variableValues": {"plan": "free"}}, "plan"),
+    ("variable-not-in-enum", None, "sales-coach", {"variableValues": {"language": "es"}}, "en"),
 ]
 
 
