@@ -209,23 +209,28 @@ class SqlStore:
         holds = json.dumps([[h.what, h.key, h.amount] for h in plan.holds])
 
         def tx(conn: Connection) -> None:
-            # One statement creates missing rows, locks every row in key order (DO UPDATE takes
-            # the row lock where DO NOTHING would not) and returns the current values.
-            ins = self._insert(counters).values(
-                [{"key": k, "value": 0, "expires_at": anchors[k]} for k in keys]
+            # SQLite only (PostgreSQL calls its function below). The whole database is locked
+            # since BEGIN IMMEDIATE, so plain reads are safe. Driver-level SQL: building
+            # SQLAlchemy statements cost more than running them on this hot path.
+            run = conn.exec_driver_sql
+            run(
+                "INSERT INTO limit_counters (key, value, expires_at) VALUES (?, 0, ?) "
+                "ON CONFLICT (key) DO NOTHING",
+                [(k, anchors[k]) for k in keys],
             )
-            rows = conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["key"], set_={"value": counters.c.value}
-                ).returning(counters.c.key, counters.c.value)
+            # Key lists travel as one JSON parameter: no SQL is built from values.
+            rows = run(
+                "SELECT key, value FROM limit_counters "
+                "WHERE key IN (SELECT value FROM json_each(?))",
+                (json.dumps(keys),),
             )
             current = {k: int(v) for k, v in rows}
             live: dict[str, tuple[int, float | None]] = {}
             if slot_keys:
-                res = conn.execute(
-                    sa.select(slots.c.key, sa.func.count(), sa.func.min(slots.c.expires_at))
-                    .where(slots.c.key.in_(slot_keys), slots.c.expires_at > now)
-                    .group_by(slots.c.key)
+                res = run(
+                    "SELECT key, count(*), min(expires_at) FROM limit_slots WHERE key IN "
+                    "(SELECT value FROM json_each(?)) AND expires_at > ? GROUP BY key",
+                    (json.dumps(slot_keys), now),
                 )
                 live = {k: (int(n), e) for k, n, e in res}
             short: list[Shortfall] = []
@@ -240,33 +245,18 @@ class SqlStore:
                     short.append(Shortfall(len(plan.counters) + j, n, earliest))
             if short:
                 raise _Refused(short)
-            bumps = [c for c in plan.counters if c.hold.amount]
+            bumps = [(c.hold.amount, c.hold.key) for c in plan.counters if c.hold.amount]
             if bumps:
-                conn.execute(
-                    counters.update()
-                    .where(counters.c.key == sa.bindparam("k"))
-                    .values(value=counters.c.value + sa.bindparam("amt")),
-                    [{"k": c.hold.key, "amt": c.hold.amount} for c in bumps],
-                )
+                run("UPDATE limit_counters SET value = value + ? WHERE key = ?", bumps)
             if slot_keys:
-                conn.execute(
-                    slots.insert(),
-                    [
-                        {"key": k, "reservation_id": rid, "expires_at": expires_at}
-                        for k in slot_keys
-                    ],
+                run(
+                    "INSERT INTO limit_slots (key, reservation_id, expires_at) VALUES (?, ?, ?)",
+                    [(k, rid, expires_at) for k in slot_keys],
                 )
-            conn.execute(
-                reservations.insert().values(
-                    id=rid,
-                    namespace=self._ns,
-                    call_key=None,
-                    state="pending",
-                    applied="",
-                    expires_at=expires_at,
-                    keep_until=keep_until,
-                    holds=holds,
-                )
+            run(
+                "INSERT INTO limit_reservations (id, namespace, call_key, state, expires_at, "
+                "keep_until, holds, applied) VALUES (?, ?, NULL, 'pending', ?, ?, ?, '')",
+                (rid, self._ns, expires_at, keep_until, holds),
             )
 
         if self._db.dialect == "postgresql":
