@@ -146,6 +146,12 @@ VERIFIERS: dict[str, Callable[[Keys, Path], dict[str, Any]]] = {
 }
 
 
+@pytest.fixture
+def app_secret(keys: Keys, tmp_path: Path) -> str:
+    """A file holding the app's signing secret (webhooks.forward.secret_file)."""
+    return write_secret(tmp_path, "app-secret", keys.app)
+
+
 HookProxyFactory = Callable[..., ServerThread]
 
 

@@ -90,11 +90,13 @@ def new_call(
     extra_overrides: Any = None,
     phone_number: dict[str, Any] | None = None,
     created: float | None = None,
+    call_id: str | None = None,
 ) -> CallRecord:
-    """Create, store and start driving a call; `ctx_base` is this simulator's base URL."""
+    """Create, store and start driving a call; `ctx_base` is this simulator's base URL.
+    `call_id`: keep an id already announced (an inbound call's assistant-request)."""
     settings = state.settings
     now = state.clock.now() if created is None else created
-    call_id = uuid7()
+    call_id = call_id or uuid7()
     stamp = iso(now)
     merged = _effective(assistant, body.get("assistantOverrides"), extra_overrides)
     max_duration = float(merged.get("maxDurationSeconds") or DEFAULT_MAX_DURATION)

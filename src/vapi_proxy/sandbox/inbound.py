@@ -24,6 +24,7 @@ def _failed(
     customer: dict[str, Any],
     reason: str,
     at: float,
+    call_id: str | None = None,
 ) -> CallRecord:
     body = {"phoneNumberId": number["id"], "customer": customer}
     call = new_call(
@@ -34,6 +35,7 @@ def _failed(
         assistant=None,
         phone_number=number,
         created=at,
+        call_id=call_id,
     )
     call.forced_end = at
     call.forced_reason = reason
@@ -118,7 +120,7 @@ async def inbound_call(
     reason, start = _judge(state, status, reply)
     at = state.clock.now()
     if reason is not None:
-        return _failed(state, base, number, customer, reason, at)
+        return _failed(state, base, number, customer, reason, at, provisional["id"])
     assistant: dict[str, Any] | None = None
     if "assistantId" in start:
         assistant = state.find_assistant(str(start["assistantId"]))
@@ -133,6 +135,7 @@ async def inbound_call(
         assistant=assistant,
         phone_number=number,
         created=at,
+        call_id=provisional["id"],  # Vapi's assistant-request names the call that then runs
     )
     if "destination" in start:
         call.natural_reason = "assistant-request-returned-forwarding-phone-number"

@@ -54,6 +54,11 @@ def check(settings: Settings) -> list[str]:
     ]
     if inbound.default is not None:
         actions.append(("webhooks.inbound.default", inbound.default))
+    if hooks.respond.url is not None and not hooks.forward.secrets:
+        problems.append(
+            "webhooks.respond.url: relayed requests are signed with the app's secret; set "
+            "webhooks.forward.secret_env or secret_file"
+        )
     for where, action in actions:
         if action.profile is not None and action.profile not in settings.profiles:
             problems.append(f"{where}.profile: no profile named {action.profile!r}")
