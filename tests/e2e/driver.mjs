@@ -61,8 +61,8 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
-    // Chromium's own background services (autofill, sign-in, ...) would otherwise knock on
-    // Google's hosts: the refusing proxy records every attempt and the suite allows none.
+    // Quiet Chromium's own background services (autofill, translate, ...), which would
+    // otherwise knock on Google's hosts; what still tries is refused (see conftest).
     '--disable-features=AutofillServerCommunication,OptimizationHints,MediaRouter,Translate,' +
       'CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions,' +
       'DialMediaRouteProvider,PrivacySandboxSettings4',

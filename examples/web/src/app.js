@@ -37,6 +37,7 @@ export function readableMessage(value) {
   if (Array.isArray(value)) return value.map(readableMessage).join('; ');
   if (typeof value === 'object') {
     if ('message' in value) return readableMessage(value.message);
+    if ('msg' in value) return readableMessage(value.msg); // Daily's own errors
     if ('error' in value) return readableMessage(value.error);
   }
   try {
@@ -80,21 +81,30 @@ function fillFromQuery() {
 const state = { vapi: null, events: [], done: false, result: undefined };
 window.vapiExample = state;
 
+// A listener must never throw: the SDK emits from inside start().
+function plain(value) {
+  try {
+    return JSON.parse(JSON.stringify(value ?? null));
+  } catch {
+    return String(value);
+  }
+}
+
 function log(name, payload) {
-  state.events.push({ name, payload: JSON.parse(JSON.stringify(payload ?? null)) });
+  state.events.push({ name, payload: plain(payload) });
   const line = document.createElement('li');
   let text = name;
   if (name === 'error' || name === 'call-start-failed') {
-    const source = name === 'error' ? payload?.error : payload?.error;
-    text += `: ${readableMessage(source)}`;
+    // Both carry the failure in `error`: the proxy's body itself (call-start-failed), or an
+    // object whose `message`/`error` is that body (error, type 'start-method-error').
+    const message = readableMessage(payload?.error);
+    text += `: ${message}`;
+    document.getElementById('status').textContent = message;
   } else if (name === 'call-start-progress') {
-    text += `: ${payload.stage} ${payload.status}`;
+    text += `: ${payload?.stage} ${payload?.status}`;
   }
   line.textContent = text;
   document.getElementById('log').append(line);
-  if (name === 'error' || name === 'call-start-failed') {
-    document.getElementById('status').textContent = readableMessage(payload?.error);
-  }
 }
 
 const EVENTS = [
