@@ -61,6 +61,37 @@ reservations = sa.Table(
 
 LIVE = ("pending", "committed")
 
+# Built once: constructing SQLAlchemy statements per call costs more than executing them.
+_COMMIT_STMT = (
+    reservations.update()
+    .where(reservations.c.id == sa.bindparam("rid"), reservations.c.state == "pending")
+    .values(state="committed", call_key=sa.bindparam("ck"))
+)
+_LOCKED_COLS = (
+    reservations.c.id,
+    reservations.c.state,
+    reservations.c.holds,
+    reservations.c.applied,
+)
+_LOCK_BY_ID = (
+    sa.select(*_LOCKED_COLS).where(reservations.c.id == sa.bindparam("v")).with_for_update()
+)
+_LOCK_BY_CALL = (
+    sa.select(*_LOCKED_COLS).where(reservations.c.call_key == sa.bindparam("v")).with_for_update()
+)
+_DELETE_SLOTS = slots.delete().where(slots.c.reservation_id == sa.bindparam("rid"))
+_SET_STATE = (
+    reservations.update()
+    .where(reservations.c.id == sa.bindparam("rid"))
+    .values(state=sa.bindparam("st"), applied=sa.bindparam("ap"))
+)
+_NEW = counters.c.value + sa.bindparam("d")
+_ADJUST = (
+    counters.update()
+    .where(counters.c.key == sa.bindparam("k"))
+    .values(value=sa.case((_NEW < 0, 0), else_=_NEW))
+)
+
 # PostgreSQL does a whole reservation server-side in one call, so the counter rows are locked
 # for the function's run (well under a millisecond) rather than across several round trips:
 # under a burst on one identity, that lock is what every reservation queues for.
@@ -310,51 +341,33 @@ class SqlStore:
     @_unavailable
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
         def tx(conn: Connection) -> None:
-            conn.execute(
-                reservations.update()
-                .where(reservations.c.id == rid, reservations.c.state == "pending")
-                .values(state="committed", call_key=f"{self._ns}:{call_id}")
-            )
+            conn.execute(_COMMIT_STMT, {"rid": rid, "ck": f"{self._ns}:{call_id}"})
 
         await self._run(tx)
 
     @staticmethod
-    def _locked(conn: Connection, where: sa.ColumnElement[bool]) -> Any:
-        cols = (
-            reservations.c.id,
-            reservations.c.state,
-            reservations.c.holds,
-            reservations.c.applied,
-        )
-        return conn.execute(sa.select(*cols).where(where).with_for_update()).first()
-
-    @staticmethod
-    def _finish(conn: Connection, rid: str, deltas: dict[str, int], **values: str) -> None:
-        conn.execute(slots.delete().where(slots.c.reservation_id == rid))
-        conn.execute(reservations.update().where(reservations.c.id == rid).values(**values))
+    def _finish(
+        conn: Connection, rid: str, deltas: dict[str, int], state: str, applied: str
+    ) -> None:
+        conn.execute(_DELETE_SLOTS, {"rid": rid})
+        conn.execute(_SET_STATE, {"rid": rid, "st": state, "ap": applied})
         # Counters last, in one batch and in key order (like reserve: no lock-order deadlocks),
         # so the rows every reservation of this identity queues for are held only briefly.
         changes = [{"k": k, "d": d} for k, d in sorted(deltas.items()) if d]
         if changes:
-            new = counters.c.value + sa.bindparam("d")
-            conn.execute(
-                counters.update()
-                .where(counters.c.key == sa.bindparam("k"))
-                .values(value=sa.case((new < 0, 0), else_=new)),
-                changes,
-            )
+            conn.execute(_ADJUST, changes)
 
     @_unavailable
     async def release(self, rid: str, *, now: float) -> None:
         def tx(conn: Connection) -> None:
-            row = self._locked(conn, reservations.c.id == rid)
+            row = conn.execute(_LOCK_BY_ID, {"v": rid}).first()
             if row is None or row.state not in LIVE:
                 return
             deltas: dict[str, int] = {}
             for what, key, amount in json.loads(row.holds):
                 if what != "concurrency":
                     deltas[key] = deltas.get(key, 0) - int(amount)
-            self._finish(conn, row.id, deltas, state="released")
+            self._finish(conn, row.id, deltas, "released", row.applied)
 
         await self._run(tx)
 
@@ -363,14 +376,14 @@ class SqlStore:
         self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
     ) -> None:
         def tx(conn: Connection) -> None:
-            row = self._locked(conn, reservations.c.call_key == f"{self._ns}:{call_id}")
+            row = conn.execute(_LOCK_BY_CALL, {"v": f"{self._ns}:{call_id}"}).first()
             if row is None or row.state not in SETTLEABLE:
                 return
             deltas, applied, done = true_up(
                 json.loads(row.holds), row.applied, actual_ms, actual_micro_usd
             )
             state = "settled" if done else "ended"
-            self._finish(conn, row.id, deltas, state=state, applied=applied)
+            self._finish(conn, row.id, deltas, state, applied)
 
         await self._run(tx)
 
