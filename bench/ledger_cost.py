@@ -1,0 +1,141 @@
+"""What one ledger write costs, split into its parts: `python -m bench.ledger_cost [N]`.
+
+In-process, on a fresh SQLite ledger in a temp dir, N sequential writes each (default 400):
+the ledger's `record_call` as it is, the same two statements in one `Database.run_write` hop,
+the same without a hop, a prepared INSERT through the stdlib driver (inline, one hop, and 16
+rows per hop and commit). CPU is the whole process (all threads). Uses the ledger's private
+parts to build the alternatives, so it may need updating when the ledger changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.ledger import store
+from vapi_proxy.ledger.schema import call_events, calls
+from vapi_proxy.ledger.store import Ledger
+
+IDENTITY = Identity(subject="bench", method="anonymous")
+COLUMNS = (
+    "id, kind, identity_key, identity_hash, auth_method, tenant, profile, request_id,"
+    " created_at, status, max_duration_seconds, reservation_id, updated_at"
+)
+INSERT = f"INSERT INTO calls ({COLUMNS}) VALUES ({','.join('?' * 13)}) ON CONFLICT(id) DO NOTHING"  # noqa: S608 - constants only
+
+
+async def _time(name: str, n: int, fn: Callable[[], Awaitable[Any]], rows: int = 1) -> None:
+    await fn()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        await fn()
+    total = n * rows
+    cpu_us = (time.process_time() - cpu) / total * 1e6
+    wall_us = (time.perf_counter() - wall) / total * 1e6
+    print(f"{name:60} CPU {cpu_us:6.0f} µs  wall {wall_us:6.0f} µs per row", flush=True)
+
+
+def _row() -> tuple[Any, ...]:
+    now = datetime.now(UTC).isoformat()
+    i = IDENTITY
+    return (str(uuid.uuid4()), "web", i.key, i.hashed, i.method, None, "p", "r", now, "queued",
+            300.0, "x", now)  # fmt: skip
+
+
+async def main_async(folder: str, n: int) -> None:
+    ledger = Ledger.from_url(f"sqlite:///{folder}/ledger.db")
+    await ledger.start(auto_migrate=True)
+    db = ledger.database
+    kw: dict[str, Any] = {"identity": IDENTITY, "profile": "p", "kind": "web", "request_id": "r",
+                          "max_duration_seconds": 300.0, "reservation_id": "x"}  # fmt: skip
+    await _time(
+        "record_call as it is (async engine, aiosqlite)",
+        n,
+        lambda: ledger.record_call(call_id=str(uuid.uuid4()), **kw),
+    )
+
+    def statements() -> Callable[[Any], None]:
+        cid, now, i = str(uuid.uuid4()), store._now(), IDENTITY
+        insert = (
+            ledger._insert(calls)
+            .values(
+                id=cid,
+                kind="web",
+                identity_key=i.key,
+                identity_hash=i.hashed,
+                auth_method=i.method,
+                tenant=None,
+                profile="p",
+                request_id="r",
+                created_at=now,
+                status="queued",
+                max_duration_seconds=300.0,
+                reservation_id="x",
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        update = (
+            call_events.update()
+            .where(call_events.c.call_id == cid, call_events.c.known.is_(False))
+            .values(known=True)
+        )
+
+        def tx(conn: Any) -> None:
+            if conn.execute(insert).rowcount == 1:
+                conn.execute(update)
+
+        return tx
+
+    await _time("same statements, one run_write hop", n, lambda: db.run_write(statements()))
+
+    async def inline_sa() -> None:
+        db._sync_tx(statements())
+
+    await _time("same statements, no hop (blocks the loop)", n, inline_sa)
+    raw = sqlite3.connect(f"{folder}/ledger.db", isolation_level=None, check_same_thread=False)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("PRAGMA synchronous=NORMAL")
+
+    def raw_tx(rows: int = 1) -> None:
+        raw.execute("BEGIN IMMEDIATE")
+        raw.executemany(INSERT, [_row() for _ in range(rows)])
+        raw.execute("COMMIT")
+
+    async def raw_inline() -> None:
+        raw_tx()
+
+    await _time("prepared INSERT, stdlib sqlite3, no hop (blocks the loop)", n, raw_inline)
+    pool = ThreadPoolExecutor(1)
+    loop = asyncio.get_running_loop()
+    await _time(
+        "prepared INSERT, stdlib sqlite3, one hop", n, lambda: loop.run_in_executor(pool, raw_tx)
+    )
+    await _time(
+        "prepared INSERT, 16 rows per hop and commit (group commit)",
+        max(1, n // 16),
+        lambda: loop.run_in_executor(pool, raw_tx, 16),
+        rows=16,
+    )
+    pool.shutdown()
+    raw.close()
+    await ledger.aclose()
+
+
+def main() -> None:
+    n = min(int(sys.argv[1]) if len(sys.argv) > 1 else 400, 10_000)
+    with tempfile.TemporaryDirectory(prefix="vapi-ledger-cost-") as folder:
+        asyncio.run(main_async(folder, n))
+
+
+if __name__ == "__main__":
+    main()
