@@ -61,6 +61,11 @@ reservations = sa.Table(
 
 LIVE = ("pending", "committed")
 
+_PG_CALL = sa.text(
+    "SELECT idx, cur, earliest FROM vapi_limits_reserve(:ak, :ax, :k, :a, :l, :f, "
+    ":sk, :sl, :rid, :ns, :now, :exp, :keep, :holds)"
+)
+
 # Built once: constructing SQLAlchemy statements per call costs more than executing them.
 _COMMIT_STMT = (
     reservations.update()
@@ -315,10 +320,7 @@ class SqlStore:
         holds: str,
     ) -> list[Shortfall]:
         rows = conn.execute(
-            sa.text(
-                "SELECT idx, cur, earliest FROM vapi_limits_reserve(:ak, :ax, :k, :a, :l, :f, "
-                ":sk, :sl, :rid, :ns, :now, :exp, :keep, :holds)"
-            ),
+            _PG_CALL,
             {
                 "ak": keys,
                 "ax": [anchors[k] for k in keys],
