@@ -131,7 +131,8 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
         .text()
         .catch(() => null)
         .then((body) => {
-          record.replies.push({ url: response.url(), status: response.status(), body });
+          const retryAfter = response.headers()['retry-after'] ?? null;
+          record.replies.push({ url: response.url(), status: response.status(), retryAfter, body });
         }),
     );
   });

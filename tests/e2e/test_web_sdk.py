@@ -379,8 +379,7 @@ def _forged_jwt() -> str:
 
 
 # id, token (None: the suite's API key), profile, extra assistantOverrides, words the message must
-# hold. Quota exhaustion (429 with Retry-After) belongs here once the limits are wired into the
-# proxy: a profile with a one-call quota, two starts, the second's message checked the same way.
+# hold. Quota exhaustion needs a first call: test_an_exhausted_quota_... below.
 REFUSALS = [
     ("unknown-profile", None, "nope", {}, "nope"),
     (
@@ -667,3 +666,48 @@ def test_variables_in_the_object_and_in_assistant_overrides_together(
     assert_joining_daily(result)
     body = the_one_upstream_call(sandbox, user_key)
     expect_sales_coach(body, {"firstName": "Zoë 🎙", "language": "fr"})
+
+
+def test_an_exhausted_quota_reaches_the_app_as_a_readable_message(
+    browser: BrowserDriver,
+    page_server: ServerThread,
+    page_origin: str,
+    make_proxy: ProxyFactory,
+    sandbox: RunningSandbox,
+    user_key: str,
+) -> None:
+    """One call a day: the first start joins Daily, the second is refused before Vapi."""
+
+    def patch(config: dict[str, Any]) -> None:
+        config["cors"]["allow_origins"] = [page_origin]
+        config["limits"] = {
+            "backend": "memory://",
+            "rules": [{"name": "daily", "quota": {"per_day": 1}}],
+        }
+
+    proxy = make_proxy(patch)
+    first = start_in_page(
+        browser,
+        page_server,
+        proxy.url,
+        token=user_key,
+        profile="sales-coach",
+        form="string",
+        until="daily-join",
+    )
+    assert_joining_daily(first)
+    httpx.delete(sandbox.url + "/__sandbox/requests", timeout=5)
+
+    second = start_in_page(
+        browser, page_server, proxy.url, token=user_key, profile="sales-coach", form="string"
+    )
+    assert second["done"] and second["result"] == {"resolved": None}
+    [failed] = events_named(second, "call-start-failed")
+    assert failed["error"]["statusCode"] == 429
+    message = failed["error"]["message"]
+    assert isinstance(message, str) and "1 call" in message
+    assert second["status"] == message
+    # The proxy exposes Retry-After to the page (the SDK itself does not pass it on).
+    [reply] = second["replies"]
+    assert reply["status"] == 429 and int(reply["retryAfter"]) >= 1
+    assert upstream_calls(sandbox) == []
