@@ -135,3 +135,12 @@ def test_faults_from_settings_listing_and_clear(client: httpx.Client) -> None:
 def test_invalid_fault_is_400(fresh: RunningSandbox, client: httpx.Client) -> None:
     resp = client.post(fresh.url + "/__sandbox/faults", json={"path": "/x", "status": 418})
     assert resp.status_code == 400
+
+
+def test_requests_are_logged_on_arrival_not_after_latency(fresh: RunningSandbox) -> None:
+    with httpx.Client(timeout=httpx.Timeout(5, read=0.2)) as client:
+        add(fresh, client, path="/call/web", latency_seconds=1.5, count=1)
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(fresh.url + "/call/web", json=WEB, headers=public(fresh))
+        log = client.get(fresh.url + "/__sandbox/requests").json()
+    assert [(e["path"], e["auth"], e["body"]) for e in log] == [("/call/web", "public-key", WEB)]

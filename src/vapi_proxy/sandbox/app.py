@@ -133,29 +133,41 @@ class Dispatcher:
         admin_path = path.startswith("/__sandbox")
         if admin_path and not state.settings.admin_enabled:
             raise _cannot(method, path)
-        fault = None
-        if state.faults and not admin_path:
-            fault = state.faults.take(method, path)
-            if fault is not None and await self._fault(fault, request, send):
-                return
+        fault = state.faults.take(method, path) if state.faults and not admin_path else None
+        matched = self.router.match(method, path)
+        keyed = matched is not None and matched[0].access == "key"
+        caller: Caller | None = None
+        refusal: VapiError | None = None
+        if keyed:
+            try:
+                caller = state.auth.identify(request.header(b"authorization"))
+            except VapiError as exc:
+                refusal = exc
+        if fault is not None and fault.action == "drop-before-body":
+            self._record(request, path, None, caller)
+            await asyncio.sleep(fault.latency_seconds)
+            await self._drop(request)
+            return
         await request.read()
         body: Any = None
+        bad_json = False
         if request.body:
             try:
                 body = orjson.loads(request.body)
             except orjson.JSONDecodeError:
-                self._record(request, path, request.body.decode("utf-8", "replace"), None)
-                raise VapiError(400, "Unexpected token in JSON") from None
-        matched = self.router.match(method, path)
-        caller: Caller | None = None
-        try:
-            if matched is not None and matched[0].access == "key":
-                caller = state.auth.identify(request.header(b"authorization"))
-        finally:
-            if not admin_path:
-                self._record(request, path, body, caller)
+                body, bad_json = request.body.decode("utf-8", "replace"), True
+        if not admin_path:
+            # Recorded on arrival, before any injected delay: a client that gave up on a slow
+            # reply must not see its request appear in the log later (another test's view).
+            self._record(request, path, body, caller)
+        if fault is not None and await self._fault(fault, request, send):
+            return
+        if bad_json:
+            raise VapiError(400, "Unexpected token in JSON")
         if matched is None:
             raise _cannot(method, path)
+        if refusal is not None:
+            raise refusal
         route, params = matched
         ctx = Context(state, request, body, caller, send, params, fault)
         reply = await route.handler(ctx)
@@ -172,18 +184,12 @@ class Dispatcher:
             )
 
     async def _fault(self, fault: FaultSpec, request: Request, send: Send) -> bool:
-        """Apply a fault; True when it has answered (or killed) the request."""
+        """Apply a fault once the body is in; True when it has answered (or killed) the request."""
         if fault.latency_seconds:
             await asyncio.sleep(fault.latency_seconds)
-        action = fault.action
-        if action == "drop-before-body":
-            self._record(request, request.path, None, None)
+        if fault.action == "drop-after-body":
             return await self._drop(request)
-        if action in ("drop-after-body", "status"):
-            await request.read()
-            self._record(request, request.path, _maybe_json(request.body), None)
-            if action == "drop-after-body":
-                return await self._drop(request)
+        if fault.action == "status":
             headers = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
@@ -221,13 +227,6 @@ def _with_cors(send: Send, origin: str) -> Send:
         await send(message)
 
     return wrapped
-
-
-def _maybe_json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return raw.decode("utf-8", "replace")
 
 
 def create_app(settings: SandboxSettings, *, clock: Clock | None = None) -> Starlette:
