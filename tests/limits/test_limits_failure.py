@@ -128,7 +128,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         proc.wait(timeout=10)
 
 
-async def test_redis_stopped_mid_way_fails_closed_then_recovers_nothing_lost(
+async def test_redis_stopped_mid_way_fails_closed_and_health_says_so(
     own_redis: tuple[str, subprocess.Popen[bytes]], clock: FakeClock
 ) -> None:
     url, proc = own_redis

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -66,7 +66,6 @@ class HealthStatus:
     backend: str
     detail: str | None = None
     failure_mode: str = "closed"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
