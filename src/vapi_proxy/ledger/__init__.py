@@ -1,6 +1,5 @@
 """The call ledger: calls and the webhook events that changed them, over SQLite or PostgreSQL."""
 
-from vapi_proxy.ledger.config import LedgerSettings
 from vapi_proxy.ledger.migrate import upgrade, upgrade_async
 from vapi_proxy.ledger.store import (
     CallRecord,
@@ -21,7 +20,6 @@ __all__ = [
     "LedgerEvent",
     "LedgerHealth",
     "LedgerSchemaError",
-    "LedgerSettings",
     "UsageRow",
     "upgrade",
     "upgrade_async",
