@@ -189,8 +189,6 @@ def _start_targets(
             target.error = str(exc)[:600]
             log(f"{variant.name}: {target.error}")
         targets.append(target)
-    if plan.only:
-        targets = [t for t in targets if t.variant.name in plan.only or t.variant.kind == "direct"]
     return targets, sim, notes
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "services"
+NAMESPACE_PREFIX = "vapi-proxy-bench-"  # setups gives each run's limits a namespace under it
 
 
 def _status() -> str:
@@ -27,6 +28,28 @@ async def _admin(url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def _forget_keys(url: str, pattern: str, most: int = 5_000_000) -> None:
+    """Delete the bench's limit counters (bounded: at most `most` keys)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        batch: list[bytes] = []
+        seen = 0
+        async for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            seen += 1
+            if len(batch) == 1000:
+                await client.delete(*batch)
+                batch = []
+            if seen >= most:
+                break
+        if batch:
+            await client.delete(*batch)
+    finally:
+        await client.aclose()
 
 
 @contextlib.contextmanager
@@ -46,5 +69,8 @@ def scaled_out() -> Iterator[tuple[dict[str, str], str]]:
     finally:
         with contextlib.suppress(Exception):
             asyncio.run(_admin(pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        with contextlib.suppress(Exception):
+            # The Redis limiter wraps the namespace in braces (a cluster hash tag).
+            asyncio.run(_forget_keys(redis, "{" + NAMESPACE_PREFIX + "*"))
         if not were_up:
             subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=60, check=False)
