@@ -163,3 +163,22 @@ async def test_tables_from_an_older_version_are_named(tmp_path: Path, clock: Fak
             await limiter.reserve(REQ)
     finally:
         await limiter.aclose()
+
+
+async def test_sql_limiter_shares_the_ledgers_database(tmp_path: Path, clock: FakeClock) -> None:
+    from vapi_proxy.ledger import Ledger
+    from vapi_proxy.ledger.engine import Database
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    db = Database(url)
+    ledger = Ledger(db)
+    await ledger.start(auto_migrate=True)
+    limiter = create_limiter(settings(url, QUOTA), clock=clock, database=db)
+    r = await limiter.reserve(REQ)
+    await limiter.commit(r, "c1")
+    await ledger.record_call(call_id="c1", identity=WHO, profile="support", reservation_id=r.id)
+    await limiter.aclose()  # the limiter does not close what it did not open
+    assert (await ledger.get_call("c1")) is not None
+    await ledger.aclose()
+    with pytest.raises(ValueError, match="differs"):
+        create_limiter(settings(f"sqlite:///{tmp_path / 'other.db'}", QUOTA), database=db)

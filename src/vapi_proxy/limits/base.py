@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from vapi_proxy.auth.identity import Identity
 
 if TYPE_CHECKING:
+    from vapi_proxy.ledger.engine import Database
     from vapi_proxy.limits.config import Kind, LimitsSettings
 
 Clock = Callable[[], float]
@@ -99,6 +100,8 @@ class Limiter(Protocol):
     async def aclose(self) -> None: ...
 
 
+SQL_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
+
 # Scheme → "module:factory". Imported lazily so a deployment without Redis never imports it.
 BACKENDS: dict[str, str] = {
     "memory": "vapi_proxy.limits.memory:MemoryStore",
@@ -115,8 +118,13 @@ def create_limiter(
     *,
     clock: Clock = time.time,
     on_expired: ExpiredHook | None = None,
+    database: Database | None = None,
 ) -> Limiter:
-    """The limiter for `settings.backend`, chosen by URL scheme."""
+    """The limiter for `settings.backend`, chosen by URL scheme.
+
+    `database`: an open `Database` for the same URL (e.g. the ledger's) for the SQL backends to
+    share rather than open their own; the caller keeps ownership and closes it.
+    """
     from vapi_proxy.limits.core import StoreLimiter
 
     scheme = settings.backend.split(":", 1)[0].split("+", 1)[0].lower()
@@ -126,4 +134,8 @@ def create_limiter(
         raise ValueError(f"no limits backend for scheme {scheme!r}") from None
     module_name, _, attr = target.partition(":")
     store_cls = getattr(importlib.import_module(module_name), attr)
-    return StoreLimiter(settings, store_cls(settings), clock=clock, on_expired=on_expired)
+    if database is not None and scheme in SQL_SCHEMES:
+        store = store_cls(settings, database=database)
+    else:
+        store = store_cls(settings)
+    return StoreLimiter(settings, store, clock=clock, on_expired=on_expired)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
-from vapi_proxy.ledger.engine import Database, redact
+from vapi_proxy.ledger.engine import Database, async_url, redact
 from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.limits.core import (
     SETTLEABLE,
@@ -193,8 +193,13 @@ class _Refused(Exception):
 
 
 class SqlStore:
-    def __init__(self, settings: LimitsSettings) -> None:
-        self._db = Database(settings.backend, timeout=settings.timeout_seconds)
+    def __init__(self, settings: LimitsSettings, *, database: Database | None = None) -> None:
+        # A shared Database (the ledger's, same URL) means one engine and one SQLite writer
+        # thread for both, so their writes queue in-process instead of in SQLite's busy handler.
+        if database is not None and database.url != async_url(settings.backend):
+            raise ValueError("the shared database's URL differs from limits.backend")
+        self._owns_db = database is None
+        self._db = database or Database(settings.backend, timeout=settings.timeout_seconds)
         self.name = f"{self._db.dialect} ({redact(settings.backend)})"
         self._ns = settings.namespace
         self._ready = False
@@ -441,4 +446,5 @@ class SqlStore:
         await self._db.run_write(tx)
 
     async def aclose(self) -> None:
-        await self._db.aclose()
+        if self._owns_db:
+            await self._db.aclose()
