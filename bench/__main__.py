@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from bench import extras, report
-from bench.run import Plan, run
+from bench.run import Plan, run, source_tree
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     raw = run(plan, args.out / "raw", log=lambda m: print(m, flush=True))
-    extra = {} if args.no_extras else extras.run_extras(lambda m: print(m, flush=True))
+    extra: dict[str, dict[str, object]] = {}
+    if not args.no_extras:
+        with tempfile.TemporaryDirectory(prefix="vapi-bench-extras-") as tmp:
+            env, _ = source_tree(args.ref, Path(tmp))
+            extra = extras.run_extras(lambda m: print(m, flush=True), env=env)
     summary = report.summarise(raw)
     raw["total_seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)

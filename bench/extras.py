@@ -23,7 +23,9 @@ _RUNNER = (
 )
 
 
-def run_extra(name: str, timeout: float = 300.0) -> dict[str, Any]:
+def run_extra(
+    name: str, timeout: float = 300.0, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     if not (HERE / f"{name}.py").exists():
         return {"skipped": f"bench/{name}.py does not exist yet: no figures"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,6 +38,7 @@ def run_extra(name: str, timeout: float = 300.0) -> dict[str, Any]:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
@@ -52,13 +55,15 @@ def run_extra(name: str, timeout: float = 300.0) -> dict[str, Any]:
             return {"error": f"exit {proc.returncode}: {stderr.strip()[-600:]}"}
         result = json.loads(out.read_text()) if out.exists() else None
         if not isinstance(result, dict):
-            return {"error": "main() did not return a dict", "output": stdout[-600:]}
+            # Keep what it printed, so its figures still reach the report.
+            return {"result": None, "output": stdout.strip()[-1500:]}
         return {"result": result}
 
 
-def run_extras(log: Any = print) -> dict[str, dict[str, Any]]:
+def run_extras(log: Any = print, env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """`env` adds to the environment (PYTHONPATH of a `--ref` tree, so they measure it too)."""
     results = {}
     for name in EXTRAS:
         log(f"running bench/{name}.py")
-        results[name] = run_extra(name)
+        results[name] = run_extra(name, env=env)
     return results

@@ -139,7 +139,10 @@ def _extra_text(result: dict[str, Any]) -> str:
         return str(result["skipped"])
     if "error" in result:
         return f"failed: {result['error']}"
-    return "`" + json.dumps(result.get("result"), default=str)[:1500] + "`"
+    if result.get("result") is None:
+        printed = result.get("output") or "(nothing)"
+        return "its main() returns no dict; what it printed:\n\n```\n" + printed + "\n```"
+    return "`" + json.dumps(result["result"], default=str)[:1500] + "`"
 
 
 def plot(summary: dict[str, Any], path: Path) -> str | None:
