@@ -4,10 +4,11 @@
 //
 // Protocol: one JSON object per line on stdin, `{"id", "url", "timeoutMs", "until"}`; one JSON
 // line per case on stdout: `{"id", "done", "reachedJoin", "result", "events", "status",
-// "requests", "websockets", "replies", "refused", "console"}`. The first line is
-// `{"ready": true}`. EOF on stdin closes the browser. `until` is "settled" (wait for start() to return) or "daily-join" (stop
-// once the SDK has the call and begins joining Daily: offline that join fails only after Daily's
-// three attempts 3 s apart, which one dedicated case waits out).
+// "requests", "websockets", "replies", "refused", "console", "timings"}` (timings in ms since
+// the case began). The first line is `{"ready": true}`. EOF on stdin closes the browser.
+// `until` is "settled" (wait for start() to return) or "daily-join" (stop once the SDK has the
+// call and begins joining Daily: offline that join fails only after Daily's three attempts 3 s
+// apart, which one dedicated case waits out).
 //
 // Network rule: nothing leaves 127.0.0.1. Chromium sends everything else to a "proxy" on loopback
 // that this script runs: it records the target (`refused`, whoever asked: the page or Chromium's
@@ -115,7 +116,13 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
   };
   refusedBetweenCases = [];
   current = record;
+  const t0 = Date.now();
+  const mark = (name) => {
+    record.timings[name] = Date.now() - t0;
+  };
+  record.timings = {};
   const page = await context.newPage();
+  mark('newPage');
   page.on('console', (message) => record.console.push(`${message.type()}: ${message.text()}`));
   page.on('pageerror', (error) => record.console.push(`pageerror: ${error.message}`));
   page.on('websocket', (socket) => record.websockets.push({ url: socket.url() }));
@@ -138,6 +145,7 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
   });
   try {
     await page.goto(url, { timeout: timeoutMs });
+    mark('loaded');
     // start() has no timeout of its own: bound the wait here, and report what happened so far.
     await page
       .waitForFunction(finished, until, {
@@ -155,12 +163,14 @@ async function runCase({ id, url, timeoutMs = 15000, until = 'settled' }) {
       ),
     }));
     Object.assign(record, state);
+    mark('finished');
     await Promise.race([Promise.allSettled(reading), new Promise((r) => setTimeout(r, 2000))]);
   } catch (error) {
     record.driverError = String(error?.message || error);
   } finally {
     current = null;
     await page.close().catch(() => {});
+    mark('closed');
   }
   return record;
 }
