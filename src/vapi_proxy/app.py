@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.routing import BaseRoute, Router
@@ -29,6 +30,7 @@ from vapi_proxy.webhooks.receiver import WebhookReceiver
 from vapi_proxy.webhooks.stats import WebhookStats
 
 logger = logging.getLogger("vapi_proxy.app")
+OUTBOX_KEEP_DAYS = 7
 
 
 @dataclass
@@ -109,7 +111,8 @@ class Runtime:
 
     async def maintain(self, interval: float = 30.0) -> None:
         """Background upkeep: free slots of calls that never reported their end, drop expired
-        idempotency keys. Failures are logged and retried on the next round."""
+        idempotency keys and week-old delivered webhook forwards. Failures are logged and retried
+        on the next round."""
         while True:
             await asyncio.sleep(interval)
             try:
@@ -117,6 +120,11 @@ class Runtime:
                 if freed:
                     logger.info("expired call slots", extra={"fields": {"freed": freed}})
                 await self.ledger.idempotency_purge()
+                if self.forwarder is not None and self.forwarder.enabled:
+                    # Delivered forwards are kept a week for audit, then dropped.
+                    await self.ledger.outbox_purge(
+                        before=datetime.now(UTC) - timedelta(days=OUTBOX_KEEP_DAYS)
+                    )
             except Exception:
                 logger.exception("maintenance round failed")
 
