@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ KUSTOMIZATION = KUBERNETES / "kustomization.yaml"
 SECRET_TEMPLATE = KUBERNETES / "secret.example.yaml"
 
 
+@functools.cache
 def load_all(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents of `path` (cached: callers only read them)."""
     docs = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
     for doc in docs:
         if not isinstance(doc, dict):
