@@ -52,7 +52,7 @@ class Database:
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = async_url(url)
         self.dialect = make_url(self.url).get_backend_name()
-        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._write_lock = asyncio.Lock()  # used on SQLite only
         kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": timeout}
@@ -90,7 +90,7 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that may write: serialised in-process on SQLite, committed on exit."""
-        if self._write_lock is None:
+        if self.dialect != "sqlite":
             async with self.engine.begin() as conn:
                 yield conn
             return
@@ -115,7 +115,11 @@ class Database:
                 return await conn.run_sync(fn)
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="vapi-proxy-sqlite")
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_tx, fn)
+        # The same in-process lock as `write()`: writes through either path queue here, never
+        # in SQLite's busy handler (which sleeps up to 100 ms between tries).
+        async with self._write_lock:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._writer, self._sync_tx, fn)
 
     def _sync_tx(self, fn: Callable[[Connection], T]) -> T:
         if self._sync is None:
