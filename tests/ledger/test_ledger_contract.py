@@ -270,3 +270,16 @@ async def test_health_when_unreachable(tmp_path: Any) -> None:
         assert not health.ok and health.detail
     finally:
         await store.aclose()
+
+
+async def test_health_when_postgres_is_unreachable() -> None:
+    from conftest_services import closed_port
+
+    store = Ledger.from_url(f"postgresql://postgres@127.0.0.1:{closed_port()}/x", timeout=1.0)
+    try:
+        health = await store.health()
+        assert not health.ok
+        assert health.backend.startswith("postgresql")
+        assert health.detail
+    finally:
+        await store.aclose()
