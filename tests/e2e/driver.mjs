@@ -87,7 +87,9 @@ const context = await chromium.launchPersistentContext(userDataDir, {
 });
 
 context.on('request', (request) => {
-  current?.requests.push({ method: request.method(), url: request.url() });
+  // Whether a bearer was sent, never its value (the token is the test's own anyway).
+  const authorization = 'authorization' in request.headers();
+  current?.requests.push({ method: request.method(), url: request.url(), authorization });
 });
 
 function finished(until) {
