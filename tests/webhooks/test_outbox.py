@@ -101,3 +101,70 @@ async def test_adopting_a_call_replays_its_stored_events(ledger: Ledger) -> None
     assert (
         await ledger.adopt_call(call_id="lost", identity_hash="x", profile="p", kind="web") is None
     )
+
+
+def _message(call_id: str, kind: str, stamp: int, **extra: object) -> LedgerEvent:
+    return LedgerEvent.from_vapi(
+        {"type": kind, "timestamp": stamp, "call": {"id": call_id}, **extra}
+    )
+
+
+def _script() -> list[LedgerEvent]:
+    report = {
+        "endedReason": "customer-ended-call",
+        "cost": 0.2,
+        "startedAt": "2026-11-27T12:00:00Z",
+        "endedAt": "2026-11-27T12:01:00Z",
+    }
+    return [
+        _message("a", "status-update", 1, status="ringing"),
+        _message("a", "status-update", 2, status="in-progress"),
+        _message("a", "status-update", 2, status="in-progress"),  # duplicate in the same batch
+        _message("b", "end-of-call-report", 3, **report),  # report first
+        _message("b", "status-update", 4, status="in-progress"),  # late: changes nothing
+        _message("b", "status-update", 5, status="ended", endedReason="silence-timed-out"),
+        _message("ghost", "status-update", 6, status="ended"),  # unknown call
+        _message("a", "status-update", 7, status="ended", endedReason="hangup"),
+        _message("a", "status-update", 1, status="ringing"),  # a retry of the first
+    ]
+
+
+async def test_a_batch_has_the_same_outcomes_as_one_event_at_a_time(ledger: Ledger) -> None:
+    from vapi_proxy.auth.identity import Identity
+
+    who = Identity("alice", "api_key")
+    for prefix in ("one-", "batch-"):
+        for call_id in ("a", "b"):
+            await ledger.record_call(call_id=prefix + call_id, identity=who, profile="p")
+
+    def renamed(prefix: str) -> list[LedgerEvent]:
+        out = []
+        for e in _script():
+            call_id = prefix + str(e.call_id)
+            out.append(
+                LedgerEvent.from_vapi(
+                    {**(e.payload or {}), "call": {"id": call_id}},
+                    dedupe_key=prefix + e.dedupe_key,
+                )
+            )
+        return out
+
+    item = OutboxItem("x", "http://app/x", "status-update", b"{}")
+    singles = [await ledger.apply_event(e, outbox=[item], received_at=T0) for e in renamed("one-")]
+    batched = await ledger.apply_events([(e, [item]) for e in renamed("batch-")], received_at=T0)
+
+    def shape(outcomes: list[object]) -> list[tuple[object, ...]]:
+        return [
+            (o.known, o.duplicate, o.ended_now, o.call.status if o.call else None)  # type: ignore[attr-defined]
+            for o in outcomes
+        ]
+
+    assert shape(batched) == shape(singles)
+    for call_id in ("a", "b"):
+        one = await ledger.get_call("one-" + call_id)
+        many = await ledger.get_call("batch-" + call_id)
+        assert one is not None and many is not None
+        fields = ("status", "ended_reason", "cost_usd", "duration_seconds", "started_at")
+        assert [getattr(one, f) for f in fields] == [getattr(many, f) for f in fields]
+    counts = await ledger.outbox_counts()
+    assert counts == {"pending": 14}  # 7 first deliveries each way

@@ -443,36 +443,88 @@ class Ledger:
             )
         return call
 
+    async def apply_events(
+        self,
+        items: Sequence[tuple[LedgerEvent, Sequence[OutboxItem]]],
+        *,
+        received_at: datetime | None = None,
+    ) -> list[EventOutcome]:
+        """`apply_event` for many events in one transaction and a handful of statements (one
+        read of the calls, one multi-row insert of the events, one batched update per set of
+        changed columns, one outbox insert), with the same outcomes as applying them in order."""
+        if not items:
+            return []
+        received = received_at or _now()
+        ids = sorted({e.call_id for e, _ in items if e.call_id is not None})
+        async with self._db.write() as conn:
+            current: dict[str, CallRecord] = {}
+            if ids:
+                rows = await conn.execute(
+                    sa.select(calls).where(calls.c.id.in_(ids)).with_for_update()
+                )
+                current = {row.id: _record(row) for row in rows}
+            values = [
+                {
+                    "call_id": e.call_id,
+                    "type": e.type[:64],
+                    "status": e.status,
+                    "received_at": received,
+                    "dedupe_key": e.dedupe_key,
+                    "known": e.call_id in current,
+                    "payload": trim_payload(e.payload),
+                }
+                for e, _ in items
+            ]
+            ins = (
+                self._insert(call_events)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                .returning(call_events.c.dedupe_key)
+            )
+            fresh = set((await conn.execute(ins)).scalars())
+            outcomes: list[EventOutcome] = []
+            changed: dict[str, dict[str, Any]] = {}
+            outbox: list[OutboxItem] = []
+            for event, rows_out in items:
+                call = current.get(event.call_id) if event.call_id is not None else None
+                if event.dedupe_key not in fresh:
+                    outcomes.append(EventOutcome(call is not None, True, call))
+                    continue
+                fresh.discard(event.dedupe_key)  # a second copy in this batch is a duplicate
+                outbox.extend(rows_out)
+                if call is None:
+                    outcomes.append(EventOutcome(False, False, None))
+                    continue
+                changes = _changes(call, event, received)
+                if changes:
+                    merged = {name: getattr(call, name) for name in _CALL_FIELDS} | changes
+                    current[call.id] = CallRecord(**merged)
+                    changed.setdefault(call.id, {}).update(changes)
+                ended_now = changes.get("status") == "ended"
+                outcomes.append(EventOutcome(True, False, current[call.id], ended_now))
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for call_id, changes in changed.items():
+                columns = tuple(sorted(changes))
+                groups.setdefault(columns, []).append(
+                    {"b_id": call_id, **{f"b_{k}": v for k, v in changes.items()}}
+                )
+            for columns, params in groups.items():
+                stmt = (
+                    calls.update()
+                    .where(calls.c.id == sa.bindparam("b_id"))
+                    .values({k: sa.bindparam(f"b_{k}") for k in columns})
+                )
+                await conn.execute(stmt, params)
+            if outbox:
+                await conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
+        return outcomes
+
     async def _settle(
         self, conn: AsyncConnection, call: CallRecord, event: LedgerEvent, now: datetime
     ) -> tuple[CallRecord, bool]:
-        final = event.type in FINAL_TYPES
-        changes: dict[str, Any] = {}
-        old_rank = STATUS_RANK.get(call.status, -1)
-        new_rank = STATUS_RANK.get(event.status or "", -1)
-        if new_rank > old_rank:
-            changes["status"] = event.status
-        if event.started_at and call.started_at is None:
-            changes["started_at"] = event.started_at
-        # The report is authoritative for how the call ended; a status-update only fills gaps.
-        for name in ("ended_at", "ended_reason", "cost_usd", "duration_seconds", "summary"):
-            value = getattr(event, name)
-            if value is not None and (final or getattr(call, name) is None):
-                changes[name] = value
-        if event.analysis is not None and final:
-            changes["analysis"] = event.analysis
-        started = changes.get("started_at", call.started_at)
-        ended = changes.get("ended_at", call.ended_at)
-        if (
-            "duration_seconds" not in changes
-            and call.duration_seconds is None
-            and started
-            and ended
-        ):
-            changes["duration_seconds"] = max(0.0, (ended - started).total_seconds())
+        changes = _changes(call, event, now)
         if not changes:
             return call, False
-        changes["updated_at"] = now
         await conn.execute(calls.update().where(calls.c.id == call.id).values(**changes))
         merged = {name: getattr(call, name) for name in _CALL_FIELDS} | changes
         return CallRecord(**merged), changes.get("status") == "ended"
@@ -685,6 +737,32 @@ class Ledger:
                 )
             )
         return int(res.rowcount)
+
+
+def _changes(call: CallRecord, event: LedgerEvent, now: datetime) -> dict[str, Any]:
+    """What `event` changes on `call` (empty: nothing); a call only moves forward."""
+    final = event.type in FINAL_TYPES
+    changes: dict[str, Any] = {}
+    old_rank = STATUS_RANK.get(call.status, -1)
+    new_rank = STATUS_RANK.get(event.status or "", -1)
+    if new_rank > old_rank:
+        changes["status"] = event.status
+    if event.started_at and call.started_at is None:
+        changes["started_at"] = event.started_at
+    # The report is authoritative for how the call ended; a status-update only fills gaps.
+    for name in ("ended_at", "ended_reason", "cost_usd", "duration_seconds", "summary"):
+        value = getattr(event, name)
+        if value is not None and (final or getattr(call, name) is None):
+            changes[name] = value
+    if event.analysis is not None and final:
+        changes["analysis"] = event.analysis
+    started = changes.get("started_at", call.started_at)
+    ended = changes.get("ended_at", call.ended_at)
+    if "duration_seconds" not in changes and call.duration_seconds is None and started and ended:
+        changes["duration_seconds"] = max(0.0, (ended - started).total_seconds())
+    if changes:
+        changes["updated_at"] = now
+    return changes
 
 
 def _outbox_rows(items: Sequence[OutboxItem], now: datetime) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from vapi_proxy.webhooks.inbound import InboundResponder
 from vapi_proxy.webhooks.privacy import ledger_payload
 from vapi_proxy.webhooks.stats import WebhookStats
 from vapi_proxy.webhooks.verify import VerificationError, WebhookVerifier
+from vapi_proxy.webhooks.writer import EventWriter
 
 logger = logging.getLogger("vapi_proxy.webhooks")
 
@@ -70,6 +71,7 @@ class WebhookReceiver:
         self._forwarder = forwarder
         self._stats = stats
         self._respond_types = frozenset(settings.respond.types)
+        self._writer = EventWriter(ledger)
 
     async def read_verified(
         self, headers: Mapping[str, str], body: bytes, client: str | None, request_id: str
@@ -159,7 +161,7 @@ class WebhookReceiver:
             ),
         )
         outbox = self._forwarder.outbox_items(event_id(event.dedupe_key), event.type, body)
-        outcome = await self._ledger.apply_event(event, outbox=outbox)
+        outcome = await self._writer.apply(event, outbox)
         if outbox and not outcome.duplicate:
             self._forwarder.notify()
         if outcome.duplicate:
