@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import extras, report
 from bench.run import Plan, run, source_tree
@@ -32,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         "--ref", help="run this git ref's src/ (e.g. HEAD) instead of the working tree's"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite latest.md and .png from latest.json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads((args.out / "latest.json").read_text())
+        _write(args.out, saved["raw"], saved["summary"], saved["extras"])
+        return 0
 
     repeats = args.repeats or (1 if args.quick else 3)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
@@ -59,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(
         json.dumps({"summary": summary, "extras": extra, "raw": raw}, indent=1, default=str)
     )
-    md = report.markdown(raw, summary, extra)
-    problem = report.plot(summary, args.out / "latest.png")
-    if problem:
-        md += f"\n{problem}\n"
-    (args.out / "latest.md").write_text(md)
-    print(md)
+    _write(args.out, raw, summary, extra)
     print(f"took {raw['total_seconds']:.0f} s; wrote {args.out}/latest.md, .json, .png")
     return 0
+
+
+def _write(out: Path, raw: dict[str, Any], summary: dict[str, Any], extra: dict[str, Any]) -> None:
+    md = report.markdown(raw, summary, extra)
+    problem = report.plot(summary, out / "latest.png")
+    if problem:
+        md += f"\n{problem}\n"
+    (out / "latest.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
     lines += ["", "## Goals", "", "| goal | achieved | target | met |", "|---|---:|---:|---|"]
     for g in summary["goals"]:
         met = "yes" if g["met"] else "**no**"
-        lines.append(f"| {g['goal']} | {_fmt(g['achieved'], 3)} | {g['target']} | {met} |")
+        digits = 0 if g["target"] >= 100 else 3
+        lines.append(f"| {g['goal']} | {_fmt(g['achieved'], digits)} | {g['target']} | {met} |")
     lines += ["", "## Other benchmarks", ""]
     for name, result in extras.items():
         lines.append(f"- `{name}`: {_extra_text(result)}")
