@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         stack.callback(sim.stop)
         sim.wait_ready()
-        variants = {v.name: v for v in setups.proxy_variants(tmp, setups.jwt_keys(), None, None)}
+        scaled: tuple[dict[str, str], str | None] = (None, None)  # type: ignore[assignment]
+        if args.variant == "jwt+redis+pg":
+            from bench.services import scaled_out
+
+            scaled = stack.enter_context(scaled_out())
+        variants = {
+            v.name: v for v in setups.proxy_variants(tmp, setups.jwt_keys(), scaled[0], scaled[1])
+        }
         variant = variants[args.variant]
         p = procs.free_port()
         proxy = Service(
