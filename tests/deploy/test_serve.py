@@ -1,0 +1,174 @@
+"""The container's start-up command, run outside the container: `vapi-proxy serve` with the
+shipped production config adapted to one machine (SQLite ledger, local limits, loopback only),
+the key from a file as the secret mount gives it; /healthz and /readyz answer 200, the image's
+HEALTHCHECK command passes, and SIGTERM ends the process with status 0."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.configs import VAPI_PROXY, clean_environment
+from tests.deploy.dockerfile import final_stage, instructions
+from tests.deploy.manifests import DEPLOY, compose
+from vapi_proxy.testing import free_port
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+
+
+class ExitStatusError(AssertionError):
+    """The process did not exit 0 after SIGTERM (a known bug is marked xfail with it)."""
+
+
+def _adapted_config(tmp: Path, *, limits: str) -> Path:
+    """deploy/proxy.yaml with its network dependencies moved onto this machine: the ledger in a
+    SQLite file, limits in `limits`, the webhook secret in a temp file, and Vapi and the JWKS URL
+    on a closed loopback port (start-up must need neither; /readyz never calls Vapi)."""
+    raw: dict[str, Any] = yaml.safe_load((DEPLOY / "proxy.yaml").read_text(encoding="utf-8"))
+    closed = f"http://{HOST}:{free_port()}"
+    raw["vapi"]["base_url"] = closed
+    raw["ledger"]["url"] = f"sqlite:///{tmp / 'ledger.db'}"
+    raw["limits"]["backend"] = limits
+    secret = tmp / "vapi_webhook_secret"
+    secret.write_text("dummy-webhook-secret\n", encoding="utf-8")
+    for verifier in raw["webhooks"]["verify"]:
+        verifier["secret_file"] = [str(secret)]
+    for method in raw["auth"]["methods"]:
+        if method.get("jwks_url"):
+            method["jwks_url"] = f"{closed}/.well-known/jwks.json"
+    config = tmp / "proxy.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return config
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    # http.client, not urllib/httpx: no proxy environment variable can reroute loopback.
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def _wait_for(process: subprocess.Popen[bytes], port: int, path: str, logs: Path) -> bytes:
+    deadline = time.monotonic() + START_TIMEOUT
+    last: object = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"serve exited with {process.returncode}:\n{logs.read_text()[-3000:]}")
+        try:
+            status, body = _get(port, path)
+        except OSError as exc:
+            last = exc
+        else:
+            if status == 200:
+                return body
+            last = (status, body)
+        time.sleep(0.1)
+    pytest.fail(f"{path} did not answer 200 within {START_TIMEOUT} s (last: {last!r})")
+
+
+def _probe_env() -> dict[str, str]:
+    env = clean_environment()
+    for name in list(env):
+        if name.lower().endswith("_proxy"):
+            del env[name]  # the probes below use urllib, which would honour them
+    return env
+
+
+def _run_probe(argv: list[str], port: int) -> subprocess.CompletedProcess[str]:
+    """A container probe (`python -c ...` against :8080) run here against `port`."""
+    assert argv[0] == "python"
+    script = argv[-1].replace(":8080/", f":{port}/")
+    return subprocess.run(
+        [sys.executable, *argv[1:-1], script],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+        env=_probe_env(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("workers", "limits"),
+    [
+        pytest.param(
+            1,
+            "memory://",
+            id="one-worker-memory-limits",
+            # Bug in src/vapi_proxy/cli.py (cmd_serve): one worker runs `uvicorn.run(app)`, whose
+            # Server.capture_signals re-raises the captured SIGTERM after the graceful shutdown
+            # (uvicorn >= 0.29, signal.raise_signal), so the process dies by signal 15 (status
+            # 143 in Docker) instead of returning 0. `--workers N` exits 0. Strict: this xfail
+            # fails as soon as the bug is fixed, so remove it then.
+            marks=pytest.mark.xfail(raises=ExitStatusError, strict=True, reason="SIGTERM → 143"),
+        ),
+        # Several workers share one machine's limits through SQLite (memory:// would not).
+        pytest.param(2, "sqlite:///{tmp}/limits.db", id="two-workers-sqlite-limits"),
+    ],
+)
+def test_container_command_starts_answers_probes_and_stops_cleanly(
+    tmp_path: Path, workers: int, limits: str
+) -> None:
+    config = _adapted_config(tmp_path, limits=limits.format(tmp=tmp_path))
+    key_file = tmp_path / "vapi_api_key"
+    key_file.write_text("dummy-vapi-private-key-not-real\n", encoding="utf-8")
+    port = free_port(HOST)
+    cmd = [i for i in final_stage(instructions()) if i.keyword == "CMD"][-1].exec_form()
+    # The image's command with the address and port of this test, and the config copy.
+    argv = [str(VAPI_PROXY), *cmd]
+    argv[argv.index("--config") + 1] = str(config)
+    argv[argv.index("--host") + 1] = HOST
+    argv[argv.index("--port") + 1] = str(port)
+    argv += ["--workers", str(workers)]
+    logs = tmp_path / "serve.log"
+    with logs.open("wb") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=tmp_path,  # the image's WORKDIR: the only writable place
+            env=clean_environment({"VAPI_API_KEY_FILE": str(key_file)}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert json.loads(_wait_for(process, port, "/healthz", logs)) == {"status": "ok"}
+        ready = json.loads(_wait_for(process, port, "/readyz", logs))
+        assert ready["status"] == "ready"
+        assert ready["checks"]["ledger"]["ok"] and ready["checks"]["limits"]["ok"]
+
+        healthcheck = [i for i in final_stage(instructions()) if i.keyword == "HEALTHCHECK"]
+        probe = _run_probe(healthcheck[0].exec_form(), port)
+        assert probe.returncode == 0, probe.stderr
+        compose_probe = _run_probe(compose()["services"]["proxy"]["healthcheck"]["test"][1:], port)
+        assert compose_probe.returncode == 0, compose_probe.stderr
+
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not stop within {STOP_TIMEOUT} s of SIGTERM")
+        output = logs.read_text(encoding="utf-8", errors="replace")
+        if code != 0:
+            raise ExitStatusError(f"SIGTERM exit status {code}:\n{output[-3000:]}")
+        # The key never reaches the logs.
+        assert "dummy-vapi-private-key-not-real" not in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert not os.path.exists(tmp_path / "vapi-proxy.db"), "the ledger went to the config's path"
