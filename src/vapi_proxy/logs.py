@@ -7,13 +7,78 @@ header, a token or a key: callers pass only the fields they mean to log.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 ACCESS_LOGGER = "vapi_proxy.access"
+
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"), r"\1 [redacted]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"), "[jwt]"),
+    (re.compile(r"\bvpk_[A-Za-z0-9_\-]{8,}"), "[api-key]"),
+    (re.compile(r"(?i)\b(secret|token|password|api[_-]?key)=([^\s&,;]+)"), r"\1=[redacted]"),
+)
+_PHONE = re.compile(r"(?<![\w+])\+?\d[\d \-().]{6,18}\d(?!\w)")
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs credentials, known secrets and (optionally) phone numbers from every record.
+
+    Callers never mean to log a secret; this is the net under that rule, so a token pasted into
+    an exception message or a phone number in a Vapi error does not reach the logs.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, phone_numbers: bool = True) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+        self.phone_numbers = phone_numbers
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        if self.phone_numbers:
+            text = _PHONE.sub(_mask_phone, text)
+        return text
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._value(v) for v in value]
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        if isinstance(record.msg, str):
+            record.msg = self.scrub(record.msg)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = self._value(fields)
+        if record.exc_info and record.exc_info[1] is not None:
+            # Formatted later by the handler: render it now so it can be scrubbed too.
+            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    if len(digits) < 8:
+        return match.group(0)
+    return "[phone …" + digits[-2:] + "]"
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,6 +95,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -41,13 +108,22 @@ class ConsoleFormatter(logging.Formatter):
             base += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            base += "\n" + record.exc_text
         return base
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Route the proxy's and uvicorn's loggers to stderr in the chosen format."""
+def configure_logging(
+    level: str = "info",
+    fmt: str = "json",
+    *,
+    secrets: Iterable[str] = (),
+    redact_phone_numbers: bool = True,
+) -> None:
+    """Route the proxy's and uvicorn's loggers to stderr in the chosen format, redacted."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(RedactingFilter(secrets, phone_numbers=redact_phone_numbers))
     root = logging.getLogger("vapi_proxy")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

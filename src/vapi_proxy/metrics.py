@@ -1,0 +1,174 @@
+"""Prometheus metrics: one registry per app, labels bounded (routes, profiles, kinds — no users).
+
+Counters the request path owns are incremented where things happen (the edge, the upstream
+boundary, refusals). Components that keep plain counters (auth, webhooks) are folded in by
+`sync()`, which adds what changed since the last sync, so that with several workers
+(`PROMETHEUS_MULTIPROC_DIR`, set by `serve --workers`) every process's counts are summed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The proxy's metrics; `render()` gives the Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "vapi_proxy_requests_total",
+            "HTTP requests answered, by route template, method, status and profile.",
+            ["route", "method", "status", "profile"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "vapi_proxy_request_duration_seconds",
+            "Time to answer a request, by route template.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "vapi_proxy_upstream_duration_seconds",
+            "Time Vapi took to answer, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "vapi_proxy_upstream_errors_total",
+            "Vapi requests that failed, by kind (connect, timeout, disconnect, status_4xx, "
+            "status_5xx, status_429, key_rejected, bad_reply).",
+            ["kind"],
+            registry=r,
+        )
+        self.limit_refusals = Counter(
+            "vapi_proxy_limit_refusals_total",
+            "Requests refused by a limit, by limit kind (rate, quota, concurrency, minutes, usd) "
+            "and request kind (call, chat).",
+            ["limit", "kind"],
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "vapi_proxy_storage_errors_total",
+            "Failures of the ledger or the limits store, by store.",
+            ["store"],
+            registry=r,
+        )
+        self.live_calls = Gauge(
+            "vapi_proxy_live_calls",
+            "Calls the ledger holds as not yet ended (shared by every worker and replica).",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.auth_results = Counter(
+            "vapi_proxy_auth_total",
+            "Authentication outcomes, by method for successes and by reason for failures.",
+            ["result", "reason"],
+            registry=r,
+        )
+        self.jwks_fetches = Counter(
+            "vapi_proxy_jwks_fetches_total",
+            "JWKS fetches, by outcome (refreshed, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_events = Counter(
+            "vapi_proxy_webhook_events_total",
+            "Verified webhook deliveries, by message type.",
+            ["type"],
+            registry=r,
+        )
+        self.webhook_rejections = Counter(
+            "vapi_proxy_webhook_rejections_total",
+            "Webhook deliveries refused by verification, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_outcomes = Counter(
+            "vapi_proxy_webhook_outcomes_total",
+            "What verified deliveries led to (duplicate, unknown_call, settled, forwarded, "
+            "forward_failed, error, ...).",
+            ["outcome"],
+            registry=r,
+        )
+        self._seen: dict[tuple[str, ...], float] = {}
+
+    # -- folding in plain counters -------------------------------------------------------------
+
+    def _add(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
+        key = (counter._name, *labels)
+        delta = total - self._seen.get(key, 0.0)
+        if delta > 0:
+            (counter.labels(*labels) if labels else counter).inc(delta)
+        self._seen[key] = total
+
+    def _add_map(self, counter: Counter, first: str, values: Mapping[str, Any]) -> None:
+        for label, total in values.items():
+            self._add(counter, (first, str(label)), float(total))
+
+    def sync(self, auth_stats: Any = None, webhook_stats: Any = None) -> None:
+        """Add what the components' counters gained since the last call."""
+        if auth_stats is not None:
+            self._add_map(self.auth_results, "success", auth_stats.successes)
+            self._add_map(self.auth_results, "failure", auth_stats.failures)
+            self._add(self.jwks_fetches, ("refreshed",), float(auth_stats.jwks_refreshes))
+            self._add(self.jwks_fetches, ("failed",), float(auth_stats.jwks_fetch_failures))
+        if webhook_stats is not None:
+            for kind, total in webhook_stats.by_type.items():
+                self._add(self.webhook_events, (str(kind),), float(total))
+            for reason, total in webhook_stats.rejected.items():
+                self._add(self.webhook_rejections, (str(reason),), float(total))
+            for name in (
+                "duplicates",
+                "unknown_calls",
+                "adopted_calls",
+                "settled",
+                "errors",
+                "forwarded",
+                "forward_failures",
+                "forward_parked",
+            ):
+                self._add(self.webhook_outcomes, (name,), float(getattr(webhook_stats, name)))
+            for outcome, total in webhook_stats.assistant_requests.items():
+                self._add(self.webhook_outcomes, (f"assistant_request_{outcome}",), float(total))
+            for outcome, total in webhook_stats.relayed.items():
+                self._add(self.webhook_outcomes, (f"relayed_{outcome}",), float(total))
+
+    # -- exposition ----------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            # Several workers: every process writes its values to files there; sum them.
+            registry = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def route_label(path_template: str | None) -> str:
+    """The route template, or `unmatched` so stray paths cannot grow the label set."""
+    return path_template or "unmatched"
+
+
+def bounded(value: str | None, allowed: Iterable[str]) -> str:
+    """`value` if it is one of `allowed` (e.g. configured profile names), else ''."""
+    return value if value is not None and value in allowed else ""
