@@ -44,9 +44,12 @@ def test_the_example_config_is_valid_and_fits_the_readme() -> None:
 
 
 @pytest.fixture
-def example_proxy(sandbox: RunningSandbox, page_origin: str) -> Iterator[ServerThread]:
+def example_proxy(
+    sandbox: RunningSandbox, page_origin: str, tmp_path: Path
+) -> Iterator[ServerThread]:
     raw = example_config()
     raw["vapi"] = {"base_url": sandbox.url, "timeout_seconds": 5}
+    raw["ledger"] = {"url": f"sqlite:///{tmp_path}/ledger.db"}  # not ./vapi-proxy.db
     raw["cors"]["allow_origins"] = [page_origin]
     raw["profiles"]["demo"]["assistant_id"] = SAVED_ASSISTANT_ID
     raw["logging"] = {"access_log": False}

@@ -13,17 +13,19 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from pydantic import SecretStr
 
-from tests.conftest import APP_ORIGIN, SAVED_ASSISTANT_ID, ProxyFactory
+from tests.conftest import APP_ORIGIN, SAVED_ASSISTANT_ID, ProxyFactory, base_config
 from tests.e2e.conftest import BrowserDriver, off_loopback_violations, page_tried, page_url
+from vapi_proxy.app import create_app
 from vapi_proxy.logs import ACCESS_LOGGER
 from vapi_proxy.sandbox import RunningSandbox
+from vapi_proxy.settings import Secrets, parse_settings
 from vapi_proxy.testing import ServerThread
 
 PREFIX = "/api/vapi"
@@ -42,37 +44,53 @@ def upstream_calls(sandbox: RunningSandbox) -> list[dict[str, Any]]:
     return [entry for entry in log if entry["path"] == "/call/web"]
 
 
-@pytest.fixture
-def jwt_secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "jwt-secret"
-    path.write_text(JWT_SECRET)
-    return path
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def proxy_for_page(
-    make_proxy: ProxyFactory, page_origin: str, jwt_secret_file: Path
-) -> Callable[..., ServerThread]:
-    """A proxy that lets the page's origin in, also taking HS256 JWTs; `prefix` mounts it."""
+    sandbox: RunningSandbox,
+    user_key: str,
+    other_key: str,
+    page_origin: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ServerThread]]:
+    """The base config's proxy letting the page's origin in, also taking HS256 JWTs.
+
+    One per `prefix` (a path the proxy is mounted under) for the module: these cases change no
+    proxy state that another reads. Tests that need their own config use `make_proxy`.
+    """
+    folder = tmp_path_factory.mktemp("page-proxies")
+    secret_file = folder / "jwt-secret"
+    secret_file.write_text(JWT_SECRET)
+    started: dict[str | None, ServerThread] = {}
 
     def start(prefix: str | None = None) -> ServerThread:
-        def patch(config: dict[str, Any]) -> None:
-            config["cors"]["allow_origins"] = [page_origin]
-            config["auth"]["methods"].insert(
-                0,
-                {
-                    "type": "jwt",
-                    "secret_file": str(jwt_secret_file),
-                    "algorithms": ["HS256"],
-                    "issuer": JWT_ISSUER,
-                },
-            )
-            if prefix is not None:
-                config["server"] = {"path_prefix": prefix}
+        if prefix in started:
+            return started[prefix]
+        config = base_config(sandbox.url, user_key, other_key)
+        config["ledger"] = {"url": f"sqlite:///{folder}/ledger-{len(started)}.db"}
+        config["cors"]["allow_origins"] = [page_origin]
+        # Browsers may not cache the preflight: every case makes the real one again.
+        config["cors"]["max_age_seconds"] = 0
+        config["auth"]["methods"].insert(
+            0,
+            {
+                "type": "jwt",
+                "secret_file": str(secret_file),
+                "algorithms": ["HS256"],
+                "issuer": JWT_ISSUER,
+            },
+        )
+        if prefix is not None:
+            config["server"] = {"path_prefix": prefix}
+        settings = parse_settings(config, environ={})
+        key = SecretStr(sandbox.settings.private_key.get_secret_value())
+        server = ServerThread(create_app(settings, Secrets(vapi_api_key=key)))
+        server.start()
+        started[prefix] = server
+        return server
 
-        return make_proxy(patch)
-
-    return start
+    yield start
+    for server in started.values():
+        server.stop()
 
 
 def start_in_page(
