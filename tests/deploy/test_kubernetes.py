@@ -5,6 +5,8 @@ pieces agree with each other and with the proxy (probes, secret paths, drain tim
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +241,29 @@ def test_configmap_config_passes_check(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "OK, 1 profile(s)" in out
+
+
+def test_kustomize_renders_the_set() -> None:
+    # kubectl's built-in kustomize works offline; it is optional on a developer's machine.
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(KUSTOMIZATION.parent)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    kinds = sorted(doc["kind"] for doc in rendered)
+    assert kinds == sorted(d["kind"] for p, d in kubernetes_objects() if p != SECRET_TEMPLATE)
+    (kustomization,) = load_all(KUSTOMIZATION)
+    for doc in rendered:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == kustomization["namespace"], doc["kind"]
+    (deployed,) = (doc for doc in rendered if doc["kind"] == "Deployment")
+    image = deployed["spec"]["template"]["spec"]["containers"][0]["image"]
+    wanted = kustomization["images"][0]
+    assert image == f"{wanted['newName']}:{wanted['newTag']}"
