@@ -222,3 +222,29 @@ def test_anonymous_visitors_chat_on_a_profile_that_admits_them(
     assert reply.status_code == 200, reply.text
     events = _sse(reply.text)
     assert events and events[0]["sessionId"]
+
+
+def test_chat_turns_are_limited_apart_from_calls(
+    sandbox: RunningSandbox, user_key: str, other_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    def patch(config: dict[str, Any]) -> None:
+        config["limits"] = {
+            "rules": [
+                {"name": "chats", "kinds": ["chat"], "quota": {"per_day": 2}},
+                {"name": "calls", "quota": {"per_day": 1}},
+            ]
+        }
+
+    folder = str(tmp_path_factory.mktemp("chat-limits"))
+    with proxy_for(sandbox, user_key, other_key, folder, patch) as proxy:
+        body = {"assistantId": "sales-coach", "input": "one"}
+        assert _post(proxy, "/chat", user_key, body).status_code == 201
+        streamed = _post(proxy, "/chat", user_key, {**body, "stream": True})
+        assert streamed.status_code == 200
+        clear_requests(sandbox)
+        refused = _post(proxy, "/chat/responses", user_key, body)
+        assert refused.status_code == 429 and "retry-after" in refused.headers
+        assert upstream_requests(sandbox) == []
+        # Calls are counted apart: the chat quota being spent does not touch them.
+        call = _post(proxy, "/call/web", user_key, {"assistantId": "sales-coach"})
+        assert call.status_code == 201, call.text
