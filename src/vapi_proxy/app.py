@@ -21,7 +21,7 @@ from vapi_proxy.limits.base import Limiter, create_limiter
 from vapi_proxy.logs import configure_logging
 from vapi_proxy.policy.reply import compile_paths
 from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
-from vapi_proxy.routes import calls, chat, health, webhook
+from vapi_proxy.routes import admin, calls, chat, health, webhook
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
 from vapi_proxy.upstream.client import UpstreamClient
 from vapi_proxy.webhooks import setup as webhook_setup
@@ -155,6 +155,7 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
         *calls.routes(runtime),
         *chat.routes(runtime),
         *webhook.routes(runtime),
+        *admin.routes(runtime),
     ]
     router = Router(routes=route_list, lifespan=lifespan)
     app = EdgeMiddleware(

@@ -1,4 +1,4 @@
-"""The `vapi-proxy` command: serve, check, sandbox, hash-key.
+"""The `vapi-proxy` command: serve, check, sandbox, db, usage, hash-key.
 
 Options map onto settings; anything not given here comes from the config file or the
 environment (`VAPI_PROXY__SECTION__FIELD`). A bad config exits with status 2 and names the field.
@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from vapi_proxy import __version__
 from vapi_proxy.auth import cli as auth_cli
+from vapi_proxy.ledger import cli as ledger_cli
 from vapi_proxy.sandbox import cli as sandbox_cli
 from vapi_proxy.settings import (
     ConfigError,
@@ -281,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="run the local Vapi simulator")
     sandbox_cli.configure_parser(sandbox)
     sandbox.set_defaults(handler=sandbox_cli.run)
+
+    db = commands.add_parser("db", help="ledger database: migrate or show its revision")
+    ledger_cli.configure_db_parser(db)
+    db.set_defaults(handler=ledger_cli.run_db)
+
+    usage = commands.add_parser("usage", help="calls, minutes and cost from the ledger")
+    ledger_cli.configure_usage_parser(usage)
+    usage.set_defaults(handler=ledger_cli.run_usage)
 
     hash_key = commands.add_parser("hash-key", help="hash an API key for the config")
     auth_cli.configure_parser(hash_key)

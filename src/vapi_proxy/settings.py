@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -172,6 +173,22 @@ class IdempotencySettings(_Section):
     )
 
 
+class AdminSettings(_Section):
+    key_hashes: list[str] = Field(
+        default_factory=list,
+        description="Hashes (`sha256:<hex>`, from `vapi-proxy hash-key`) of the keys that may "
+        "read `GET /admin/usage`; empty turns the admin endpoints off (404).",
+    )
+
+    @field_validator("key_hashes")
+    @classmethod
+    def _hashes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+                raise ValueError("each must be sha256:<64 lowercase hex> (vapi-proxy hash-key)")
+        return values
+
+
 class Settings(_Section):
     """Everything the proxy runs on, validated. Built once at start-up and passed down."""
 
@@ -209,6 +226,9 @@ class Settings(_Section):
     )
     ledger: LedgerSettings = Field(
         default_factory=LedgerSettings, description="The call ledger's database."
+    )
+    admin: AdminSettings = Field(
+        default_factory=AdminSettings, description="Operator endpoints (usage reports)."
     )
     idempotency: IdempotencySettings = Field(
         default_factory=IdempotencySettings,

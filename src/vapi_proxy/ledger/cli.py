@@ -29,12 +29,23 @@ def _add_url(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"ledger database (sqlite:///path.db or postgresql://…); default ${ENV_URL}",
     )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="read the database from this proxy config's `ledger.url` "
+        "(default: $VAPI_PROXY_CONFIG when no URL is given)",
+    )
 
 
 def _url(args: argparse.Namespace) -> str:
     url = args.database_url or os.environ.get(ENV_URL)
+    config = getattr(args, "config", None) or os.environ.get("VAPI_PROXY_CONFIG")
+    if not url and config:
+        from vapi_proxy.settings import load_settings  # the config loader is heavier: lazily
+
+        url = load_settings(config).ledger.url
     if not url:
-        raise SystemExit(f"no database: pass --database-url or set {ENV_URL}")
+        raise SystemExit(f"no database: pass --database-url or --config, or set {ENV_URL}")
     return str(url)
 
 
