@@ -75,6 +75,8 @@ def test_vapi_key_is_a_compose_secret_file() -> None:
     # The folder holding them is ignored by git, so a real key cannot be committed by accident.
     ignore = (DEPLOY / "secrets" / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert "*" in ignore
+    # So is deploy/.env, where the database password is kept.
+    assert ".env" in (DEPLOY / ".gitignore").read_text(encoding="utf-8").splitlines()
 
 
 def test_no_secret_values_in_compose() -> None:
