@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument(
+        "--experiments",
+        action="store_true",
+        help="also run the proxy with its ledger write skipped (what the rest costs)",
+    )
+    parser.add_argument(
         "--render", action="store_true", help="only rewrite latest.md and .png from latest.json"
     )
     args = parser.parse_args(argv)
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         only=tuple(x for x in args.only.split(",") if x),
         tool=args.tool,
         ref=args.ref,
+        experiments=args.experiments,
     )
     started = time.monotonic()
     raw = run(plan, args.out / "raw", log=lambda m: print(m, flush=True))

@@ -5,6 +5,7 @@ over all variants instead of landing on one."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +37,7 @@ class Plan:
     only: tuple[str, ...] = ()
     tool: str = "auto"  # auto | wrk | python
     ref: str | None = None  # a git ref to run instead of the working tree's src/
+    experiments: bool = False  # add the proxy with its ledger write skipped
 
 
 def source_tree(ref: str | None, tmp: Path) -> tuple[dict[str, str], str]:
@@ -161,21 +163,29 @@ def _start_targets(
             notes["services"] = f"PostgreSQL/Redis unavailable, variant skipped: {exc}"[:400]
     keys = setups.jwt_keys()
     variants = setups.proxy_variants(
-        tmp, keys, scaled[0] if scaled else None, scaled[1] if scaled else None
+        tmp,
+        keys,
+        scaled[0] if scaled else None,
+        scaled[1] if scaled else None,
+        experiments=plan.experiments,
     )
     env = {**src_env, "VAPI_API_KEY": setups.PRIVATE_KEY, "VAPI_BASE_URL": sim.url}
     for variant in variants:
         if plan.only and variant.name not in plan.only:
             continue
         cfg = setups.write_proxy_config(tmp, variant)
+        proxy_env = dict(env)
+        if variant.module.startswith("bench."):  # the proxy runs in tmp: let it find bench/
+            paths = [src_env.get("PYTHONPATH"), str(ROOT)]
+            proxy_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         p = procs.free_port()
         svc = Service(
             variant.name,
-            setups.proxy_command(cfg, p),
+            setups.proxy_command(cfg, p, variant.module),
             port=p,
             log=raw / f"proxy-{variant.name}.log",
             cpu=SERVER_CPU,
-            env=env,
+            env=proxy_env,
             cwd=tmp,
         )
         stack.callback(svc.stop)

@@ -60,6 +60,7 @@ class Variant:
     headers: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] | None = None  # proxy settings (YAML)
     needs_services: bool = False
+    module: str = "vapi_proxy"  # what `python -m` runs: bench.nowrite for the experiment
 
 
 def sandbox_config() -> dict[str, Any]:
@@ -107,7 +108,12 @@ def _proxy_base(ledger_url: str, limits_backend: str = "memory://") -> dict[str,
 
 
 def proxy_variants(
-    tmp: Path, keys: JwtKeys, services: dict[str, str] | None, bench_db: str | None
+    tmp: Path,
+    keys: JwtKeys,
+    services: dict[str, str] | None,
+    bench_db: str | None,
+    *,
+    experiments: bool = False,
 ) -> list[Variant]:
     anon = _proxy_base(f"sqlite:///{tmp / 'open.db'}")
     anon["auth"] = {"methods": [{"type": "anonymous"}]}
@@ -152,6 +158,17 @@ def proxy_variants(
             config=full_sqlite,
         ),
     ]
+    if experiments:
+        variants.append(
+            Variant(
+                "exp:no-ledger-write",
+                "experiment: jwt+limits with the ledger write skipped (not a product mode)",
+                "proxy",
+                headers=bearer,
+                config={**full, "ledger": {"url": f"sqlite:///{tmp / 'nowrite.db'}"}},
+                module="bench.nowrite",
+            )
+        )
     if services is not None and bench_db is not None:
         scaled = _proxy_base(bench_db, limits_backend=services["redis"])
         scaled["auth"] = jwt_auth
@@ -176,11 +193,11 @@ def write_proxy_config(tmp: Path, variant: Variant) -> Path:
     return path
 
 
-def proxy_command(config: Path, port: int) -> list[str]:
+def proxy_command(config: Path, port: int, module: str = "vapi_proxy") -> list[str]:
     return [
         sys.executable,
         "-m",
-        "vapi_proxy",
+        module,
         "serve",
         "--config",
         str(config),
