@@ -475,13 +475,14 @@ class Ledger:
                 }
                 for e, _ in items
             ]
+            # One statement shape whatever the batch size, so SQLAlchemy compiles it once
+            # (its "insertmanyvalues" still sends one multi-row INSERT).
             ins = (
                 self._insert(call_events)
-                .values(values)
                 .on_conflict_do_nothing(index_elements=["dedupe_key"])
                 .returning(call_events.c.dedupe_key)
             )
-            fresh = set((await conn.execute(ins)).scalars())
+            fresh = set((await conn.execute(ins, values)).scalars())
             outcomes: list[EventOutcome] = []
             changed: dict[str, dict[str, Any]] = {}
             outbox: list[OutboxItem] = []
