@@ -94,6 +94,7 @@ class CallRecord:
     summary: str | None
     analysis: Any
     updated_at: datetime
+    session_id: str | None = None
 
 
 _CALL_FIELDS = [f.name for f in fields(CallRecord)]
@@ -290,6 +291,7 @@ class Ledger:
         max_duration_seconds: float | None = None,
         reservation_id: str | None = None,
         created_at: datetime | None = None,
+        session_id: str | None = None,
     ) -> bool:
         """Insert the call; False if it was already recorded (a retry), which changes nothing."""
         now = created_at or _now()
@@ -309,6 +311,7 @@ class Ledger:
                 max_duration_seconds=max_duration_seconds,
                 reservation_id=reservation_id,
                 updated_at=now,
+                session_id=session_id,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )
@@ -326,6 +329,18 @@ class Ledger:
     async def get_call(self, call_id: str) -> CallRecord | None:
         async with self._db.read() as conn:
             row = (await conn.execute(sa.select(calls).where(calls.c.id == call_id))).first()
+        return None if row is None else _record(row)
+
+    async def session_owner(self, session_id: str) -> CallRecord | None:
+        """The first chat recorded in a Vapi chat session: who started it, with which profile."""
+        q = (
+            sa.select(calls)
+            .where(calls.c.session_id == session_id)
+            .order_by(calls.c.created_at, calls.c.id)
+            .limit(1)
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(q)).first()
         return None if row is None else _record(row)
 
     async def list_calls(
