@@ -104,6 +104,17 @@ class WebhookReceiver:
     async def handle(
         self, message: dict[str, Any], body: bytes, message_id: str | None, request_id: str
     ) -> dict[str, Any]:
+        """The JSON to answer Vapi with; a failure (ledger or limits down) is counted and
+        raised, so Vapi sees a 5xx and may retry."""
+        try:
+            return await self._dispatch(message, body, message_id, request_id)
+        except Exception:
+            self._stats.errors += 1
+            raise
+
+    async def _dispatch(
+        self, message: dict[str, Any], body: bytes, message_id: str | None, request_id: str
+    ) -> dict[str, Any]:
         mtype: str = message["type"]
         self._stats.by_type[mtype] += 1
         if mtype == "assistant-request":
@@ -120,10 +131,17 @@ class WebhookReceiver:
         return {}
 
     async def _queue(self, event_id: str, mtype: str, body: bytes) -> None:
+        """Forward copies of a request type; a failure here must not cost Vapi its answer."""
         items = self._forwarder.outbox_items(event_id, mtype, body)
-        if items:
+        if not items:
+            return
+        try:
             await self._ledger.outbox_add(items)
-            self._forwarder.notify()
+        except Exception:
+            self._stats.errors += 1
+            logger.exception("could not queue a forward", extra={"fields": {"type": mtype}})
+            return
+        self._forwarder.notify()
 
     async def _relay(
         self, message: Mapping[str, Any], body: bytes, event_id: str
