@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from starlette.routing import BaseRoute, Router
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
 from vapi_proxy.auth.chain import AuthChain
@@ -19,9 +19,10 @@ from vapi_proxy.edge.middleware import CorsPolicy, EdgeMiddleware
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter, create_limiter
 from vapi_proxy.logs import configure_logging
+from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.reply import compile_paths
 from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
-from vapi_proxy.routes import admin, calls, chat, health, webhook
+from vapi_proxy.routes import admin, calls, chat, health, metrics, webhook
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
 from vapi_proxy.upstream.client import UpstreamClient
 from vapi_proxy.webhooks import setup as webhook_setup
@@ -49,6 +50,7 @@ class Runtime:
     webhooks: WebhookReceiver | None = None
     forwarder: Forwarder | None = None
     webhook_stats: WebhookStats = field(default_factory=WebhookStats)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     def build(cls, settings: Settings, secrets: Secrets) -> Runtime:
@@ -63,6 +65,14 @@ class Runtime:
             pool_size=settings.vapi.pool_size,
             max_response_bytes=settings.vapi.max_response_bytes,
         )
+        metrics = Metrics()
+
+        def observe_upstream(endpoint: str, seconds: float, error: str | None) -> None:
+            metrics.upstream_seconds.labels(endpoint).observe(seconds)
+            if error is not None:
+                metrics.upstream_errors.labels(error).inc()
+
+        upstream.observer = observe_upstream
         webhook_server = webhook_setup.webhook_server(settings)
         try:
             limiter = create_limiter(settings.limits)
@@ -88,6 +98,7 @@ class Runtime:
             webhooks=hooks.receiver,
             forwarder=hooks.forwarder,
             webhook_stats=hooks.stats,
+            metrics=metrics,
         )
 
     @property
@@ -157,12 +168,20 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
         *webhook.routes(runtime),
         *admin.routes(runtime),
     ]
+    if settings.metrics.port is None:
+        route_list.extend(metrics.routes(runtime))
     router = Router(routes=route_list, lifespan=lifespan)
+    profile_names = frozenset(settings.profiles)
     app = EdgeMiddleware(
         router,
         cors=CorsPolicy(settings.cors.allow_origins, settings.cors.max_age_seconds),
         path_prefix=settings.server.path_prefix,
         access_log=settings.logging.access_log,
+        metrics=runtime.metrics,
+        route_paths={
+            route.endpoint: route.path for route in route_list if isinstance(route, Route)
+        },
+        profile_label=lambda name: name if name in profile_names else "",
     )
     app.runtime = runtime  # type: ignore[attr-defined]
     return app

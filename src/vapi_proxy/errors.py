@@ -94,9 +94,11 @@ class UnsupportedMediaTypeError(ProxyError):
 class TooManyRequestsError(ProxyError):
     status_code = 429
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
+    def __init__(self, message: str, *, retry_after: int, limit: str | None = None) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
         self.retry_after = retry_after
+        self.limit = limit
+        """Which kind of limit refused (rate, quota, concurrency, minutes, usd), when known."""
 
 
 class ServiceUnavailableError(ProxyError):

@@ -9,6 +9,7 @@ upstream. Errors name the exact field and why (`ConfigError`).
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import re
@@ -173,6 +174,47 @@ class IdempotencySettings(_Section):
     )
 
 
+class MetricsSettings(_Section):
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics at `path`.")
+    path: str = Field(default="/metrics", description="Path of the metrics endpoint.")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve metrics on this separate port (same host) instead of the main one; "
+        "one worker only (with --workers, scrape the main port: workers are summed).",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+        ],
+        description="Peers (CIDR, the TCP peer, not forwarded headers) allowed to scrape; "
+        "others get 404. Traffic volumes and profile names are not for the public.",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a network ({exc})") from None
+        return values
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
 class AdminSettings(_Section):
     key_hashes: list[str] = Field(
         default_factory=list,
@@ -226,6 +268,9 @@ class Settings(_Section):
     )
     ledger: LedgerSettings = Field(
         default_factory=LedgerSettings, description="The call ledger's database."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus metrics."
     )
     admin: AdminSettings = Field(
         default_factory=AdminSettings, description="Operator endpoints (usage reports)."

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -34,7 +34,7 @@ class ServerThread:
         host: str = "127.0.0.1",
         port: int | None = None,
         *,
-        lifespan: str = "on",
+        lifespan: Literal["auto", "on", "off"] = "on",
         startup_timeout: float = 10.0,
     ) -> None:
         self.app = app

@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,9 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vapi_proxy.errors import ProxyError, envelope
+from vapi_proxy.errors import ProxyError, TooManyRequestsError, envelope
 from vapi_proxy.logs import ACCESS_LOGGER
+from vapi_proxy.metrics import Metrics
 
 logger = logging.getLogger("vapi_proxy.edge")
 access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -72,11 +74,18 @@ class EdgeMiddleware:
         cors: CorsPolicy,
         path_prefix: str = "",
         access_log: bool = True,
+        metrics: Metrics | None = None,
+        route_paths: Mapping[Any, str] | None = None,
+        profile_label: Callable[[str | None], str] = lambda name: "",
     ) -> None:
         self.app = app
         self.cors = cors
         self.prefix = path_prefix
         self.access_log = access_log
+        self.metrics = metrics
+        # Endpoint → route template, so metrics are labelled by route, never by raw path.
+        self.route_paths = dict(route_paths or {})
+        self.profile_label = profile_label
 
     def _normalise(self, path: str) -> str:
         if "//" in path:
@@ -151,6 +160,15 @@ class EdgeMiddleware:
             else:
                 await self._call_app(scope, receive, send_wrapper, request_id)
         finally:
+            if self.metrics is not None:
+                if method == "OPTIONS" and preflight_method is not None:
+                    route = "preflight"
+                else:
+                    route = self.route_paths.get(scope.get("endpoint"), "unmatched")
+                self.metrics.requests.labels(
+                    route, method, str(status), self.profile_label(state.profile)
+                ).inc()
+                self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     "request",
@@ -181,6 +199,9 @@ class EdgeMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except ProxyError as exc:
+            if isinstance(exc, TooManyRequestsError) and exc.limit and self.metrics is not None:
+                kind = "chat" if scope["path"].startswith("/chat") else "call"
+                self.metrics.limit_refusals.labels(exc.limit, kind).inc()
             if started:
                 raise
             await self._error(send, exc, request_id)

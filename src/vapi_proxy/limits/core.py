@@ -329,7 +329,20 @@ def refusal(
     now: float,
     zone: ZoneInfo,
 ) -> TooManyRequestsError:
-    """A 429 whose message a person can act on, with an honest Retry-After."""
+    """A 429 whose message a person can act on, with an honest Retry-After; `.limit` names the
+    kind of limit (for metrics)."""
+    error = _refusal(check, short, req, now, zone)
+    error.limit = "concurrency" if isinstance(check, SlotCheck) else check.hold.what
+    return error
+
+
+def _refusal(
+    check: CounterCheck | SlotCheck,
+    short: Shortfall,
+    req: AdmissionRequest,
+    now: float,
+    zone: ZoneInfo,
+) -> TooManyRequestsError:
     rule = check.rule
     who, poss, pp = _who(rule, req)
     noun = _noun(req.kind, check.limit)

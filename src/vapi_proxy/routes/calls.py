@@ -27,6 +27,7 @@ from vapi_proxy.errors import (
     MethodNotAllowedError,
     NotFoundError,
     ProxyError,
+    ServiceUnavailableError,
     UnauthorizedError,
     UpstreamError,
     render,
@@ -93,14 +94,18 @@ async def start_call(
     until its slot expires or its webhooks settle it.
     """
     compiled = planned.profile
-    reservation = await runtime.limiter.reserve(
-        AdmissionRequest(
-            identity=identity,
-            profile=compiled.name,
-            kind="call",
-            worst_case_seconds=float(compiled.max_duration_seconds),
+    try:
+        reservation = await runtime.limiter.reserve(
+            AdmissionRequest(
+                identity=identity,
+                profile=compiled.name,
+                kind="call",
+                worst_case_seconds=float(compiled.max_duration_seconds),
+            )
         )
-    )
+    except ServiceUnavailableError:
+        runtime.metrics.storage_errors.labels("limits").inc()
+        raise
     try:
         reply = await runtime.upstream.request("POST", path, orjson.dumps(planned.body))
         state.upstream_status = reply.status
@@ -131,6 +136,7 @@ async def start_call(
     except Exception:
         # The call exists and is paid for: hand it to the caller rather than waste it. Its
         # webhooks still carry our attribution (metadata), and the limits already count it.
+        runtime.metrics.storage_errors.labels("ledger").inc()
         logger.exception(
             "ledger write failed for a created call",
             extra={"fields": {"request_id": state.request_id, "call_id": call_id}},

@@ -8,6 +8,7 @@ opened): a retried POST that did reach Vapi would start a second call.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,6 +34,24 @@ class UpstreamResponse:
     elapsed_ms: float
 
 
+_ID_SEGMENT = re.compile(r"/[^/]*\d[^/]*(?=/|$)")
+
+
+def endpoint_label(path: str) -> str:
+    """`/call/0193…` → `/call/{id}`: ids never become metric labels."""
+    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
+
+
+def _status_kind(status: int) -> str | None:
+    if status < 400:
+        return None
+    if status in (401, 403):
+        return "key_rejected"
+    if status == 429:
+        return "status_429"
+    return "status_4xx" if status < 500 else "status_5xx"
+
+
 class UpstreamClient:
     """Speaks to Vapi's REST API with the private key; one instance per process."""
 
@@ -45,8 +64,11 @@ class UpstreamClient:
         timeout: float = 30.0,
         pool_size: int = 100,
         max_response_bytes: int = 4 * 1024 * 1024,
+        observer: Callable[[str, float, str | None], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.observer = observer
+        """Told (endpoint template, seconds, error kind or None) after each request: metrics."""
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._connect_timeout = connect_timeout
@@ -106,7 +128,11 @@ class UpstreamClient:
                 ) as response:
                     data = await response.content.read(self._max_response_bytes + 1)
                     if len(data) > self._max_response_bytes:
-                        raise UpstreamError("Vapi's reply was larger than the proxy accepts.")
+                        self._observe(path, started, "bad_reply")
+                        raise UpstreamError(
+                            "Vapi's reply was larger than the proxy accepts.", maybe_sent=True
+                        )
+                    self._observe(path, started, _status_kind(response.status))
                     return UpstreamResponse(
                         status=response.status,
                         body=data,
@@ -119,14 +145,25 @@ class UpstreamClient:
                 # immediate retry is safe.
                 if attempt == 1:
                     continue
+                self._observe(path, started, "connect")
                 raise UpstreamError("Could not reach Vapi. Try again later.") from exc
             except TimeoutError as exc:
+                self._observe(path, started, "timeout")
                 raise UpstreamError(
-                    "Vapi did not answer in time. Try again later.", status_code=504
+                    "Vapi did not answer in time. Try again later.",
+                    status_code=504,
+                    maybe_sent=True,
                 ) from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamError("The connection to Vapi failed. Try again later.") from exc
+                self._observe(path, started, "disconnect")
+                raise UpstreamError(
+                    "The connection to Vapi failed. Try again later.", maybe_sent=True
+                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _observe(self, path: str, started: float, error: str | None) -> None:
+        if self.observer is not None:
+            self.observer(endpoint_label(path), time.perf_counter() - started, error)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -156,19 +193,24 @@ class UpstreamClient:
             except aiohttp.ClientConnectorError as exc:
                 if attempt == 1:  # never connected: nothing reached Vapi
                     continue
+                self._observe(path, started, "connect")
                 raise UpstreamError("Could not reach Vapi. Try again later.") from exc
             except TimeoutError as exc:
+                self._observe(path, started, "timeout")
                 raise UpstreamError(
                     "Vapi did not answer in time. Try again later.",
                     status_code=504,
                     maybe_sent=True,
                 ) from exc
             except aiohttp.ClientError as exc:
+                self._observe(path, started, "disconnect")
                 raise UpstreamError(
                     "The connection to Vapi failed. Try again later.", maybe_sent=True
                 ) from exc
         if response is None:  # pragma: no cover - the loop either breaks or raises
             raise AssertionError("unreachable")
+        # Time to the reply's headers: the stream's own length is not Vapi's latency.
+        self._observe(path, started, _status_kind(response.status))
         stream = UpstreamStream(
             response, started=started, max_response_bytes=self._max_response_bytes
         )

@@ -1,0 +1,61 @@
+"""`GET /metrics` after real traffic: counts, bounded labels, and nothing secret."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+from tests.conftest import ProxyFactory
+from tests.proxy.test_web_call import post
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, or 0 when absent."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def limited(config: dict[str, Any]) -> None:
+    config["limits"] = {"backend": "memory://", "rules": [{"name": "d", "quota": {"per_day": 2}}]}
+
+
+def test_metrics_count_requests_refusals_and_upstream(
+    make_proxy: ProxyFactory, user_key: str
+) -> None:
+    server = make_proxy(limited)
+    for _ in range(3):
+        post(server, {"assistantId": "sales-coach"}, user_key)
+    post(server, {"assistantId": "no-such-profile-xyz"}, user_key)
+    post(server, {"assistantId": "sales-coach"}, "wrong-token-abcdefghijklmnop")
+    httpx.get(server.url + "/call/0193aaaa-bbbb-7ccc-8ddd-eeeeffff0000")
+    httpx.get(server.url + "/some/random/path/12345")
+
+    text = httpx.get(server.url + "/metrics").text
+    ok = sample(
+        text, "vapi_proxy_requests_total", route="/call/web", status="201", profile="sales-coach"
+    )
+    assert ok == 2
+    assert sample(text, "vapi_proxy_requests_total", route="/call/web", status="429") == 1
+    assert sample(text, "vapi_proxy_limit_refusals_total", limit="quota", kind="call") == 1
+    # An unknown profile name from the client never becomes a label value.
+    assert "no-such-profile-xyz" not in text
+    assert "/some/random/path" not in text and "0193aaaa" not in text
+    assert sample(text, "vapi_proxy_upstream_duration_seconds_count", endpoint="/call/web") == 2
+    assert sample(text, "vapi_proxy_auth_total", result="failure", reason="bad_api_key") >= 1
+    assert sample(text, "vapi_proxy_auth_total", result="success", reason="api_key") >= 3
+    assert "vapi_proxy_live_calls" in text
+    assert user_key not in text and "wrong-token" not in text
+
+
+def test_metrics_are_refused_to_other_networks(make_proxy: ProxyFactory) -> None:
+    server = make_proxy(lambda c: c.update(metrics={"allowed_networks": ["10.0.0.0/8"]}))
+    reply = httpx.get(server.url + "/metrics")
+    assert reply.status_code == 404
+    assert reply.json()["statusCode"] == 404
