@@ -267,22 +267,6 @@ def test_control_url_ends_the_call(client: httpx.Client) -> None:
     assert bad.status_code == 400
 
 
-def test_assistants(sim: RunningSandbox, client: httpx.Client) -> None:
-    created = client.post(sim.url + "/assistant", json={"name": "New one"}, headers=private(sim))
-    assert created.status_code == 201
-    assistant = created.json()
-    assert assistant["orgId"] == sim.settings.org_id
-    got = client.get(f"{sim.url}/assistant/{assistant['id']}", headers=private(sim))
-    assert got.json() == assistant
-    listed = client.get(sim.url + "/assistant", headers=private(sim)).json()
-    assert listed[0]["id"] == assistant["id"]
-    assert ASSISTANT_ID in {a["id"] for a in listed}
-    bad = client.post(sim.url + "/assistant", json={"name": "x", "userId": 1}, headers=private(sim))
-    assert bad.json()["message"] == ["property userId should not exist"]
-    missing = client.get(f"{sim.url}/assistant/nope", headers=private(sim))
-    assert missing.status_code == 404
-
-
 def test_list_calls_created_at_filters(client: httpx.Client) -> None:
     clock = ManualClock(start=1_800_000_000)
     with run_sandbox(base_settings(), clock=clock) as sb:
