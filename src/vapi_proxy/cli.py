@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,6 +23,8 @@ from typing import Any
 import uvicorn
 import yaml
 from pydantic import SecretStr
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from vapi_proxy import __version__
 from vapi_proxy.auth import cli as auth_cli
@@ -36,6 +40,7 @@ from vapi_proxy.settings import (
 )
 
 EXIT_CONFIG = 2
+logger = logging.getLogger("vapi_proxy.cli")
 
 
 def _print_problems(error: ConfigError) -> None:
@@ -102,12 +107,53 @@ def _uvicorn_kwargs(args: argparse.Namespace, settings: Settings) -> dict[str, A
         "access_log": False,
         "server_header": False,
         "proxy_headers": False,  # the proxy's own trusted_proxies decide, not uvicorn
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": settings.server.drain_seconds,
     }
 
 
+def _validate_for_serve(path: str) -> Settings:
+    """Everything `serve` (and a reload) checks before any worker starts."""
+    settings = load_settings(path)
+    secrets = load_secrets()
+    if secrets.vapi_api_key is None:
+        raise ConfigError(
+            [
+                "VAPI_API_KEY: not set (or set VAPI_API_KEY_FILE); "
+                "to try the proxy without a key run: vapi-proxy serve --sandbox"
+            ]
+        )
+    return settings
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, with a reload (SIGHUP) that validates the config first.
+
+    uvicorn brings each replacement worker into service before retiring the old one and keeps
+    the old one when the new one does not get ready, so a reload drops no request; checking
+    the config here first means a bad edit is refused with a log line instead of tried.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], path: str) -> None:
+        super().__init__(config, sockets)
+        self.path = path
+
+    def handle_hup(self) -> None:
+        try:
+            _validate_for_serve(self.path)
+        except ConfigError as exc:
+            logger.error(
+                "reload refused: the new configuration is invalid; the old one keeps serving",
+                extra={"fields": {"problems": exc.problems}},
+            )
+            return
+        logger.info("reloading: starting workers with the new configuration")
+        super().handle_hup()
+
+    def startup_failed(self) -> bool:
+        return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vapi_proxy.app import create_app
     from vapi_proxy.logs import configure_logging
 
     if args.sandbox:
@@ -120,28 +166,90 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if args.workers < 1:
+        print("vapi-proxy serve: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        settings = load_settings(path)
-        secrets = load_secrets()
-        if secrets.vapi_api_key is None:
+        settings = _validate_for_serve(path)
+        memory = settings.limits.backend.startswith("memory")
+        if args.workers > 1 and memory and settings.limits.rules:
             raise ConfigError(
                 [
-                    "VAPI_API_KEY: not set (or set VAPI_API_KEY_FILE); "
-                    "to try the proxy without a key run: vapi-proxy serve --sandbox"
+                    "limits.backend: memory:// counts per process, so with --workers "
+                    f"{args.workers} every limit would be {args.workers} times too loose; use "
+                    "sqlite:///path.db (one machine) or redis://... (several machines)"
                 ]
             )
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
     configure_logging(settings.logging.level, settings.logging.format)
-    kwargs = _uvicorn_kwargs(args, settings)
-    if args.workers > 1:
-        os.environ["VAPI_PROXY_CONFIG"] = str(Path(path).resolve())
-        uvicorn.run(
-            "vapi_proxy.app:app_from_environment", factory=True, workers=args.workers, **kwargs
-        )
-    else:
-        uvicorn.run(create_app(settings, secrets), **kwargs)
+    # Workers are started (and, on SIGHUP, replaced) by a supervisor process, which also
+    # means SIGTERM ends in exit status 0 after the drain. Each worker builds the app from
+    # the config named here; metrics of all workers are summed through files in this folder.
+    os.environ["VAPI_PROXY_CONFIG"] = str(Path(path).resolve())
+    os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="vapi-proxy-metrics-")
+    )
+    config = uvicorn.Config(
+        "vapi_proxy.app:app_from_environment",
+        factory=True,
+        workers=args.workers,
+        # A replacement worker imports the whole app and migrates/opens its stores before it
+        # answers the supervisor; on a busy host that takes a while, and giving up early
+        # aborts a reload.
+        timeout_worker_healthcheck=60,
+        **_uvicorn_kwargs(args, settings),
+    )
+    if args.pid_file:
+        Path(args.pid_file).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    metrics_server = None
+    if settings.metrics.enabled and settings.metrics.port is not None:
+        metrics_server = _serve_metrics_port(args.host, settings.metrics.port)
+    supervisor = _Supervisor(config, [config.bind_socket()], path)
+    try:
+        supervisor.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if args.pid_file:
+            Path(args.pid_file).unlink(missing_ok=True)
+    return 1 if supervisor.startup_failed() else 0
+
+
+def _serve_metrics_port(host: str, port: int) -> Any:
+    """Serve every worker's metrics, summed, on their own port from the supervisor."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import multiprocess as prometheus_multiprocess
+
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate the config, then ask the running proxy (by its pid file) to reload it."""
+    path = _config_path(args)
+    if path is not None:
+        try:
+            # The file only: the key lives in the server's environment, which the supervisor
+            # checks itself before it replaces any worker.
+            load_settings(path)
+        except ConfigError as exc:
+            _print_problems(exc)
+            return EXIT_CONFIG
+    try:
+        pid = int(Path(args.pid_file).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        print(f"vapi-proxy reload: cannot read a pid from {args.pid_file}", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"vapi-proxy reload: no process {pid} (is the proxy running?)", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to {pid}")
     return 0
 
 
@@ -273,7 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=8787,
         help="port of the in-process simulator with --sandbox (default 8787)",
     )
+    serve.add_argument("--pid-file", help="write the supervisor's pid here (for `reload`)")
     serve.set_defaults(handler=cmd_serve)
+
+    reload_cmd = commands.add_parser(
+        "reload", help="validate the config, then make the running proxy reload it"
+    )
+    reload_cmd.add_argument("--pid-file", required=True, help="the file given to serve --pid-file")
+    reload_cmd.add_argument(
+        "--config", help="validate this config first (default: $VAPI_PROXY_CONFIG)"
+    )
+    reload_cmd.set_defaults(handler=cmd_reload)
 
     check = commands.add_parser("check", help="validate a config and print the resolved profiles")
     check.add_argument("--config", help="YAML config (default: $VAPI_PROXY_CONFIG)")

@@ -93,6 +93,13 @@ class ServerSettings(_Section):
     max_json_depth: int = Field(
         default=32, ge=2, le=256, description="Deepest JSON nesting accepted in a body."
     )
+    drain_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="On SIGTERM (or a reload), how long in-flight requests and open streams "
+        "may take to finish before they are cut.",
+    )
 
     @field_validator("path_prefix")
     @classmethod

@@ -29,7 +29,7 @@ STOP_TIMEOUT = 20.0
 
 
 class ExitStatusError(AssertionError):
-    """The process did not exit 0 after SIGTERM (a known bug is marked xfail with it)."""
+    """The process did not exit 0 after SIGTERM."""
 
 
 def _adapted_config(tmp: Path, *, limits: str) -> Path:
@@ -107,17 +107,9 @@ def _run_probe(argv: list[str], port: int) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("workers", "limits"),
     [
-        pytest.param(
-            1,
-            "memory://",
-            id="one-worker-memory-limits",
-            # Bug in src/vapi_proxy/cli.py (cmd_serve): one worker runs `uvicorn.run(app)`, whose
-            # Server.capture_signals re-raises the captured SIGTERM after the graceful shutdown
-            # (uvicorn >= 0.29, signal.raise_signal), so the process dies by signal 15 (status
-            # 143 in Docker) instead of returning 0. `--workers N` exits 0. Strict: this xfail
-            # fails as soon as the bug is fixed, so remove it then.
-            marks=pytest.mark.xfail(raises=ExitStatusError, strict=True, reason="SIGTERM → 143"),
-        ),
+        # One worker runs under the same supervisor as several, so SIGTERM ends in status 0
+        # (uvicorn's single-process server would re-raise the signal after the drain).
+        pytest.param(1, "memory://", id="one-worker-memory-limits"),
         # Several workers share one machine's limits through SQLite (memory:// would not).
         pytest.param(2, "sqlite:///{tmp}/limits.db", id="two-workers-sqlite-limits"),
     ],

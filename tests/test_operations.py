@@ -1,0 +1,206 @@
+"""Operating the real `vapi-proxy serve` process: drain on SIGTERM, reload on SIGHUP.
+
+The proxy runs as a subprocess exactly as in production (supervisor + worker); the simulator
+runs in this process on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import SAVED_ASSISTANT_ID
+from vapi_proxy.auth.api_key import generate_key, hash_key
+from vapi_proxy.cli import main
+from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, SeededAssistant, run_sandbox
+from vapi_proxy.testing import free_port
+
+STREAM_EVENTS_DELAY = 0.15
+
+
+@pytest.fixture(scope="module")
+def slow_chat_sandbox() -> Iterator[RunningSandbox]:
+    settings = SandboxSettings(
+        admin_enabled=True,
+        assistants=[SeededAssistant(id=SAVED_ASSISTANT_ID, name="Coach")],
+        chat={"reply_prefix": "You said: ", "chunk_chars": 4, "stream_delay_seconds": 0.15},
+    )
+    with run_sandbox(settings) as running:
+        yield running
+
+
+def config_for(tmp: Path, sandbox: RunningSandbox, key: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "vapi": {"base_url": sandbox.url, "timeout_seconds": 10},
+        "logging": {"access_log": False},
+        "server": {"drain_seconds": 20},
+        "auth": {
+            "methods": [{"type": "api_key", "keys": [{"name": "ops", "hash": hash_key(key)}]}]
+        },
+        "ledger": {"url": f"sqlite:///{tmp / 'ledger.db'}"},
+        "profiles": {"coach": {"assistant_id": SAVED_ASSISTANT_ID}},
+        **extra,
+    }
+
+
+@contextmanager
+def serve(config: Path, sandbox: RunningSandbox, pid_file: Path) -> Iterator[tuple[str, Any]]:
+    port = free_port()
+    env = {**os.environ, "VAPI_API_KEY": sandbox.settings.private_key.get_secret_value()}
+    log = config.parent / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vapi_proxy",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--pid-file",
+                str(pid_file),
+            ],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait(timeout=10)
+                raise AssertionError(f"proxy did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_sigterm_lets_an_open_stream_finish_then_exits_0(
+    slow_chat_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    key = generate_key()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(yaml.safe_dump(config_for(tmp_path, slow_chat_sandbox, key)))
+    with serve(config, slow_chat_sandbox, tmp_path / "pid") as (url, process):
+        events: list[str] = []
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def read_stream() -> None:
+            try:
+                with httpx.stream(
+                    "POST",
+                    url + "/chat",
+                    json={"assistantId": "coach", "input": "x" * 40, "stream": True},
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=30,
+                ) as reply:
+                    assert reply.status_code == 200, reply.read()
+                    for line in reply.iter_lines():
+                        if line.startswith("data:"):
+                            events.append(line)
+                            started.set()
+            except BaseException as exc:  # reported to the test thread below
+                errors.append(exc)
+                started.set()
+
+        reader = threading.Thread(target=read_stream)
+        reader.start()
+        assert started.wait(20), "no event arrived"
+        process.send_signal(signal.SIGTERM)
+        reader.join(timeout=30)
+        assert not errors, errors
+        assert process.wait(timeout=30) == 0
+    # "You said: " + 40 characters in chunks of 4, plus the closing [DONE]: all of it arrived.
+    assert len(events) >= 12, events
+    assert events[-1] == "data: [DONE]"
+
+
+def test_reload_under_traffic_applies_a_valid_config_and_refuses_a_bad_one(
+    slow_chat_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    key = generate_key()
+    config = tmp_path / "proxy.yaml"
+    raw = config_for(tmp_path, slow_chat_sandbox, key)
+    config.write_text(yaml.safe_dump(raw))
+    pid_file = tmp_path / "pid"
+    headers = {"Authorization": f"Bearer {key}"}
+    with serve(config, slow_chat_sandbox, pid_file) as (url, process):
+        failures: list[str] = []
+        count = 0
+        stop = threading.Event()
+
+        def traffic() -> None:
+            nonlocal count
+            with httpx.Client(timeout=15) as client:
+                deadline = time.monotonic() + 60
+                while not stop.is_set() and time.monotonic() < deadline:
+                    try:
+                        reply = client.post(
+                            url + "/call/web", json={"assistantId": "coach"}, headers=headers
+                        )
+                        if reply.status_code != 201:
+                            failures.append(f"{reply.status_code} {reply.text[:200]}")
+                    except httpx.TransportError as exc:
+                        failures.append(repr(exc))
+                    count += 1
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        try:
+            time.sleep(0.5)
+            # A valid change: a new profile appears without a restart of the service.
+            raw["profiles"]["added"] = {"assistant_id": SAVED_ASSISTANT_ID}
+            config.write_text(yaml.safe_dump(raw))
+            assert main(["reload", "--pid-file", str(pid_file), "--config", str(config)]) == 0
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                added = httpx.post(
+                    url + "/call/web", json={"assistantId": "added"}, headers=headers, timeout=10
+                )
+                if added.status_code == 201:
+                    break
+                time.sleep(0.2)
+            assert added.status_code == 201, added.text
+            # An invalid change is refused by the running supervisor too (sent directly).
+            config.write_text("profiles: {broken: {}}\n")
+            os.kill(int(pid_file.read_text()), signal.SIGHUP)
+            time.sleep(2)
+            still = httpx.post(
+                url + "/call/web", json={"assistantId": "added"}, headers=headers, timeout=10
+            )
+            assert still.status_code == 201, still.text
+        finally:
+            stop.set()
+            worker.join(timeout=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert count > 5
+    assert failures == [], failures[:5]
+    log = (tmp_path / "serve.log").read_text()
+    assert "reload refused" in log
+    assert key not in log
