@@ -56,6 +56,11 @@ class WebhookSender:
         self.log: deque[dict[str, Any]] = deque(maxlen=settings.webhook_log_size)
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def running(self) -> int:
+        """Background tasks alive (call drivers); zero when no call has a server URL."""
+        return len(self._tasks)
+
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
