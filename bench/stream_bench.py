@@ -1,4 +1,5 @@
-"""Streaming through the proxy vs straight to the simulator (bounded: well under 20 s).
+"""Streaming through the proxy vs straight to the simulator (bounded: the measuring takes at
+most ~14 s; starting the two processes adds 2-12 s depending on the machine's load).
 
     .venv/bin/python bench/stream_bench.py [--samples 60] [--streams 1000] [--delay 0.02]
 
@@ -215,7 +216,7 @@ async def measure_latency(
         for _ in range(3):  # warm up connections, imports, SQLite pages
             await timed_stream(session, f"{sandbox}/chat", private, short_direct)
             await timed_stream(session, f"{proxy}/chat", key, short_proxy)
-        stop = time.monotonic() + 5.0  # bounded in time as well as count
+        stop = time.monotonic() + 4.0  # bounded in time as well as count
         for index in range(samples):
             if time.monotonic() > stop:
                 break
@@ -278,7 +279,7 @@ async def hold_streams(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks = [asyncio.ensure_future(one(session)) for _ in range(streams)]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(opened.wait(), timeout=9)
+            await asyncio.wait_for(opened.wait(), timeout=8)
         open_after = time.perf_counter() - started
         held = rss_mb(pid)
         peak = held
