@@ -410,6 +410,13 @@ def parse_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+    # Checks that span sections (a webhook rule naming a profile, ...); imported here because
+    # the webhooks package itself builds on these settings.
+    from vapi_proxy.webhooks.setup import check as check_webhooks
+
+    cross = check_webhooks(settings)
+    if cross:
+        raise ConfigError(cross)
     for name, profile in settings.profiles.items():
         for key in ("assistant", "squad", "workflow"):
             if isinstance(getattr(profile, key), FileRef):
