@@ -190,8 +190,8 @@ class SandboxSettings(_Model):
     request_log_enabled: bool = Field(True, description="Record requests for inspection.")
     request_log_size: int = Field(1000, ge=1, description="Ring-buffer size of the request log.")
     webhook_log_size: int = Field(1000, ge=1, description="Ring-buffer size of deliveries.")
-    max_calls: int = Field(100_000, ge=1, description="Calls kept; the oldest are forgotten.")
-    max_chats: int = Field(100_000, ge=1, description="Chats kept; the oldest are forgotten.")
+    max_calls: int = Field(10_000, ge=1, description="Calls kept; the oldest are forgotten.")
+    max_chats: int = Field(10_000, ge=1, description="Chats kept; the oldest are forgotten.")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SandboxSettings:
