@@ -49,14 +49,16 @@ def wait_port(
 
 @dataclass(frozen=True, slots=True)
 class ProcSample:
-    cpu_seconds: float  # utime + stime of the whole process (all threads)
-    rss_kb: int
-    peak_rss_kb: int  # VmHWM
+    cpu_seconds: float  # utime + stime of the process and its live descendants (all threads)
+    rss_kb: int  # of the largest process in the tree (a supervised server's worker)
+    peak_rss_kb: int  # VmHWM, likewise
+    processes: int = 1
 
 
-def sample(pid: int) -> ProcSample:
+def _one(pid: int) -> tuple[float, int, int, int]:
+    """(cpu seconds, rss kB, peak rss kB, parent pid) of one process."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    # Fields after the parenthesised command name; ppid is field 4, utime and stime 14 and 15.
     rest = stat[stat.rindex(")") + 2 :].split()
     ticks = int(rest[11]) + int(rest[12])
     rss = peak = 0
@@ -65,7 +67,42 @@ def sample(pid: int) -> ProcSample:
             rss = int(line.split()[1])
         elif line.startswith("VmHWM:"):
             peak = int(line.split()[1])
-    return ProcSample(ticks / CLK_TCK, rss, peak)
+    return ticks / CLK_TCK, rss, peak, int(rest[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def sample(pid: int) -> ProcSample:
+    """CPU of `pid` and its descendants (a server that runs its workers under a supervisor,
+    like `vapi-proxy serve`, is measured whole), memory of its largest process."""
+    cpu, rss, peak, _ = _one(pid)
+    count = 1
+    for child in _descendants(pid):
+        try:
+            c_cpu, c_rss, c_peak, _ = _one(child)
+        except (OSError, ValueError):
+            continue
+        cpu += c_cpu
+        rss, peak = max(rss, c_rss), max(peak, c_peak)
+        count += 1
+    return ProcSample(cpu, rss, peak, count)
 
 
 class Service:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import yaml
 
 from bench import load, procs, setups
 from bench.procs import Service
-from bench.run import LOAD_CPU, SERVER_CPU, SIM_CPU, source_tree
+from bench.run import LOAD_CPU, ROOT, SERVER_CPU, SIM_CPU, source_tree
 
 RAW = Path(__file__).resolve().parent / "results" / "raw"
 
@@ -86,17 +87,28 @@ def main(argv: list[str] | None = None) -> int:
 
             scaled = stack.enter_context(scaled_out())
         variants = {
-            v.name: v for v in setups.proxy_variants(tmp, setups.jwt_keys(), scaled[0], scaled[1])
+            v.name: v
+            for v in setups.proxy_variants(
+                tmp, setups.jwt_keys(), scaled[0], scaled[1], experiments=True
+            )
         }
         variant = variants[args.variant]
         p = procs.free_port()
         proxy = Service(
             variant.name,
-            setups.proxy_command(setups.write_proxy_config(tmp, variant), p),
+            setups.proxy_command(setups.write_proxy_config(tmp, variant), p, variant.module),
             port=p,
             log=RAW / f"profile-proxy-{variant.name}.log",
             cpu=SERVER_CPU,
-            env={**src_env, "VAPI_API_KEY": setups.PRIVATE_KEY, "VAPI_BASE_URL": sim.url},
+            env={
+                **src_env,
+                "VAPI_API_KEY": setups.PRIVATE_KEY,
+                "VAPI_BASE_URL": sim.url,
+                # bench.nowrite (the experiment) must be importable from the temp dir
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (src_env.get("PYTHONPATH"), str(ROOT)) if p
+                ),
+            },
             cwd=tmp,
         )
         stack.callback(proxy.stop)
@@ -133,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 "-r",
                 str(args.rate),
                 "--threads",
+                "--subprocesses",  # `vapi-proxy serve` runs its worker under a supervisor
             ],
             check=True,
             capture_output=True,
