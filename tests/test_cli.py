@@ -116,6 +116,15 @@ def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
         assert reply is not None, "the sandbox proxy did not start in 30 s"
         assert reply.status_code == 201, reply.text
         assert reply.json()["webCallUrl"].startswith("https://vapi.daily.co/")
+        # The simulator reports the call's progress to the proxy's /webhook, signed, and the
+        # proxy accepts it: the demo closes the loop like production.
+        accepted = []
+        deadline = time.monotonic() + 30
+        while not accepted and time.monotonic() < deadline:
+            log = httpx.get(f"http://127.0.0.1:{sandbox_port}/__sandbox/webhooks").json()
+            accepted = [d for d in log if d.get("responseStatus") == 200]
+            time.sleep(0.2)
+        assert accepted, log
     finally:
         process.terminate()
         out, err = process.communicate(timeout=30)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets as secrets_module
 import signal
 import socket
 import sys
@@ -40,6 +41,8 @@ from vapi_proxy.settings import (
 )
 
 EXIT_CONFIG = 2
+SANDBOX_WEBHOOK_ENV = "VAPI_PROXY_SANDBOX_WEBHOOK_TOKEN"
+SANDBOX_CREDENTIAL_ID = "sandbox-webhook"
 logger = logging.getLogger("vapi_proxy.cli")
 
 
@@ -257,7 +260,7 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
     from vapi_proxy.app import create_app
     from vapi_proxy.auth.api_key import generate_key, hash_key
     from vapi_proxy.logs import configure_logging
-    from vapi_proxy.sandbox import SandboxSettings, SeededAssistant
+    from vapi_proxy.sandbox import BearerCredential, SandboxSettings, SeededAssistant
     from vapi_proxy.sandbox import create_app as create_sandbox
 
     if args.workers > 1:
@@ -277,6 +280,10 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return EXIT_CONFIG
     saved = sorted({p.assistant_id for p in settings.profiles.values() if p.assistant_id})
+    # The demo closes the loop as in production: the simulator signs its webhooks with a
+    # bearer credential, and calls the proxy creates point Vapi at the proxy's /webhook.
+    webhook_token = secrets_module.token_urlsafe(32)
+    os.environ[SANDBOX_WEBHOOK_ENV] = webhook_token
     sandbox_settings = SandboxSettings(
         host=args.host,
         port=args.sandbox_port,
@@ -287,6 +294,11 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
             )
             for a in saved
         ],
+        credentials=[
+            BearerCredential(
+                id=SANDBOX_CREDENTIAL_ID, type="bearer", token=SecretStr(webhook_token)
+            )
+        ],
     )
     sandbox_url = f"http://{args.host}:{args.sandbox_port}"
     demo_key = generate_key()
@@ -296,6 +308,10 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
         # The shipped demo keeps its ledger out of the working directory: it is thrown away.
         scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
         raw_settings["ledger"]["url"] = f"sqlite:///{scratch}/ledger.db"
+        raw_settings["public_url"] = f"http://{args.host}:{args.port}"
+        hooks = raw_settings.setdefault("webhooks", {})
+        hooks["vapi_credential_id"] = SANDBOX_CREDENTIAL_ID
+        hooks["verify"] = [{"type": "bearer", "secret_env": [SANDBOX_WEBHOOK_ENV]}]
     methods = raw_settings.setdefault("auth", {}).setdefault("methods", [])
     methods.insert(
         0,
