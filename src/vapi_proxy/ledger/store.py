@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vapi_proxy.auth.identity import Identity
+from vapi_proxy.ledger.batch import CallRowWriter
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
 from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys, webhook_outbox
@@ -239,6 +240,7 @@ class LedgerHealth:
 class Ledger:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._rows = CallRowWriter(db, self._insert)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0) -> Ledger:
@@ -295,36 +297,23 @@ class Ledger:
     ) -> bool:
         """Insert the call; False if it was already recorded (a retry), which changes nothing."""
         now = created_at or _now()
-        stmt = (
-            self._insert(calls)
-            .values(
-                id=call_id,
-                kind=kind,
-                identity_key=identity.key,
-                identity_hash=identity.hashed,
-                auth_method=identity.method,
-                tenant=identity.tenant,
-                profile=profile,
-                request_id=request_id,
-                created_at=now,
-                status=status,
-                max_duration_seconds=max_duration_seconds,
-                reservation_id=reservation_id,
-                updated_at=now,
-                session_id=session_id,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        async with self._db.write() as conn:
-            inserted = (await conn.execute(stmt)).rowcount == 1
-            if inserted:
-                # Events that beat the ledger row here (the webhook raced our reply) now count.
-                await conn.execute(
-                    call_events.update()
-                    .where(call_events.c.call_id == call_id, call_events.c.known.is_(False))
-                    .values(known=True)
-                )
-        return inserted
+        row = {
+            "id": call_id,
+            "kind": kind,
+            "identity_key": identity.key,
+            "identity_hash": identity.hashed,
+            "auth_method": identity.method,
+            "tenant": identity.tenant,
+            "profile": profile,
+            "request_id": request_id,
+            "created_at": now,
+            "status": status,
+            "max_duration_seconds": max_duration_seconds,
+            "reservation_id": reservation_id,
+            "updated_at": now,
+            "session_id": session_id,
+        }
+        return await self._rows.add(row)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         async with self._db.read() as conn:
