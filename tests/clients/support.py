@@ -103,6 +103,11 @@ class Observer:
 class ObservedSandbox:
     sandbox: RunningSandbox
     log: StreamLog
+    server: ServerThread
+
+    def open_connections(self) -> int:
+        """TCP connections the simulator's uvicorn holds right now."""
+        return len(self.server._server.server_state.connections)
 
 
 @contextmanager
@@ -119,8 +124,7 @@ def observed_sandbox(delay: float = 0.05, chunk_chars: int = 8) -> Iterator[Obse
     log = StreamLog()
     with ServerThread(Observer(app, log)) as server:
         yield ObservedSandbox(
-            RunningSandbox(server.url, settings, app, app.state.sandbox),
-            log,
+            RunningSandbox(server.url, settings, app, app.state.sandbox), log, server
         )
 
 

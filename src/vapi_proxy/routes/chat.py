@@ -25,7 +25,7 @@ from vapi_proxy.limits.base import AdmissionRequest, Reservation
 from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
 from vapi_proxy.policy.webcall import CallContext
 from vapi_proxy.routes.calls import authenticate
-from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay
+from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, run_until_client_leaves
 from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
@@ -134,6 +134,11 @@ class _ChatStream:
         self.fmt = fmt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A client that leaves, even before Vapi's first byte, cancels the work: the upstream
+        # connection is closed at once and the turn settled.
+        await run_until_client_leaves(self._serve(scope, receive, send), receive)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime, turn = self.runtime, self.turn
         state = turn.state
         idle = runtime.settings.vapi.stream_idle_timeout_seconds
@@ -165,7 +170,7 @@ class _ChatStream:
                     on_id=on_id,
                     finish=finish,
                 )
-                await relay.run(receive, send)
+                await relay.run(send)
         except BaseException:
             await turn.close()
             raise

@@ -11,8 +11,8 @@ own format, then the stream ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Literal
 
 import orjson
 from starlette.types import Receive, Send
@@ -94,14 +94,41 @@ def error_event(fmt: SseFormat, error: UpstreamError, request_id: str, sequence:
     return b"data: " + orjson.dumps({"error": body}) + b"\n\n"
 
 
+async def _client_gone(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def run_until_client_leaves(work: Coroutine[Any, Any, None], receive: Receive) -> bool:
+    """Run `work` (which answers the request) until it ends or the client disconnects, then
+    cancel it, so whatever it holds open upstream is closed at once, whether the client left
+    while Vapi was still to answer or mid-stream. True when the client left first; `work`'s
+    own exception is raised."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, gone, return_exceptions=True)
+    if task.cancelled():
+        return True
+    error = task.exception()
+    if error is not None:
+        raise error
+    return False
+
+
 class SseRelay:
-    """Copies `chunks` to the client as SSE while watching for the client leaving.
+    """Copies `chunks` to the client as SSE.
 
     `on_id` is started (not awaited) as soon as the chat id is seen, so recording it never holds
-    an event back; `finish(watcher, completed)` runs after the last byte from upstream (or the
-    client's departure) and, when the client is still there, before its stream is closed, so a
-    chat recorded there can be continued as soon as the client sees the end. Bookkeeping runs
-    even when the client left.
+    an event back; `finish(watcher, completed)` runs after the last byte from upstream (or when
+    the relay is cancelled because the client left) and, when the client is still there, before
+    its stream is closed, so a chat recorded there can be continued as soon as the client sees
+    the end. Run it under `run_until_client_leaves`.
     """
 
     def __init__(
@@ -123,30 +150,17 @@ class SseRelay:
         self._recorder: asyncio.Task[None] | None = None
         self.watcher = IdWatcher()
         self.completed = False
-        self.client_left = False
 
-    async def run(self, receive: Receive, send: Send) -> None:
+    async def run(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(self._watch(receive))
         try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+            await self._pump(send)
         finally:
-            for task in (watch, pump):
-                task.cancel()
-            await asyncio.gather(pump, watch, return_exceptions=True)
+            # Also on cancellation: the chat id seen so far is recorded and the turn settled.
             if self._recorder is not None:
                 await asyncio.gather(self._recorder, return_exceptions=True)
             await self._finish(self.watcher, self.completed)
-        if not self.client_left:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _watch(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.client_left = True
-                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, send: Send) -> None:
         watcher = self.watcher
