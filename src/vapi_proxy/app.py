@@ -66,13 +66,7 @@ class Runtime:
             max_response_bytes=settings.vapi.max_response_bytes,
         )
         metrics = Metrics()
-
-        def observe_upstream(endpoint: str, seconds: float, error: str | None) -> None:
-            metrics.upstream_seconds.labels(endpoint).observe(seconds)
-            if error is not None:
-                metrics.upstream_errors.labels(error).inc()
-
-        upstream.observer = observe_upstream
+        upstream.observer = metrics.observe_upstream
         webhook_server = webhook_setup.webhook_server(settings)
         try:
             limiter = create_limiter(settings.limits)

@@ -191,9 +191,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # means SIGTERM ends in exit status 0 after the drain. Each worker builds the app from
     # the config named here; metrics of all workers are summed through files in this folder.
     os.environ["VAPI_PROXY_CONFIG"] = str(Path(path).resolve())
-    os.environ.setdefault(
-        "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="vapi-proxy-metrics-")
-    )
+    if args.workers > 1 or settings.metrics.port is not None:
+        # Several processes: prometheus_client then keeps values in files (slower per
+        # observation), which is only worth it when something must sum them.
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="vapi-proxy-metrics-")
+        )
     config = uvicorn.Config(
         "vapi_proxy.app:app_from_environment",
         factory=True,

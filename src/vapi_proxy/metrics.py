@@ -110,6 +110,31 @@ class Metrics:
             registry=r,
         )
         self._seen: dict[tuple[str, ...], float] = {}
+        # Label children resolved once per label set: `labels()` on every request was a
+        # measurable share of the request path.
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._upstream_children: dict[str, Any] = {}
+
+    # -- the request path ------------------------------------------------------------------------
+
+    def observe_request(
+        self, route: str, method: str, status: int, profile: str, seconds: float
+    ) -> None:
+        key = (route, method, str(status), profile)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.request_seconds.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_upstream(self, endpoint: str, seconds: float, error: str | None) -> None:
+        child = self._upstream_children.get(endpoint)
+        if child is None:
+            child = self._upstream_children[endpoint] = self.upstream_seconds.labels(endpoint)
+        child.observe(seconds)
+        if error is not None:
+            self.upstream_errors.labels(error).inc()
 
     # -- folding in plain counters -------------------------------------------------------------
 

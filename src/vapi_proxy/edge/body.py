@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from vapi_proxy.edge.middleware import plain_headers
 from vapi_proxy.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 
@@ -34,7 +35,7 @@ def _depth_ok(value: Any, max_depth: int) -> bool:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
+    declared = plain_headers(request.scope).get("content-length")
     if declared is not None:
         try:
             if int(declared) > max_bytes:
@@ -53,7 +54,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     """The parsed JSON body, or a refusal that says what is wrong with it."""
-    if not _is_json(request.headers.get("content-type", "")):
+    if not _is_json(plain_headers(request.scope).get("content-type", "")):
         raise UnsupportedMediaTypeError(
             "The request body must be JSON (Content-Type: application/json)."
         )

@@ -46,6 +46,21 @@ class RequestState:
     upstream_ms: float | None = None
 
 
+def plain_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers as a dict of lower-case names, repeated ones joined with ", "
+    (RFC 9110 §5.3), built once per request: plain dict lookups, where Starlette's `Headers.get`
+    scans every header and raises and catches KeyError for an absent one."""
+    cached: dict[str, str] | None = scope.get("vapi_proxy.headers")
+    if cached is None:
+        cached = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            cached[name] = f"{cached[name]}, {value}" if name in cached else value
+        scope["vapi_proxy.headers"] = cached
+    return cached
+
+
 def request_state(scope: Scope) -> RequestState:
     state: RequestState = scope["vapi_proxy.request"]
     return state
@@ -165,10 +180,13 @@ class EdgeMiddleware:
                     route = "preflight"
                 else:
                     route = self.route_paths.get(scope.get("endpoint"), "unmatched")
-                self.metrics.requests.labels(
-                    route, method, str(status), self.profile_label(state.profile)
-                ).inc()
-                self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+                self.metrics.observe_request(
+                    route,
+                    method,
+                    status,
+                    self.profile_label(state.profile),
+                    time.perf_counter() - started,
+                )
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     "request",

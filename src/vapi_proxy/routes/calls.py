@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.edge.body import read_json
-from vapi_proxy.edge.middleware import RequestState, request_state
+from vapi_proxy.edge.middleware import RequestState, plain_headers, request_state
 from vapi_proxy.errors import (
     BadRequestError,
     MethodNotAllowedError,
@@ -66,10 +66,9 @@ _CALL_KINDS = tuple(_CALL_TYPES)
 
 async def authenticate(runtime: Runtime, request: Request) -> Identity:
     client = request.client
+    headers = plain_headers(request.scope)
     return await runtime.auth.authenticate(
-        request.headers.get("authorization"),
-        client.host if client else "",
-        request.headers,
+        headers.get("authorization"), client.host if client else "", headers
     )
 
 
@@ -245,7 +244,7 @@ def routes(runtime: Runtime) -> list[Route]:
         identity = await authenticate(runtime, request)
         state.identity = identity.hashed
         body = await read_json(request, max_bytes=max_bytes, max_depth=max_depth)
-        key = request.headers.get("idempotency-key")
+        key = plain_headers(request.scope).get("idempotency-key")
         if key is None:
             status, payload = await create(state, identity, body)
             return _json(payload, status)
