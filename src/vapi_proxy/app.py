@@ -69,8 +69,13 @@ class Runtime:
         upstream.observer = metrics.observe_upstream
         webhook_server = webhook_setup.webhook_server(settings)
         try:
-            limiter = create_limiter(settings.limits)
             ledger = Ledger.from_url(settings.ledger.url, timeout=settings.ledger.timeout_seconds)
+            # Limits in the ledger's own database share its engine and writer: two engines on
+            # one SQLite file would meet in SQLite's busy handler, which sleeps.
+            same_database = settings.limits.backend == settings.ledger.url
+            limiter = create_limiter(
+                settings.limits, database=ledger.database if same_database else None
+            )
         except ValueError as exc:
             raise ConfigError([f"limits.backend or ledger.url: {exc}"]) from None
         profiles = compile_profiles(settings.profiles)
