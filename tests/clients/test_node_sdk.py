@@ -1,0 +1,182 @@
+"""The official npm `@vapi-ai/server-sdk` 2.0.1 pointed at the proxy with an app API key.
+
+`new VapiClient({token: <app API key>, baseUrl: <proxy>})` runs in node (tests/clients/node,
+installed by scripts/clients-setup). Each test asserts both sides: what the simulator received
+(the private key, the profile's body) and what the SDK got back (scrubbed).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients.support import (
+    HTTP,
+    PHONE_ID,
+    clear_requests,
+    phone_profiles,
+    proxy_for,
+    seed_phone_number,
+    upstream_requests,
+)
+from tests.conftest import SAVED_ASSISTANT_ID
+from vapi_proxy.sandbox import RunningSandbox
+from vapi_proxy.testing import ServerThread
+
+NODE_DIR = Path(__file__).parent / "node"
+DRIVER = NODE_DIR / "sdk.mjs"
+SDK_VERSION = "2.0.1"
+PRIVATE_KEY_SEEN = "Bearer [redacted: private-key]"
+# Fields of Vapi's Call (as the simulator holds it) the proxy keeps on the server (docs/api.md,
+# `POST /call`): monitor URLs, the org, the real assistant and its overrides (server variables,
+# the proxy's metadata), the carrier's ids.
+SERVER_ONLY = (
+    "monitor",
+    "orgId",
+    "assistantId",
+    "assistantOverrides",
+    "phoneCallProvider",
+    "phoneCallProviderId",
+)
+
+
+def run_node(proxy_url: str, token: str, steps: list[dict[str, Any]], timeout: float = 20.0) -> Any:
+    """Run the SDK steps in node (bounded) and return its per-step results."""
+    package = NODE_DIR / "node_modules" / "@vapi-ai" / "server-sdk" / "package.json"
+    # Never a skip: a machine without the pinned SDK is a broken setup.
+    assert package.is_file(), f"{package} is missing: run scripts/clients-setup"
+    version = json.loads(package.read_text())["version"]
+    assert version == SDK_VERSION, f"@vapi-ai/server-sdk is {version}: run scripts/clients-setup"
+    plan = {"baseUrl": proxy_url, "token": token, "steps": steps}
+    done = subprocess.run(
+        ["node", str(DRIVER), json.dumps(plan)],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def sandbox_calls(sandbox: RunningSandbox, number: str) -> list[dict[str, Any]]:
+    """The calls the simulator created to `number`."""
+    calls = HTTP.get(f"{sandbox.url}/__sandbox/calls").json()
+    return [c for c in calls if (c.get("customer") or {}).get("number") == number]
+
+
+@pytest.fixture(scope="module")
+def node_proxy(
+    sandbox: RunningSandbox,
+    user_key: str,
+    other_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerThread]:
+    seed_phone_number(sandbox)
+    folder = str(tmp_path_factory.mktemp("node-sdk"))
+    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
+        yield proxy
+
+
+def test_calls_create_get_and_list(
+    node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+) -> None:
+    clear_requests(sandbox)
+    number = "+14155550191"
+    create = {"assistantId": "outbound", "customer": {"number": number, "name": "Ada"}}
+    created, got, listed = run_node(
+        node_proxy.url,
+        user_key,
+        [
+            {"op": "calls.create", "args": create},
+            {"op": "calls.get", "args": {"id": "$call"}},
+            {"op": "calls.list", "args": {}},
+        ],
+    )
+
+    # What Vapi received: the private key and the profile's body, not the client's.
+    sent = [e for e in upstream_requests(sandbox, "/call") if e["method"] == "POST"]
+    assert len(sent) == 1
+    assert sent[0]["headers"]["authorization"] == PRIVATE_KEY_SEEN
+    body = sent[0]["body"]
+    assert body["assistantId"] == SAVED_ASSISTANT_ID and body["phoneNumberId"] == PHONE_ID
+    assert body["customer"] == {"number": number, "name": "Ada"}
+    assert body["assistantOverrides"]["variableValues"]["caller"] == "alice"
+    assert len(sandbox_calls(sandbox, number)) == 1
+
+    # What the SDK got: the call, scrubbed.
+    assert created["ok"], created
+    call = created["value"]
+    assert call["type"] == "outboundPhoneCall" and call["customer"]["number"] == number
+    assert call["phoneNumberId"] == PHONE_ID
+    assert not set(SERVER_ONLY) & set(call), call
+    assert SAVED_ASSISTANT_ID not in json.dumps(call)
+    assert got["ok"] and got["value"]["id"] == call["id"]
+    assert not set(SERVER_ONLY) & set(got["value"])
+    reads = [e for e in upstream_requests(sandbox, "/call/") if e["method"] == "GET"]
+    assert [e["headers"]["authorization"] for e in reads] == [PRIVATE_KEY_SEEN]
+    assert listed["ok"]
+    ids = [c["id"] for c in listed["value"]]
+    assert call["id"] in ids
+    mine = next(c for c in listed["value"] if c["id"] == call["id"])
+    assert mine["assistantId"] == "outbound" and mine["type"] == "outboundPhoneCall"
+
+
+def test_refusals_reach_the_sdk_as_errors(
+    node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
+) -> None:
+    clear_requests(sandbox)
+    refused, unknown = run_node(
+        node_proxy.url,
+        user_key,
+        [
+            {
+                "op": "calls.create",
+                "args": {"assistantId": "outbound", "customer": {"number": "+33612345678"}},
+            },
+            {"op": "calls.get", "args": {"id": "00000000-0000-4000-8000-000000000000"}},
+        ],
+    )
+    assert not refused["ok"] and refused["status"] == 403
+    assert not unknown["ok"] and unknown["status"] == 404
+    assert unknown["body"]["message"] == "Call not found."
+    assert upstream_requests(sandbox, "/call") == []
+
+
+def test_chats_create(node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str) -> None:
+    clear_requests(sandbox)
+    (chat,) = run_node(
+        node_proxy.url,
+        user_key,
+        [{"op": "chats.create", "args": {"assistantId": "sales-coach", "input": "hello node"}}],
+    )
+    assert chat["ok"], chat
+    assert chat["value"]["output"][0]["content"] == "You said: hello node"
+    (sent,) = upstream_requests(sandbox, "/chat")
+    assert sent["headers"]["authorization"] == PRIVATE_KEY_SEEN
+    assert sent["body"]["assistantId"] == SAVED_ASSISTANT_ID
+    assert sent["body"]["input"] == "hello node"
+    assert sent["body"]["assistantOverrides"]["variableValues"]["plan"] == "pro"
+
+
+def test_fetch_passthrough_starts_a_web_call(
+    node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+) -> None:
+    clear_requests(sandbox)
+    (web,) = run_node(
+        node_proxy.url,
+        user_key,
+        [{"op": "fetch", "args": {"path": "/call/web", "body": {"assistantId": "sales-coach"}}}],
+    )
+    assert web["ok"] and web["status"] == 201, web
+    assert web["body"]["webCallUrl"] and web["body"]["type"] == "webCall"
+    assert not set(SERVER_ONLY) & set(web["body"]), web
+    (sent,) = upstream_requests(sandbox, "/call/web")
+    assert sent["headers"]["authorization"] == PRIVATE_KEY_SEEN
+    assert sent["body"]["assistantId"] == SAVED_ASSISTANT_ID
