@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,12 +23,19 @@ import aiohttp
 import httpx
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from tests.conftest import SAVED_ASSISTANT_ID
 from tests.conftest_services import fresh_postgres_database, redis_url
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.ledger.store import Ledger
-from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, SeededAssistant, run_sandbox
+from vapi_proxy.sandbox import (
+    BearerCredential,
+    RunningSandbox,
+    SandboxSettings,
+    SeededAssistant,
+    run_sandbox,
+)
 from vapi_proxy.testing import free_port
 
 BURST = 200
@@ -70,9 +78,21 @@ def write_config(folder: Path, sandbox: RunningSandbox, key: str, limits: str, l
 
 
 @contextmanager
-def serve(config: Path, sandbox: RunningSandbox, *, workers: int = 1) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "VAPI_API_KEY": sandbox.settings.private_key.get_secret_value()}
+def serve(
+    config: Path,
+    sandbox: RunningSandbox,
+    *,
+    workers: int = 1,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    pids: list[int] | None = None,
+) -> Iterator[str]:
+    port = port or free_port()
+    env = {
+        **os.environ,
+        **(env or {}),
+        "VAPI_API_KEY": sandbox.settings.private_key.get_secret_value(),
+    }
     log = config.parent / f"proxy-{port}.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
@@ -92,6 +112,7 @@ def serve(config: Path, sandbox: RunningSandbox, *, workers: int = 1) -> Iterato
             stdout=subprocess.DEVNULL,
             stderr=sink,
             text=True,
+            start_new_session=True,
         )
 
     url = f"http://127.0.0.1:{port}"
@@ -108,9 +129,12 @@ def serve(config: Path, sandbox: RunningSandbox, *, workers: int = 1) -> Iterato
                 process.wait(timeout=10)
                 raise AssertionError(f"proxy did not start: {log.read_text()[-2000:]}")
             time.sleep(0.1)
+        if pids is not None:
+            pids.append(process.pid)
         yield url
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -208,3 +232,91 @@ def test_quota_holds_across_processes(slow_sandbox: RunningSandbox, tmp_path: Pa
             assert sorted(rows) == sorted(admitted)
 
     asyncio.run(run())
+
+
+def test_killing_a_proxy_mid_burst_loses_no_ledger_row(tmp_path: Path) -> None:
+    """SIGKILL one of two proxies (its whole process tree) while it is creating calls: every
+    call Vapi created still ends up in the shared ledger, through the survivor's webhooks
+    (the call's metadata names the proxy's attribution, which adopts it)."""
+    token = generate_key()
+    settings = SandboxSettings(
+        admin_enabled=True,
+        assistants=[SeededAssistant(id=SAVED_ASSISTANT_ID, name="Coach")],
+        credentials=[BearerCredential(id="hook", type="bearer", token=SecretStr(token))],
+        lifecycle={"in_progress_after": 0.2, "duration": 60},
+    )
+    key = generate_key()
+    survivor_port = free_port()
+
+    async def run(sandbox: RunningSandbox) -> None:
+        async with fresh_postgres_database() as database:
+            config = write_config(tmp_path, sandbox, key, redis_url(), database)
+            raw = yaml.safe_load(config.read_text())
+            raw["limits"]["rules"] = [{"name": "daily", "quota": {"per_day": 1000}}]
+            raw["public_url"] = f"http://127.0.0.1:{survivor_port}"
+            raw["webhooks"] = {
+                "vapi_credential_id": "hook",
+                "verify": [{"type": "bearer", "secret_env": ["BURST_HOOK_TOKEN"]}],
+            }
+            config.write_text(yaml.safe_dump(raw))
+            env = {"BURST_HOOK_TOKEN": token}
+            victims: list[int] = []
+            with (
+                serve(config, sandbox, port=survivor_port, env=env) as survivor,
+                serve(config, sandbox, env=env, pids=victims) as victim,
+            ):
+                headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+                # The caller has a history: one call recorded through the survivor.
+                first = httpx.post(
+                    survivor + "/call/web", content=b'{"assistantId":"coach"}', headers=headers
+                )
+                assert first.status_code == 201, first.text
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+                    async def one() -> int:
+                        try:
+                            async with http.post(
+                                victim + "/call/web",
+                                data=b'{"assistantId":"coach"}',
+                                headers=headers,
+                            ) as reply:
+                                await reply.read()
+                                return reply.status
+                        except aiohttp.ClientError:
+                            return -1
+
+                    async def kill_soon() -> None:
+                        # Let some calls through, then kill mid-burst.
+                        deadline = time.monotonic() + 20
+                        while len(list(sandbox.state.calls.newest_first())) < 16:
+                            assert time.monotonic() < deadline, "no calls were created"
+                            await asyncio.sleep(0.01)
+                        os.killpg(victims[0], signal.SIGKILL)
+
+                    results = await asyncio.gather(kill_soon(), *(one() for _ in range(BURST)))
+                assert -1 in results[1:], "the kill did not interrupt the burst"
+                created = [c.view(time.time())["id"] for c in sandbox.state.calls.newest_first()]
+                assert created
+                # Every created call reports to the survivor; wait until the ledger has all.
+                deadline = time.monotonic() + 45
+                missing = created
+                while missing and time.monotonic() < deadline:
+                    ledger = Ledger.from_url(database)
+                    await ledger.start(auto_migrate=False)
+                    try:
+                        missing = [c for c in created if await ledger.get_call(c) is None]
+                        owners = {
+                            (await ledger.get_call(c)).identity_key  # type: ignore[union-attr]
+                            for c in created
+                            if c not in missing
+                        }
+                    finally:
+                        await ledger.aclose()
+                    if missing:
+                        await asyncio.sleep(0.5)
+                assert missing == [], f"{len(missing)} of {len(created)} calls have no ledger row"
+                # Adopted calls go back to their owner: the identity has other recorded calls.
+                assert owners == {"api_key:burst"}
+
+    with run_sandbox(settings) as sandbox:
+        asyncio.run(run(sandbox))

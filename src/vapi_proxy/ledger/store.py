@@ -403,20 +403,39 @@ class Ledger:
         created_at: datetime | None = None,
         max_duration_seconds: float | None = None,
     ) -> CallRecord | None:
-        """Record a call this proxy created but never recorded (its ledger write failed), known
-        from the attribution in its webhooks, and replay the events already stored for it.
-        Only the identity's hash is known, so it is keyed `adopted:<hash>`. None if the call
-        was recorded meanwhile."""
+        """Record a call this proxy created but never recorded (its ledger write failed, or
+        the process died first), known from the attribution in its webhooks, and replay the
+        events already stored for it. The metadata holds only the identity's hash: when the
+        ledger knows another call of that identity, the call is given back to it (same key,
+        tenant, method); otherwise it is keyed `adopted:<hash>`. None if the call was
+        recorded meanwhile."""
         now = _now()
+        async with self._db.read() as conn:
+            # Adoption is rare, so a scan of this column is acceptable here.
+            known = (
+                await conn.execute(
+                    sa.select(calls.c.identity_key, calls.c.auth_method, calls.c.tenant)
+                    .where(
+                        calls.c.identity_hash == identity_hash[:32],
+                        calls.c.auth_method != "adopted",
+                    )
+                    .limit(1)
+                )
+            ).first()
+        identity_key, auth_method, tenant = (
+            (known.identity_key, known.auth_method, known.tenant)
+            if known is not None
+            else (f"adopted:{identity_hash}", "adopted", None)
+        )
         stmt = (
             self._insert(calls)
             .values(
                 id=call_id,
                 kind=kind,
-                identity_key=f"adopted:{identity_hash}",
+                identity_key=identity_key,
                 identity_hash=identity_hash[:32],
-                auth_method="adopted",
-                tenant=None,
+                auth_method=auth_method,
+                tenant=tenant,
                 profile=profile,
                 request_id=request_id,
                 created_at=created_at or now,
