@@ -6,7 +6,9 @@
 // plan: {baseUrl, token, steps: [{op, args, headers, maxRetries}]}. op is one of
 // "calls.create", "calls.get", "calls.list", "chats.create", "fetch" (the passthrough
 // `client.fetch(path, init)`). A step's args may say "$call" for the id of the last call created.
-// Each result is {ok: true, value, headers?} or {ok: false, status, body, message}.
+// Each result is {ok: true, value} (calls.create adds `replayed`: the Idempotent-Replayed
+// header or null; fetch gives {ok, status, body}) or, for an error,
+// {ok: false, status, body, message, replayed: the Idempotent-Replayed header or null}.
 import { VapiClient, VapiError } from "@vapi-ai/server-sdk";
 
 const plan = JSON.parse(process.argv[2]);
@@ -25,10 +27,13 @@ for (const step of plan.steps) {
   try {
     let value;
     switch (step.op) {
-      case "calls.create":
-        value = await client.calls.create(args, options);
-        if (value && typeof value.id === "string") lastCall = value.id;
-        break;
+      case "calls.create": {
+        const { data, rawResponse } = await client.calls.create(args, options).withRawResponse();
+        if (data && typeof data.id === "string") lastCall = data.id;
+        results.push({ ok: true, value: data,
+                       replayed: rawResponse.headers.get("idempotent-replayed") });
+        continue;
+      }
       case "calls.get":
         value = await client.calls.get(args, options);
         break;
@@ -57,8 +62,9 @@ for (const step of plan.steps) {
     results.push({ ok: true, value });
   } catch (error) {
     if (error instanceof VapiError) {
+      const replayed = error.rawResponse?.headers?.get?.("idempotent-replayed") ?? null;
       results.push({ ok: false, status: error.statusCode ?? null, body: error.body ?? null,
-                     message: error.message });
+                     message: error.message, replayed });
     } else {
       results.push({ ok: false, status: null, body: null, message: String(error) });
     }
