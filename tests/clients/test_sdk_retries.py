@@ -30,6 +30,7 @@ from tests.clients.support import (
     upstream_requests,
 )
 from tests.clients.test_node_sdk import run_node, sandbox_calls
+from tests.conftest import ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 
@@ -189,3 +190,37 @@ def test_node_sdk_with_a_key_never_asks_vapi_twice(
     assert "connection to Vapi failed" in result["body"]["message"]
     assert len(creations(sandbox)) == 1
     assert sandbox_calls(sandbox, number) == []
+
+
+def test_an_ambiguous_failure_keeps_its_limits_reservation(
+    make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str
+) -> None:
+    """The maybe-started call holds its concurrency slot (until its end or expiry), so a caller
+    at its limit is refused (429) rather than allowed a possible extra call."""
+
+    def one_at_a_time(config: dict[str, Any]) -> None:
+        phone_profiles(config)
+        config["limits"] = {
+            "backend": "memory://",
+            "rules": [{"name": "one-call", "concurrency": 1}],
+        }
+
+    seed_phone_number(sandbox)
+    proxy = make_proxy(one_at_a_time)
+    vapi = Vapi(token=user_key, base_url=proxy.url, httpx_client=HTTP)
+    fault(sandbox, action="drop-after-body", count=1)
+    with pytest.raises(ApiError) as first:
+        vapi.calls.create(
+            assistant_id="outbound",
+            customer={"number": "+14155550606"},
+            request_options={"max_retries": 0},
+        )
+    assert first.value.status_code == 502
+    with pytest.raises(ApiError) as second:
+        vapi.calls.create(
+            assistant_id="outbound",
+            customer={"number": "+14155550607"},
+            request_options={"max_retries": 0},
+        )
+    assert second.value.status_code == 429
+    assert len(creations(sandbox)) == 1
