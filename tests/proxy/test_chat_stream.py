@@ -130,10 +130,12 @@ async def test_a_client_leaving_before_vapi_answers_closes_the_upstream_request(
     folder = str(tmp_path_factory.mktemp("patient"))
     # A proxy with the default 30 s idle timeout: only the client's leaving can end this.
     with proxy_for(slow.sandbox, user_key, other_key, folder) as proxy:
-        # The simulator takes 5 s before answering at all (no headers yet).
-        _fault(slow, path="/chat", action="none", latency_seconds=5)
+        # The simulator takes 15 s before answering at all (no headers yet).
+        _fault(slow, path="/chat", action="none", latency_seconds=15)
         before = _upstream_chat_keys(slow)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=0.5)) as client:
+        # The client gives up after 2 s: long enough for the proxy to have asked the simulator
+        # even on a busy machine, far shorter than the simulator's delay.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=2)) as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(
                     f"{proxy.url}/chat",
@@ -144,7 +146,7 @@ async def test_a_client_leaving_before_vapi_answers_closes_the_upstream_request(
             held = slow.open_connections()
         # The client gave up and its connection closed; the proxy drops the upstream request
         # at once, long before the simulator would have answered.
-        assert await wait_for(lambda: slow.open_connections() < held, timeout=2)
+        assert await wait_for(lambda: slow.open_connections() < held, timeout=5)
         (key,) = _upstream_chat_keys(slow) - before
         assert key not in slow.log.finished
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -115,51 +115,64 @@ class UpstreamClient:
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
         """Send one request to Vapi and read its (bounded) reply."""
-        url = self.base_url + path
         started = time.perf_counter()
-        for attempt in (1, 2):
+        response = await self._send(method, path, body, self._headers(body is not None), started)
+        with self._mapped_errors(path, started):
+            async with response:
+                data = await response.content.read(self._max_response_bytes + 1)
+        if len(data) > self._max_response_bytes:
+            self._observe(path, started, "bad_reply")
+            raise UpstreamError("Vapi's reply was larger than the proxy accepts.", maybe_sent=True)
+        self._observe(path, started, _status_kind(response.status))
+        return UpstreamResponse(
+            status=response.status,
+            body=data,
+            content_type=response.headers.get("Content-Type", ""),
+            retry_after=response.headers.get("Retry-After"),
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        started: float,
+        client_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send the request and return the reply with its headers read (the body is not)."""
+        kwargs: dict[str, Any] = {"data": body, "headers": headers, "allow_redirects": False}
+        if client_timeout is not None:
+            kwargs["timeout"] = client_timeout
+        url = self.base_url + path
+        with self._mapped_errors(path, started):
             try:
-                async with self.session.request(
-                    method,
-                    url,
-                    data=body,
-                    headers=self._headers(body is not None),
-                    allow_redirects=False,
-                ) as response:
-                    data = await response.content.read(self._max_response_bytes + 1)
-                    if len(data) > self._max_response_bytes:
-                        self._observe(path, started, "bad_reply")
-                        raise UpstreamError(
-                            "Vapi's reply was larger than the proxy accepts.", maybe_sent=True
-                        )
-                    self._observe(path, started, _status_kind(response.status))
-                    return UpstreamResponse(
-                        status=response.status,
-                        body=data,
-                        content_type=response.headers.get("Content-Type", ""),
-                        retry_after=response.headers.get("Retry-After"),
-                        elapsed_ms=(time.perf_counter() - started) * 1000,
-                    )
-            except aiohttp.ClientConnectorError as exc:
+                return await self.session.request(method, url, **kwargs)
+            except aiohttp.ClientConnectorError:
                 # The TCP connection was never established: nothing reached Vapi, so one
-                # immediate retry is safe.
-                if attempt == 1:
-                    continue
-                self._observe(path, started, "connect")
-                raise UpstreamError("Could not reach Vapi. Try again later.") from exc
-            except TimeoutError as exc:
-                self._observe(path, started, "timeout")
-                raise UpstreamError(
-                    "Vapi did not answer in time. Try again later.",
-                    status_code=504,
-                    maybe_sent=True,
-                ) from exc
-            except aiohttp.ClientError as exc:
-                self._observe(path, started, "disconnect")
-                raise UpstreamError(
-                    "The connection to Vapi failed. Try again later.", maybe_sent=True
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                # immediate retry is safe. A second failure is mapped like any other.
+                pass
+            return await self.session.request(method, url, **kwargs)
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, path: str, started: float) -> Iterator[None]:
+        """The one boundary where aiohttp's errors become the proxy's (502/504)."""
+        try:
+            yield
+        except aiohttp.ClientConnectorError as exc:
+            self._observe(path, started, "connect")
+            raise UpstreamError("Could not reach Vapi. Try again later.") from exc
+        except TimeoutError as exc:
+            self._observe(path, started, "timeout")
+            raise UpstreamError(
+                "Vapi did not answer in time. Try again later.", status_code=504, maybe_sent=True
+            ) from exc
+        except aiohttp.ClientError as exc:
+            self._observe(path, started, "disconnect")
+            raise UpstreamError(
+                "The connection to Vapi failed. Try again later.", maybe_sent=True
+            ) from exc
 
     def _observe(self, path: str, started: float, error: str | None) -> None:
         if self.observer is not None:
@@ -177,38 +190,12 @@ class UpstreamClient:
         """
         from vapi_proxy.upstream.stream import UpstreamStream
 
-        url = self.base_url + path
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
         )
         headers = self._headers(body is not None, "text/event-stream, application/json")
         started = time.perf_counter()
-        response: aiohttp.ClientResponse | None = None
-        for attempt in (1, 2):
-            try:
-                response = await self.session.request(
-                    method, url, data=body, headers=headers, allow_redirects=False, timeout=timeout
-                )
-                break
-            except aiohttp.ClientConnectorError as exc:
-                if attempt == 1:  # never connected: nothing reached Vapi
-                    continue
-                self._observe(path, started, "connect")
-                raise UpstreamError("Could not reach Vapi. Try again later.") from exc
-            except TimeoutError as exc:
-                self._observe(path, started, "timeout")
-                raise UpstreamError(
-                    "Vapi did not answer in time. Try again later.",
-                    status_code=504,
-                    maybe_sent=True,
-                ) from exc
-            except aiohttp.ClientError as exc:
-                self._observe(path, started, "disconnect")
-                raise UpstreamError(
-                    "The connection to Vapi failed. Try again later.", maybe_sent=True
-                ) from exc
-        if response is None:  # pragma: no cover - the loop either breaks or raises
-            raise AssertionError("unreachable")
+        response = await self._send(method, path, body, headers, started, timeout)
         # Time to the reply's headers: the stream's own length is not Vapi's latency.
         self._observe(path, started, _status_kind(response.status))
         stream = UpstreamStream(
