@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade
@@ -111,36 +111,36 @@ def _cells(row: UsageRow) -> list[str]:
     ]
 
 
-def render_usage(rows: list[UsageRow], fmt: str) -> str:
-    total = UsageRow(
-        "TOTAL",
-        None,
-        "",
-        sum(r.calls for r in rows),
-        sum(r.ended for r in rows),
-        round(sum(r.minutes for r in rows), 4),
-        round(sum(r.cost_usd for r in rows), 6),
-    )
-    if fmt == "json":
-        items = [
-            {
-                "identity": r.identity_key,
-                "tenant": r.tenant,
-                "kind": r.kind,
-                "calls": r.calls,
-                "ended": r.ended,
-                "minutes": r.minutes,
-                "cost_usd": r.cost_usd,
-            }
-            for r in rows
-        ]
-        totals = {
-            "calls": total.calls,
-            "ended": total.ended,
-            "minutes": total.minutes,
-            "cost_usd": total.cost_usd,
+def usage_report(rows: list[UsageRow]) -> dict[str, Any]:
+    """Usage as JSON-ready data: one item per row and the totals (CLI and admin endpoint)."""
+    items = [
+        {
+            "identity": r.identity_key,
+            "tenant": r.tenant,
+            "kind": r.kind,
+            "calls": r.calls,
+            "ended": r.ended,
+            "minutes": r.minutes,
+            "cost_usd": r.cost_usd,
         }
-        return json.dumps({"rows": items, "total": totals}, indent=2) + "\n"
+        for r in rows
+    ]
+    totals = {
+        "calls": sum(r.calls for r in rows),
+        "ended": sum(r.ended for r in rows),
+        "minutes": round(sum(r.minutes for r in rows), 4),
+        "cost_usd": round(sum(r.cost_usd for r in rows), 6),
+    }
+    return {"rows": items, "total": totals}
+
+
+def render_usage(rows: list[UsageRow], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(usage_report(rows), indent=2) + "\n"
+    report = usage_report(rows)["total"]
+    total = UsageRow(
+        "TOTAL", None, "", report["calls"], report["ended"], report["minutes"], report["cost_usd"]
+    )
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vapi_proxy.errors import BadRequestError, UnauthorizedError
+from vapi_proxy.ledger.cli import usage_report
 
 if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
@@ -61,26 +62,8 @@ def routes(runtime: Runtime) -> list[Route]:
             since=_date("since", query.get("since")),
             until=_date("until", query.get("until")),
         )
-        items = [
-            {
-                "identity": r.identity_key,
-                "tenant": r.tenant,
-                "kind": r.kind,
-                "calls": r.calls,
-                "ended": r.ended,
-                "minutes": r.minutes,
-                "cost_usd": r.cost_usd,
-            }
-            for r in rows
-        ]
-        total = {
-            "calls": sum(r.calls for r in rows),
-            "ended": sum(r.ended for r in rows),
-            "minutes": round(sum(r.minutes for r in rows), 4),
-            "cost_usd": round(sum(r.cost_usd for r in rows), 6),
-        }
         return Response(
-            orjson.dumps({"rows": items, "total": total}),
+            orjson.dumps(usage_report(rows)),
             media_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
