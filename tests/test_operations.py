@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +20,10 @@ import pytest
 import yaml
 
 from tests.conftest import SAVED_ASSISTANT_ID
+from tests.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.cli import main
 from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, SeededAssistant, run_sandbox
-from vapi_proxy.testing import free_port
 
 STREAM_EVENTS_DELAY = 0.15
 
@@ -57,46 +55,8 @@ def config_for(tmp: Path, sandbox: RunningSandbox, key: str, **extra: Any) -> di
 
 @contextmanager
 def serve(config: Path, sandbox: RunningSandbox, pid_file: Path) -> Iterator[tuple[str, Any]]:
-    port = free_port()
-    env = {**os.environ, "VAPI_API_KEY": sandbox.settings.private_key.get_secret_value()}
-    log = config.parent / "serve.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vapi_proxy",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--pid-file",
-                str(pid_file),
-            ],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait(timeout=10)
-                raise AssertionError(f"proxy did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    with serve_process(config, sandbox, pid_file=pid_file) as served:
+        yield served.url, served.process
 
 
 def test_sigterm_lets_an_open_stream_finish_then_exits_0(
@@ -201,6 +161,6 @@ def test_reload_under_traffic_applies_a_valid_config_and_refuses_a_bad_one(
         assert process.wait(timeout=30) == 0
     assert count > 5
     assert failures == [], failures[:5]
-    log = (tmp_path / "serve.log").read_text()
+    log = "".join(p.read_text() for p in tmp_path.glob("proxy-*.log"))
     assert "reload refused" in log
     assert key not in log

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +25,7 @@ from pydantic import SecretStr
 
 from tests.conftest import SAVED_ASSISTANT_ID
 from tests.conftest_services import fresh_postgres_database, redis_url
+from tests.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.sandbox import (
@@ -87,59 +86,10 @@ def serve(
     env: dict[str, str] | None = None,
     pids: list[int] | None = None,
 ) -> Iterator[str]:
-    port = port or free_port()
-    env = {
-        **os.environ,
-        **(env or {}),
-        "VAPI_API_KEY": sandbox.settings.private_key.get_secret_value(),
-    }
-    log = config.parent / f"proxy-{port}.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vapi_proxy",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            text=True,
-            start_new_session=True,
-        )
-
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait(timeout=10)
-                raise AssertionError(f"proxy did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+    with serve_process(config, sandbox, workers=workers, port=port, env=env) as served:
         if pids is not None:
-            pids.append(process.pid)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            pids.append(served.process.pid)
+        yield served.url
 
 
 async def burst(urls: list[str], key: str) -> list[tuple[int, dict[str, Any]]]:
