@@ -227,17 +227,6 @@ def test_an_ambiguous_failure_keeps_its_limits_reservation(
     assert len(creations(sandbox)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Proxy bug: a 2xx from Vapi whose body is not a JSON object raises "
-        "UpstreamError('Vapi's reply could not be read.') without maybe_sent "
-        "(src/vapi_proxy/upstream/replies.py, parse_success), so routes/calls.py releases the "
-        "limits reservation and abandons the Idempotency-Key although Vapi answered 2xx, i.e. "
-        "probably created the call; the SDK's retry then starts a second call even with a key. "
-        "Fix: raise it with maybe_sent=True (as 'had no call id' already does)."
-    ),
-)
 def test_an_unreadable_2xx_is_maybe_sent_so_a_keyed_retry_does_not_create_again(
     make_proxy: ProxyFactory, user_key: str
 ) -> None:

@@ -49,7 +49,8 @@ def parse_success(response: UpstreamResponse, secret: str = "") -> dict[str, Any
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            raise UpstreamError("Vapi's reply could not be read.")
+            # A 2xx means Vapi did the work (a call may exist): never treat it as safe to retry.
+            raise UpstreamError("Vapi's reply could not be read.", maybe_sent=True)
         return parsed
     raise refusal(response, secret)
 
