@@ -114,7 +114,7 @@ def test_dockerignore_admits_only_what_the_wheel_is_built_from() -> None:
     ]
     assert patterns[0] == "*", "start from nothing and allow back what the build needs"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "src"}
+    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "src"}
     # Whatever the Dockerfile copies must be in the context, and must exist.
     for item in instructions():
         if item.keyword == "COPY" and "--from=" not in item.args:
