@@ -200,8 +200,9 @@ class MetricsSettings(_Section):
             "192.168.0.0/16",
             "fc00::/7",
         ],
-        description="Peers (CIDR, the TCP peer, not forwarded headers) allowed to scrape; "
-        "others get 404. Traffic volumes and profile names are not for the public.",
+        description="Peers (CIDR, the TCP peer, not forwarded headers) allowed to scrape and to "
+        "see /readyz's per-store details; others get 404 (and /readyz's status only). Traffic "
+        "volumes, profile names and store errors are not for the public.",
     )
 
     @field_validator("allowed_networks")

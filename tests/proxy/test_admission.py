@@ -138,3 +138,10 @@ def test_readyz_reports_each_dependency(proxy: ServerThread, sandbox: RunningSan
     assert checks["limits"]["ok"] is True
     assert upstream_bodies(sandbox) == []
     assert httpx.get(sandbox.url + "/__sandbox/requests").json() == []
+
+
+def test_readyz_details_are_for_internal_networks_only(make_proxy: Any) -> None:
+    server = make_proxy(lambda c: c.update(metrics={"allowed_networks": ["10.0.0.0/8"]}))
+    reply = httpx.get(server.url + "/readyz")
+    assert reply.status_code == 200
+    assert reply.json() == {"status": "ready"}

@@ -1,9 +1,12 @@
 """Health: `/healthz` says the process is alive; `/readyz` that it can serve (config loaded,
-ledger and limits store reachable). Neither ever calls Vapi or spends money."""
+ledger and limits store reachable). Neither ever calls Vapi or spends money. The per-store
+details of `/readyz` (backends, errors) are shown only to peers on the metrics networks; others
+get the status alone."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,6 +27,15 @@ async def healthz(request: Request) -> Response:
 
 
 def routes(runtime: Runtime) -> list[Route]:
+    networks = [ipaddress.ip_network(n) for n in runtime.settings.metrics.allowed_networks]
+
+    def internal(request: Request) -> bool:
+        try:
+            peer = ipaddress.ip_address(request.client.host) if request.client else None
+        except ValueError:
+            return False
+        return peer is not None and any(peer in network for network in networks)
+
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {"config": {"ok": True, "profiles": len(runtime.profiles)}}
         try:
@@ -44,7 +56,10 @@ def routes(runtime: Runtime) -> list[Route]:
         # A limits store that is down with every rule failing open still admits calls.
         limits_ok = checks["limits"]["ok"] or checks["limits"].get("failure_mode") == "open"
         ready = checks["ledger"]["ok"] and limits_ok
-        body = orjson.dumps({"status": "ready" if ready else "unavailable", "checks": checks})
+        report: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
+        if internal(request):
+            report["checks"] = checks
+        body = orjson.dumps(report)
         return Response(
             body,
             status_code=200 if ready else 503,
