@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vapi_proxy.auth.identity import Identity
-from vapi_proxy.ledger import store
+from vapi_proxy.ledger import records
 from vapi_proxy.ledger.schema import call_events, calls
 from vapi_proxy.ledger.store import Ledger
 
@@ -64,7 +64,7 @@ async def main_async(folder: str, n: int) -> None:
     )
 
     def statements() -> Callable[[Any], None]:
-        cid, now, i = str(uuid.uuid4()), store._now(), IDENTITY
+        cid, now, i = str(uuid.uuid4()), records.utc_now(), IDENTITY
         insert = (
             ledger._insert(calls)
             .values(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from vapi_proxy.auth.identity import Identity
-from vapi_proxy.ledger.store import Ledger, LedgerEvent
+from vapi_proxy.ledger.records import LedgerEvent
+from vapi_proxy.ledger.store import Ledger
 
 ALICE = Identity(subject="alice", method="api_key")
 

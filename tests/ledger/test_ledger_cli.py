@@ -15,7 +15,8 @@ import pytest
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.ledger.cli import configure_db_parser, configure_usage_parser, run_db, run_usage
 from vapi_proxy.ledger.migrate import head_revision
-from vapi_proxy.ledger.store import Ledger, LedgerEvent
+from vapi_proxy.ledger.records import LedgerEvent
+from vapi_proxy.ledger.store import Ledger
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 

@@ -11,7 +11,8 @@ import pytest
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.ledger.engine import Database
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
-from vapi_proxy.ledger.store import Ledger, LedgerEvent, LedgerSchemaError
+from vapi_proxy.ledger.records import LedgerEvent
+from vapi_proxy.ledger.store import Ledger, LedgerSchemaError
 
 ALICE = Identity(subject="alice", method="jwt", tenant="acme")
 BOB = Identity(subject="bob", method="api_key", tenant="acme")

@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest_services
 
 from conftest_services import fresh_postgres_database
-from vapi_proxy.ledger.store import Ledger, LedgerEvent, OutboxItem
+from vapi_proxy.ledger.records import LedgerEvent, OutboxItem
+from vapi_proxy.ledger.store import Ledger
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

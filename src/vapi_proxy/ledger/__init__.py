@@ -1,16 +1,15 @@
 """The call ledger: calls and the webhook events that changed them, over SQLite or PostgreSQL."""
 
 from vapi_proxy.ledger.migrate import upgrade, upgrade_async
-from vapi_proxy.ledger.store import (
+from vapi_proxy.ledger.records import (
     CallRecord,
     EventOutcome,
     IdempotencyResult,
-    Ledger,
     LedgerEvent,
     LedgerHealth,
-    LedgerSchemaError,
     UsageRow,
 )
+from vapi_proxy.ledger.store import Ledger, LedgerSchemaError
 
 __all__ = [
     "CallRecord",

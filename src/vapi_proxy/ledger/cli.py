@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade
-from vapi_proxy.ledger.store import Ledger, UsageRow
+from vapi_proxy.ledger.records import UsageRow
+from vapi_proxy.ledger.store import Ledger
 
 ENV_URL = "VAPI_PROXY_DATABASE_URL"
 COLUMNS = ["identity", "tenant", "kind", "calls", "ended", "minutes", "cost_usd"]

@@ -8,13 +8,10 @@ deliveries cannot undo an end-of-call-report.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,218 +20,27 @@ from vapi_proxy.auth.identity import Identity
 from vapi_proxy.ledger.batch import CallRowWriter
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
-from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys, webhook_outbox
-
-# Vapi's call statuses in the order a call moves through them.
-STATUS_RANK = {
-    "scheduled": 0,
-    "queued": 1,
-    "ringing": 2,
-    "in-progress": 3,
-    "forwarding": 4,
-    "ended": 5,
-}
-FINAL_TYPES = {"end-of-call-report"}
-PAYLOAD_LIMIT = 16_384  # bytes of raw event kept; transcripts and messages are trimmed first
-_TRIM_KEYS = (
-    "transcript",
-    "messages",
-    "messagesOpenAIFormatted",
-    "artifact",
-    "recordingUrl",
-    "stereoRecordingUrl",
-    "call",
-    "assistant",
-    "customer",
-    "phoneNumber",
+from vapi_proxy.ledger.records import (
+    CALL_FIELDS,
+    FINAL_TYPES,
+    STATUS_RANK,
+    CallRecord,
+    EventOutcome,
+    IdempotencyResult,
+    LedgerEvent,
+    LedgerHealth,
+    OutboxEntry,
+    OutboxItem,
+    UsageRow,
+    record_from_row,
+    trim_payload,
+    utc_now,
 )
+from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys, webhook_outbox
 
 
 class LedgerSchemaError(RuntimeError):
     """The database is not at the revision this code expects; run `vapi-proxy db upgrade`."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        # Vapi's `timestamp` is epoch milliseconds.
-        return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    id: str
-    kind: str
-    identity_key: str
-    identity_hash: str
-    auth_method: str
-    tenant: str | None
-    profile: str
-    request_id: str | None
-    created_at: datetime
-    status: str
-    started_at: datetime | None
-    ended_at: datetime | None
-    ended_reason: str | None
-    duration_seconds: float | None
-    cost_usd: float | None
-    max_duration_seconds: float | None
-    reservation_id: str | None
-    summary: str | None
-    analysis: Any
-    updated_at: datetime
-    session_id: str | None = None
-
-
-_CALL_FIELDS = [f.name for f in fields(CallRecord)]
-
-
-def _record(row: Any) -> CallRecord:
-    m = row._mapping
-    return CallRecord(**{name: m[name] for name in _CALL_FIELDS})
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEvent:
-    """One webhook message, reduced to what the ledger uses."""
-
-    type: str
-    call_id: str | None
-    dedupe_key: str
-    status: str | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    ended_reason: str | None = None
-    duration_seconds: float | None = None
-    cost_usd: float | None = None
-    summary: str | None = None
-    analysis: Any = None
-    payload: Mapping[str, Any] | None = None
-
-    @classmethod
-    def from_vapi(cls, message: Mapping[str, Any], *, dedupe_key: str | None = None) -> LedgerEvent:
-        """From Vapi's webhook `message` object (status-update, end-of-call-report, …)."""
-        mtype = str(message.get("type", "unknown"))
-        call = message.get("call") or {}
-        call_id = call.get("id") if isinstance(call, Mapping) else None
-        call_id = call_id or message.get("callId") or message.get("chatId")
-        status = message.get("status")
-        if mtype in FINAL_TYPES:
-            status = "ended"
-        analysis = message.get("analysis")
-        summary = message.get("summary")
-        if summary is None and isinstance(analysis, Mapping):
-            summary = analysis.get("summary")
-        duration = message.get("durationSeconds")
-        if dedupe_key is None:
-            stamp = message.get("timestamp")
-            if stamp is not None:
-                dedupe_key = f"{mtype}:{call_id}:{status or ''}:{stamp}"
-            else:
-                digest = hashlib.sha256(orjson.dumps(message, option=orjson.OPT_SORT_KEYS))
-                dedupe_key = f"{mtype}:{call_id}:{digest.hexdigest()[:32]}"
-        return cls(
-            type=mtype,
-            call_id=str(call_id) if call_id else None,
-            dedupe_key=dedupe_key[:256],
-            status=str(status) if status else None,
-            started_at=_parse_time(message.get("startedAt")),
-            ended_at=_parse_time(message.get("endedAt")),
-            ended_reason=message.get("endedReason"),
-            duration_seconds=float(duration) if duration is not None else None,
-            cost_usd=float(message["cost"]) if message.get("cost") is not None else None,
-            summary=summary if isinstance(summary, str) else None,
-            analysis=analysis,
-            payload=message,
-        )
-
-
-def trim_payload(payload: Mapping[str, Any] | None) -> Any:
-    """Keep the event small: drop bulky fields (transcripts, nested call objects) if needed."""
-    if payload is None:
-        return None
-    raw = orjson.dumps(payload, default=str)
-    if len(raw) <= PAYLOAD_LIMIT:
-        return orjson.loads(raw)
-    slim = {k: v for k, v in payload.items() if k not in _TRIM_KEYS}
-    slim["_trimmed"] = sorted(k for k in payload if k in _TRIM_KEYS)
-    raw = orjson.dumps(slim, default=str)
-    if len(raw) <= PAYLOAD_LIMIT:
-        return orjson.loads(raw)
-    return {"_trimmed": "all", "type": payload.get("type"), "bytes": len(raw)}
-
-
-@dataclass(frozen=True, slots=True)
-class EventOutcome:
-    known: bool
-    """The event names a call in the ledger."""
-    duplicate: bool
-    """Seen before (same dedupe key): nothing was changed."""
-    call: CallRecord | None
-    ended_now: bool = False
-    """This event moved the call to `ended` (time to settle its limits)."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    """One delivery to make: the app's URL and the exact bytes to send."""
-
-    event_id: str
-    target: str
-    type: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """A claimed outbox row; `attempts` counts this one."""
-
-    id: int
-    event_id: str
-    target: str
-    type: str
-    body: bytes
-    attempts: int
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    identity_key: str
-    tenant: str | None
-    kind: str
-    calls: int
-    ended: int
-    minutes: float
-    cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyResult:
-    state: Literal["claimed", "in_progress", "completed", "mismatch"]
-    """`claimed`: you are first, do the work then `idempotency_complete`. `in_progress`: another
-    request holds the key. `completed`: replay `response_*`. `mismatch`: same key, other body."""
-    response_status: int | None = None
-    response_body: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerHealth:
-    ok: bool
-    backend: str
-    detail: str | None = None
 
 
 class Ledger:
@@ -296,7 +102,7 @@ class Ledger:
         session_id: str | None = None,
     ) -> bool:
         """Insert the call; False if it was already recorded (a retry), which changes nothing."""
-        now = created_at or _now()
+        now = created_at or utc_now()
         row = {
             "id": call_id,
             "kind": kind,
@@ -318,7 +124,7 @@ class Ledger:
     async def get_call(self, call_id: str) -> CallRecord | None:
         async with self._db.read() as conn:
             row = (await conn.execute(sa.select(calls).where(calls.c.id == call_id))).first()
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     async def session_owner(self, session_id: str) -> CallRecord | None:
         """The first chat recorded in a Vapi chat session: who started it, with which profile."""
@@ -330,7 +136,7 @@ class Ledger:
         )
         async with self._db.read() as conn:
             row = (await conn.execute(q)).first()
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     async def list_calls(
         self,
@@ -348,7 +154,7 @@ class Ledger:
             q = q.where(calls.c.created_at >= since)
         q = q.order_by(calls.c.created_at.desc(), calls.c.id).limit(max(1, min(limit, 1000)))
         async with self._db.read() as conn:
-            return [_record(r) for r in await conn.execute(q)]
+            return [record_from_row(r) for r in await conn.execute(q)]
 
     async def apply_event(
         self,
@@ -359,7 +165,7 @@ class Ledger:
     ) -> EventOutcome:
         """Store the event (once per dedupe key) and move its call forward; `outbox` rows are
         written in the same transaction, and only for a first delivery."""
-        received = received_at or _now()
+        received = received_at or utc_now()
         async with self._db.write() as conn:
             current = None
             if event.call_id is not None:
@@ -383,13 +189,13 @@ class Ledger:
             )
             if (await conn.execute(ins)).rowcount != 1:
                 return EventOutcome(
-                    current is not None, True, None if current is None else _record(current)
+                    current is not None, True, None if current is None else record_from_row(current)
                 )
             if outbox:
                 await conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
             if current is None:
                 return EventOutcome(False, False, None)
-            call, ended_now = await self._settle(conn, _record(current), event, received)
+            call, ended_now = await self._settle(conn, record_from_row(current), event, received)
         return EventOutcome(True, False, call, ended_now)
 
     async def adopt_call(
@@ -409,7 +215,7 @@ class Ledger:
         ledger knows another call of that identity, the call is given back to it (same key,
         tenant, method); otherwise it is keyed `adopted:<hash>`. None if the call was
         recorded meanwhile."""
-        now = _now()
+        now = utc_now()
         async with self._db.read() as conn:
             # Adoption is rare, so a scan of this column is acceptable here.
             known = (
@@ -454,7 +260,7 @@ class Ledger:
                 .order_by(call_events.c.id)
             )
             row = (await conn.execute(sa.select(calls).where(calls.c.id == call_id))).one()
-            call = _record(row)
+            call = record_from_row(row)
             for dedupe_key, payload in list(events):
                 if isinstance(payload, Mapping):
                     replay = LedgerEvent.from_vapi(payload, dedupe_key=dedupe_key)
@@ -477,7 +283,7 @@ class Ledger:
         changed columns, one outbox insert), with the same outcomes as applying them in order."""
         if not items:
             return []
-        received = received_at or _now()
+        received = received_at or utc_now()
         ids = sorted({e.call_id for e, _ in items if e.call_id is not None})
         async with self._db.write() as conn:
             current: dict[str, CallRecord] = {}
@@ -485,7 +291,7 @@ class Ledger:
                 rows = await conn.execute(
                     sa.select(calls).where(calls.c.id.in_(ids)).with_for_update()
                 )
-                current = {row.id: _record(row) for row in rows}
+                current = {row.id: record_from_row(row) for row in rows}
             values = [
                 {
                     "call_id": e.call_id,
@@ -521,7 +327,7 @@ class Ledger:
                     continue
                 changes = _changes(call, event, received)
                 if changes:
-                    merged = {name: getattr(call, name) for name in _CALL_FIELDS} | changes
+                    merged = {name: getattr(call, name) for name in CALL_FIELDS} | changes
                     current[call.id] = CallRecord(**merged)
                     changed.setdefault(call.id, {}).update(changes)
                 ended_now = changes.get("status") == "ended"
@@ -550,7 +356,7 @@ class Ledger:
         if not changes:
             return call, False
         await conn.execute(calls.update().where(calls.c.id == call.id).values(**changes))
-        merged = {name: getattr(call, name) for name in _CALL_FIELDS} | changes
+        merged = {name: getattr(call, name) for name in CALL_FIELDS} | changes
         return CallRecord(**merged), changes.get("status") == "ended"
 
     async def usage(
@@ -599,7 +405,7 @@ class Ledger:
         now: datetime | None = None,
     ) -> IdempotencyResult:
         """First writer wins atomically; later ones see its state (or an expired key is reused)."""
-        now = now or _now()
+        now = now or utc_now()
         expires = now + timedelta(seconds=ttl_seconds)
         ins = (
             self._insert(idempotency_keys)
@@ -664,7 +470,7 @@ class Ledger:
     async def idempotency_get(
         self, key: str, identity_key: str, *, now: datetime | None = None
     ) -> IdempotencyResult | None:
-        now = now or _now()
+        now = now or utc_now()
         async with self._db.read() as conn:
             row = (
                 await conn.execute(
@@ -684,7 +490,7 @@ class Ledger:
     async def idempotency_purge(self, *, now: datetime | None = None) -> int:
         async with self._db.write() as conn:
             res = await conn.execute(
-                idempotency_keys.delete().where(idempotency_keys.c.expires_at <= (now or _now()))
+                idempotency_keys.delete().where(idempotency_keys.c.expires_at <= (now or utc_now()))
             )
         return int(res.rowcount)
 
@@ -693,14 +499,14 @@ class Ledger:
     async def outbox_add(self, items: Sequence[OutboxItem], *, now: datetime | None = None) -> None:
         if items:
             async with self._db.write() as conn:
-                await conn.execute(webhook_outbox.insert(), _outbox_rows(items, now or _now()))
+                await conn.execute(webhook_outbox.insert(), _outbox_rows(items, now or utc_now()))
 
     async def outbox_claim(
         self, *, limit: int, lease_seconds: float, now: datetime | None = None
     ) -> list[OutboxEntry]:
         """Take up to `limit` due deliveries, oldest first, hiding them from other workers for
         `lease_seconds` (a crashed worker's rows come back after it)."""
-        now = now or _now()
+        now = now or utc_now()
         q = (
             sa.select(webhook_outbox)
             .where(webhook_outbox.c.state == "pending", webhook_outbox.c.next_attempt_at <= now)
@@ -730,7 +536,7 @@ class Ledger:
             await conn.execute(
                 webhook_outbox.update()
                 .where(webhook_outbox.c.id == entry_id)
-                .values(state="delivered", delivered_at=now or _now(), last_error=None)
+                .values(state="delivered", delivered_at=now or utc_now(), last_error=None)
             )
 
     async def outbox_failed(self, entry_id: int, *, error: str, retry_at: datetime | None) -> None:

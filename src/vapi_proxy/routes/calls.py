@@ -32,7 +32,7 @@ from vapi_proxy.errors import (
     UpstreamError,
     render,
 )
-from vapi_proxy.ledger.store import CallRecord
+from vapi_proxy.ledger.records import CallRecord
 from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.policy.intake import read_web_call
 from vapi_proxy.policy.phonecall import plan_phone_call, read_phone_call

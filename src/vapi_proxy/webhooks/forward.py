@@ -28,7 +28,8 @@ import aiohttp
 import orjson
 
 from vapi_proxy import __version__
-from vapi_proxy.ledger.store import Ledger, OutboxEntry, OutboxItem
+from vapi_proxy.ledger.records import OutboxEntry, OutboxItem
+from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.webhooks.config import ForwardSettings, RespondSettings
 from vapi_proxy.webhooks.stats import WebhookStats
 

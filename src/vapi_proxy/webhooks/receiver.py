@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from vapi_proxy.errors import BadRequestError, UnauthorizedError
-from vapi_proxy.ledger.store import EventOutcome, Ledger, LedgerEvent
+from vapi_proxy.ledger.records import EventOutcome, LedgerEvent
+from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
 from vapi_proxy.policy.webcall import METADATA_KEY
 from vapi_proxy.webhooks.config import WebhookSettings

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from vapi_proxy.ledger.store import EventOutcome, Ledger, LedgerEvent, OutboxItem
+from vapi_proxy.ledger.records import EventOutcome, LedgerEvent, OutboxItem
+from vapi_proxy.ledger.store import Ledger
 
 _Item = tuple[LedgerEvent, Sequence[OutboxItem], "asyncio.Future[EventOutcome]"]
 
