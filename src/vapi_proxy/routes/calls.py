@@ -117,9 +117,11 @@ async def start_call(
         if not exc.maybe_sent:
             await runtime.limiter.release(reservation)
         raise
-    except BaseException:
+    except Exception:
         await runtime.limiter.release(reservation)
         raise
+    # A cancellation (the drain ran out, the task was torn down) is not caught above: the
+    # request may be at Vapi, so the reservation stays until it expires or is settled.
     await runtime.limiter.commit(reservation, call_id)
     try:
         await runtime.ledger.record_call(
