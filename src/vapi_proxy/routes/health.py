@@ -6,13 +6,14 @@ get the status alone."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from vapi_proxy.routes.metrics import internal_peer_check
 
 if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
@@ -27,14 +28,7 @@ async def healthz(request: Request) -> Response:
 
 
 def routes(runtime: Runtime) -> list[Route]:
-    networks = [ipaddress.ip_network(n) for n in runtime.settings.metrics.allowed_networks]
-
-    def internal(request: Request) -> bool:
-        try:
-            peer = ipaddress.ip_address(request.client.host) if request.client else None
-        except ValueError:
-            return False
-        return peer is not None and any(peer in network for network in networks)
+    internal = internal_peer_check(runtime.settings.metrics.allowed_networks)
 
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {"config": {"ok": True, "profiles": len(runtime.profiles)}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -22,6 +23,23 @@ logger = logging.getLogger("vapi_proxy.metrics")
 _LIVE = ("queued", "ringing", "in-progress", "forwarding")
 
 
+def internal_peer_check(allowed_networks: list[str]) -> Callable[[Request], bool]:
+    """Whether a request's TCP peer (never a forwarded header) is on one of the networks
+    allowed to see operator data (metrics, readiness details)."""
+    networks = [ipaddress.ip_network(n) for n in allowed_networks]
+
+    def internal(request: Request) -> bool:
+        if request.client is None:
+            return False
+        try:
+            peer = ipaddress.ip_address(request.client.host)
+        except ValueError:
+            return False
+        return any(peer in network for network in networks)
+
+    return internal
+
+
 async def live_calls(runtime: Runtime) -> int:
     """Calls (not chats) the ledger holds as still live: shared by every worker and replica."""
     query = (
@@ -37,16 +55,7 @@ def routes(runtime: Runtime) -> list[Route]:
     settings = runtime.settings.metrics
     if not settings.enabled:
         return []
-    networks = [ipaddress.ip_network(n) for n in settings.allowed_networks]
-
-    def allowed(request: Request) -> bool:
-        if request.client is None:
-            return False
-        try:
-            peer = ipaddress.ip_address(request.client.host)
-        except ValueError:
-            return False
-        return any(peer in network for network in networks)
+    allowed = internal_peer_check(settings.allowed_networks)
 
     async def metrics(request: Request) -> Response:
         if not allowed(request):
