@@ -15,6 +15,7 @@ from tests.clients.support import (
     seed_phone_number,
     upstream_requests,
 )
+from tests.proxy.test_edge import assert_envelope
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 
@@ -94,3 +95,49 @@ def test_the_list_holds_only_the_callers_calls_newest_first(
     for bad in ("1001", "-1", "x"):
         refused = HTTP.get(f"{reads_proxy.url}/call?limit={bad}", headers=bearer(user_key))
         assert refused.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "limit=%D9%A3",  # Arabic-Indic three
+        "limit=" + "9" * 5000,  # past int()'s digit limit
+        "limit=%2B5",
+        "limit=%205",
+        "limit=1_0",
+        "limit=",
+        "limit=1&limit=2",
+    ],
+)
+def test_a_bad_limit_is_a_400_naming_it(
+    reads_proxy: ServerThread, user_key: str, query: str
+) -> None:
+    reply = HTTP.get(f"{reads_proxy.url}/call?{query}", headers=bearer(user_key))
+    body = assert_envelope(reply, 400)
+    assert "'limit'" in str(body["message"])
+
+
+def test_unknown_query_parameters_are_refused_on_every_route(
+    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+) -> None:
+    clear_requests(sandbox)
+    for method, path in (
+        ("GET", "/call?assistantId=x"),
+        ("GET", f"/call/{'0' * 36}?limit=1"),
+        ("POST", "/call/web?assistantId=x"),
+        ("POST", "/call?x=1"),
+        ("POST", "/chat?stream=true"),
+        ("POST", "/chat/responses?x="),
+        ("POST", "/chat/web?x=1"),
+        ("POST", "/chat/web/responses?x=1"),
+    ):
+        reply = HTTP.request(
+            method,
+            reads_proxy.url + path,
+            json={"assistantId": "sales-coach"},
+            headers=bearer(user_key),
+        )
+        body = assert_envelope(reply, 400)
+        assert "Query parameter" in str(body["message"]), (path, body)
+    assert upstream_requests(sandbox) == []

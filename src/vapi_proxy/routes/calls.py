@@ -38,6 +38,7 @@ from vapi_proxy.policy.intake import read_web_call
 from vapi_proxy.policy.phonecall import plan_phone_call, read_phone_call
 from vapi_proxy.policy.reply import SDK_PATHS, scrub
 from vapi_proxy.policy.webcall import CallContext, PlannedCall, plan_web_call
+from vapi_proxy.routes.query import NO_QUERY, read_query, whole_number
 from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
@@ -176,12 +177,7 @@ def call_view(record: CallRecord) -> dict[str, Any]:
     return view
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 100
-    if not raw.isdigit() or int(raw) > 1000:
-        raise BadRequestError("limit must be a whole number from 0 to 1000.")
-    return int(raw)
+_LIST_QUERY = {"limit": whole_number(0, 1000)}  # Vapi's range and default (API-FACTS §2.4)
 
 
 def routes(runtime: Runtime) -> list[Route]:
@@ -242,6 +238,7 @@ def routes(runtime: Runtime) -> list[Route]:
         return 201, orjson.dumps({"results": results, "errors": errors})
 
     async def idempotent(request: Request, create: Any) -> Response:
+        read_query(request, NO_QUERY)
         state = request_state(request.scope)
         identity = await authenticate(runtime, request)
         state.identity = identity.hashed
@@ -308,6 +305,7 @@ def routes(runtime: Runtime) -> list[Route]:
         call_id = request.path_params["id"]
         if call_id == "web":  # `/call/web` is only ever created, never read
             raise MethodNotAllowedError(["POST"])
+        read_query(request, NO_QUERY)
         state = request_state(request.scope)
         identity = await reader(request)
         record = await runtime.ledger.get_call(call_id) if len(call_id) <= 128 else None
@@ -323,7 +321,7 @@ def routes(runtime: Runtime) -> list[Route]:
 
     async def list_calls(request: Request) -> Response:
         identity = await reader(request)
-        limit = _limit(request.query_params.get("limit"))
+        limit: int = read_query(request, _LIST_QUERY).get("limit", 100)
         records = []
         if limit:
             records = await runtime.ledger.list_calls(identity.key, limit=limit, kinds=_CALL_KINDS)

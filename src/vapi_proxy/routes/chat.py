@@ -25,6 +25,7 @@ from vapi_proxy.limits.base import AdmissionRequest, Reservation
 from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
 from vapi_proxy.policy.webcall import CallContext
 from vapi_proxy.routes.calls import authenticate
+from vapi_proxy.routes.query import NO_QUERY, read_query
 from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, run_until_client_leaves
 from vapi_proxy.upstream.replies import parse_success
 
@@ -209,6 +210,7 @@ def routes(runtime: Runtime) -> list[Route]:
         fmt: SseFormat = "responses" if responses else "chat"
 
         async def chat(request: Request) -> Any:
+            read_query(request, NO_QUERY)
             state = request_state(request.scope)
             identity = await authenticate(runtime, request)
             state.identity = identity.hashed
