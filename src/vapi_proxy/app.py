@@ -181,6 +181,7 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
             route.endpoint: route.path for route in route_list if isinstance(route, Route)
         },
         profile_label=lambda name: name if name in profile_names else "",
+        client_address=runtime.auth.client_address,
     )
     app.runtime = runtime  # type: ignore[attr-defined]
     return app

@@ -93,7 +93,9 @@ class JwksServer:
         self.fetches = self.redirected_fetches = 0
 
 
-def settings(*methods: dict[str, Any], trusted_proxies: list[str] | None = None) -> AuthSettings:
+def settings(
+    *methods: dict[str, Any], trusted_proxies: list[str] | None = None, **more: Any
+) -> AuthSettings:
     return AuthSettings.model_validate(
-        {"methods": list(methods), "trusted_proxies": trusted_proxies or []}
+        {"methods": list(methods), "trusted_proxies": trusted_proxies or [], **more}
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vapi_proxy.auth.anonymous import AnonymousAuthenticator, caller_key
+from vapi_proxy.edge.client_address import ClientAddressResolver
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,7 @@ def test_caller_key(address: str, key: str) -> None:
 
 
 def test_two_addresses_of_one_ipv6_subscriber_are_one_caller() -> None:
-    anonymous = AnonymousAuthenticator(())
+    anonymous = AnonymousAuthenticator(ClientAddressResolver(()))
     first = anonymous.identify("2001:db8:1:2::10", {})
     second = anonymous.identify("2001:db8:1:2:ffff::99", {})
     assert first.key == second.key

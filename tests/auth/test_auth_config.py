@@ -120,6 +120,12 @@ def test_method_type_and_proxies() -> None:
         load(trusted_proxies=["10.0.0.1/8"])
     assert load({"type": "anonymous"}, trusted_proxies=["10.0.0.0/8", "::1/128"]).anonymous_enabled
     assert not load().anonymous_enabled
+    assert load().client_address_header == "X-Forwarded-For"
+    assert load(client_address_header=" CF-Connecting-IP ").client_address_header == (
+        "CF-Connecting-IP"
+    )
+    with pytest.raises(ValidationError, match="not a header name"):
+        load(client_address_header="X-Forwarded-For: 1.2.3.4")
 
 
 def _models() -> list[type[BaseModel]]:

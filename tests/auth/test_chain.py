@@ -68,6 +68,22 @@ async def test_forwarded_for_believed_from_trusted_proxy(chain_factory: Any) -> 
     assert identity.subject == "203.0.113.50"
 
 
+async def test_only_the_configured_header_names_the_client(chain_factory: Any) -> None:
+    # Behind nginx a client's own `Forwarded` arrives untouched next to the X-Forwarded-For
+    # nginx wrote: it must not let an anonymous caller pick a fresh identity per request.
+    chain = await chain_factory(ANONYMOUS, trusted_proxies=["10.0.0.0/8"])
+    keys = set()
+    for n in range(5):
+        headers = {"x-forwarded-for": "203.0.113.50", "forwarded": f"for=198.51.100.{n}"}
+        keys.add((await chain.authenticate(None, "10.0.0.2", headers)).key)
+    assert keys == {"anonymous:203.0.113.50"}
+    cloudflare = await chain_factory(
+        ANONYMOUS, trusted_proxies=["10.0.0.0/8"], client_address_header="CF-Connecting-IP"
+    )
+    headers = {"cf-connecting-ip": "198.51.100.7", "x-forwarded-for": "6.6.6.6"}
+    assert (await cloudflare.authenticate(None, "10.0.0.2", headers)).subject == "198.51.100.7"
+
+
 async def test_wrong_token_is_not_downgraded_to_anonymous(
     chain_factory: Any, rsa_key: SigningKey, rsa_key_2: SigningKey
 ) -> None:

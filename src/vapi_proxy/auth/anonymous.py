@@ -6,17 +6,17 @@ Anonymous never claims a credential: someone who sent a wrong token is refused, 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from vapi_proxy.auth.identity import ANONYMOUS_METHOD, Identity
-from vapi_proxy.edge.client_address import Network, client_address
+from vapi_proxy.edge.client_address import ClientAddressResolver
 
 
 class AnonymousAuthenticator:
     """Not in the chain's list of authenticators: the chain asks it only when no credential came."""
 
-    def __init__(self, trusted_proxies: Sequence[Network]) -> None:
-        self._trusted = tuple(trusted_proxies)
+    def __init__(self, client_address: ClientAddressResolver) -> None:
+        self._client_address = client_address
 
     def identify(self, peer: str | None, headers: Mapping[str, str]) -> Identity:
         """The anonymous identity of a request from TCP peer `peer`.
@@ -25,7 +25,7 @@ class AnonymousAuthenticator:
         rotate addresses inside it at will, which would otherwise reset every per-caller
         limit. The full address stays in the claims for logs and templates.
         """
-        address = client_address(peer, headers, self._trusted)
+        address = self._client_address.resolve(peer, headers)
         return Identity(
             subject=caller_key(address), method=ANONYMOUS_METHOD, claims={"address": address}
         )

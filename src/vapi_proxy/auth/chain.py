@@ -22,7 +22,7 @@ from vapi_proxy.auth.config import ApiKeyMethod, AuthSettings, JwtMethod
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.auth.jwks import JwksCache
 from vapi_proxy.auth.jwt import JwtAuthenticator
-from vapi_proxy.edge.client_address import get_header
+from vapi_proxy.edge.client_address import ClientAddressResolver, get_header
 from vapi_proxy.errors import ServiceUnavailableError, UnauthorizedError
 
 # RFC 6750 §2.1 b64token: anything else in a Bearer header is malformed, whoever would own it.
@@ -41,7 +41,10 @@ class AuthChain:
         key_headers: Sequence[str] = (),
         jwks: Sequence[JwksCache] = (),
         stats: AuthStats | None = None,
+        client_address: ClientAddressResolver | None = None,
     ) -> None:
+        """`client_address` is the resolver the whole app shares (the edge, metrics, health)."""
+        self.client_address = client_address or ClientAddressResolver(())
         self._authenticators = tuple(authenticators)
         self._anonymous = anonymous
         self._key_headers = tuple(key_headers)
@@ -81,15 +84,17 @@ class AuthChain:
                 authenticators.append(api_keys)
                 if api_keys.header is not None:
                     key_headers.append(api_keys.header)
+        resolver = ClientAddressResolver(settings.trusted_proxies, settings.client_address_header)
         anonymous = None
         if settings.anonymous_enabled:
-            anonymous = AnonymousAuthenticator(settings.trusted_proxies)
+            anonymous = AnonymousAuthenticator(resolver)
         return cls(
             authenticators,
             anonymous=anonymous,
             key_headers=key_headers,
             jwks=caches,
             stats=stats,
+            client_address=resolver,
         )
 
     async def start(self) -> None:
@@ -120,8 +125,8 @@ class AuthChain:
     ) -> Identity:
         """The caller's identity, or `UnauthorizedError` (401) / `ServiceUnavailableError` (503).
 
-        `client_host` is the TCP peer as the server saw it; forwarded headers in `headers` are
-        applied only if that peer is one of `trusted_proxies`.
+        `client_host` is the TCP peer as the server saw it; the configured forwarded header in
+        `headers` is applied only if that peer is one of `trusted_proxies`.
         """
         headers = headers or {}
         try:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from vapi_proxy.auth.identity import AuthMethod
+from vapi_proxy.edge.client_address import DEFAULT_HEADER, HEADER_NAME
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -317,9 +318,24 @@ class AuthSettings(_Model):
     )
     trusted_proxies: list[IPvAnyNetwork] = Field(
         default_factory=list,
-        description="Networks (CIDR) of reverse proxies whose X-Forwarded-For / Forwarded "
-        "headers are believed when working out the client address.",
+        description="Networks (CIDR) of reverse proxies (your load balancer) whose "
+        "`client_address_header` is believed when working out the client address.",
     )
+    client_address_header: str = Field(
+        DEFAULT_HEADER,
+        description="The one header your load balancer writes the client address into, read "
+        "from the right past `trusted_proxies`: `X-Forwarded-For` (nginx, ingress-nginx, AWS "
+        "ALB), `Forwarded` (RFC 7239), `CF-Connecting-IP` (Cloudflare), `Fly-Client-IP` (Fly), "
+        "`X-Real-IP`. Every other forwarded header is ignored (clients can write them).",
+    )
+
+    @field_validator("client_address_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        value = value.strip()
+        if not HEADER_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a header name")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -1,14 +1,17 @@
-"""The client's address: the TCP peer, or what trusted reverse proxies say the peer was.
+"""The client's address: the TCP peer, or what the operator's own balancer says the peer was.
 
-Anyone can send `X-Forwarded-For`; it means something only when the peer that sent it is a proxy
-we run. So the chain of hops is walked from the right (nearest) and stops at the first address
-that is not a trusted proxy: that is the client. Addresses further left were written by the
-client itself and are ignored.
+Anyone can send forwarded headers; one means something only when the peer that sent it is a
+proxy we run, and only the one header that proxy writes: a balancer appends to (or sets) its
+own header and passes every other one through untouched, client-written. So exactly one header
+is read, the one the operator names (`auth.client_address_header`), and its hops are walked from
+the right (nearest), stopping at the first address that is not a trusted proxy: that is the
+client. Addresses further left, and every other forwarded header, were written by the client.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -17,38 +20,71 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN = "unknown"
 """The address reported when the server gives no peer (e.g. a Unix socket)."""
 
+DEFAULT_HEADER = "X-Forwarded-For"
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+"""An RFC 9110 §5.1 field name (a token)."""
 
-def client_address(peer: str | None, headers: Mapping[str, str], trusted: Sequence[Network]) -> str:
-    """The client's address as a normalised string.
 
-    `headers` is looked up case-insensitively. Repeated header lines count as one comma-joined
-    list (RFC 9110 §5.3) when `headers` has Starlette's `getlist`; a plain mapping holds one value
-    per name, so its caller must join them. RFC 7239 `Forwarded` wins over `X-Forwarded-For` when
-    both are present, being the standard one.
+class ClientAddressResolver:
+    """The one place a request's client address is worked out (auth, metrics, logs, webhooks).
+
+    `header` is the field the trusted balancer writes: `X-Forwarded-For` (nginx, ingress-nginx,
+    AWS ALB, most balancers), `Forwarded` (RFC 7239), or a single-address one such as
+    `X-Real-IP`, `CF-Connecting-IP` or `Fly-Client-IP`. Without trusted proxies no header is read.
     """
-    if not peer:
-        return UNKNOWN
-    current = _parse(peer)
-    if current is None:
-        return peer
-    if not _is_trusted(current, trusted):
+
+    def __init__(self, trusted: Sequence[Network], header: str = DEFAULT_HEADER) -> None:
+        if not HEADER_NAME.fullmatch(header):
+            raise ValueError(f"{header!r} is not a header name")
+        self.trusted = tuple(trusted)
+        self.header = header.lower()
+        self._rfc7239 = self.header == "forwarded"
+
+    def resolve(self, peer: str | None, headers: Mapping[str, str]) -> str:
+        """The client's address as a normalised string.
+
+        `headers` is looked up case-insensitively. Repeated header lines count as one
+        comma-joined list (RFC 9110 §5.3) when `headers` has Starlette's `getlist`; a plain
+        mapping holds one value per name, so its caller must join them.
+        """
+        if not peer:
+            return UNKNOWN
+        current = _parse(peer)
+        if current is None:
+            return peer
+        if not self.trusted or not _is_trusted(current, self.trusted):
+            return str(current)
+        value = _joined(headers, self.header)
+        if not value:
+            return str(current)
+        hops = _forwarded_for(value) if self._rfc7239 else value.split(",")
+        for hop in reversed(hops):
+            address = _parse(hop)
+            if address is None:
+                # "unknown", an obfuscated name or garbage: nothing beyond it can be trusted, so
+                # the last trusted proxy is the best we know.
+                break
+            current = address
+            if not _is_trusted(current, self.trusted):
+                break
         return str(current)
-    forwarded = _joined(headers, "forwarded")
-    if forwarded is not None:
-        hops = _forwarded_for(forwarded)
-    else:
-        xff = _joined(headers, "x-forwarded-for")
-        hops = [part.strip() for part in xff.split(",")] if xff else []
-    for hop in reversed(hops):
-        address = _parse(hop)
-        if address is None:
-            # "unknown", an obfuscated name or garbage: nothing beyond it can be trusted, so the
-            # last trusted proxy is the best we know.
-            break
-        current = address
-        if not _is_trusted(current, trusted):
-            break
-    return str(current)
+
+    def is_in(
+        self, peer: str | None, headers: Mapping[str, str], networks: Sequence[Network]
+    ) -> bool:
+        """Whether the resolved client is on one of `networks` (unknown or unparseable: no)."""
+        address = _parse(self.resolve(peer, headers))
+        return address is not None and _is_trusted(address, networks)
+
+
+def client_address(
+    peer: str | None,
+    headers: Mapping[str, str],
+    trusted: Sequence[Network],
+    header: str = DEFAULT_HEADER,
+) -> str:
+    """`ClientAddressResolver(trusted, header).resolve(peer, headers)`, for one-off uses."""
+    return ClientAddressResolver(trusted, header).resolve(peer, headers)
 
 
 def get_header(headers: Mapping[str, str], name: str) -> str | None:

@@ -22,6 +22,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vapi_proxy.edge.client_address import ClientAddressResolver
 from vapi_proxy.errors import ProxyError, TooManyRequestsError, envelope
 from vapi_proxy.logs import ACCESS_LOGGER
 from vapi_proxy.metrics import Metrics
@@ -42,6 +43,7 @@ class RequestState:
 
     request_id: str
     client: str | None = None
+    """The client's address as the app's one `ClientAddressResolver` works it out."""
     profile: str | None = None
     identity: str | None = None
     upstream_status: int | None = None
@@ -115,8 +117,10 @@ class EdgeMiddleware:
         metrics: Metrics | None = None,
         route_paths: Mapping[Any, str] | None = None,
         profile_label: Callable[[str | None], str] = lambda name: "",
+        client_address: ClientAddressResolver | None = None,
     ) -> None:
         self.app = app
+        self.client_address = client_address or ClientAddressResolver(())
         self.cors = cors
         self.prefix = path_prefix
         self.access_log = access_log
@@ -124,6 +128,11 @@ class EdgeMiddleware:
         # Endpoint → route template, so metrics are labelled by route, never by raw path.
         self.route_paths = dict(route_paths or {})
         self.profile_label = profile_label
+
+    def _client(self, peer: str, scope: Scope) -> str:
+        # The headers are needed only when a peer could be a trusted proxy.
+        headers = plain_headers(scope) if self.client_address.trusted else {}
+        return self.client_address.resolve(peer, headers)
 
     def _normalise(self, path: str) -> str:
         if "//" in path:
@@ -153,7 +162,10 @@ class EdgeMiddleware:
         if request_id is None:
             request_id = _next_request_id()
         client = scope.get("client")
-        state = RequestState(request_id=request_id, client=client[0] if client else None)
+        state = RequestState(
+            request_id=request_id,
+            client=self._client(client[0], scope) if client else None,
+        )
         path = self._normalise(scope["path"])
         scope = dict(scope)
         scope["path"] = path
