@@ -226,8 +226,49 @@ class MetricsSettings(_Section):
 class AdminSettings(_Section):
     key_hashes: list[str] = Field(
         default_factory=list,
-        description="Hashes (`sha256:<hex>`, from `vapi-proxy hash-key`) of the keys that may "
-        "read `GET /admin/usage`; empty turns the admin endpoints off (404).",
+        description="Hashes (`sha256:<hex>`, from `vapi-proxy hash-key`) of the operator keys "
+        "that may use the console (`/admin`) and its API (`/admin/api/...`, `GET /admin/usage`); "
+        "empty turns every admin endpoint off (404). Separate from the end users' credentials.",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Client networks (CIDR) the console and admin API answer; others get 404. The "
+        "client address is the one the proxy resolves (forwarded headers only from "
+        "`auth.trusted_proxies`).",
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve the console and admin API only on this separate port (the proxy "
+        "listens on it too); unset: on the main port.",
+    )
+    session_ttl_seconds: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=7 * 86400,
+        description="How long a console sign-in lasts. Sessions are kept in the ledger "
+        "database, so every worker and replica knows them.",
+    )
+    actions_per_minute: int = Field(
+        default=60,
+        ge=1,
+        le=10_000,
+        description="Most state-changing admin actions (block, end a call, sign-in attempts) "
+        "per operator (or per address, for sign-in) per minute, counted across replicas.",
+    )
+    reads_per_minute: int = Field(
+        default=600,
+        ge=1,
+        le=100_000,
+        description="Most admin API reads per operator per minute (per process).",
+    )
+    block_refresh_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="How often each process checks the ledger for changed identity blocks: a "
+        "block or unblock takes effect on every replica within this time.",
     )
 
     @field_validator("key_hashes")
@@ -236,6 +277,16 @@ class AdminSettings(_Section):
         for value in values:
             if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
                 raise ValueError("each must be sha256:<64 lowercase hex> (vapi-proxy hash-key)")
+        return values
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _admin_networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a network ({exc})") from None
         return values
 
 

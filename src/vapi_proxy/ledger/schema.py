@@ -1,6 +1,6 @@
 """The ledger's tables as SQLAlchemy Core metadata: calls, the events that changed them,
-idempotency keys, and the outbox of webhook events to forward. Migrations in
-`migrations/versions/` must produce exactly this."""
+idempotency keys, the outbox of webhook events to forward, and the operator console's sessions,
+audit trail and identity blocks. Migrations in `migrations/versions/` must produce exactly this."""
 
 from __future__ import annotations
 
@@ -68,10 +68,17 @@ calls = sa.Table(
     sa.Column("analysis", JSONType),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("session_id", sa.String(128), comment="Vapi chat session id (chats only)"),
+    sa.Column(
+        "control_url",
+        sa.String(2048),
+        comment="Vapi's monitor.controlUrl: server-side only, never shown to a client",
+    ),
     sa.Index(None, "identity_key", "created_at"),
     sa.Index(None, "session_id"),
     sa.Index(None, "tenant", "created_at"),
     sa.Index(None, "created_at"),
+    sa.Index(None, "profile", "created_at"),
+    sa.Index(None, "status", "created_at"),
 )
 
 call_events = sa.Table(
@@ -127,4 +134,55 @@ webhook_outbox = sa.Table(
     sa.Column("last_error", sa.String(512)),
     sa.Column("delivered_at", UTCDateTime()),
     sa.Index(None, "state", "next_attempt_at"),
+)
+
+admin_sessions = sa.Table(
+    "admin_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True, comment="sha256 of the cookie"),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("client", sa.String(64)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "expires_at"),
+)
+
+admin_audit = sa.Table(
+    "admin_audit",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(512)),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("client", sa.String(64)),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column("detail", JSONType),
+    sa.Index(None, "at"),
+    sa.Index(None, "actor", "at"),
+    sa.Index(None, "client", "at"),
+)
+
+identity_blocks = sa.Table(
+    "identity_blocks",
+    metadata,
+    sa.Column("identity_key", sa.String(512), primary_key=True),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime()),
+    sa.Column("created_by", sa.String(128), nullable=False),
+)
+
+console_versions = sa.Table(
+    "console_versions",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
 )

@@ -1,0 +1,221 @@
+"""Who may use the console, from where, how often: the gate in front of every admin route.
+
+An operator proves themselves with an admin key (only its hash is configured): scripts send it as
+`Authorization: Bearer`, the page exchanges it once for a session cookie (HttpOnly,
+SameSite=Strict, Secure on https) so no script on the page ever holds a credential. A
+cookie-borne request that changes state must also carry the session's CSRF token in
+`X-CSRF-Token`. Only clients on `admin.allowed_networks` (the proxy's resolved client address)
+reach the routes at all; others, and every request when admin is off, get a 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from starlette.requests import Request
+
+from vapi_proxy.console.store import ConsoleStore
+from vapi_proxy.edge.client_address import Network, client_address
+from vapi_proxy.edge.middleware import plain_headers, request_state
+from vapi_proxy.errors import (
+    ForbiddenError,
+    NotFoundError,
+    TooManyRequestsError,
+    UnauthorizedError,
+)
+from vapi_proxy.ledger.records import utc_now
+from vapi_proxy.settings import AdminSettings
+
+COOKIE = "vapi_proxy_admin"
+SECURE_COOKIE = "__Host-vapi_proxy_admin"
+CSRF_HEADER = "x-csrf-token"
+SECURITY_HEADERS = {
+    # Everything the page needs comes from the proxy itself: no CDN, no inline script, no frames.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """An authenticated operator: `actor` names them in the audit trail."""
+
+    actor: str
+    via: str  # "key" or "session"
+    client: str
+    csrf_token: str | None = None
+
+
+def actor_for_hash(key_hash: str) -> str:
+    """An operator's name in the audit trail: the first hex digits of their key's hash."""
+    return "key:" + key_hash.split(":", 1)[1][:12]
+
+
+class AdminGate:
+    def __init__(
+        self,
+        settings: AdminSettings,
+        *,
+        trusted_proxies: Sequence[Network],
+        store: ConsoleStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.enabled = bool(settings.key_hashes)
+        self._hashes = [
+            (h.split(":", 1)[1].encode(), actor_for_hash(h)) for h in settings.key_hashes
+        ]
+        self._networks = [ipaddress.ip_network(n) for n in settings.allowed_networks]
+        self._trusted = tuple(trusted_proxies)
+        self.store = store
+        self._clock = clock
+        self._reads: dict[str, deque[float]] = {}
+
+    # --- where from ------------------------------------------------------------------------
+
+    def client(self, request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return client_address(peer, plain_headers(request.scope), self._trusted)
+
+    def reachable(self, request: Request) -> str:
+        """The client address, or a 404 (as if the route did not exist) when admin is off, the
+        client is outside the allowed networks, or the request came in on the wrong port."""
+        if not self.enabled:
+            raise NotFoundError(f"Cannot {request.method} {request.url.path}: no such route.")
+        if self.settings.port is not None:
+            server = request.scope.get("server")
+            if not server or server[1] != self.settings.port:
+                raise NotFoundError(f"Cannot {request.method} {request.url.path}: no such route.")
+        address = self.client(request)
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            ip = None
+        if ip is None or not any(ip.version == n.version and ip in n for n in self._networks):
+            raise NotFoundError(f"Cannot {request.method} {request.url.path}: no such route.")
+        return address
+
+    def secure(self, request: Request) -> bool:
+        """Whether the browser reached us over https (directly, or per a trusted proxy)."""
+        if request.url.scheme == "https":
+            return True
+        peer = request.client.host if request.client else ""
+        try:
+            ip = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        trusted = any(ip.version == n.version and ip in n for n in self._trusted)
+        proto = plain_headers(request.scope).get("x-forwarded-proto", "")
+        return trusted and proto.split(",")[-1].strip().lower() == "https"
+
+    # --- who -------------------------------------------------------------------------------
+
+    def check_key(self, key: str) -> str | None:
+        """The actor owning admin key `key`, or None. Every hash is compared, so timing does
+        not tell which one matched."""
+        digest = hashlib.sha256(key.strip().encode()).hexdigest().encode()
+        actor = None
+        for expected, name in self._hashes:
+            if hmac.compare_digest(digest, expected):
+                actor = name
+        return actor
+
+    def cookie_token(self, request: Request) -> str | None:
+        return request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
+
+    async def authenticate(self, request: Request, *, write: bool) -> Admin:
+        """The operator behind `request`, or 401; 403 for a cookie write without its CSRF token
+        or from another origin; 429 past the rate limits."""
+        client = self.reachable(request)
+        headers = plain_headers(request.scope)
+        authorization = headers.get("authorization")
+        admin: Admin | None = None
+        if authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise UnauthorizedError("An admin key is required.", error="invalid_request")
+            actor = self.check_key(token)
+            if actor is None:
+                raise UnauthorizedError("The admin key is not valid.")
+            admin = Admin(actor, "key", client)
+        else:
+            cookie = self.cookie_token(request)
+            session = await self.store.session(cookie) if cookie else None
+            if session is None:
+                raise UnauthorizedError(
+                    "Sign in with an admin key first."
+                    if cookie is None
+                    else "The session expired.",
+                    error="invalid_request" if cookie is None else "invalid_token",
+                )
+            admin = Admin(session.actor, "session", client, session.csrf_token)
+            if write:
+                self._check_csrf(request, session.csrf_token)
+        state = request_state(request.scope)
+        state.identity = admin.actor
+        if write:
+            await self.limit_actions(admin.actor)
+        else:
+            self.limit_reads(admin.actor)
+        return admin
+
+    def _check_csrf(self, request: Request, expected: str) -> None:
+        headers = plain_headers(request.scope)
+        given = headers.get(CSRF_HEADER, "")
+        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ForbiddenError("This request needs the console's CSRF token (X-CSRF-Token).")
+        origin = headers.get("origin")
+        host = headers.get("host")
+        if origin is not None and host is not None and origin.split("://", 1)[-1] != host:
+            raise ForbiddenError("Admin actions are accepted only from the console's own origin.")
+
+    # --- how often -------------------------------------------------------------------------
+
+    async def limit_actions(self, actor: str, *, now: datetime | None = None) -> None:
+        """Audited actions per operator per minute, counted in the shared database."""
+        since = (now or utc_now()) - timedelta(minutes=1)
+        count = await self.store.count_actions(since=since, actor=actor)
+        if count >= self.settings.actions_per_minute:
+            raise TooManyRequestsError(
+                "Too many admin actions in the last minute; wait a moment.", retry_after=60
+            )
+
+    async def limit_sign_ins(self, client: str, *, now: datetime | None = None) -> None:
+        """Refused sign-ins per address per minute: the key cannot be guessed by brute force."""
+        since = (now or utc_now()) - timedelta(minutes=1)
+        failures = await self.store.count_actions(
+            since=since, actor="-", client=client, outcome="refused"
+        )
+        if failures >= self.settings.actions_per_minute:
+            raise TooManyRequestsError(
+                "Too many failed sign-ins from this address; wait a minute.", retry_after=60
+            )
+
+    def limit_reads(self, actor: str) -> None:
+        """Reads per operator per minute, per process (reads change nothing, so a per-process
+        window is enough to stop a runaway script)."""
+        now = self._clock()
+        window = self._reads.setdefault(actor, deque())
+        while window and window[0] <= now - 60:
+            window.popleft()
+        if len(window) >= self.settings.reads_per_minute:
+            raise TooManyRequestsError(
+                "Too many admin API reads in the last minute; slow down.",
+                retry_after=max(1, int(window[0] + 60 - now)),
+            )
+        window.append(now)

@@ -1,0 +1,257 @@
+"""The console's state in the ledger database: admin sessions, the audit trail and identity
+blocks. Everything here is shared by every worker and replica; nothing lives only in a process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from vapi_proxy.ledger.engine import Database
+from vapi_proxy.ledger.records import utc_now
+from vapi_proxy.ledger.schema import admin_audit, admin_sessions, console_versions, identity_blocks
+
+BLOCKS = "blocks"
+"""The `console_versions` row bumped on every block change: replicas poll it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSession:
+    actor: str
+    csrf_token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    identity_key: str
+    reason: str
+    created_at: datetime
+    expires_at: datetime | None
+    created_by: str
+
+    def active(self, now: datetime) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity_key,
+            "reason": self.reason,
+            "createdAt": iso(self.created_at),
+            "expiresAt": iso(self.expires_at),
+            "createdBy": self.created_by,
+        }
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ConsoleStore:
+    """Sessions, audit and blocks over the ledger's `Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    # --- sessions --------------------------------------------------------------------------
+
+    async def open_session(
+        self, actor: str, *, ttl_seconds: int, client: str | None, now: datetime | None = None
+    ) -> tuple[str, AdminSession]:
+        """A new session: the cookie token (only its hash is stored) and its CSRF token."""
+        now = now or utc_now()
+        token = secrets.token_urlsafe(32)
+        session = AdminSession(
+            actor=actor,
+            csrf_token=secrets.token_urlsafe(24),
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
+        async with self._db.write() as conn:
+            await conn.execute(admin_sessions.delete().where(admin_sessions.c.expires_at <= now))
+            await conn.execute(
+                admin_sessions.insert().values(
+                    token_hash=_token_hash(token),
+                    actor=actor,
+                    csrf_token=session.csrf_token,
+                    client=(client or "")[:64] or None,
+                    created_at=now,
+                    expires_at=session.expires_at,
+                )
+            )
+        return token, session
+
+    async def session(self, token: str, *, now: datetime | None = None) -> AdminSession | None:
+        now = now or utc_now()
+        query = sa.select(
+            admin_sessions.c.actor, admin_sessions.c.csrf_token, admin_sessions.c.expires_at
+        ).where(admin_sessions.c.token_hash == _token_hash(token))
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None or row.expires_at <= now:
+            return None
+        return AdminSession(row.actor, row.csrf_token, row.expires_at)
+
+    async def close_session(self, token: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                admin_sessions.delete().where(admin_sessions.c.token_hash == _token_hash(token))
+            )
+
+    # --- audit -----------------------------------------------------------------------------
+
+    async def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str = "ok",
+        target: str | None = None,
+        client: str | None = None,
+        request_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                admin_audit.insert().values(
+                    at=now or utc_now(),
+                    actor=actor[:128],
+                    action=action[:64],
+                    target=None if target is None else target[:512],
+                    outcome=outcome[:16],
+                    client=None if client is None else client[:64],
+                    request_id=request_id,
+                    detail=detail,
+                )
+            )
+
+    async def count_actions(
+        self,
+        *,
+        since: datetime,
+        actor: str | None = None,
+        client: str | None = None,
+        outcome: str | None = None,
+    ) -> int:
+        """Audited actions since `since` by one actor (or from one address): the shared rate
+        limit's counter."""
+        query = sa.select(sa.func.count()).select_from(admin_audit)
+        query = query.where(admin_audit.c.at >= since)
+        if actor is not None:
+            query = query.where(admin_audit.c.actor == actor)
+        if client is not None:
+            query = query.where(admin_audit.c.client == client)
+        if outcome is not None:
+            query = query.where(admin_audit.c.outcome == outcome)
+        async with self._db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def audit_log(
+        self,
+        *,
+        limit: int = 100,
+        before_id: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        query = sa.select(admin_audit).order_by(admin_audit.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(admin_audit.c.id < before_id)
+        if actor is not None:
+            query = query.where(admin_audit.c.actor == actor)
+        if action is not None:
+            query = query.where(admin_audit.c.action == action)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "id": row.id,
+                "at": iso(row.at),
+                "actor": row.actor,
+                "action": row.action,
+                "target": row.target,
+                "outcome": row.outcome,
+                "client": row.client,
+                "requestId": row.request_id,
+                "detail": row.detail,
+            }
+            for row in rows
+        ]
+
+    # --- blocks ----------------------------------------------------------------------------
+
+    async def block(
+        self,
+        identity_key: str,
+        *,
+        reason: str,
+        expires_at: datetime | None,
+        actor: str,
+        now: datetime | None = None,
+    ) -> Block:
+        """Block (or re-block, replacing reason and expiry) an identity."""
+        block = Block(identity_key, reason, now or utc_now(), expires_at, actor)
+        async with self._db.write() as conn:
+            await conn.execute(
+                identity_blocks.delete().where(identity_blocks.c.identity_key == identity_key)
+            )
+            await conn.execute(
+                identity_blocks.insert().values(
+                    identity_key=identity_key,
+                    reason=reason,
+                    created_at=block.created_at,
+                    expires_at=expires_at,
+                    created_by=actor,
+                )
+            )
+            await self._bump(conn)
+        return block
+
+    async def unblock(self, identity_key: str) -> bool:
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                identity_blocks.delete().where(identity_blocks.c.identity_key == identity_key)
+            )
+            if result.rowcount:
+                await self._bump(conn)
+        return bool(result.rowcount)
+
+    async def blocks(self) -> list[Block]:
+        query = sa.select(identity_blocks).order_by(identity_blocks.c.created_at.desc())
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Block(r.identity_key, r.reason, r.created_at, r.expires_at, r.created_by) for r in rows
+        ]
+
+    async def blocks_version(self) -> int:
+        query = sa.select(console_versions.c.version).where(console_versions.c.name == BLOCKS)
+        async with self._db.read() as conn:
+            value = (await conn.execute(query)).scalar_one_or_none()
+        return int(value or 0)
+
+    async def _bump(self, conn: Any) -> None:
+        dialect = postgresql if self._db.dialect == "postgresql" else sqlite
+        statement = dialect.insert(console_versions).values(name=BLOCKS, version=1)
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["name"], set_={"version": console_versions.c.version + 1}
+            )
+        )
