@@ -169,7 +169,10 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
     ]
     if settings.metrics.port is None:
         route_list.extend(metrics.routes(runtime))
-    router = Router(routes=route_list, lifespan=lifespan)
+    # No trailing-slash redirect: Starlette's would send `POST /call/web/` to
+    # `http://<the client's Host>/call/web`, an open redirect built from a request header and a
+    # downgrade to http behind TLS. One path per route; anything else is the 404 envelope.
+    router = Router(routes=route_list, lifespan=lifespan, redirect_slashes=False)
     profile_names = frozenset(settings.profiles)
     app = EdgeMiddleware(
         router,

@@ -239,5 +239,8 @@ def create_app(settings: SandboxSettings, *, clock: Clock | None = None) -> Star
         await state.close()
 
     app = Starlette(middleware=[Middleware(Dispatcher, state=state)], lifespan=lifespan)
+    # The dispatcher answers every HTTP request itself; should one ever reach the router, it
+    # must not answer with a redirect built from the Host header.
+    app.router.redirect_slashes = False
     app.state.sandbox = state
     return app
