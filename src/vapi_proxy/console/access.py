@@ -15,14 +15,14 @@ import hmac
 import ipaddress
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from starlette.requests import Request
 
 from vapi_proxy.console.store import ConsoleStore
-from vapi_proxy.edge.client_address import Network, client_address
+from vapi_proxy.edge.client_address import ClientAddressResolver
 from vapi_proxy.edge.middleware import plain_headers, request_state
 from vapi_proxy.errors import (
     ForbiddenError,
@@ -71,7 +71,7 @@ class AdminGate:
         self,
         settings: AdminSettings,
         *,
-        trusted_proxies: Sequence[Network],
+        resolver: ClientAddressResolver,
         store: ConsoleStore,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -81,7 +81,7 @@ class AdminGate:
             (h.split(":", 1)[1].encode(), actor_for_hash(h)) for h in settings.key_hashes
         ]
         self._networks = [ipaddress.ip_network(n) for n in settings.allowed_networks]
-        self._trusted = tuple(trusted_proxies)
+        self._resolver = resolver
         self.store = store
         self._clock = clock
         self._reads: dict[str, deque[float]] = {}
@@ -90,7 +90,7 @@ class AdminGate:
 
     def client(self, request: Request) -> str:
         peer = request.client.host if request.client else None
-        return client_address(peer, plain_headers(request.scope), self._trusted)
+        return self._resolver.resolve(peer, plain_headers(request.scope))
 
     def reachable(self, request: Request) -> str:
         """The client address, or a 404 (as if the route did not exist) when admin is off, the
@@ -119,7 +119,7 @@ class AdminGate:
             ip = ipaddress.ip_address(peer)
         except ValueError:
             return False
-        trusted = any(ip.version == n.version and ip in n for n in self._trusted)
+        trusted = any(ip.version == n.version and ip in n for n in self._resolver.trusted)
         proto = plain_headers(request.scope).get("x-forwarded-proto", "")
         return trusted and proto.split(",")[-1].strip().lower() == "https"
 

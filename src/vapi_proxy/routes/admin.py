@@ -24,6 +24,7 @@ from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import request_state
 from vapi_proxy.errors import BadRequestError, ProxyError, UnauthorizedError
 from vapi_proxy.ledger.cli import usage_report
+from vapi_proxy.routes.query import NO_QUERY, Parser, read_query, whole_number
 
 if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
@@ -41,6 +42,24 @@ def parse_time(name: str, text: str | None) -> datetime | None:
             f"'{name}' must be a date (YYYY-MM-DD) or an ISO timestamp."
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def text(max_length: int) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        if not raw or len(raw) > max_length or not raw.isprintable():
+            raise BadRequestError(
+                f"Query parameter '{name}' must be 1 to {max_length} printable characters."
+            )
+        return raw
+
+    return parse
+
+
+def moment(name: str, raw: str) -> datetime:
+    value = parse_time(name, raw)
+    if value is None:
+        raise BadRequestError(f"'{name}' must be a date (YYYY-MM-DD) or an ISO timestamp.")
+    return value
 
 
 def json_reply(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -73,7 +92,7 @@ class AdminApi:
         self.store = ConsoleStore(runtime.ledger.database)
         self.gate = AdminGate(
             runtime.settings.admin,
-            trusted_proxies=runtime.settings.auth.trusted_proxies,
+            resolver=runtime.auth.client_address,
             store=self.store,
         )
         self.max_bytes = runtime.settings.server.max_body_bytes
@@ -144,6 +163,7 @@ class AdminApi:
         return reply
 
     async def whoami(self, request: Request) -> Response:
+        read_query(request, NO_QUERY)
         admin = await self.gate.authenticate(request, write=False)
         return json_reply({"actor": admin.actor, "via": admin.via, "csrfToken": admin.csrf_token})
 
@@ -164,25 +184,34 @@ class AdminApi:
 
     async def audit_log(self, request: Request) -> Response:
         await self.gate.authenticate(request, write=False)
-        query = request.query_params
-        limit = _int(query.get("limit"), "limit", default=100, low=1, high=1000)
-        before = query.get("before")
+        query = read_query(
+            request,
+            {
+                "limit": whole_number(1, 1000),
+                "before": whole_number(1, 10**15),
+                "actor": text(128),
+                "action": text(64),
+            },
+        )
         rows = await self.store.audit_log(
-            limit=limit,
-            before_id=None if before is None else _int(before, "before", default=0, low=1),
-            actor=query.get("actor") or None,
-            action=query.get("action") or None,
+            limit=query.get("limit", 100),
+            before_id=query.get("before"),
+            actor=query.get("actor"),
+            action=query.get("action"),
         )
         return json_reply({"items": rows})
 
     async def usage_report(self, request: Request) -> Response:
         await self.gate.authenticate(request, write=False)
-        query = request.query_params
+        query = read_query(
+            request,
+            {"identity": text(512), "tenant": text(256), "since": moment, "until": moment},
+        )
         rows = await self.runtime.ledger.usage(
             identity_key=query.get("identity"),
             tenant=query.get("tenant"),
-            since=parse_time("since", query.get("since")),
-            until=parse_time("until", query.get("until")),
+            since=query.get("since"),
+            until=query.get("until"),
         )
         return json_reply(usage_report(rows))
 
@@ -195,15 +224,6 @@ class AdminApi:
             ("/admin/api/audit", self.audit_log, "GET"),
         ]
         return [Route(path, _secured(handler), methods=[method]) for path, handler, method in table]
-
-
-def _int(text: str | None, name: str, *, default: int, low: int, high: int | None = None) -> int:
-    if text is None or text == "":
-        return default
-    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
-        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise BadRequestError(f"'{name}' must be a whole number {bound}.")
-    return int(text)
 
 
 def _secured(handler: Handler) -> Handler:
