@@ -218,3 +218,14 @@ async def test_several_issuers_route_by_iss(
         await chain.authenticate(f"Bearer {forged}", "")
     with pytest.raises(UnauthorizedError, match="issuer is not accepted"):
         await chain.authenticate("Bearer " + rsa_key.sign(claims(iss="https://c.test/")), "")
+
+
+async def test_required_nested_claim_follows_the_dotted_path(
+    chain_factory: Any, rsa_key: SigningKey
+) -> None:
+    """`required_claims` reads claims with the same dotted-path lookup as everything else."""
+    chain = await chain_factory(pem_method(rsa_key, required_claims=["app_metadata.plan"]))
+    token = rsa_key.sign(claims(app_metadata={"plan": "free"}))
+    assert (await chain.authenticate(f"Bearer {token}", "::1")).subject == "user-1"
+    with pytest.raises(UnauthorizedError):
+        await chain.authenticate(f"Bearer {rsa_key.sign(claims(app_metadata={}))}", "::1")

@@ -392,3 +392,34 @@ async def test_expiry_hands_lost_calls_to_the_reconciliation_hook(
     # Reconciled: 2 + 2 + 0.5 minutes, plus the uncommitted call's worst case 5 = 9.5 of 30;
     # unreconciled it would be 15.5 and 20 more would not fit.
     await limiter.reserve(req(worst_case_seconds=20 * 60))
+
+
+async def test_nested_claim_rules_apply(make_limiter: MakeLimiter) -> None:
+    """A rule on a dotted claim path matches the nested claim, as access rules do (issue 13.3)."""
+    limiter = await make_limiter(
+        [
+            {
+                "name": "free",
+                "match": {"claims": {"app_metadata.plan": ["free"]}},
+                "quota": {"per_day": 1},
+            },
+            {
+                "name": "ops",
+                "match": {"claims": {"realm_access.roles": ["ops"]}},
+                "concurrency": 0,
+            },
+        ]
+    )
+    free = Identity(subject="f", method="jwt", claims={"app_metadata": {"plan": "free"}})
+    paid = Identity(subject="p", method="jwt", claims={"app_metadata": {"plan": "pro"}})
+    ops = Identity(subject="o", method="jwt", claims={"realm_access": {"roles": ["x", "ops"]}})
+    flag = Identity(subject="b", method="jwt", claims={"app_metadata": {"plan": True}})
+    await limiter.reserve(req(free))
+    err = await refused(limiter, req(free))
+    assert err.message.startswith("You have used your 1 call for today")
+    for _ in range(3):
+        await limiter.reserve(req(paid))
+        await limiter.reserve(req(flag))
+    err = await refused(limiter, req(ops))
+    assert err.message == "No calls are allowed here."
+

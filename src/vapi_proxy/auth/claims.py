@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 MISSING: Any = object()
@@ -27,6 +27,26 @@ def lookup(claims: Mapping[str, Any], path: str) -> Any:
                 return found
         start = dot + 1
     return MISSING
+
+
+def claim_matches(value: Any, allowed: Collection[Any]) -> bool:
+    """Whether a claim value (from `lookup`) is one of `allowed`; a list-valued claim (roles,
+    groups) matches when any item is. Missing and null never match. Used by access rules and
+    limit rules alike, so both read a claim the same way."""
+    if value is MISSING or value is None:
+        return False
+    if isinstance(value, list | tuple):
+        return any(_equal(item, option) for item in value for option in allowed)
+    return any(_equal(value, option) for option in allowed)
+
+
+def _equal(value: Any, option: Any) -> bool:
+    # Python says True == 1; a claim `admin: true` must not match a rule value 1, nor "1".
+    if isinstance(value, bool) or isinstance(option, bool):
+        return type(value) is type(option) and bool(value == option)
+    if isinstance(value, int | float) and isinstance(option, int | float):
+        return bool(value == option)
+    return type(value) is type(option) and bool(value == option)
 
 
 def as_strings(value: Any) -> frozenset[str]:

@@ -18,7 +18,7 @@ import orjson
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from vapi_proxy.auth.base import AuthFailure, Credential, looks_like_jwt
-from vapi_proxy.auth.claims import as_strings, lookup
+from vapi_proxy.auth.claims import MISSING, as_strings, lookup
 from vapi_proxy.auth.config import JwtMethod
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.auth.jwks import JwksCache
@@ -115,7 +115,7 @@ class JwtAuthenticator:
         """RFC 7519 §4.1, with `leeway` for clock skew; only after the signature is good."""
         method = self._method
         for name in self._required:
-            if claims.get(name) is None:
+            if lookup(claims, name) in (MISSING, None):
                 raise _missing(name)
         now = self._now()
         leeway = method.leeway_seconds

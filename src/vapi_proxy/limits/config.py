@@ -72,8 +72,9 @@ class RuleMatch(_Strict):
     claims: dict[str, list[Any]] | None = Field(
         None,
         description=(
-            "Claim name to accepted values, e.g. `{plan: [pro, team]}`. A list-valued claim "
-            "matches when any of its items is accepted."
+            "Claim path to accepted values, e.g. `{plan: [pro, team]}` or, for a nested claim, "
+            "`{app_metadata.plan: [free]}` (the same dotted paths as access rules). A "
+            "list-valued claim matches when any of its items is accepted."
         ),
     )
 

@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
+from vapi_proxy.auth.claims import claim_matches, lookup
 from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
 from vapi_proxy.limits.base import (
     AdmissionRequest,
@@ -152,14 +153,11 @@ def _matches(match: RuleMatch, req: AdmissionRequest) -> bool:
         return False
     if match.tenants is not None and ident.tenant not in match.tenants:
         return False
-    for claim, accepted in (match.claims or {}).items():
-        if claim not in ident.claims:
-            return False
-        value = ident.claims[claim]
-        values = value if isinstance(value, list | tuple | set | frozenset) else [value]
-        if not any(v in accepted for v in values):
-            return False
-    return True
+    # The same dotted-path lookup and comparison as access rules (`app_metadata.plan`).
+    return all(
+        claim_matches(lookup(ident.claims, path), accepted)
+        for path, accepted in (match.claims or {}).items()
+    )
 
 
 def applicable_rules(rules: Sequence[LimitRule], req: AdmissionRequest) -> list[LimitRule]:

@@ -6,11 +6,9 @@ name the profile but not the condition, so a caller learns nothing about other u
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from vapi_proxy.auth.claims import MISSING, lookup
+from vapi_proxy.auth.claims import claim_matches, lookup
 from vapi_proxy.auth.identity import AuthMethod, Identity
 from vapi_proxy.errors import ForbiddenError, UnauthorizedError
 
@@ -70,23 +68,6 @@ def _admits(rule: AccessRule, identity: Identity) -> bool:
     if rule.roles and identity.roles.isdisjoint(rule.roles):
         return False
     return all(
-        _claim_matches(lookup(identity.claims, path), allowed)
+        claim_matches(lookup(identity.claims, path), allowed)
         for path, allowed in rule.claims.items()
     )
-
-
-def _claim_matches(value: Any, allowed: list[ClaimValue]) -> bool:
-    if value is MISSING or value is None:
-        return False
-    if isinstance(value, list | tuple):
-        return any(_equal(item, option) for item in value for option in allowed)
-    return any(_equal(value, option) for option in allowed)
-
-
-def _equal(value: Any, option: ClaimValue) -> bool:
-    # Python says True == 1; a claim `admin: true` must not match a rule value 1, nor "1".
-    if isinstance(value, bool) or isinstance(option, bool):
-        return type(value) is type(option) and value == option
-    if isinstance(value, int | float) and isinstance(option, int | float):
-        return value == option
-    return type(value) is type(option) and value == option
