@@ -423,3 +423,61 @@ async def test_nested_claim_rules_apply(make_limiter: MakeLimiter) -> None:
     err = await refused(limiter, req(ops))
     assert err.message == "No calls are allowed here."
 
+
+async def test_usage_reports_each_limit_without_taking_any(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    clock.t = at("2026-05-01T10:00:15")
+    limiter = await make_limiter(
+        [
+            {
+                "name": "mine",
+                "kinds": ["call", "chat"],
+                "rate": {"per_minute": 5},
+                "quota": {"per_day": 10},
+                "concurrency": 2,
+                "budget": {"minutes_per_day": 30, "usd_per_month": 2.0},
+            },
+            {"name": "sales-only", "match": {"profiles": ["sales"]}, "quota": {"per_day": 1}},
+            {"name": "pro", "match": {"claims": {"plan": ["pro"]}}, "quota": {"per_day": 9}},
+        ]
+    )
+    fresh = {(u.rule, u.what, u.kind): u for u in await limiter.usage(ALICE, "support")}
+    assert set(fresh) == {
+        ("mine", what, kind)
+        for what in ("rate", "quota", "minutes", "usd", "concurrency")
+        for kind in ("call", "chat")
+    }
+    assert [u for u in fresh.values() if u.used or u.remaining != u.limit or u.resets_at] == []
+    r = await start(limiter, "u-1", req(worst_case_seconds=300, estimated_cost_usd=0.25))
+    await start(limiter, "u-2", req(worst_case_seconds=60))
+    await limiter.reserve(req(kind="chat"))
+    got = {(u.rule, u.what, u.kind): u for u in await limiter.usage(ALICE, "support")}
+    quota = got[("mine", "quota", "call")]
+    assert (quota.period, quota.limit, quota.used, quota.remaining) == ("day", 10, 2, 8)
+    assert quota.resets_at == at("2026-05-02T00:00:00")
+    assert quota.scope == "identity"
+    assert got[("mine", "quota", "chat")].used == 1
+    rate = got[("mine", "rate", "call")]
+    assert (rate.period, rate.used, rate.remaining) == ("minute", 2, 3)
+    assert rate.resets_at is not None and clock.t < rate.resets_at <= clock.t + 66
+    minutes = got[("mine", "minutes", "call")]
+    assert (minutes.limit, minutes.used, minutes.remaining) == (30, 6, 24)
+    usd = got[("mine", "usd", "call")]
+    assert (usd.period, usd.limit, usd.used, usd.remaining) == ("month", 2.0, 0.25, 1.75)
+    assert usd.resets_at == at("2026-06-01T00:00:00")
+    slots = got[("mine", "concurrency", "call")]
+    assert (slots.period, slots.limit, slots.used, slots.remaining) == (None, 2, 2, 0)
+    assert slots.resets_at == clock.t + 60 + 120  # the shorter call's slot expires first
+    assert got[("mine", "concurrency", "chat")].used == 1
+    # Reading took nothing: the second of two slots is still the last one.
+    await limiter.release(r)
+    await start(limiter, "u-3", req(worst_case_seconds=60))
+    await refused(limiter, req(worst_case_seconds=60))
+    # The profile decides which rules apply; without one, only profile-free rules.
+    sales = {u.rule for u in await limiter.usage(ALICE, "sales")}
+    assert sales == {"mine", "sales-only"}
+    assert {u.rule for u in await limiter.usage(ALICE)} == {"mine"}
+    assert {u.rule for u in await limiter.usage(BOB)} == {"mine", "pro"}
+    assert {u.what: u.used for u in await limiter.usage(BOB) if u.kind == "call"}["quota"] == 0
+    assert await limiter.usage(CAROL, "support") != []

@@ -7,6 +7,7 @@ from vapi_proxy.limits.base import (
     Hold,
     Limiter,
     Reservation,
+    RuleUsage,
     create_limiter,
 )
 from vapi_proxy.limits.config import LimitRule, LimitsSettings
@@ -20,5 +21,6 @@ __all__ = [
     "Limiter",
     "LimitsSettings",
     "Reservation",
+    "RuleUsage",
     "create_limiter",
 ]

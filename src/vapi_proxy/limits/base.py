@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from vapi_proxy.auth.identity import Identity
 
 if TYPE_CHECKING:
     from vapi_proxy.ledger.engine import Database
-    from vapi_proxy.limits.config import Kind, LimitsSettings
+    from vapi_proxy.limits.config import Kind, LimitsSettings, Scope
 
 Clock = Callable[[], float]
 """Seconds since the epoch; tests pass a fake one instead of sleeping."""
@@ -69,6 +69,31 @@ class HealthStatus:
     failure_mode: str = "closed"
 
 
+@dataclass(frozen=True, slots=True)
+class RuleUsage:
+    """Where one identity stands against one limit of one rule (read-only; for `/me/usage`
+    and the admin console). Counts are admissions; minutes and USD are in those units."""
+
+    rule: str
+    what: Literal["rate", "quota", "minutes", "usd", "concurrency"]
+    kind: Kind
+    """What is counted: `call` starts or `chat` turns."""
+    period: Literal["second", "minute", "hour", "day", "month"] | None
+    """None for concurrency (calls at once)."""
+    scope: Scope
+    limit: float
+    used: float
+    """For concurrency: slots in use now."""
+    remaining: float
+    resets_at: float | None
+    """Epoch seconds when `used` next goes down: the end of a calendar window, when the oldest
+    admission leaves a rate window, or when the first live slot expires; None if nothing is
+    used."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @runtime_checkable
 class Limiter(Protocol):
     async def reserve(self, req: AdmissionRequest) -> Reservation:
@@ -94,6 +119,11 @@ class Limiter(Protocol):
     async def expire(self, now: float | None = None) -> int:
         """Free slots of calls past max duration + grace; returns how many were freed. Call it
         periodically (e.g. every 30 s); slots past expiry stop counting even before it runs."""
+
+    async def usage(self, identity: Identity, profile: str | None = None) -> list[RuleUsage]:
+        """For each limit of each rule that applies to `identity` (on `profile`; None: the
+        rules that do not depend on the profile), its limit, use and reset time. Changes
+        nothing; raises ServiceUnavailableError when the store is down."""
 
     async def health(self) -> HealthStatus: ...
 

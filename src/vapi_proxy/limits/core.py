@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from vapi_proxy.auth.claims import claim_matches, lookup
+from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
 from vapi_proxy.limits.base import (
     AdmissionRequest,
@@ -24,8 +25,9 @@ from vapi_proxy.limits.base import (
     HealthStatus,
     Hold,
     Reservation,
+    RuleUsage,
 )
-from vapi_proxy.limits.config import LimitRule, LimitsSettings, RuleMatch
+from vapi_proxy.limits.config import Kind, LimitRule, LimitsSettings, RuleMatch
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,13 @@ class LimitStore(Protocol):
         reservations never committed)."""
         ...
 
+    async def peek(
+        self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
+    ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+        """Read-only: counter values (missing: 0) and, per slot key, live slots and the
+        earliest expiry among them."""
+        ...
+
     async def ping(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -160,11 +169,20 @@ def _matches(match: RuleMatch, req: AdmissionRequest) -> bool:
     )
 
 
-def applicable_rules(rules: Sequence[LimitRule], req: AdmissionRequest) -> list[LimitRule]:
-    """Rules in file order whose match and kinds fit; only the first of each group."""
+def _needs_profile(rule: LimitRule) -> bool:
+    return rule.match.profiles is not None or rule.per_profile or rule.scope == "profile"
+
+
+def applicable_rules(
+    rules: Sequence[LimitRule], req: AdmissionRequest, *, any_profile: bool = False
+) -> list[LimitRule]:
+    """Rules in file order whose match and kinds fit; only the first of each group.
+    `any_profile`: no profile is known, so only rules that do not depend on one."""
     chosen: list[LimitRule] = []
     groups: set[str] = set()
     for rule in rules:
+        if any_profile and _needs_profile(rule):
+            continue
         if req.kind not in rule.kinds or not _matches(rule.match, req):
             continue
         if rule.group is not None:
@@ -404,6 +422,29 @@ def _refusal(
     return TooManyRequestsError(msg, retry_after=wait)
 
 
+# --- usage -------------------------------------------------------------------------------------
+
+
+def _counter_usage(check: CounterCheck, kind: Kind, value: int) -> RuleUsage:
+    what = check.hold.what
+    scale = {"minutes": 60 * MS_PER_SECOND, "usd": MICRO_USD}.get(what, 1)
+
+    def unit(x: int) -> float:
+        return x if scale == 1 else round(x / scale, 6)
+
+    return RuleUsage(
+        rule=check.rule.name,
+        what=what,
+        kind=kind,
+        period=check.period,
+        scope=check.rule.scope,
+        limit=unit(check.limit),
+        used=unit(value),
+        remaining=unit(max(0, check.limit - value)),
+        resets_at=check.window_end if value else None,
+    )
+
+
 # --- the limiter -------------------------------------------------------------------------------
 
 
@@ -520,6 +561,43 @@ class StoreLimiter:
             except Exception:
                 log.exception("limits: reconciliation hook failed for %d calls", len(calls))
         return len(freed)
+
+    async def usage(self, identity: Identity, profile: str | None = None) -> list[RuleUsage]:
+        now = self._clock()
+        plans: list[tuple[Kind, Plan]] = []
+        for kind in ("call", "chat"):
+            req = AdmissionRequest(identity=identity, profile=profile or "", kind=kind)
+            rules = applicable_rules(self._settings.rules, req, any_profile=profile is None)
+            if rules:
+                plans.append((kind, make_plan(self._settings, rules, req, now)))
+        keys = [c.hold.key for _, plan in plans for c in plan.counters]
+        slot_keys = [s.hold.key for _, plan in plans for s in plan.slots]
+        if not keys and not slot_keys:
+            return []
+        try:
+            values, live = await self._store.peek(keys, slot_keys, now=now)
+        except StoreUnavailableError as exc:
+            raise ServiceUnavailableError("Usage limits store is unavailable.") from exc
+        out: list[RuleUsage] = []
+        for kind, plan in plans:
+            for c in plan.counters:
+                out.append(_counter_usage(c, kind, values.get(c.hold.key, 0)))
+            for slot in plan.slots:
+                n, earliest = live.get(slot.hold.key, (0, None))
+                out.append(
+                    RuleUsage(
+                        rule=slot.rule.name,
+                        what="concurrency",
+                        kind=kind,
+                        period=None,
+                        scope=slot.rule.scope,
+                        limit=slot.limit,
+                        used=n,
+                        remaining=max(0, slot.limit - n),
+                        resets_at=earliest if n else None,
+                    )
+                )
+        return out
 
     async def health(self) -> HealthStatus:
         try:

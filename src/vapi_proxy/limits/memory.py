@@ -5,6 +5,7 @@ Nothing survives a restart and nothing is shared between workers; use `sqlite://
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vapi_proxy.limits.base import Hold
@@ -126,6 +127,15 @@ class MemoryStore:
             if until <= now:
                 del self._counters[key]
         return freed
+
+    async def peek(
+        self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
+    ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+        live: dict[str, tuple[int, float | None]] = {}
+        for key in slot_keys:
+            ends = [t for t in self._slots.get(key, {}).values() if t > now]
+            live[key] = (len(ends), min(ends, default=None))
+        return {k: self._value(k, now) for k in keys}, live
 
     async def ping(self) -> None:
         return None

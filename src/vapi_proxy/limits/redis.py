@@ -9,7 +9,7 @@ Redis Cluster too (on one shard).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -256,6 +256,25 @@ class RedisStore:
     async def expire(self, now: float) -> list[str | None]:
         freed = await self._expire(keys=[self._live], args=[repr(now), f"{self._tag}:res:"])
         return [str(c) if c else None for c in freed]
+
+    @_unavailable
+    async def peek(
+        self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
+    ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+        pipe = self._redis.pipeline(transaction=False)
+        if keys:
+            pipe.mget([self._k(k) for k in keys])
+        for key in slot_keys:
+            pipe.zrangebyscore(self._k(key), f"({now!r}", "+inf", withscores=True)
+        out = await pipe.execute()
+        values: dict[str, int] = {}
+        if keys:
+            values = {k: int(v) for k, v in zip(keys, out.pop(0), strict=True) if v is not None}
+        live: dict[str, tuple[int, float | None]] = {}
+        for key, members in zip(slot_keys, out, strict=True):
+            ends = [float(score) for _, score in members]
+            live[key] = (len(ends), min(ends, default=None))
+        return values, live
 
     @_unavailable
     async def ping(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -209,13 +209,16 @@ class SqlStore:
         dialect = postgresql if self._db.dialect == "postgresql" else sqlite
         return dialect.insert(table)
 
-    async def _run(self, fn: Callable[[Connection], R]) -> R:
+    async def _ensure_schema(self) -> None:
         if not self._ready:
             async with self._schema_lock:  # a burst at start-up creates the tables once
                 if not self._ready:
                     self._db.check_reachable()
                     await self._db.run_write(self._create_schema)
                     self._ready = True
+
+    async def _run(self, fn: Callable[[Connection], R]) -> R:
+        await self._ensure_schema()
         return await self._db.run_write(fn)
 
     def _create_schema(self, conn: Connection) -> None:
@@ -435,6 +438,28 @@ class SqlStore:
             return [None if key is None else key[len(prefix) :] for _, key in found]
 
         return await self._run(tx)
+
+    @_unavailable
+    async def peek(
+        self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
+    ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+        await self._ensure_schema()
+        async with self._db.read() as conn:
+            values: dict[str, int] = {}
+            if keys:
+                rows = await conn.execute(
+                    sa.select(counters.c.key, counters.c.value).where(counters.c.key.in_(keys))
+                )
+                values = {k: int(v) for k, v in rows}
+            live: dict[str, tuple[int, float | None]] = {}
+            if slot_keys:
+                found = await conn.execute(
+                    sa.select(slots.c.key, sa.func.count(), sa.func.min(slots.c.expires_at))
+                    .where(slots.c.key.in_(slot_keys), slots.c.expires_at > now)
+                    .group_by(slots.c.key)
+                )
+                live = {k: (int(n), e) for k, n, e in found}
+        return values, live
 
     @_unavailable
     async def ping(self) -> None:
