@@ -100,6 +100,21 @@ def test_missing_secret_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
         (str(int(NOW) + 301), False, "hmac_expired"),
         (str(int(NOW * 1000) - 301_000), False, "hmac_expired"),
         ("yesterday", False, "hmac_bad_timestamp"),
+        # Not plain digits: float() read these, and nan compares false with the window.
+        ("nan", False, "hmac_bad_timestamp"),
+        ("NaN", False, "hmac_bad_timestamp"),
+        ("-nan", False, "hmac_bad_timestamp"),
+        ("inf", False, "hmac_bad_timestamp"),
+        ("-Infinity", False, "hmac_bad_timestamp"),
+        (f"{NOW:.0f}.5", False, "hmac_bad_timestamp"),
+        (f"{NOW:.0f}.0", False, "hmac_bad_timestamp"),
+        ("1.8e9", False, "hmac_bad_timestamp"),
+        (f"+{NOW:.0f}", False, "hmac_bad_timestamp"),
+        (f" {NOW:.0f}", False, "hmac_bad_timestamp"),
+        (f"{NOW:.0f}"[:4] + "_" + f"{NOW:.0f}"[4:], False, "hmac_bad_timestamp"),
+        ("\u0661\u0668" + "0" * 8, False, "hmac_bad_timestamp"),  # Arabic-Indic digits
+        ("9" * 400, False, "hmac_bad_timestamp"),
+        ("0", False, "hmac_expired"),
     ],
 )
 def test_hmac_default_format_and_replay_window(
@@ -113,6 +128,31 @@ def test_hmac_default_format_and_replay_window(
     else:
         with pytest.raises(VerificationError, match=reason):
             v.verify(headers, BODY)
+
+
+def test_an_unsigned_message_id_is_not_a_dedupe_key(tmp_path: Path) -> None:
+    # With the default payload the id is not signed: a replayed delivery with a fresh id must
+    # not look like a new message, so the verifier does not vouch for the id.
+    key = secrets.token_urlsafe(24)
+    v = verifier(
+        tmp_path,
+        [
+            {
+                "type": "hmac",
+                "secret_file": secret_file(tmp_path, key),
+                "message_id_header": "svix-id",
+            }
+        ],
+    )
+    stamp = str(int(NOW))
+    headers = {
+        "x-signature": sig(key.encode(), stamp.encode() + b"." + BODY),
+        "x-timestamp": stamp,
+        "svix-id": "msg_chosen_by_whoever_replays",
+    }
+    verified = v.verify(headers, BODY)
+    assert verified.kind == "hmac"
+    assert verified.message_id is None
 
 
 def test_hmac_wrong_signature_body_or_missing_timestamp(tmp_path: Path) -> None:
