@@ -130,3 +130,37 @@ def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
         out, err = process.communicate(timeout=30)
     assert "demo API key" in out
     assert process.returncode == 0, err
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "vapi_proxy", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_db_upgrade_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    done = run_cli("db", "upgrade", "--database-url", f"sqlite:///{tmp_path}/no/such/ledger.db")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"the folder {tmp_path}/no/such does not exist" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 2  # the heading and the one problem
+
+
+def test_usage_and_db_read_only_the_ledger_from_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"ledger: {{url: 'sqlite:///{tmp_path}/ledger.db'}}\n"
+        "auth: {methods: [{type: jwt, secret_env: UNSET_JWT_SECRET, algorithms: [HS256]}]}\n"
+        "webhooks: {verify: [{type: bearer, secret_env: UNSET_WEBHOOK_SECRET}]}\n"
+    )
+    done = run_cli("db", "upgrade", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    done = run_cli("usage", "--config", str(config), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert '"calls": 0' in done.stdout

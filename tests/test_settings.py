@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from vapi_proxy.settings import ConfigError, load_secrets, load_settings, parse_settings
+from vapi_proxy.settings import (
+    ConfigError,
+    load_ledger_settings,
+    load_secrets,
+    load_settings,
+    parse_settings,
+)
 
 MINIMAL: dict[str, Any] = {"profiles": {"p": {"assistant_id": "a"}}}
 
@@ -144,3 +150,57 @@ def test_secrets_from_environment_or_file(tmp_path: Path) -> None:
         load_secrets({"VAPI_API_KEY": "a", "VAPI_API_KEY_FILE": str(key_file)})
     with pytest.raises(ConfigError, match="cannot read"):
         load_secrets({"VAPI_API_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_environment_overrides_reach_keys_with_capitals() -> None:
+    raw = {"profiles": {"SalesCoach": {"assistant_id": "a", "variables": {"firstName": "x"}}}}
+    settings = parse_settings(
+        raw,
+        environ={
+            "VAPI_PROXY__PROFILES__SALESCOACH__VARIABLES__FIRSTNAME": "Ada",
+            "VAPI_PROXY__PROFILES__SalesCoach__VARIABLES__lastName": "Lovelace",
+            "VAPI_PROXY__PROFILES__SalesCoach__MAX_DURATION_SECONDS": "120",
+        },
+    )
+    coach = settings.profiles["SalesCoach"]
+    assert coach.variables == {"firstName": "Ada", "lastName": "Lovelace"}
+    assert coach.max_duration_seconds == 120
+    assert set(settings.profiles) == {"SalesCoach"}
+
+
+def test_a_bad_value_from_the_environment_names_the_variable() -> None:
+    found = problems(MINIMAL, {"VAPI_PROXY__SERVER__MAX_BODY_BYTES": "lots"})
+    assert len(found) == 1
+    assert found[0].startswith("server.max_body_bytes:")
+    assert "VAPI_PROXY__SERVER__MAX_BODY_BYTES" in found[0]
+    found = problems(MINIMAL, {"VAPI_BASE_URL": "api.vapi.ai"})
+    assert "vapi.base_url" in found[0] and "VAPI_BASE_URL" in found[0]
+
+
+def test_duplicate_keys_are_refused_with_their_lines(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("profiles:\n  a: {assistant_id: x}\n  a: {assistant_id: y}\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'a' on line 3 \(first on line 2\)"):
+        load_settings(config, environ={})
+
+
+def test_a_missing_sqlite_folder_is_a_config_error(tmp_path: Path) -> None:
+    for key in ("ledger", "limits"):
+        field = "url" if key == "ledger" else "backend"
+        raw = {**MINIMAL, key: {field: f"sqlite:///{tmp_path}/nope/x.db"}}
+        (problem,) = problems(raw)
+        assert problem.startswith(f"{key}.{field}: the folder {tmp_path}/nope does not exist")
+    parse_settings({**MINIMAL, "ledger": {"url": f"sqlite:///{tmp_path}/x.db"}}, environ={})
+
+
+def test_the_ledger_section_loads_without_runtime_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"ledger: {{url: 'sqlite:///{tmp_path}/l.db'}}\n"
+        "webhooks: {verify: [{type: bearer, secret_env: UNSET_WEBHOOK_SECRET_FOR_TEST}]}\n"
+    )
+    with pytest.raises(ConfigError, match="UNSET_WEBHOOK_SECRET_FOR_TEST"):
+        load_settings(config, environ={})
+    assert load_ledger_settings(config, environ={}).url == f"sqlite:///{tmp_path}/l.db"
+    env = {"VAPI_PROXY__LEDGER__URL": f"sqlite:///{tmp_path}/other.db"}
+    assert load_ledger_settings(config, environ=env).url.endswith("other.db")

@@ -21,7 +21,15 @@ HEADER = """# Configuration reference
 Generated from the settings models by `python -m vapi_proxy.configdoc`; a test keeps it current.
 Every setting can also come from the environment as `VAPI_PROXY__SECTION__FIELD` (the value is
 read as YAML); the Vapi key comes only from `VAPI_API_KEY` or `VAPI_API_KEY_FILE`, and
-`VAPI_BASE_URL` overrides `vapi.base_url`.
+`VAPI_BASE_URL` overrides `vapi.base_url`. Each part of the name matches an existing key whatever
+its case (`VAPI_PROXY__PROFILES__SALESCOACH__VARIABLES__FIRSTNAME` reaches profile `SalesCoach`,
+variable `firstName`); a new key keeps the case it is written in, unless it is all capitals.
+A bad value names the variable it came from.
+
+SQLite URLs: `sqlite:////var/lib/vapi-proxy/ledger.db` (four slashes) is an absolute path,
+`sqlite:///ledger.db` (three) one relative to the directory the proxy starts in. The folder must
+exist; `vapi-proxy check` says so when it does not. The `sqlite+aiosqlite://` driver form is
+accepted too and means the same.
 
 | setting | type | default | meaning |
 |---|---|---|---|

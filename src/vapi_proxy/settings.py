@@ -3,7 +3,8 @@
 Secrets never come from the file: the Vapi private key is read from `VAPI_API_KEY` or the file
 named by `VAPI_API_KEY_FILE`. Any setting can be overridden from the environment as
 `VAPI_PROXY__SECTION__FIELD=value` (the value is read as YAML), and `VAPI_BASE_URL` sets the
-upstream. Errors name the exact field and why (`ConfigError`).
+upstream. Errors name the exact field and why (`ConfigError`), and the environment variable when
+the value came from one. The YAML reader refuses a key given twice in one mapping.
 """
 
 from __future__ import annotations
@@ -157,10 +158,10 @@ class IntakeSettings(_Section):
 class LedgerSettings(_Section):
     url: str = Field(
         default="sqlite:///vapi-proxy.db",
-        description="Where the call ledger lives: `sqlite:///path.db` (one machine; a relative "
-        "path is relative to the working directory) or `postgresql://user@host/db` (several "
-        "replicas). The password may come from the environment: "
-        "VAPI_PROXY__LEDGER__URL.",
+        description="Where the call ledger lives: `sqlite:////var/lib/vapi-proxy/ledger.db` "
+        "(one machine; four slashes for an absolute path, three for one relative to the working "
+        "directory; the folder must exist) or `postgresql://user@host/db` (several replicas). "
+        "The password may come from the environment: VAPI_PROXY__LEDGER__URL.",
     )
     auto_migrate: bool = Field(
         default=True,
@@ -375,41 +376,128 @@ class Secrets(BaseModel):
     vapi_api_key: SecretStr | None = None
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently, so a second `auth:` would quietly replace the first)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: PyYAML reports it itself below
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} on line {line} (first on line {first}); "
+                        "YAML would keep only the last one",
+                        key_node.start_mark,
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML like `yaml.safe_load`, refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _yaml_problem(file: Path, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"{file}:{mark.line + 1}: not valid YAML: {problem}"
+    return f"{file}: not valid YAML ({exc})"
+
+
+def _format_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> list[str]:
     problems = []
     for err in exc.errors():
         loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; see the config reference)"
+        parts = tuple(str(part) for part in err["loc"])
+        source = next((name for path, name in origins.items() if parts[: len(path)] == path), None)
+        if source is not None:
+            msg += f" (the value comes from the environment variable {source})"
         problems.append(f"{loc}: {msg}")
     return problems
 
 
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> list[str]:
+    """Set `value` at `path`, matching existing keys case-insensitively; returns the real path.
+
+    Environment variable names are often written in capitals, but profile names and Vapi
+    variables are not (`SalesCoach`, `firstName`): an existing key is matched whatever its case,
+    and a new key keeps the case it was written in unless it is all capitals (a setting name).
+    """
     node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[path[-1]] = value
+    real: list[str] = []
+    for index, part in enumerate(path):
+        key = part if part in node else None
+        if key is None:
+            matches = [k for k in node if isinstance(k, str) and k.lower() == part.lower()]
+            key = matches[0] if len(matches) == 1 else (part.lower() if part.isupper() else part)
+        real.append(key)
+        if index == len(path) - 1:
+            node[key] = value
+        else:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+    return real
 
 
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+def _apply_environment(
+    raw: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The config with the environment's overrides, and which variable set which path."""
     merged = copy.deepcopy(raw)
+    origins: dict[tuple[str, ...], str] = {}
     for name, text in sorted(environ.items()):
         if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-            path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+            path = [part for part in name[len(ENV_PREFIX) :].split("__") if part]
             try:
                 value = yaml.safe_load(text)
             except yaml.YAMLError:
                 value = text
-            _set_path(merged, path, value)
+            origins[tuple(_set_path(merged, path, value))] = name
     if environ.get("VAPI_BASE_URL"):
         _set_path(merged, ["vapi", "base_url"], environ["VAPI_BASE_URL"])
-    return merged
+        origins[("vapi", "base_url")] = "VAPI_BASE_URL"
+    return merged, origins
+
+
+def sqlite_folder_problem(url: str) -> str | None:
+    """Why a `sqlite:` URL cannot be opened (its folder is missing), or None.
+
+    SQLite creates the file but not the folder, and the driver's error is a traceback. Three
+    slashes are a path relative to the working directory (`sqlite:///data/x.db`), four an
+    absolute one (`sqlite:////var/lib/vapi-proxy/x.db`).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0].lower() != "sqlite":
+        return None
+    path = rest[1:].split("?", 1)[0] if rest.startswith("/") else ""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    folder = Path(path).parent
+    shown = folder if folder.is_absolute() else f"{folder} (relative to {Path.cwd()})"
+    if not folder.is_dir():
+        return (
+            f"the folder {shown} does not exist: create it, or use an absolute path "
+            "(sqlite:////abs/path.db, four slashes)"
+        )
+    return None
 
 
 def _load_file_ref(ref: dict[str, Any], base_dir: Path, where: str) -> Any:
@@ -419,7 +507,7 @@ def _load_file_ref(ref: dict[str, Any], base_dir: Path, where: str) -> Any:
     except OSError as exc:
         raise ConfigError([f"{where}.file: cannot read {path} ({exc.strerror})"]) from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else read_yaml(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError([f"{where}.file: {path} is not valid JSON/YAML ({exc})"]) from None
     if not isinstance(data, dict):
@@ -448,7 +536,7 @@ def parse_settings(
 ) -> Settings:
     """Validate a config mapping (as read from YAML) merged with the environment."""
     environ = os.environ if environ is None else environ
-    data = _apply_environment(dict(raw or {}), environ)
+    data, origins = _apply_environment(dict(raw or {}), environ)
     vapi = data.get("vapi")
     if isinstance(vapi, dict) and ({"api_key", "private_key", "key"} & set(vapi)):
         raise ConfigError(
@@ -461,12 +549,19 @@ def parse_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(_format_errors(exc, origins)) from None
     # Checks that span sections (a webhook rule naming a profile, ...); imported here because
     # the webhooks package itself builds on these settings.
     from vapi_proxy.webhooks.setup import check as check_webhooks
 
     cross = check_webhooks(settings)
+    for where, url in (
+        ("ledger.url", settings.ledger.url),
+        ("limits.backend", settings.limits.backend),
+    ):
+        problem = sqlite_folder_problem(url)
+        if problem is not None:
+            cross.append(f"{where}: {problem}")
     if cross:
         raise ConfigError(cross)
     for name, profile in settings.profiles.items():
@@ -476,22 +571,49 @@ def parse_settings(
     return settings
 
 
-def load_settings(
-    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Read and validate a YAML config file."""
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The config file as a mapping, unvalidated (duplicate keys and bad YAML refused)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read the config file ({exc.strerror})"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{file}: not valid YAML ({exc})"]) from None
+        raise ConfigError([_yaml_problem(file, exc)]) from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError([f"{file}: the top level must be a mapping"])
-    return parse_settings(raw, base_dir=file.resolve().parent, environ=environ)
+    return raw or {}
+
+
+def load_settings(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and validate a YAML config file."""
+    raw = read_config_file(path)
+    return parse_settings(raw, base_dir=Path(path).resolve().parent, environ=environ)
+
+
+def load_ledger_settings(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> LedgerSettings:
+    """Only the `ledger:` section of a config file (with its environment overrides).
+
+    `vapi-proxy db` and `usage` need the database and nothing else, so they must not require
+    the runtime's secrets (webhook and JWT secrets are read when the whole config loads).
+    """
+    environ = os.environ if environ is None else environ
+    data, origins = _apply_environment(read_config_file(path), environ)
+    try:
+        ledger = LedgerSettings.model_validate(data.get("ledger") or {})
+    except ValidationError as exc:
+        inner = {k[1:]: v for k, v in origins.items() if k[:1] == ("ledger",)}
+        raise ConfigError([f"ledger.{p}" for p in _format_errors(exc, inner)]) from None
+    problem = sqlite_folder_problem(ledger.url)
+    if problem is not None:
+        raise ConfigError([f"ledger.url: {problem}"])
+    return ledger
 
 
 def load_secrets(environ: Mapping[str, str] | None = None) -> Secrets:

@@ -39,14 +39,19 @@ def _add_url(parser: argparse.ArgumentParser) -> None:
 
 
 def _url(args: argparse.Namespace) -> str:
+    # The config loader is heavier: imported lazily. Only the `ledger:` section is read, so
+    # these commands run without the server's secrets (webhook or JWT secrets).
+    from vapi_proxy.settings import ConfigError, load_ledger_settings, sqlite_folder_problem
+
     url = args.database_url or os.environ.get(ENV_URL)
     config = getattr(args, "config", None) or os.environ.get("VAPI_PROXY_CONFIG")
     if not url and config:
-        from vapi_proxy.settings import load_settings  # the config loader is heavier: lazily
-
-        url = load_settings(config).ledger.url
+        url = load_ledger_settings(config).url
     if not url:
         raise SystemExit(f"no database: pass --database-url or --config, or set {ENV_URL}")
+    problem = sqlite_folder_problem(url)
+    if problem is not None:
+        raise ConfigError([f"database {redact(url)}: {problem}"])
     return str(url)
 
 
