@@ -86,6 +86,13 @@ def describe_profiles(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate, cross-check, and optionally explain a token or probe the providers and Vapi.
+
+    Exit status: 0 when nothing would stop the config from working (warnings allowed), 2 when
+    it is invalid or a cross-check (or, with --online, a probe) found an error.
+    """
+    from vapi_proxy.configcheck import explain_token, lint, probe_online
+
     path = _config_path(args)
     if path is None:
         print("vapi-proxy check: give --config PATH (or set VAPI_PROXY_CONFIG)", file=sys.stderr)
@@ -97,9 +104,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"{path}: OK, {len(settings.profiles)} profile(s)")
     print(yaml.safe_dump({"profiles": describe_profiles(settings)}, sort_keys=False).rstrip())
-    if not settings.profiles:
-        print("warning: no profiles: every call will be refused", file=sys.stderr)
-    return 0
+    findings = lint(settings)
+    if args.online:
+        try:
+            key = load_secrets().vapi_api_key
+        except ConfigError as exc:
+            _print_problems(exc)
+            return EXIT_CONFIG
+        findings += asyncio.run(
+            probe_online(settings, key.get_secret_value() if key is not None else None)
+        )
+    for finding in findings:
+        print(finding, file=sys.stdout if finding.severity == "ok" else sys.stderr)
+    failed = any(f.severity == "error" for f in findings)
+    if args.token is not None:
+        from_stdin = args.token == "-"  # noqa: S105 (a CLI convention, not a password)
+        given = sys.stdin.readline() if from_stdin else args.token
+        report = asyncio.run(explain_token(settings, given))
+        print("\n".join(report.lines))
+        failed = failed or not report.admitted
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    if errors or warnings:
+        print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    return EXIT_CONFIG if failed else 0
 
 
 def _uvicorn_kwargs(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -412,8 +440,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reload_cmd.set_defaults(handler=cmd_reload)
 
-    check = commands.add_parser("check", help="validate a config and print the resolved profiles")
+    check = commands.add_parser(
+        "check",
+        help="validate a config, cross-check it, print the resolved profiles",
+        description="Validate a config and cross-check its sections: errors where it cannot "
+        "work, warnings where it is probably wrong. Exits 2 on any error.",
+    )
     check.add_argument("--config", help="YAML config (default: $VAPI_PROXY_CONFIG)")
+    check.add_argument(
+        "--token",
+        metavar="JWT",
+        help="explain why this token (from your identity provider) would be admitted or "
+        "refused, and which profiles it may start; '-' reads it from standard input",
+    )
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also fetch each JWKS and issuer, prove VAPI_API_KEY works, and confirm every "
+        "assistant_id, squad_id and workflow_id exists at Vapi",
+    )
     check.set_defaults(handler=cmd_check)
 
     sandbox = commands.add_parser("sandbox", help="run the local Vapi simulator")
