@@ -17,9 +17,7 @@ def test_check_prints_the_resolved_profiles(
 ) -> None:
     config = tmp_path / "proxy.yaml"
     config.write_text(
-        "auth: {methods: [{type: api_key, keys: [{name: ci, hash: 'sha256:"
-        + "0" * 64
-        + "'}]}]}\n"
+        "auth: {methods: [{type: api_key, keys: [{name: ci, hash: 'sha256:" + "0" * 64 + "'}]}]}\n"
         "profiles:\n  coach:\n    assistant_id: a-1\n"
         "    client_variables: {name: {max_length: 9}}\n"
     )
