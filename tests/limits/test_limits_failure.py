@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ def unreachable(backend: str, tmp_path: Path) -> str:
 
 
 def settings(url: str, rules: list[dict[str, Any]], **kw: Any) -> LimitsSettings:
-    return LimitsSettings(backend=url, rules=rules, timeout_seconds=1.0, **kw)
+    kw.setdefault("timeout_seconds", 1.0)
+    return LimitsSettings(backend=url, rules=rules, **kw)
 
 
 QUOTA = [{"name": "q", "quota": {"per_day": 5}, "concurrency": 2}]
@@ -182,3 +185,78 @@ async def test_sql_limiter_shares_the_ledgers_database(tmp_path: Path, clock: Fa
     await ledger.aclose()
     with pytest.raises(ValueError, match="differs"):
         create_limiter(settings(f"sqlite:///{tmp_path / 'other.db'}", QUOTA), database=db)
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[str]:
+    """A loopback TCP server that accepts connections and never answers: a frozen store."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+# The store timeout bounds a whole operation: connecting, the command, and any reconnect or
+# retry. These measure an upper bound only, with 0.75 s of slack over the 1 s setting; before,
+# Redis took 2 s (a timeout, then a retry that timed out again) and PostgreSQL 10 s (its
+# connect timeout was at least 10 s).
+TIMEOUT = 1.0
+BOUND = TIMEOUT + 0.75
+
+
+@pytest.mark.parametrize("backend", ["postgres", "redis"])
+async def test_a_frozen_store_is_refused_within_the_timeout(
+    backend: str, silent_server: str, clock: FakeClock
+) -> None:
+    url = {
+        "postgres": f"postgresql://postgres@{silent_server}/postgres",
+        "redis": f"redis://{silent_server}/0",
+    }[backend]
+    limiter = create_limiter(settings(url, QUOTA, timeout_seconds=TIMEOUT), clock=clock)
+    try:
+        for call in (
+            lambda: limiter.reserve(REQ),
+            lambda: limiter.settle("c1", duration_seconds=1, cost_usd=0),
+            lambda: limiter.usage(WHO, "support"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailableError):
+                await call()
+            assert time.monotonic() - started < BOUND
+        started = time.monotonic()
+        assert not (await limiter.health()).ok
+        assert time.monotonic() - started < BOUND
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_stopped_redis_process_is_refused_within_the_timeout(
+    own_redis: tuple[str, subprocess.Popen[bytes]], clock: FakeClock
+) -> None:
+    """SIGSTOP the real redis-server after the pool is connected: the kernel still accepts
+    reconnections, so only a deadline on the whole operation bounds the wait."""
+    url, proc = own_redis
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    limiter = create_limiter(settings(url, QUOTA, namespace=ns, timeout_seconds=TIMEOUT))
+    try:
+        assert not (await limiter.reserve(REQ)).degraded
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailableError):
+                await limiter.reserve(REQ)
+            assert time.monotonic() - started < BOUND
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    finally:
+        await limiter.aclose()

@@ -8,10 +8,11 @@ Redis Cluster too (on one shard).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -24,6 +25,14 @@ from vapi_proxy.limits.core import Plan, Shortfall, StoreUnavailableError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _Deadlined(Protocol):
+    @property
+    def deadline(self) -> float | None: ...
+
+
+S = TypeVar("S", bound=_Deadlined)
 
 _RESERVE = """
 local now = ARGV[1]
@@ -152,11 +161,18 @@ return freed
 """
 
 
-def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _unavailable(
+    fn: Callable[Concatenate[S, P], Awaitable[R]],
+) -> Callable[Concatenate[S, P], Awaitable[R]]:
+    """Translate driver and network failures into StoreUnavailableError at one boundary, and
+    hold the whole operation (connecting, the command, a reconnect or retry) to the store's
+    deadline: a frozen server must cost `timeout_seconds`, not a multiple of it."""
+
     @wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(*args, **kwargs)
+            async with asyncio.timeout(self.deadline):
+                return await fn(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
             raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
 
@@ -188,6 +204,7 @@ class RedisStore:
         port = self._redis.connection_pool.connection_kwargs.get("port", "?")
         self.name = f"redis ({host}:{port})"
         self._ns = settings.namespace
+        self.deadline: float | None = t
         self._tag = f"{{{settings.namespace}}}"
         self._reserve = self._redis.register_script(_RESERVE)
         self._commit = self._redis.register_script(_COMMIT)

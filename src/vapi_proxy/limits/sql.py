@@ -12,7 +12,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -160,13 +160,26 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Translate driver and network failures into StoreUnavailableError at one boundary."""
+class _Deadlined(Protocol):
+    @property
+    def deadline(self) -> float | None: ...
+
+
+S = TypeVar("S", bound=_Deadlined)
+
+
+def _unavailable(
+    fn: Callable[Concatenate[S, P], Awaitable[R]],
+) -> Callable[Concatenate[S, P], Awaitable[R]]:
+    """Translate driver and network failures into StoreUnavailableError at one boundary, and
+    hold the whole operation (connecting, the command, a reconnect or retry) to the store's
+    deadline: a frozen server must cost `timeout_seconds`, not a multiple of it."""
 
     @wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(*args, **kwargs)
+            async with asyncio.timeout(self.deadline):
+                return await fn(self, *args, **kwargs)
         except (
             sa.exc.TimeoutError,
             sa.exc.OperationalError,
@@ -201,6 +214,12 @@ class SqlStore:
         self._owns_db = database is None
         self._db = database or Database(settings.backend, timeout=settings.timeout_seconds)
         self.name = f"{self._db.dialect} ({redact(settings.backend)})"
+        # PostgreSQL: one deadline over pool wait, connect and statements. SQLite: none here (a
+        # transaction on the writer thread cannot be abandoned half-way); its busy timeout and
+        # the in-process write queue bound it instead.
+        self.deadline: float | None = (
+            settings.timeout_seconds if self._db.dialect == "postgresql" else None
+        )
         self._ns = settings.namespace
         self._ready = False
         self._schema_lock = asyncio.Lock()
