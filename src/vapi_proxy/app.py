@@ -15,6 +15,8 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
 from vapi_proxy.auth.chain import AuthChain
+from vapi_proxy.console.blocks import BlockList
+from vapi_proxy.console.store import ConsoleStore
 from vapi_proxy.edge.middleware import CorsPolicy, EdgeMiddleware
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter, create_limiter
@@ -51,6 +53,14 @@ class Runtime:
     forwarder: Forwarder | None = None
     webhook_stats: WebhookStats = field(default_factory=WebhookStats)
     metrics: Metrics = field(default_factory=Metrics)
+    blocks: BlockList = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The console's identity blocks, checked wherever a call or chat's identity is known.
+        self.blocks = BlockList(
+            ConsoleStore(self.ledger.database),
+            refresh_seconds=self.settings.admin.block_refresh_seconds,
+        )
 
     @classmethod
     def build(cls, settings: Settings, secrets: Secrets) -> Runtime:

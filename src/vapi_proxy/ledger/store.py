@@ -100,8 +100,11 @@ class Ledger:
         reservation_id: str | None = None,
         created_at: datetime | None = None,
         session_id: str | None = None,
+        control_url: str | None = None,
     ) -> bool:
-        """Insert the call; False if it was already recorded (a retry), which changes nothing."""
+        """Insert the call; False if it was already recorded (a retry), which changes nothing.
+        `control_url` (Vapi's `monitor.controlUrl`) stays server-side: the console ends calls
+        with it."""
         now = created_at or utc_now()
         row = {
             "id": call_id,
@@ -118,6 +121,7 @@ class Ledger:
             "reservation_id": reservation_id,
             "updated_at": now,
             "session_id": session_id,
+            "control_url": control_url if control_url and len(control_url) <= 2048 else None,
         }
         return await self._rows.add(row)
 

@@ -19,11 +19,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vapi_proxy.console.access import COOKIE, SECURE_COOKIE, SECURITY_HEADERS, Admin, AdminGate
+from vapi_proxy.console.calls import end_call, live_calls
 from vapi_proxy.console.store import ConsoleStore, iso
 from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import request_state
-from vapi_proxy.errors import BadRequestError, ProxyError, UnauthorizedError
+from vapi_proxy.errors import BadRequestError, NotFoundError, ProxyError, UnauthorizedError
 from vapi_proxy.ledger.cli import usage_report
+from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.routes.query import NO_QUERY, Parser, read_query, whole_number
 
 if TYPE_CHECKING:
@@ -215,6 +217,104 @@ class AdminApi:
         )
         return json_reply(usage_report(rows))
 
+    # --- blocks ----------------------------------------------------------------------------
+
+    async def list_blocks(self, request: Request) -> Response:
+        await self.gate.authenticate(request, write=False)
+        read_query(request, NO_QUERY)
+        now = utc_now()
+        items = [
+            {**block.view(), "active": block.active(now)} for block in await self.store.blocks()
+        ]
+        return json_reply({"items": items})
+
+    async def block(self, request: Request) -> Response:
+        admin = await self.gate.authenticate(request, write=True)
+        body = await self.body(request)
+        identity = text_field(body, "identity", required=True, max_length=512) or ""
+        reason = text_field(body, "reason", required=True, max_length=500) or ""
+        expires_text = body.get("expiresAt")
+        if expires_text is not None and not isinstance(expires_text, str):
+            raise BadRequestError("'expiresAt' must be an ISO timestamp or null.")
+        expires_at = parse_time("expiresAt", expires_text)
+        if expires_at is not None and expires_at <= utc_now():
+            raise BadRequestError("'expiresAt' must be in the future.")
+        end_calls = body.get("endCalls", False)
+        if not isinstance(end_calls, bool):
+            raise BadRequestError("'endCalls' must be true or false.")
+        block = await self.store.block(
+            identity, reason=reason, expires_at=expires_at, actor=admin.actor
+        )
+        self.runtime.blocks.invalidate()
+        ended: list[str] = []
+        failed: list[dict[str, str]] = []
+        if end_calls:
+            for call in await live_calls(self.runtime, identity_key=identity):
+                try:
+                    await end_call(self.runtime, call["id"])
+                    ended.append(call["id"])
+                except ProxyError as exc:
+                    failed.append({"id": call["id"], "error": str(exc.message)})
+        await self.audit(
+            request,
+            admin,
+            "block",
+            target=identity,
+            detail={
+                "reason": reason,
+                "expiresAt": iso(expires_at),
+                "endedCalls": ended,
+                "failedCalls": failed,
+            },
+        )
+        return json_reply(
+            {"block": block.view(), "endedCalls": ended, "failedCalls": failed}, status=201
+        )
+
+    async def unblock(self, request: Request) -> Response:
+        admin = await self.gate.authenticate(request, write=True)
+        body = await self.body(request)
+        identity = text_field(body, "identity", required=True, max_length=512) or ""
+        removed = await self.store.unblock(identity)
+        self.runtime.blocks.invalidate()
+        await self.audit(
+            request, admin, "unblock", target=identity, outcome="ok" if removed else "noop"
+        )
+        if not removed:
+            raise NotFoundError("That identity is not blocked.")
+        return json_reply({"identity": identity, "unblocked": True})
+
+    # --- live calls ------------------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        await self.gate.authenticate(request, write=False)
+        query = read_query(request, {"identity": text(512), "profile": text(256)})
+        items = await live_calls(
+            self.runtime, identity_key=query.get("identity"), profile=query.get("profile")
+        )
+        return json_reply({"items": items, "at": iso(utc_now())})
+
+    async def end(self, request: Request) -> Response:
+        admin = await self.gate.authenticate(request, write=True)
+        read_query(request, NO_QUERY)
+        call_id = request.path_params["id"]
+        if len(call_id) > 128:
+            raise NotFoundError("No such call in the ledger.")
+        try:
+            result = await end_call(self.runtime, call_id)
+        except ProxyError as exc:
+            await self.audit(
+                request,
+                admin,
+                "end-call",
+                target=call_id,
+                outcome="failed",
+                detail={"error": str(exc.message)},
+            )
+            raise
+        await self.audit(request, admin, "end-call", target=call_id)
+        return json_reply(result, status=202)
+
     def routes(self) -> list[Route]:
         table: list[tuple[str, Handler, str]] = [
             ("/admin/usage", self.usage_report, "GET"),
@@ -222,6 +322,11 @@ class AdminApi:
             ("/admin/api/session", self.whoami, "GET"),
             ("/admin/api/session", self.sign_out, "DELETE"),
             ("/admin/api/audit", self.audit_log, "GET"),
+            ("/admin/api/blocks", self.list_blocks, "GET"),
+            ("/admin/api/blocks", self.block, "POST"),
+            ("/admin/api/unblock", self.unblock, "POST"),
+            ("/admin/api/calls/live", self.live, "GET"),
+            ("/admin/api/calls/{id}/end", self.end, "POST"),
         ]
         return [Route(path, _secured(handler), methods=[method]) for path, handler, method in table]
 

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vapi_proxy.auth.identity import Identity
+from vapi_proxy.console.calls import control_url
 from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import RequestState, plain_headers, request_state
 from vapi_proxy.errors import (
@@ -68,9 +69,11 @@ _CALL_KINDS = tuple(_CALL_TYPES)
 async def authenticate(runtime: Runtime, request: Request) -> Identity:
     client = request.client
     headers = plain_headers(request.scope)
-    return await runtime.auth.authenticate(
+    identity = await runtime.auth.authenticate(
         headers.get("authorization"), client.host if client else "", headers
     )
+    await runtime.blocks.refuse_blocked(identity)  # the console's blocks: a readable 403
+    return identity
 
 
 def _json(body: bytes, status: int, extra: dict[str, str] | None = None) -> Response:
@@ -134,6 +137,7 @@ async def start_call(
             status=str(call.get("status") or "queued"),
             max_duration_seconds=float(compiled.max_duration_seconds),
             reservation_id=reservation.id,
+            control_url=control_url(call),
         )
     except Exception:
         # The call exists and is paid for: hand it to the caller rather than waste it. Its
