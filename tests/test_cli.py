@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.conftest import SAVED_ASSISTANT_ID
 from vapi_proxy.cli import main
+from vapi_proxy.sandbox import RunningSandbox
 
 
 def test_check_prints_the_resolved_profiles(
@@ -165,3 +168,37 @@ def test_usage_and_db_read_only_the_ledger_from_the_config(tmp_path: Path) -> No
     done = run_cli("usage", "--config", str(config), "--format", "json")
     assert done.returncode == 0, done.stderr
     assert '"calls": 0' in done.stdout
+
+
+def test_serve_says_where_it_listens_and_reload_reports_the_outcome(
+    tmp_path: Path, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.serving import serve_process
+
+    config = tmp_path / "proxy.yaml"
+    good = (
+        f"vapi: {{base_url: '{sandbox.url}'}}\n"
+        f"ledger: {{url: 'sqlite:///{tmp_path}/ledger.db'}}\n"
+        "auth: {methods: [{type: anonymous}]}\n"
+        "profiles:\n  coach:\n"
+        f"    assistant_id: {SAVED_ASSISTANT_ID}\n"
+        "    access: {anonymous: true}\n"
+    )
+    config.write_text(good)
+    pid_file = tmp_path / "proxy.pid"
+    with serve_process(config, sandbox, pid_file=pid_file) as served:
+        # Without --config the command cannot validate the file itself: the running proxy's
+        # verdict is what it reports.
+        config.write_text("profiles: {broken: {}}\n")
+        assert main(["reload", "--pid-file", str(pid_file), "--wait", "60"]) == 2
+        err = capsys.readouterr().err
+        assert "refused; the proxy keeps serving the old configuration" in err
+        assert "profiles.broken" in err
+        config.write_text(good.replace("coach", "coach2"))
+        assert main(["reload", "--pid-file", str(pid_file), "--wait", "120"]) == 0
+        assert "reloaded: the proxy now serves the new configuration" in capsys.readouterr().out
+        reply = httpx.post(served.url + "/call/web", json={"assistantId": "coach2"}, timeout=10)
+        assert reply.status_code == 201, reply.text
+    log = served.log.read_text()
+    port = served.url.rsplit(":", 1)[1]
+    assert f"listening on http://127.0.0.1:{port} (1 worker(s), config {config})" in log

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets as secrets_module
@@ -16,6 +17,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -164,9 +166,16 @@ class _Supervisor(Multiprocess):
     the config here first means a bad edit is refused with a log line instead of tried.
     """
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], path: str) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        path: str,
+        status_file: Path | None = None,
+    ) -> None:
         super().__init__(config, sockets)
         self.path = path
+        self.status_file = status_file
 
     def handle_hup(self) -> None:
         try:
@@ -176,9 +185,18 @@ class _Supervisor(Multiprocess):
                 "reload refused: the new configuration is invalid; the old one keeps serving",
                 extra={"fields": {"problems": exc.problems}},
             )
+            _write_reload_status(self.status_file, exc.problems)
             return
         logger.info("reloading: starting workers with the new configuration")
+        before = list(self.processes)
         super().handle_hup()
+        stuck = sum(old is new for old, new in zip(before, self.processes, strict=False))
+        _write_reload_status(
+            self.status_file,
+            [f"{stuck} new worker(s) did not get ready; the old ones keep serving (see the log)"]
+            if stuck
+            else [],
+        )
 
     def startup_failed(self) -> bool:
         return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
@@ -240,7 +258,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics_server = None
     if settings.metrics.enabled and settings.metrics.port is not None:
         metrics_server = _serve_metrics_port(args.host, settings.metrics.port)
-    supervisor = _Supervisor(config, [config.bind_socket()], path)
+    status_file = _reload_status_path(args.pid_file) if args.pid_file else None
+    supervisor = _Supervisor(config, [config.bind_socket()], path, status_file)
+    print(
+        f"vapi-proxy {__version__} listening on http://{_url_host(args.host)}:{args.port} "
+        f"({args.workers} worker(s), config {path})",
+        flush=True,
+    )
     try:
         supervisor.run()
     finally:
@@ -248,6 +272,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_server.shutdown()
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)
+        if status_file is not None:
+            status_file.unlink(missing_ok=True)
     return 1 if supervisor.startup_failed() else 0
 
 
@@ -262,8 +288,41 @@ def _serve_metrics_port(host: str, port: int) -> Any:
     return server
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _reload_status_path(pid_file: str) -> Path:
+    """Where the supervisor reports each reload's outcome, beside its pid file."""
+    return Path(f"{pid_file}.reload.json")
+
+
+def _write_reload_status(path: Path | None, problems: list[str]) -> None:
+    """Record a reload's outcome for `vapi-proxy reload`, which waits for the sequence to move."""
+    if path is None:
+        return
+    previous = _read_reload_status(path)
+    status = {"seq": int(previous.get("seq", 0)) + 1, "ok": not problems, "problems": problems}
+    scratch = path.with_name(path.name + ".tmp")
+    try:
+        scratch.write_text(json.dumps(status), encoding="utf-8")
+        os.replace(scratch, path)
+    except OSError as exc:
+        logger.warning("cannot write the reload status", extra={"fields": {"error": str(exc)}})
+
+
+def _read_reload_status(path: Path) -> dict[str, Any]:
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
-    """Validate the config, then ask the running proxy (by its pid file) to reload it."""
+    """Validate the config, ask the running proxy (by its pid file) to reload it, and wait for
+    the outcome: exit 0 once new workers serve it, 2 if the proxy refused it, 1 without an
+    answer in time."""
     path = _config_path(args)
     if path is not None:
         try:
@@ -278,13 +337,34 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         print(f"vapi-proxy reload: cannot read a pid from {args.pid_file}", file=sys.stderr)
         return 1
+    status_file = _reload_status_path(args.pid_file)
+    before = int(_read_reload_status(status_file).get("seq", 0))
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
         print(f"vapi-proxy reload: no process {pid} (is the proxy running?)", file=sys.stderr)
         return 1
-    print(f"sent SIGHUP to {pid}")
-    return 0
+    print(f"sent SIGHUP to {pid}; waiting for the new workers (up to {args.wait:g} s)", flush=True)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        status = _read_reload_status(status_file)
+        if int(status.get("seq", 0)) > before:
+            if status.get("ok"):
+                print("reloaded: the proxy now serves the new configuration")
+                return 0
+            print(
+                "vapi-proxy reload: refused; the proxy keeps serving the old configuration:",
+                file=sys.stderr,
+            )
+            for problem in status.get("problems") or []:
+                print(f"  {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        time.sleep(0.1)
+    print(
+        f"vapi-proxy reload: no outcome from {pid} within {args.wait:g} s; see the proxy's log",
+        file=sys.stderr,
+    )
+    return 1
 
 
 async def _serve_sandbox(args: argparse.Namespace) -> int:
@@ -437,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     reload_cmd.add_argument("--pid-file", required=True, help="the file given to serve --pid-file")
     reload_cmd.add_argument(
         "--config", help="validate this config first (default: $VAPI_PROXY_CONFIG)"
+    )
+    reload_cmd.add_argument(
+        "--wait",
+        type=float,
+        default=180,
+        help="seconds to wait for the proxy to confirm the reload (default 180)",
     )
     reload_cmd.set_defaults(handler=cmd_reload)
 
