@@ -157,6 +157,8 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
     async def lifespan(app: object) -> AsyncIterator[None]:
         await runtime.start()
         tasks = [asyncio.create_task(runtime.maintain())]
+        if settings.metrics.enabled and settings.metrics.port is not None:
+            tasks.append(asyncio.create_task(metrics.keep_fresh(runtime)))
         if runtime.forwarder is not None and runtime.forwarder.enabled:
             # Drains the webhook outbox: events wait there until the app takes them.
             tasks.append(asyncio.create_task(runtime.forwarder.run()))

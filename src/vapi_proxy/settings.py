@@ -201,9 +201,11 @@ class MetricsSettings(_Section):
             "192.168.0.0/16",
             "fc00::/7",
         ],
-        description="Peers (CIDR, the TCP peer, not forwarded headers) allowed to scrape and to "
-        "see /readyz's per-store details; others get 404 (and /readyz's status only). Traffic "
-        "volumes, profile names and store errors are not for the public.",
+        description="Clients (CIDR) allowed to scrape and to see /readyz's per-store details; "
+        "others get 404 (and /readyz's status only). The client is resolved as everywhere "
+        "(`auth.trusted_proxies`, `auth.client_address_header`), so a public caller relayed by "
+        "a private-network balancer is public. Traffic volumes, profile names and store errors "
+        "are not for the public.",
     )
 
     @field_validator("allowed_networks")

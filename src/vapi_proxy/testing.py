@@ -49,6 +49,9 @@ class ServerThread:
             access_log=False,
             loop="asyncio",
             timeout_graceful_shutdown=2,
+            # As `serve` runs it: the proxy's own resolver reads forwarded headers, never uvicorn
+            # (whose default would rewrite the peer from X-Forwarded-For for 127.0.0.1).
+            proxy_headers=False,
         )
         self._server = uvicorn.Server(self._config)
         self._thread: threading.Thread | None = None

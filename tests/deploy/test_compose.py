@@ -140,3 +140,22 @@ def test_proxy_yaml_passes_check(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "OK, 1 profile(s)" in out
+
+
+def test_metrics_have_their_own_unpublished_port() -> None:
+    # Issue 13.6: the host's load balancer reaches the published port from the Docker bridge (a
+    # private address), so metrics served there were one misjudged address from the public.
+    config = yaml.safe_load(PROXY_CONFIG.read_text(encoding="utf-8"))
+    port = config["metrics"]["port"]
+    proxy = _service("proxy")
+    command = proxy["command"]
+    assert int(command[command.index("--port") + 1]) != port
+    published = [str(p) for p in proxy["ports"]]
+    assert not any(p.split(":")[-1].split("/")[0] == str(port) for p in published), published
+    assert str(port) in [str(p) for p in proxy.get("expose", [])]
+    assert config["auth"]["client_address_header"] == "X-Forwarded-For"
+
+
+def test_example_config_serves_metrics_on_their_own_port() -> None:
+    example = yaml.safe_load((ROOT / "examples" / "web" / "proxy.yaml").read_text("utf-8"))
+    assert example["metrics"]["port"] != 8080

@@ -35,12 +35,14 @@ KNOWN = {
     "Deployment": "apps/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "PodDisruptionBudget": "policy/v1",
+    "Ingress": "networking.k8s.io/v1",
 }
 REQUIRED_SPEC = {
     "Deployment": ["replicas", "selector", "template"],
     "Service": ["selector", "ports"],
     "HorizontalPodAutoscaler": ["scaleTargetRef", "minReplicas", "maxReplicas", "metrics"],
     "PodDisruptionBudget": ["selector"],
+    "Ingress": ["rules"],
 }
 LABELS = {"app.kubernetes.io/name": "vapi-proxy", "app.kubernetes.io/component": "proxy"}
 
@@ -126,7 +128,7 @@ def test_deployment_replicas_probes_and_resources() -> None:
     # /readyz may spend 2 s on the ledger and 2 s on the limits store before answering 503.
     assert readiness["timeoutSeconds"] >= 4
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8080}
+    assert ports == {"http": 8080, "metrics": 9090}
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["port"] in ("http", 8080)
     resources = container["resources"]
@@ -267,3 +269,41 @@ def test_kustomize_renders_the_set() -> None:
     image = deployed["spec"]["template"]["spec"]["containers"][0]["image"]
     wanted = kustomization["images"][0]
     assert image == f"{wanted['newName']}:{wanted['newTag']}"
+
+
+def _config() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(find("ConfigMap")["data"]["proxy.yaml"])
+    return config
+
+
+def test_metrics_have_their_own_port_that_nothing_public_routes_to() -> None:
+    # Issue 13.6: behind the Service and the Ingress every caller's TCP peer is in-cluster, so
+    # metrics on the API port were one misjudged address away from the public.
+    port = _config()["metrics"]["port"]
+    ports = {p["name"]: p["containerPort"] for p in _container()["ports"]}
+    assert ports["metrics"] == port and ports["http"] != port
+    annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    service = find("Service")
+    for exposed in service["spec"]["ports"]:
+        assert exposed["targetPort"] not in ("metrics", port), exposed
+    service_ports = {p["name"] for p in service["spec"]["ports"]} | {
+        p["port"] for p in service["spec"]["ports"]
+    }
+    ingress = find("Ingress")
+    backends = [
+        path["backend"]["service"]
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert backends, "the Ingress routes somewhere"
+    for backend in backends:
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"].get("name", backend["port"].get("number")) in service_ports
+    assert "defaultBackend" not in ingress["spec"]
+
+
+def test_configmap_trusts_only_the_balancers_header() -> None:
+    auth = _config()["auth"]
+    assert auth["trusted_proxies"] and "0.0.0.0/0" not in auth["trusted_proxies"]
+    assert auth["client_address_header"] == "X-Forwarded-For"  # what ingress-nginx appends to

@@ -59,3 +59,26 @@ def test_metrics_are_refused_to_other_networks(make_proxy: ProxyFactory) -> None
     reply = httpx.get(server.url + "/metrics")
     assert reply.status_code == 404
     assert reply.json()["statusCode"] == 404
+
+
+def behind_balancer(config: dict[str, Any]) -> None:
+    # The test's loopback peer plays the load balancer, as a private-network ingress would.
+    config["auth"]["trusted_proxies"] = ["127.0.0.0/8"]
+
+
+def test_a_public_client_relayed_by_the_balancer_is_public(make_proxy: ProxyFactory) -> None:
+    server = make_proxy(behind_balancer)
+    relayed = {"X-Forwarded-For": "203.0.113.9"}
+    reply = httpx.get(server.url + "/metrics", headers=relayed)
+    assert reply.status_code == 404
+    assert "vapi_proxy" not in reply.text
+    ready = httpx.get(server.url + "/readyz", headers=relayed)
+    assert ready.json() == {"status": "ready"}
+    # A scraper inside the network, relayed or not, still sees them.
+    inside = {"X-Forwarded-For": "10.2.3.4"}
+    assert httpx.get(server.url + "/metrics", headers=inside).status_code == 200
+    assert "checks" in httpx.get(server.url + "/readyz", headers=inside).json()
+    assert httpx.get(server.url + "/metrics").status_code == 200
+    # A header the balancer does not write cannot make a public client internal either.
+    spoof = {"X-Forwarded-For": "203.0.113.9", "Forwarded": "for=10.2.3.4"}
+    assert httpx.get(server.url + "/metrics", headers=spoof).status_code == 404

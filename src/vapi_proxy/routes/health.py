@@ -1,7 +1,7 @@
 """Health: `/healthz` says the process is alive; `/readyz` that it can serve (config loaded,
 ledger and limits store reachable). Neither ever calls Vapi or spends money. The per-store
-details of `/readyz` (backends, errors) are shown only to peers on the metrics networks; others
-get the status alone."""
+details of `/readyz` (backends, errors) are shown only to clients on the metrics networks (the
+resolved client, not a balancer relaying the public); others get the status alone."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vapi_proxy.routes.metrics import internal_peer_check
+from vapi_proxy.routes.metrics import internal_client_check
 
 if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
@@ -28,7 +28,9 @@ async def healthz(request: Request) -> Response:
 
 
 def routes(runtime: Runtime) -> list[Route]:
-    internal = internal_peer_check(runtime.settings.metrics.allowed_networks)
+    internal = internal_client_check(
+        runtime.settings.metrics.allowed_networks, runtime.auth.client_address
+    )
 
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {"config": {"ok": True, "profiles": len(runtime.profiles)}}

@@ -1,7 +1,13 @@
-"""`GET /metrics`: Prometheus text for scrapers on allowed networks (others get 404)."""
+"""`GET /metrics`: Prometheus text for scrapers on allowed networks (others get 404).
+
+"Allowed" is about the client, resolved like everywhere else (`ClientAddressResolver`): behind a
+load balancer the TCP peer is the balancer, on a private network, and relays the public too.
+With `metrics.port` the text is served on that port instead (cli.py) and kept fresh here.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -12,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from vapi_proxy.edge.client_address import ClientAddressResolver
 from vapi_proxy.errors import NotFoundError
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.metrics import CONTENT_TYPE
@@ -23,21 +30,41 @@ logger = logging.getLogger("vapi_proxy.metrics")
 _LIVE = ("queued", "ringing", "in-progress", "forwarding")
 
 
-def internal_peer_check(allowed_networks: list[str]) -> Callable[[Request], bool]:
-    """Whether a request's TCP peer (never a forwarded header) is on one of the networks
-    allowed to see operator data (metrics, readiness details)."""
+REFRESH_SECONDS = 5.0
+"""How often, with `metrics.port`, the values read at scrape time on the main port are taken."""
+
+
+def internal_client_check(
+    allowed_networks: list[str], client_address: ClientAddressResolver
+) -> Callable[[Request], bool]:
+    """Whether a request's client (the TCP peer, or the client a trusted balancer relayed) is on
+    one of the networks allowed to see operator data (metrics, readiness details). A public
+    client relayed by a balancer on a private network is public."""
     networks = [ipaddress.ip_network(n) for n in allowed_networks]
 
     def internal(request: Request) -> bool:
         if request.client is None:
             return False
-        try:
-            peer = ipaddress.ip_address(request.client.host)
-        except ValueError:
-            return False
-        return any(peer in network for network in networks)
+        return client_address.is_in(request.client.host, request.headers, networks)
 
     return internal
+
+
+async def refresh(runtime: Runtime) -> None:
+    """Bring the values kept outside the registry (auth and webhook counters, live calls) in."""
+    runtime.metrics.sync(runtime.auth.stats, runtime.webhook_stats)
+    try:
+        runtime.metrics.live_calls.set(await live_calls(runtime))
+    except Exception:
+        runtime.metrics.storage_errors.labels("ledger").inc()
+        logger.warning("live-call count failed", exc_info=True)
+
+
+async def keep_fresh(runtime: Runtime, interval: float = REFRESH_SECONDS) -> None:
+    """With `metrics.port`, no request reaches `refresh` through this app: run it on a timer."""
+    while True:
+        await refresh(runtime)
+        await asyncio.sleep(interval)
 
 
 async def live_calls(runtime: Runtime) -> int:
@@ -55,17 +82,12 @@ def routes(runtime: Runtime) -> list[Route]:
     settings = runtime.settings.metrics
     if not settings.enabled:
         return []
-    allowed = internal_peer_check(settings.allowed_networks)
+    allowed = internal_client_check(settings.allowed_networks, runtime.auth.client_address)
 
     async def metrics(request: Request) -> Response:
         if not allowed(request):
             raise NotFoundError(f"Cannot GET {settings.path}: no such route.")
-        runtime.metrics.sync(runtime.auth.stats, runtime.webhook_stats)
-        try:
-            runtime.metrics.live_calls.set(await live_calls(runtime))
-        except Exception:
-            runtime.metrics.storage_errors.labels("ledger").inc()
-            logger.warning("live-call count failed", exc_info=True)
+        await refresh(runtime)
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
     return [Route(settings.path, metrics, methods=["GET"])]
