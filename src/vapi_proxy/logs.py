@@ -24,7 +24,27 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bvpk_[A-Za-z0-9_\-]{8,}"), "[api-key]"),
     (re.compile(r"(?i)\b(secret|token|password|api[_-]?key)=([^\s&,;]+)"), r"\1=[redacted]"),
 )
-_PHONE = re.compile(r"(?<![\w+])\+?\d[\d \-().]{6,18}\d(?!\w)")
+# Phone numbers in the shapes people and Vapi write them, and nothing else: a number must stand
+# alone (never inside an id, a path segment or a timestamp), so a UUID whose middle groups are
+# all digits, an ISO or epoch timestamp and a request id are left as they are. Bare digit runs
+# are not masked: `14155550123` cannot be told from an epoch-milliseconds timestamp or a count.
+# Every repetition is separated by a mandatory non-digit, so matching stays linear on hostile
+# input (the scrubber sees request paths and upstream error text).
+_PHONE = re.compile(
+    r"""
+    (?P<e164>(?<![\w+])\+\d+(?:(?:[ .\-]?\(\d{1,4}\)[ .\-]?|[ .\-])\d+)*)(?!\w)
+    # E.164, written plain or grouped: +14155550123, +1 (415) 555-0123, +44 (0)20 7946 0958
+    | (?<![\w)])\(\d{3}\)[ .\-]?\d{3}[ .\-]\d{4}(?![\w]|[.\-]\d)
+    # North American national: (415) 555-0123
+    | (?<![\w.\-+])(?:1[ .\-])?\d{3}(?P<sep>[ .\-])\d{3}(?P=sep)\d{4}(?![\w]|[.\-]\w)
+    # North American national: 415-555-0123, 415.555.0123, 1 415 555 0123
+    """,
+    re.VERBOSE,
+)
+_E164_WORD = re.compile(r" ?[^ ]+")
+_E164_GROUP = re.compile(r"\D*\d+")
+E164_MAX_DIGITS = 15
+PHONE_MIN_DIGITS = 8
 
 
 class RedactingFilter(logging.Filter):
@@ -75,10 +95,29 @@ class RedactingFilter(logging.Filter):
 
 
 def _mask_phone(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    if len(digits) < 8:
+    text = match.group(0)
+    rest = ""
+    if match.group("e164") is not None:
+        # Grouped digits run on into whatever follows with a space (`+1 415 555 0123 2026-12-06`):
+        # the number is the longest run of whole words, else of whole groups, that E.164 allows;
+        # the rest stays as it was.
+        cut = _e164_end(text, _E164_WORD) or _e164_end(text, _E164_GROUP)
+        text, rest = text[:cut], text[cut:]
+    digits = re.sub(r"\D", "", text)
+    if len(digits) < PHONE_MIN_DIGITS:
         return match.group(0)
-    return "[phone …" + digits[-2:] + "]"
+    return "[phone …" + digits[-2:] + "]" + rest
+
+
+def _e164_end(text: str, unit: re.Pattern[str]) -> int:
+    """Where the longest prefix of whole `unit`s with at most 15 digits ends (0: none fits)."""
+    count = end = 0
+    for part in unit.finditer(text):
+        count += sum(c.isdigit() for c in part.group(0))
+        if count > E164_MAX_DIGITS:
+            break
+        end = part.end()
+    return end
 
 
 class JsonFormatter(logging.Formatter):
@@ -100,12 +139,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+_ONE_LINE = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+"""Control characters as escapes: a request path is percent-decoded (`/call%0A...`), and a raw
+newline or terminal escape in a console line would forge another line."""
+
+
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             base += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        base = base.translate(_ONE_LINE)
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
         elif record.exc_text:
