@@ -14,6 +14,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
+from vapi_proxy.admission import Admissions
 from vapi_proxy.auth.chain import AuthChain
 from vapi_proxy.console.blocks import BlockList
 from vapi_proxy.console.store import ConsoleStore
@@ -54,8 +55,10 @@ class Runtime:
     webhook_stats: WebhookStats = field(default_factory=WebhookStats)
     metrics: Metrics = field(default_factory=Metrics)
     blocks: BlockList = field(init=False)
+    admissions: Admissions = field(init=False)
 
     def __post_init__(self) -> None:
+        self.admissions = Admissions(self.limiter, self.ledger, self.metrics)
         # The console's identity blocks, checked wherever a call or chat's identity is known.
         self.blocks = BlockList(
             ConsoleStore(self.ledger.database),
@@ -90,7 +93,12 @@ class Runtime:
             raise ConfigError([f"limits.backend or ledger.url: {exc}"]) from None
         profiles = compile_profiles(settings.profiles)
         hooks = webhook_setup.build(
-            settings, profiles=profiles, limiter=limiter, ledger=ledger, server=webhook_server
+            settings,
+            profiles=profiles,
+            limiter=limiter,
+            ledger=ledger,
+            server=webhook_server,
+            metrics=metrics,
         )
         return cls(
             settings=settings,

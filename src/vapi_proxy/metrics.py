@@ -66,6 +66,20 @@ class Metrics:
             ["limit", "kind"],
             registry=r,
         )
+        self.admissions = Counter(
+            "vapi_proxy_admissions_total",
+            "Creations (calls, chat turns) by request kind and outcome (refused, created, "
+            "not_sent, maybe_sent, cancelled).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.degraded_admissions = Counter(
+            "vapi_proxy_degraded_admissions_total",
+            "Creations admitted uncounted because the limits store was down and the rules fail "
+            "open, by request kind.",
+            ["kind"],
+            registry=r,
+        )
         self.storage_errors = Counter(
             "vapi_proxy_storage_errors_total",
             "Failures of the ledger or the limits store, by store.",

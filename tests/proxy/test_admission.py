@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.clients.support import HTTP, bearer, observed_sandbox, proxy_for, wait_until
 from tests.conftest import ProxyFactory
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post, upstream_bodies
@@ -145,3 +146,64 @@ def test_readyz_details_are_for_internal_networks_only(make_proxy: Any) -> None:
     reply = httpx.get(server.url + "/readyz")
     assert reply.status_code == 200
     assert reply.json() == {"status": "ready"}
+
+
+def test_a_creation_cancelled_mid_upstream_is_never_created_again_with_its_key(
+    user_key: str, other_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The task is torn down while Vapi holds the request (latency injected): the call may
+    exist, so the reservation stays and the key replays a 502 instead of creating again."""
+
+    def one_at_a_time(config: dict[str, Any]) -> None:
+        config["limits"] = {"backend": "memory://", "rules": [{"name": "one", "concurrency": 1}]}
+
+    folder = str(tmp_path_factory.mktemp("cancelled"))
+    with (
+        observed_sandbox() as observed,
+        proxy_for(observed.sandbox, user_key, other_key, folder, one_at_a_time) as server,
+    ):
+        fault = {"path": "/call/web", "action": "none", "latency_seconds": 2, "count": 1}
+        assert HTTP.post(f"{observed.sandbox.url}/__sandbox/faults", json=fault).is_success
+        headers = {**bearer(user_key), "Idempotency-Key": "cancel-me"}
+        body = {"assistantId": "sales-coach"}
+
+        async def create() -> httpx.Response:
+            transport = httpx.ASGITransport(app=server.app, client=("127.0.0.1", 50000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+                return await client.post("/call/web", json=body, headers=headers)
+
+        async def start() -> asyncio.Future[httpx.Response]:
+            return asyncio.ensure_future(create())
+
+        def sent() -> list[str]:
+            return [k for k in observed.log.started if k.endswith(":/call/web")]
+
+        task = on_server(server, start())
+        assert wait_until(lambda: len(sent()) == 1, timeout=5)
+        assert server.loop is not None
+        server.loop.call_soon_threadsafe(task.cancel)
+        assert wait_until(task.done, timeout=5) and task.cancelled()
+
+        async def claim() -> Any:
+            return await runtime(server).ledger.idempotency_get("cancel-me", "api_key:alice")
+
+        assert wait_until(lambda: on_server(server, claim()) is not None, timeout=5)
+        retried = HTTP.post(f"{server.url}/call/web", json=body, headers=headers)
+        assert retried.status_code == 502, retried.text
+        assert retried.headers["idempotent-replayed"] == "true"
+        replayed = retried.json()
+        assert set(replayed) == {"message", "error", "statusCode", "requestId"}
+        assert "may have been created" in str(replayed["message"])
+        # The possible call keeps its slot: a new key is refused by the limit, not sent.
+        other = HTTP.post(
+            f"{server.url}/call/web",
+            json=body,
+            headers={**bearer(user_key), "Idempotency-Key": "another"},
+        )
+        assert_envelope(other, 429)
+        assert len(sent()) == 1
+        admissions = runtime(server).metrics.admissions
+        assert admissions.labels("call", "cancelled")._value.get() == 1
+        assert admissions.labels("call", "refused")._value.get() == 1
+        # Let the simulator finish its delayed answer before it is shut down.
+        assert wait_until(lambda: sent()[0] in observed.log.finished, timeout=5)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from vapi_proxy.admission import Attempt, Created
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.console.calls import control_url
 from vapi_proxy.edge.body import read_json
@@ -28,10 +29,8 @@ from vapi_proxy.errors import (
     MethodNotAllowedError,
     NotFoundError,
     ProxyError,
-    ServiceUnavailableError,
     UnauthorizedError,
     UpstreamError,
-    render,
 )
 from vapi_proxy.ledger.records import CallRecord
 from vapi_proxy.limits.base import AdmissionRequest
@@ -89,65 +88,42 @@ async def start_call(
     path: str,
     *,
     kind: str,
+    attempt: Attempt | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Admit, create the call at Vapi, record it; returns Vapi's status and Call object.
 
-    The reservation is given back if Vapi provably did not create the call; when the outcome
-    is unknown (a timeout after sending) it is kept, so a call that does exist stays counted
-    until its slot expires or its webhooks settle it.
+    The admission unit (`vapi_proxy.admission`) gives the reservation back only if Vapi
+    provably did not create the call; when the outcome is unknown (a timeout after sending, a
+    cancelled task) it is kept, so a call that does exist stays counted until its slot expires
+    or its webhooks settle it.
     """
     compiled = planned.profile
-    try:
-        reservation = await runtime.limiter.reserve(
-            AdmissionRequest(
-                identity=identity,
-                profile=compiled.name,
-                kind="call",
-                worst_case_seconds=float(compiled.max_duration_seconds),
-            )
-        )
-    except ServiceUnavailableError:
-        runtime.metrics.storage_errors.labels("limits").inc()
-        raise
-    try:
+    admission = await runtime.admissions.admit(
+        AdmissionRequest(
+            identity=identity,
+            profile=compiled.name,
+            kind="call",
+            worst_case_seconds=float(compiled.max_duration_seconds),
+        ),
+        record_kind=kind,
+        request_id=state.request_id,
+        attempt=attempt,
+    )
+
+    async def create() -> tuple[int, dict[str, Any]]:
         reply = await runtime.upstream.request("POST", path, orjson.dumps(planned.body))
         state.upstream_status = reply.status
         state.upstream_ms = round(reply.elapsed_ms, 3)
         call = parse_success(reply, runtime.api_key)
-        call_id = call.get("id")
-        if not isinstance(call_id, str) or not call_id:
+        if not isinstance(call.get("id"), str) or not call["id"]:
             raise UpstreamError("Vapi's reply had no call id.", maybe_sent=True)
-    except UpstreamError as exc:
-        if not exc.maybe_sent:
-            await runtime.limiter.release(reservation)
-        raise
-    except Exception:
-        await runtime.limiter.release(reservation)
-        raise
-    # A cancellation (the drain ran out, the task was torn down) is not caught above: the
-    # request may be at Vapi, so the reservation stays until it expires or is settled.
-    await runtime.limiter.commit(reservation, call_id)
-    try:
-        await runtime.ledger.record_call(
-            call_id=call_id,
-            identity=identity,
-            profile=compiled.name,
-            kind=kind,
-            request_id=state.request_id,
-            status=str(call.get("status") or "queued"),
-            max_duration_seconds=float(compiled.max_duration_seconds),
-            reservation_id=reservation.id,
-            control_url=control_url(call),
-        )
-    except Exception:
-        # The call exists and is paid for: hand it to the caller rather than waste it. Its
-        # webhooks still carry our attribution (metadata), and the limits already count it.
-        runtime.metrics.storage_errors.labels("ledger").inc()
-        logger.exception(
-            "ledger write failed for a created call",
-            extra={"fields": {"request_id": state.request_id, "call_id": call_id}},
-        )
-    return reply.status, call
+        return reply.status, call
+
+    status, call = await admission.send(create)
+    await admission.created(
+        Created(call["id"], str(call.get("status") or "queued"), control_url=control_url(call))
+    )
+    return status, call
 
 
 def _request_hash(body: Any) -> str:
@@ -195,7 +171,7 @@ def routes(runtime: Runtime) -> list[Route]:
         return runtime.reply_paths.get(profile, SDK_PATHS) + _SERVER_PATHS
 
     async def create_web_call(
-        state: RequestState, identity: Identity, body: Any
+        state: RequestState, identity: Identity, body: Any, attempt: Attempt
     ) -> tuple[int, bytes]:
         intake = read_web_call(body, ignored)
         state.profile = intake.profile if intake.profile in runtime.profiles else None
@@ -204,12 +180,14 @@ def routes(runtime: Runtime) -> list[Route]:
             intake,
             CallContext(identity, state.request_id, runtime.webhook_server),
         )
-        status, call = await start_call(runtime, state, identity, planned, "/call/web", kind="web")
+        status, call = await start_call(
+            runtime, state, identity, planned, "/call/web", kind="web", attempt=attempt
+        )
         visible = scrub(call, runtime.reply_paths[planned.profile.name])
         return status, orjson.dumps(visible)
 
     async def create_phone_call(
-        state: RequestState, identity: Identity, body: Any
+        state: RequestState, identity: Identity, body: Any, attempt: Attempt
     ) -> tuple[int, bytes]:
         intake = read_phone_call(body, ignored)
         state.profile = intake.profile if intake.profile in runtime.profiles else None
@@ -221,7 +199,7 @@ def routes(runtime: Runtime) -> list[Route]:
         paths = server_paths(plans[0].profile.name)
         if not intake.batch:
             status, call = await start_call(
-                runtime, state, identity, plans[0], "/call", kind="phone"
+                runtime, state, identity, plans[0], "/call", kind="phone", attempt=attempt
             )
             return status, orjson.dumps(scrub(call, paths))
         # A batch is one Vapi call per callee, so each is admitted by the limits on its own and
@@ -231,9 +209,17 @@ def routes(runtime: Runtime) -> list[Route]:
         first_error: ProxyError | None = None
         for planned in plans:
             try:
-                _, call = await start_call(runtime, state, identity, planned, "/call", kind="phone")
+                _, call = await start_call(
+                    runtime, state, identity, planned, "/call", kind="phone", attempt=attempt
+                )
             except ProxyError as exc:
-                first_error = first_error or exc
+                # A maybe-sent failure is the one to report: it is what a retry must not redo.
+                if first_error is None or (
+                    isinstance(exc, UpstreamError)
+                    and exc.maybe_sent
+                    and not (isinstance(first_error, UpstreamError) and first_error.maybe_sent)
+                ):
+                    first_error = exc
                 errors.append({"customer": planned.body["customer"], "error": exc.message})
                 continue
             results.append(scrub(call, paths))
@@ -249,46 +235,24 @@ def routes(runtime: Runtime) -> list[Route]:
         body = await read_json(request, max_bytes=max_bytes, max_depth=max_depth)
         key = plain_headers(request.scope).get("idempotency-key")
         if key is None:
-            status, payload = await create(state, identity, body)
+            status, payload = await create(state, identity, body, Attempt())
             return _json(payload, status)
         if not _IDEMPOTENCY_KEY.fullmatch(key):
             raise BadRequestError("Idempotency-Key must be 1-255 visible ASCII characters.")
-        claim = await runtime.ledger.idempotency_claim(
-            key, identity.key, ttl_seconds=ttl, request_hash=_request_hash(body)
+
+        async def run(attempt: Attempt) -> tuple[int, bytes]:
+            result: tuple[int, bytes] = await create(state, identity, body, attempt)
+            return result
+
+        status, payload, replayed = await runtime.admissions.idempotent(
+            key,
+            identity.key,
+            request_hash=_request_hash(body),
+            ttl_seconds=ttl,
+            request_id=state.request_id,
+            create=run,
         )
-        if claim.state == "completed" and claim.response_body is not None:
-            return _json(
-                claim.response_body,
-                claim.response_status or 201,
-                {"Idempotent-Replayed": "true"},
-            )
-        if claim.state == "mismatch":
-            raise ProxyError(
-                "This Idempotency-Key was already used with a different request.",
-                status_code=422,
-            )
-        if claim.state != "claimed":
-            raise ProxyError(
-                "A request with this Idempotency-Key is still in progress; retry shortly.",
-                status_code=409,
-                headers={"Retry-After": "1"},
-            )
-        try:
-            status, payload = await create(state, identity, body)
-        except UpstreamError as exc:
-            if exc.maybe_sent:
-                # A call may exist: replay this failure rather than risk a second call.
-                await runtime.ledger.idempotency_complete(
-                    key, identity.key, status=exc.status_code, body=render(exc, state.request_id)
-                )
-            else:
-                await runtime.ledger.idempotency_abandon(key, identity.key)
-            raise
-        except BaseException:
-            await runtime.ledger.idempotency_abandon(key, identity.key)
-            raise
-        await runtime.ledger.idempotency_complete(key, identity.key, status=status, body=payload)
-        return _json(payload, status)
+        return _json(payload, status, {"Idempotent-Replayed": "true"} if replayed else None)
 
     async def web_call(request: Request) -> Response:
         return await idempotent(request, create_web_call)

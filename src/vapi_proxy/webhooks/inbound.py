@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vapi_proxy.admission import Admissions, Created
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ProxyError, TooManyRequestsError
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import AdmissionRequest, Limiter
+from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.access import check_access
 from vapi_proxy.policy.webcall import CallContext, CompiledProfile, build_call_body
 from vapi_proxy.webhooks.config import InboundAction, InboundSettings
@@ -59,11 +61,11 @@ class InboundResponder:
         forwarder: Forwarder,
         stats: WebhookStats,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self._profiles = profiles
-        self._limiter = limiter
-        self._ledger = ledger
+        self._admissions = Admissions(limiter, ledger, metrics)
         self._server = webhook_server
         self._forwarder = forwarder
         self._stats = stats
@@ -145,35 +147,31 @@ class InboundResponder:
         ctx = CallContext(identity, request_id, self._server)
         reply = build_call_body(compiled, variables, ctx)
         try:
-            reservation = await self._limiter.reserve(
+            admission = await self._admissions.admit(
                 AdmissionRequest(
                     identity=identity,
                     profile=compiled.name,
                     kind="call",
                     worst_case_seconds=float(compiled.max_duration_seconds),
-                )
+                ),
+                record_kind="inbound",
+                request_id=request_id,
             )
         except TooManyRequestsError:
             self._stats.assistant_requests["limited"] += 1
             return {"error": self.settings.limit_message}
-        try:
-            if call.call_id is not None:
-                await self._limiter.commit(reservation, call.call_id)
-                await self._ledger.record_call(
-                    call_id=call.call_id,
-                    identity=identity,
-                    profile=compiled.name,
-                    kind="inbound",
-                    request_id=request_id,
-                    status="ringing",
-                    max_duration_seconds=float(compiled.max_duration_seconds),
-                    reservation_id=reservation.id,
-                )
-        except BaseException:
-            # Cancelled by the deadline or failed: the caller hears the error, so give back
-            # what was taken (a call that starts anyway settles by its id or expires).
-            await asyncio.shield(self._limiter.release(reservation))
-            raise
+        if call.call_id is None:
+            # Vapi named no call: nothing to commit to, and the caller hears the profile's
+            # assistant; the reservation is kept until it expires (the call may run).
+            admission.maybe_sent()
+        else:
+            try:
+                # The call exists at Vapi already (it is ringing us): it is created the moment
+                # the proxy answers with an assistant.
+                await admission.created(Created(call.call_id, "ringing"))
+            except BaseException:
+                await asyncio.shield(admission.not_sent())
+                raise
         self._stats.assistant_requests["profile"] += 1
         logger.info(
             "inbound call routed",

@@ -10,6 +10,7 @@ from typing import Any
 
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
+from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.webcall import CompiledProfile
 from vapi_proxy.settings import ConfigError, Settings
 from vapi_proxy.webhooks.config import InboundAction
@@ -82,6 +83,7 @@ def build(
     ledger: Ledger,
     server: Mapping[str, Any] | None,
     clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
 ) -> WebhookParts:
     problems = check(settings)
     if problems:
@@ -104,6 +106,7 @@ def build(
         forwarder=forwarder,
         stats=stats,
         clock=clock,
+        metrics=metrics,
     )
     receiver = WebhookReceiver(
         hooks,
