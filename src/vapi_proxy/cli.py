@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -37,9 +38,12 @@ from vapi_proxy.settings import (
     ConfigError,
     Secrets,
     Settings,
+    apply_environment,
     load_secrets,
     load_settings,
     parse_settings,
+    read_config_file,
+    read_yaml,
 )
 
 EXIT_CONFIG = 2
@@ -367,6 +371,186 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 1
 
 
+SANDBOX_KEY_NAME = "sandbox-demo"
+
+
+def _sandbox_raw(
+    raw: dict[str, Any], *, proxy_url: str, sandbox_url: str, demo_hash: str, scratch: str
+) -> dict[str, Any]:
+    """The user's config (environment applied) rewired to run against the simulator.
+
+    Vapi, webhooks and stores are the sandbox's; profiles, auth and limit rules stay the
+    user's. Webhook verification is the one thing replaced: the simulator signs with a bearer
+    secret generated here, which the proxy is told to verify, so deliveries are accepted and
+    calls settle whatever the user's own verifiers name (their secrets need not be set).
+    """
+    data = copy.deepcopy(raw)
+    data.setdefault("vapi", {})["base_url"] = sandbox_url
+    data["public_url"] = proxy_url
+    hooks = data.setdefault("webhooks", {})
+    hooks["verify"] = [{"type": "bearer", "secret_env": [SANDBOX_WEBHOOK_ENV]}]
+    hooks["vapi_credential_id"] = SANDBOX_CREDENTIAL_ID
+    hooks["allow_unverified"] = False
+    # Simulated calls go to a throwaway ledger and limit counters, never the user's stores.
+    data.setdefault("ledger", {})["url"] = f"sqlite:///{scratch}/ledger.db"
+    data.setdefault("limits", {})["backend"] = "memory://"
+    auth = data.setdefault("auth", {})
+    methods = auth.setdefault("methods", [])
+    demo = {"name": SANDBOX_KEY_NAME, "hash": demo_hash}
+    own = [m for m in methods if isinstance(m, dict) and m.get("type") == "api_key"]
+    if own:
+        # One api_key method only (the first would shadow a second): the demo key joins theirs.
+        keys = own[0].setdefault("keys", [])
+        taken = {k.get("name") for k in keys if isinstance(k, dict)}
+        while demo["name"] in taken:
+            demo["name"] += "-1"
+        keys.append(demo)
+    else:
+        methods.insert(0, {"type": "api_key", "header": "X-API-Key", "keys": [demo]})
+    return data
+
+
+def _sample_variables(profile: Any) -> dict[str, Any]:
+    """Values for the profile's required client variables, so the printed request works."""
+    values: dict[str, Any] = {}
+    for name, spec in profile.client_variables.items():
+        if not spec.required or spec.default is not None:
+            continue
+        if spec.enum:
+            values[name] = spec.enum[0]
+        elif spec.type in ("integer", "number"):
+            values[name] = int(spec.minimum) if spec.minimum is not None else 1
+        elif spec.type == "boolean":
+            values[name] = True
+        else:
+            values[name] = "Ada"[: spec.max_length].ljust(spec.min_length, "a")
+    return values
+
+
+def _first_admitted(settings: Settings, identity: Any) -> str | None:
+    from vapi_proxy.errors import ProxyError
+    from vapi_proxy.policy.access import check_access
+
+    for name, profile in settings.profiles.items():
+        try:
+            check_access(profile.access, identity, name)
+        except ProxyError:
+            continue
+        return name
+    return None
+
+
+def _curl(settings: Settings, proxy_url: str, profile: str, header: str | None) -> str:
+    body: dict[str, Any] = {"assistantId": profile}
+    variables = _sample_variables(settings.profiles[profile])
+    if variables:
+        body["assistantOverrides"] = {"variableValues": variables}
+    auth = f" -H '{header}'" if header else ""
+    return (
+        f"curl -s -X POST {proxy_url}/call/web -H 'Content-Type: application/json'{auth} "
+        f"-d '{json.dumps(body, separators=(',', ':'))}'"
+    )
+
+
+def _sandbox_banner(
+    settings: Settings, *, proxy_url: str, sandbox_url: str, demo_key: str, path: str | None
+) -> str:
+    """What `serve --sandbox` prints: where things are, and a working request per auth method."""
+    from vapi_proxy.auth.config import AnonymousMethod, ApiKeyMethod, JwtMethod
+    from vapi_proxy.auth.identity import Identity
+
+    lines = [
+        f"vapi-proxy {__version__} (sandbox) listening on {proxy_url}",
+        f"  config:          {path or 'the built-in demo (vapi-proxy/examples/sandbox.yaml)'}",
+        f"  simulated Vapi:  {sandbox_url}  (inspect: {sandbox_url}/__sandbox/requests, "
+        f"{sandbox_url}/__sandbox/webhooks)",
+        f"  profiles:        {', '.join(settings.profiles) or '(none)'}",
+        "  webhooks:        the simulator signs them with a generated secret the proxy verifies"
+        + (" (your webhooks.verify is not used here)" if path else ""),
+        "  ledger, limits:  throwaway (a scratch SQLite file, in-memory counters)",
+        f"  demo API key:    {demo_key}  (X-API-Key: <key> or Authorization: Bearer <key>)",
+        "try:",
+    ]
+    first = next(iter(settings.profiles), None)
+    for method in settings.auth.methods:
+        if isinstance(method, ApiKeyMethod):
+            who = Identity(subject=SANDBOX_KEY_NAME, method="api_key")
+            name = _first_admitted(settings, who)
+            if name is None:
+                lines.append("  api_key: no profile admits an API key caller (see access:)")
+                continue
+            lines.append(f"  # api_key, profile {name}")
+            lines.append("  " + _curl(settings, proxy_url, name, f"X-API-Key: {demo_key}"))
+        elif isinstance(method, AnonymousMethod) and method.enabled:
+            name = _first_admitted(settings, Identity(subject="127.0.0.1", method="anonymous"))
+            if name is None:
+                lines.append("  anonymous: no profile has access: {anonymous: true}")
+                continue
+            lines.append(f"  # anonymous (no credential), profile {name}")
+            lines.append("  " + _curl(settings, proxy_url, name, None))
+        elif isinstance(method, JwtMethod):
+            claims: dict[str, Any] = {"sub": "sandbox-user"}
+            name = _first_admitted(settings, Identity(subject="sandbox-user", method="jwt"))
+            name = name or first
+            if name is None:
+                continue
+            label = f"  # jwt{f' ({method.issuer})' if method.issuer else ''}, profile {name}"
+            if method.secret is not None:
+                token = _mint_token(method, claims)
+                lines.append(label + " (a token signed with your shared secret, valid 1 h)")
+                lines.append(
+                    "  " + _curl(settings, proxy_url, name, f"Authorization: Bearer {token}")
+                )
+            else:
+                lines.append(label + ": TOKEN=<a fresh token from your identity provider>")
+                lines.append(
+                    "  " + _curl(settings, proxy_url, name, "Authorization: Bearer $TOKEN")
+                )
+                lines.append(
+                    "  # refused? vapi-proxy check"
+                    + (f" --config {path}" if path else "")
+                    + " --token $TOKEN  explains why"
+                )
+    if not settings.auth.methods:
+        lines.append("  (no auth methods: every request is refused)")
+    if first is not None:
+        lines.append(f"web:  new Vapi('<token or key>', '{proxy_url}').start('{first}')")
+    return "\n".join(lines)
+
+
+def _mint_token(method: Any, claims: dict[str, Any]) -> str:
+    """A token the proxy accepts, for a jwt method with a shared secret (sandbox only)."""
+    import jwt
+
+    now = int(time.time())
+    body = {**claims, "iat": now, "exp": now + 3600}
+    if method.issuer is not None:
+        body["iss"] = method.issuer
+    audience = method.audience
+    if audience is not None:
+        body["aud"] = audience if isinstance(audience, str) else audience[0]
+    return jwt.encode(body, method.secret.get_secret_value(), algorithm=method.algorithms[0])
+
+
+def _load_sandbox_config(
+    path: str | None, *, proxy_url: str, sandbox_url: str, demo_hash: str, scratch: str
+) -> Settings:
+    if path is not None:
+        raw = read_config_file(path)
+        base_dir: Path | None = Path(path).resolve().parent
+    else:
+        raw = read_yaml(example_config_text())
+        base_dir = None
+    rewired = _sandbox_raw(
+        apply_environment(raw, os.environ),
+        proxy_url=proxy_url,
+        sandbox_url=sandbox_url,
+        demo_hash=demo_hash,
+        scratch=scratch,
+    )
+    return parse_settings(rewired, base_dir=base_dir, environ={})
+
+
 async def _serve_sandbox(args: argparse.Namespace) -> int:
     from vapi_proxy.app import create_app
     from vapi_proxy.auth.api_key import generate_key, hash_key
@@ -381,20 +565,26 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     path = _config_path(args)
-    try:
-        if path is not None:
-            settings = load_settings(path)
-        else:
-            raw = yaml.safe_load(example_config_text())
-            settings = parse_settings(raw)
-    except ConfigError as exc:
-        _print_problems(exc)
-        return EXIT_CONFIG
-    saved = sorted({p.assistant_id for p in settings.profiles.values() if p.assistant_id})
+    proxy_url = f"http://{_url_host(args.host)}:{args.port}"
+    sandbox_url = f"http://{_url_host(args.host)}:{args.sandbox_port}"
     # The demo closes the loop as in production: the simulator signs its webhooks with a
     # bearer credential, and calls the proxy creates point Vapi at the proxy's /webhook.
     webhook_token = secrets_module.token_urlsafe(32)
     os.environ[SANDBOX_WEBHOOK_ENV] = webhook_token
+    demo_key = generate_key()
+    scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
+    try:
+        settings = _load_sandbox_config(
+            path,
+            proxy_url=proxy_url,
+            sandbox_url=sandbox_url,
+            demo_hash=hash_key(demo_key),
+            scratch=scratch,
+        )
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    saved = sorted({p.assistant_id for p in settings.profiles.values() if p.assistant_id})
     sandbox_settings = SandboxSettings(
         host=args.host,
         port=args.sandbox_port,
@@ -411,32 +601,6 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
             )
         ],
     )
-    sandbox_url = f"http://{args.host}:{args.sandbox_port}"
-    demo_key = generate_key()
-    raw_settings = settings.model_dump(mode="json", exclude_none=True)
-    raw_settings["vapi"]["base_url"] = sandbox_url
-    if path is None:
-        # The shipped demo keeps its ledger out of the working directory: it is thrown away.
-        scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
-        raw_settings["ledger"]["url"] = f"sqlite:///{scratch}/ledger.db"
-        raw_settings["public_url"] = f"http://{args.host}:{args.port}"
-        hooks = raw_settings.setdefault("webhooks", {})
-        hooks["vapi_credential_id"] = SANDBOX_CREDENTIAL_ID
-        hooks["verify"] = [{"type": "bearer", "secret_env": [SANDBOX_WEBHOOK_ENV]}]
-    methods = raw_settings.setdefault("auth", {}).setdefault("methods", [])
-    methods.insert(
-        0,
-        {
-            "type": "api_key",
-            "header": "X-API-Key",
-            "keys": [{"name": "sandbox-demo", "hash": hash_key(demo_key)}],
-        },
-    )
-    try:
-        settings = parse_settings(raw_settings, environ={})
-    except ConfigError as exc:
-        _print_problems(exc)
-        return EXIT_CONFIG
     configure_logging(settings.logging.level, settings.logging.format)
     key = sandbox_settings.private_key
     proxy_app = create_app(settings, Secrets(vapi_api_key=SecretStr(key.get_secret_value())))
@@ -452,15 +616,14 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
         ),
         _QuietServer(uvicorn.Config(proxy_app, **_uvicorn_kwargs(args, settings))),
     ]
-    proxy_url = f"http://{args.host}:{args.port}"
     print(
-        f"vapi-proxy {__version__} (sandbox) on {proxy_url}\n"
-        f"  simulated Vapi:  {sandbox_url}  (inspect: {sandbox_url}/__sandbox/requests)\n"
-        f"  profiles:        {', '.join(settings.profiles) or '(none)'}\n"
-        f"  demo API key:    {demo_key}  (send as Authorization: Bearer <key>)\n"
-        f"  try:  curl -s -X POST {proxy_url}/call/web -H 'Content-Type: application/json' "
-        '-d \'{"assistantId":"demo"}\'\n'
-        f"  web:  new Vapi('<token>', '{proxy_url}').start('demo')",
+        _sandbox_banner(
+            settings,
+            proxy_url=proxy_url,
+            sandbox_url=sandbox_url,
+            demo_key=demo_key,
+            path=path,
+        ),
         flush=True,
     )
 

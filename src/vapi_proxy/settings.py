@@ -479,6 +479,11 @@ def _apply_environment(
     return merged, origins
 
 
+def apply_environment(raw: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The config mapping with the environment's `VAPI_PROXY__…` and `VAPI_BASE_URL` applied."""
+    return _apply_environment(dict(raw), environ)[0]
+
+
 def sqlite_folder_problem(url: str) -> str | None:
     """Why a `sqlite:` URL cannot be opened (its folder is missing), or None.
 
