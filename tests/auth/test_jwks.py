@@ -217,3 +217,51 @@ async def test_oversized_jwks_is_a_fetch_failure(
     assert chain.stats.jwks_fetch_failures == 1
     with pytest.raises(ServiceUnavailableError):
         await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")
+
+
+async def test_health_tells_what_a_jwt_caller_would_get(
+    chain_factory: Any, jwks: JwksServer, clock: Clock, rsa_key: SigningKey
+) -> None:
+    # Issue 13.13: started while the provider is down, no keys cached: every JWT caller gets a
+    # 503, so the proxy is not ready, although its stores answer.
+    jwks.status = 500
+    anonymous = {"type": "anonymous"}
+    chain = await chain_factory(jwks_method(jwks.url, ["RS256"]), anonymous)
+    health = await chain.health(2.0)
+    assert health["ok"] is False
+    jwt, anon = health["methods"]
+    assert (jwt["type"], jwt["issuer"], jwt["keys"], jwt["ok"]) == ("jwt", ISSUER, 0, False)
+    assert jwt["detail"] == "last fetch failed: HTTP 500"
+    assert anon == {"type": "anonymous", "ok": True}
+    with pytest.raises(ServiceUnavailableError):
+        await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")
+    # The provider is back: the next check (past the refetch interval) fetches and says ready.
+    jwks.status = 200
+    jwks.keys = [rsa_key.jwk()]
+    clock.advance(31)
+    health = await chain.health(2.0)
+    assert health["ok"] is True and health["methods"][0]["keys"] == 1
+    assert (await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")).method == "jwt"
+    # Down again, but the cached set still verifies tokens: still ready, and no fetch is made.
+    jwks.status = 500
+    fetches = jwks.fetches
+    assert (await chain.health(2.0))["ok"] is True
+    assert jwks.fetches == fetches
+    # Past the stale window the cached keys are no longer trusted: not ready.
+    clock.advance(600 + MAX_STALE_SECONDS)
+    assert (await chain.health(2.0))["ok"] is False
+    with pytest.raises(ServiceUnavailableError):
+        await chain.authenticate("Bearer " + rsa_key.sign(claims()), "::1")
+
+
+async def test_health_of_methods_with_configured_keys(
+    chain_factory: Any, rsa_key: SigningKey
+) -> None:
+    chain = await chain_factory(
+        {"type": "jwt", "public_key": rsa_key.public_pem(), "algorithms": ["RS256"]}
+    )
+    health = await chain.health(2.0)
+    assert health == {
+        "ok": True,
+        "methods": [{"type": "jwt", "issuer": None, "keys": "public_key", "ok": True}],
+    }

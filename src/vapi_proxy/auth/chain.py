@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -42,9 +43,12 @@ class AuthChain:
         jwks: Sequence[JwksCache] = (),
         stats: AuthStats | None = None,
         client_address: ClientAddressResolver | None = None,
+        methods: Sequence[tuple[dict[str, Any], JwksCache | None]] = (),
     ) -> None:
-        """`client_address` is the resolver the whole app shares (the edge, metrics, health)."""
+        """`client_address` is the resolver the whole app shares (the edge, metrics, health).
+        `methods` describes each configured method for `/readyz`, with its key set if fetched."""
         self.client_address = client_address or ClientAddressResolver(())
+        self._methods = tuple(methods)
         self._authenticators = tuple(authenticators)
         self._anonymous = anonymous
         self._key_headers = tuple(key_headers)
@@ -63,6 +67,7 @@ class AuthChain:
         authenticators: list[Authenticator] = []
         caches: list[JwksCache] = []
         key_headers: list[str] = []
+        described: list[tuple[dict[str, Any], JwksCache | None]] = []
         for method in settings.methods:
             if isinstance(method, JwtMethod):
                 cache = None
@@ -79,11 +84,16 @@ class AuthChain:
                 authenticators.append(
                     JwtAuthenticator(method, jwks=cache, exclusive=len(jwt_methods) == 1)
                 )
+                source = "jwks" if cache else "secret" if method.secret else "public_key"
+                described.append(({"type": "jwt", "issuer": method.issuer, "keys": source}, cache))
             elif isinstance(method, ApiKeyMethod):
                 api_keys = ApiKeyAuthenticator(method)
                 authenticators.append(api_keys)
                 if api_keys.header is not None:
                     key_headers.append(api_keys.header)
+                described.append(({"type": "api_key", "keys": len(method.keys)}, None))
+            elif method.enabled:
+                described.append(({"type": "anonymous"}, None))
         resolver = ClientAddressResolver(settings.trusted_proxies, settings.client_address_header)
         anonymous = None
         if settings.anonymous_enabled:
@@ -95,6 +105,7 @@ class AuthChain:
             jwks=caches,
             stats=stats,
             client_address=resolver,
+            methods=described,
         )
 
     async def start(self) -> None:
@@ -108,6 +119,22 @@ class AuthChain:
             for cache in self._jwks:
                 cache.session = self._session
             await asyncio.gather(*(cache.refresh() for cache in self._jwks))
+
+    async def health(self, fetch_within: float) -> dict[str, Any]:
+        """For `/readyz`: ok when every configured method can verify its callers now.
+
+        A JWKS method without usable keys (none cached, none fetchable in `fetch_within` seconds)
+        answers every one of its callers 503, so the proxy is not ready for them. Methods with
+        keys in the config (PEM, secret, API keys) and anonymous need nothing to be reachable.
+        """
+        reports = await asyncio.gather(
+            *(cache.health(fetch_within) for _info, cache in self._methods if cache is not None)
+        )
+        fetched = iter(reports)
+        methods = []
+        for info, cache in self._methods:
+            methods.append({**info, **(next(fetched) if cache is not None else {"ok": True})})
+        return {"ok": all(m["ok"] for m in methods), "methods": methods}
 
     async def aclose(self) -> None:
         for cache in self._jwks:

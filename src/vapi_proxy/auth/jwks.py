@@ -8,6 +8,7 @@ per `min_refetch_interval`, so made-up `kid`s cannot turn the proxy into a flood
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -114,7 +115,32 @@ class JwksCache:
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._last_failed = False
+        self._last_error: str | None = None
         self._inflight: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether `get` can verify a token with a listed `kid` without fetching first."""
+        return bool(self._keys) and self._age() < self._cache_seconds + MAX_STALE_SECONDS
+
+    async def health(self, fetch_within: float) -> dict[str, Any]:
+        """What a caller would get now, for `/readyz`: keys cached, or fetched in `fetch_within` s.
+
+        An unusable set is refetched here (within `min_refetch_interval`, like any refresh), so
+        readiness probes also bring a proxy that started while the provider was down back."""
+        if not self.usable:
+            # On a timeout the shielded fetch goes on; this probe reports what is known now.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.refresh(), fetch_within)
+        age = self._age()
+        report: dict[str, Any] = {
+            "ok": self.usable,
+            "keys": len(self._keys),
+            "age_seconds": None if math.isinf(age) else round(age, 1),
+        }
+        if self._last_failed:
+            report["detail"] = f"last fetch failed: {self._last_error}"
+        return report
 
     async def get(self, kid: str | None) -> JwkKey:
         """The key for `kid`, refetching the set if it is unknown or the cache is old.
@@ -178,6 +204,7 @@ class JwksCache:
         except (JwksError, aiohttp.ClientError, TimeoutError) as exc:
             self._stats.jwks_fetch_failures += 1
             self._last_failed = True
+            self._last_error = str(exc) or type(exc).__name__
             log.warning("JWKS fetch from %s failed: %s", self.url, exc or type(exc).__name__)
         else:
             self._keys = keys

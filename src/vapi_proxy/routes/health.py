@@ -1,5 +1,6 @@
 """Health: `/healthz` says the process is alive; `/readyz` that it can serve (config loaded,
-ledger and limits store reachable). Neither ever calls Vapi or spends money. The per-store
+ledger and limits store reachable, every auth method able to verify its callers: a JWKS cached
+or fetchable). Neither ever calls Vapi or spends money. The per-store
 details of `/readyz` (backends, errors) are shown only to clients on the metrics networks (the
 resolved client, not a balancer relaying the public); others get the status alone."""
 
@@ -34,6 +35,8 @@ def routes(runtime: Runtime) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {"config": {"ok": True, "profiles": len(runtime.profiles)}}
+        # Alongside the store checks, so a probe still answers within a few seconds.
+        auth = asyncio.ensure_future(runtime.auth.health(CHECK_TIMEOUT))
         try:
             ledger = await asyncio.wait_for(runtime.ledger.health(), CHECK_TIMEOUT)
             checks["ledger"] = {"ok": ledger.ok, "backend": ledger.backend, "detail": ledger.detail}
@@ -49,9 +52,11 @@ def routes(runtime: Runtime) -> list[Route]:
             }
         except TimeoutError:
             checks["limits"] = {"ok": False, "detail": "timed out"}
+        # What callers would get: a JWKS that is down with no keys cached refuses them all.
+        checks["auth"] = await auth
         # A limits store that is down with every rule failing open still admits calls.
         limits_ok = checks["limits"]["ok"] or checks["limits"].get("failure_mode") == "open"
-        ready = checks["ledger"]["ok"] and limits_ok
+        ready = checks["ledger"]["ok"] and limits_ok and checks["auth"]["ok"]
         report: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
         if internal(request):
             report["checks"] = checks
