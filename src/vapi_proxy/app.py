@@ -25,7 +25,7 @@ from vapi_proxy.logs import configure_logging
 from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.reply import compile_paths
 from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
-from vapi_proxy.routes import admin, calls, chat, health, metrics, webhook
+from vapi_proxy.routes import admin, calls, chat, health, me, metrics, webhook
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
 from vapi_proxy.upstream.client import UpstreamClient
 from vapi_proxy.webhooks import setup as webhook_setup
@@ -186,6 +186,7 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
         *chat.routes(runtime),
         *webhook.routes(runtime),
         *admin.routes(runtime),
+        *me.routes(runtime),
     ]
     if settings.metrics.port is None:
         route_list.extend(metrics.routes(runtime))

@@ -98,6 +98,7 @@ call_events = sa.Table(
     sa.Column("known", sa.Boolean, nullable=False),
     sa.Column("payload", JSONType),
     sa.Index(None, "call_id"),
+    sa.Index(None, "received_at"),
 )
 
 idempotency_keys = sa.Table(

@@ -9,8 +9,10 @@ changes something is written to the audit trail.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,6 +22,18 @@ from starlette.routing import Route
 
 from vapi_proxy.console.access import COOKIE, SECURE_COOKIE, SECURITY_HEADERS, Admin, AdminGate
 from vapi_proxy.console.calls import end_call, live_calls
+from vapi_proxy.console.limits_view import identity_from_ledger, remaining
+from vapi_proxy.console.queries import (
+    BUCKET_SIZES,
+    MAX_BUCKETS,
+    Bucket,
+    UsageFilter,
+    by_profile,
+    top_identities,
+    totals,
+    usage_series,
+    webhook_health,
+)
 from vapi_proxy.console.store import ConsoleStore, iso
 from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import request_state
@@ -62,6 +76,40 @@ def moment(name: str, raw: str) -> datetime:
     if value is None:
         raise BadRequestError(f"'{name}' must be a date (YYYY-MM-DD) or an ISO timestamp.")
     return value
+
+
+def choice(*options: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        if raw not in options:
+            raise BadRequestError(f"Query parameter '{name}' must be one of: {', '.join(options)}.")
+        return raw
+
+    return parse
+
+
+def to_csv(header: list[str], rows: list[dict[str, Any]]) -> str:
+    """CSV (RFC 4180); a cell that a spreadsheet would run as a formula is quoted with a `'`."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        cells = []
+        for name in header:
+            value = row.get(name)
+            cell = "" if value is None else str(value)
+            if cell[:1] in ("=", "+", "-", "@", "\t", "\r") and not _number(cell):
+                cell = "'" + cell
+            cells.append(cell)
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def json_reply(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -217,6 +265,112 @@ class AdminApi:
         )
         return json_reply(usage_report(rows))
 
+    # --- usage -----------------------------------------------------------------------------
+
+    def usage_filter(
+        self, request: Request, extra: dict[str, Parser] | None = None
+    ) -> tuple[UsageFilter, dict[str, Any]]:
+        query = read_query(
+            request,
+            {
+                "since": moment,
+                "until": moment,
+                "bucket": choice("hour", "day"),
+                "profile": text(256),
+                "tenant": text(256),
+                "identity": text(512),
+                **(extra or {}),
+            },
+        )
+        until = query.get("until") or utc_now()
+        since = query.get("since") or until - timedelta(days=7)
+        if since >= until:
+            raise BadRequestError("'since' must be before 'until'.")
+        bucket: Bucket = query.get("bucket") or (
+            "hour" if until - since <= timedelta(days=2) else "day"
+        )
+        if (until - since) / BUCKET_SIZES[bucket] > MAX_BUCKETS:
+            raise BadRequestError(
+                f"That range has more than {MAX_BUCKETS} {bucket}s; use a shorter range or "
+                "bucket=day."
+            )
+        flt = UsageFilter(
+            since=since,
+            until=until,
+            bucket=bucket,
+            profile=query.get("profile"),
+            tenant=query.get("tenant"),
+            identity=query.get("identity"),
+        )
+        return flt, query
+
+    async def usage(self, request: Request) -> Response:
+        await self.gate.authenticate(request, write=False)
+        flt, query = self.usage_filter(request, {"top": whole_number(1, 100)})
+        db = self.runtime.ledger.database
+        top = await top_identities(db, flt, limit=query.get("top", 10))
+        for user in top:
+            identity = identity_from_ledger(user["identity"], user["method"], user["tenant"])
+            try:
+                user["limits"] = await remaining(self.runtime.limiter, identity, flt.profile)
+            except ProxyError as exc:
+                user["limits"] = None
+                user["limitsError"] = str(exc.message)
+        return json_reply(
+            {
+                "filter": flt.view(),
+                "totals": await totals(db, flt),
+                "series": await usage_series(db, flt),
+                "profiles": await by_profile(db, flt),
+                "topUsers": top,
+            }
+        )
+
+    async def usage_csv(self, request: Request) -> Response:
+        admin = await self.gate.authenticate(request, write=False)
+        flt, query = self.usage_filter(request, {"table": choice("series", "profiles", "users")})
+        table = query.get("table", "series")
+        db = self.runtime.ledger.database
+        if table == "series":
+            rows = await usage_series(db, flt)
+            header = ["t", "calls", "chats", "minutes", "costUsd"]
+        elif table == "profiles":
+            rows = await by_profile(db, flt)
+            header = ["profile", "calls", "chats", "minutes", "costUsd"]
+        else:
+            rows = await top_identities(db, flt, limit=1000)
+            header = ["identity", "tenant", "calls", "chats", "minutes", "costUsd"]
+        await self.audit(request, admin, "export", target=table, detail=flt.view())
+        name = f"vapi-usage-{table}-{flt.since:%Y%m%d}-{flt.until:%Y%m%d}.csv"
+        return Response(
+            to_csv(header, rows),
+            media_type="text/csv; charset=utf-8",
+            headers={**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    # --- webhooks --------------------------------------------------------------------------
+
+    async def webhooks(self, request: Request) -> Response:
+        await self.gate.authenticate(request, write=False)
+        query = read_query(request, {"hours": whole_number(1, 24 * 31)})
+        now = utc_now()
+        hours = query.get("hours", 24)
+        health = await webhook_health(
+            self.runtime.ledger.database, since=now - timedelta(hours=hours), now=now
+        )
+        stats = self.runtime.webhook_stats
+        health["hours"] = hours
+        # Verification counters are this process's since it started (Prometheus sums them
+        # across workers and replicas: vapi_proxy_webhook_rejections_total).
+        health["verification"] = {
+            "scope": "this process since start",
+            "received": stats.received,
+            "verified": stats.verified,
+            "rejected": dict(stats.rejected),
+            "duplicates": stats.duplicates,
+        }
+        return json_reply(health)
+
     # --- blocks ----------------------------------------------------------------------------
 
     async def list_blocks(self, request: Request) -> Response:
@@ -322,6 +476,9 @@ class AdminApi:
             ("/admin/api/session", self.whoami, "GET"),
             ("/admin/api/session", self.sign_out, "DELETE"),
             ("/admin/api/audit", self.audit_log, "GET"),
+            ("/admin/api/usage", self.usage, "GET"),
+            ("/admin/api/usage.csv", self.usage_csv, "GET"),
+            ("/admin/api/webhooks", self.webhooks, "GET"),
             ("/admin/api/blocks", self.list_blocks, "GET"),
             ("/admin/api/blocks", self.block, "POST"),
             ("/admin/api/unblock", self.unblock, "POST"),

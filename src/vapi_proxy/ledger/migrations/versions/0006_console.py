@@ -33,6 +33,7 @@ def upgrade() -> None:
         )
     op.create_index("ix_calls_profile_created_at", "calls", ["profile", "created_at"])
     op.create_index("ix_calls_status_created_at", "calls", ["status", "created_at"])
+    op.create_index("ix_call_events_received_at", "call_events", ["received_at"])
     op.create_table(
         "admin_sessions",
         sa.Column("token_hash", sa.String(64), nullable=False, comment="sha256 of the cookie"),
@@ -82,6 +83,7 @@ def downgrade() -> None:
     op.drop_table("identity_blocks")
     op.drop_table("admin_audit")
     op.drop_table("admin_sessions")
+    op.drop_index("ix_call_events_received_at", table_name="call_events")
     op.drop_index("ix_calls_status_created_at", table_name="calls")
     op.drop_index("ix_calls_profile_created_at", table_name="calls")
     with op.batch_alter_table("calls") as batch:
