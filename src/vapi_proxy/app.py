@@ -28,6 +28,7 @@ from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
 from vapi_proxy.routes import admin, calls, chat, health, me, metrics, webhook
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
 from vapi_proxy.upstream.client import UpstreamClient
+from vapi_proxy.upstream.replies import ReplyReader
 from vapi_proxy.webhooks import setup as webhook_setup
 from vapi_proxy.webhooks.forward import Forwarder
 from vapi_proxy.webhooks.receiver import WebhookReceiver
@@ -47,6 +48,7 @@ class Runtime:
     upstream: UpstreamClient
     limiter: Limiter
     ledger: Ledger
+    replies: ReplyReader
     profiles: dict[str, CompiledProfile] = field(default_factory=dict)
     reply_paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     webhook_server: dict[str, Any] | None = None
@@ -107,6 +109,7 @@ class Runtime:
             upstream=upstream,
             limiter=limiter,
             ledger=ledger,
+            replies=ReplyReader(key.get_secret_value, profiles, metrics.observe_refusal),
             profiles=profiles,
             reply_paths={
                 name: compile_paths(profile.expose) for name, profile in settings.profiles.items()

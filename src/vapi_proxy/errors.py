@@ -15,7 +15,7 @@ no key) ever reaches a client.
     ├── UnsupportedMediaTypeError   415
     ├── TooManyRequestsError        429  (carries Retry-After)
     ├── ServiceUnavailableError     503  a dependency the proxy needs is down
-    └── UpstreamError               502/504 Vapi could not be reached or misbehaved
+    └── UpstreamError               502/503/504 Vapi unreachable, refusing, busy or slow
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ class ServiceUnavailableError(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """Vapi could not be reached (502), timed out (504) or answered something unusable (502).
+    """Vapi could not be reached (502), timed out (504), answered something unusable (502),
+    refused the profile's body or the key (502), or was busy or failing (503, `upstream/replies`).
 
     `maybe_sent` is True when the request may have reached Vapi (a timeout or a connection lost
     after sending): a call may exist, so the caller must not be told it is safe to retry.

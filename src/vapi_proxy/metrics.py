@@ -59,6 +59,14 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.upstream_refusals = Counter(
+            "vapi_proxy_upstream_refusals_total",
+            "Vapi's non-2xx answers, by Vapi endpoint, profile, Vapi's status and cause "
+            "(config: the profile or setup is wrong; key: Vapi rejected the private key; "
+            "caller: the caller's own input; busy: Vapi's 429/5xx).",
+            ["route", "profile", "status", "cause"],
+            registry=r,
+        )
         self.limit_refusals = Counter(
             "vapi_proxy_limit_refusals_total",
             "Requests refused by a limit, by limit kind (rate, quota, concurrency, minutes, usd) "
@@ -149,6 +157,9 @@ class Metrics:
         child.observe(seconds)
         if error is not None:
             self.upstream_errors.labels(error).inc()
+
+    def observe_refusal(self, route: str, profile: str, status: str, cause: str) -> None:
+        self.upstream_refusals.labels(route, profile, status, cause).inc()
 
     # -- folding in plain counters -------------------------------------------------------------
 

@@ -3,7 +3,7 @@ npm `@vapi-ai/server-sdk` 2.0.1: 408/409/429/5xx, twice, after ~1 s then ~2 s). 
 means for duplicate calls, with faults injected at the simulator (docs/api.md, "Retries and
 idempotency"):
 
-- Vapi answers 5xx before creating anything: the proxy answers 502, releases the limits
+- Vapi answers 5xx before creating anything: the proxy answers 503, releases the limits
   reservation and the `Idempotency-Key` claim, the SDK retries, and exactly one call exists.
 - The request reached Vapi and the connection dropped (`drop-after-body`, "maybe sent"): the
   proxy answers 502 and keeps the reservation. Without a key the SDK's retry is a second
@@ -105,7 +105,7 @@ def test_python_sdk_retries_a_vapi_5xx_and_one_call_exists(
     number = f"+1415555{status}1"
     fault(sandbox, action="status", status=status, count=1)
     call = python_create(retry_proxy, user_key, number)
-    # Attempt 1: Vapi's 5xx (the proxy answered 502); attempt 2 created the call.
+    # Attempt 1: Vapi's 5xx (the proxy answered 503); attempt 2 created the call.
     assert len(creations(sandbox)) == 2
     created = sandbox_calls(sandbox, number)
     assert [c["id"] for c in created] == [call.id]

@@ -80,7 +80,7 @@ def test_a_failed_upstream_call_gives_its_reservation_back(
     server = make_proxy(limited([{"name": "daily", "quota": {"per_day": 1}}]))
     fault = {"path": "/call/web", "action": "status", "status": 500, "count": 1}
     httpx.post(sandbox.url + "/__sandbox/faults", json=fault, timeout=5)
-    assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 502
+    assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 503
     # The quota of one is still there because Vapi created nothing.
     assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 201
     assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 429

@@ -39,7 +39,6 @@ from vapi_proxy.policy.phonecall import plan_phone_call, read_phone_call
 from vapi_proxy.policy.reply import SDK_PATHS, scrub
 from vapi_proxy.policy.webcall import CallContext, PlannedCall, plan_web_call
 from vapi_proxy.routes.query import NO_QUERY, read_query, whole_number
-from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
@@ -114,7 +113,7 @@ async def start_call(
         reply = await runtime.upstream.request("POST", path, orjson.dumps(planned.body))
         state.upstream_status = reply.status
         state.upstream_ms = round(reply.elapsed_ms, 3)
-        call = parse_success(reply, runtime.api_key)
+        call = runtime.replies.read(reply, state)
         if not isinstance(call.get("id"), str) or not call["id"]:
             raise UpstreamError("Vapi's reply had no call id.", maybe_sent=True)
         return reply.status, call
@@ -284,7 +283,7 @@ def routes(runtime: Runtime) -> list[Route]:
         reply = await runtime.upstream.request("GET", f"/call/{call_id}")
         state.upstream_status = reply.status
         state.upstream_ms = round(reply.elapsed_ms, 3)
-        call = parse_success(reply, runtime.api_key)
+        call = runtime.replies.read(reply, state)
         return _json(orjson.dumps(scrub(call, server_paths(record.profile))), 200)
 
     async def list_calls(request: Request) -> Response:

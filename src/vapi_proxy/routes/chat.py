@@ -27,7 +27,6 @@ from vapi_proxy.policy.webcall import CallContext
 from vapi_proxy.routes.calls import authenticate
 from vapi_proxy.routes.query import NO_QUERY, read_query
 from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, run_until_client_leaves
-from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
@@ -151,7 +150,7 @@ class _ChatStream:
                 state.upstream_ms = round(upstream.elapsed_ms, 3)
                 if not (200 <= upstream.status < 300 and upstream.is_sse):
                     reply = await upstream.read()
-                    chat = parse_success(reply, runtime.api_key)
+                    chat = runtime.replies.read(reply, state)
                     await _record_reply(turn, chat)
                     await turn.close()
                     await _json(scrub_chat(chat), reply.status)(scope, receive, send)
@@ -238,7 +237,7 @@ def routes(runtime: Runtime) -> list[Route]:
                 reply = await runtime.upstream.request("POST", path, payload)
                 state.upstream_status = reply.status
                 state.upstream_ms = round(reply.elapsed_ms, 3)
-                chat_reply = parse_success(reply, runtime.api_key)
+                chat_reply = runtime.replies.read(reply, state)
                 await _record_reply(turn, chat_reply)
             except BaseException:
                 await turn.close()

@@ -193,7 +193,7 @@ class Dispatcher:
             headers = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
-            await send_json(send, fault.status, fault_body(fault.status), headers)
+            await send_json(send, fault.status, fault_body(fault.status, fault.message), headers)
             return True
         return False
 

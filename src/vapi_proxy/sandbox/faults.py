@@ -8,12 +8,22 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .errors import INTERNAL_ERROR
+from .errors import INTERNAL_ERROR, INVALID_KEY
 from .settings import FaultSpec
 
-# Bodies as Vapi's stack answers them: NestJS shape; 500 text from API-FACTS §2.9; 429 text is
-# the only one reported (§2.10), its shape unconfirmed.
+# Bodies as Vapi's stack answers them: NestJS shape; 401 and 500 text from API-FACTS §2.9; 429
+# text is the only one reported (§2.10), its shape unconfirmed. The 4xx messages are the NestJS
+# defaults; a fault's `message` stands in for a validation reason.
 _BODIES: dict[int, dict[str, Any]] = {
+    400: {"message": "Bad Request", "error": "Bad Request", "statusCode": 400},
+    401: {"message": INVALID_KEY, "error": "Unauthorized", "statusCode": 401},
+    403: {"message": "Forbidden", "error": "Forbidden", "statusCode": 403},
+    404: {"message": "Not Found", "error": "Not Found", "statusCode": 404},
+    422: {
+        "message": "Unprocessable Entity",
+        "error": "Unprocessable Entity",
+        "statusCode": 422,
+    },
     429: {"message": "Rate limit exceeded", "error": "Too Many Requests", "statusCode": 429},
     500: {"statusCode": 500, "message": INTERNAL_ERROR},
     502: {"message": "Bad Gateway", "error": "Bad Gateway", "statusCode": 502},
@@ -21,8 +31,11 @@ _BODIES: dict[int, dict[str, Any]] = {
 }
 
 
-def fault_body(status: int) -> dict[str, Any]:
-    return dict(_BODIES[status])
+def fault_body(status: int, message: str | list[str] | None = None) -> dict[str, Any]:
+    body = dict(_BODIES[status])
+    if message is not None:
+        body["message"] = message
+    return body
 
 
 @dataclass(slots=True)

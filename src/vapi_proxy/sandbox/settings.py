@@ -141,8 +141,15 @@ class FaultSpec(_Model):
         "stall-stream",
         "truncate-stream",
     ] = Field("none", description="What happens after the delay.")
-    status: Literal[429, 500, 502, 503] = Field(503, description="Code for `action: status`.")
-    retry_after: int | None = Field(None, description="`Retry-After` header for 429/503.")
+    status: Literal[400, 401, 403, 404, 422, 429, 500, 502, 503] = Field(
+        503, description="Code for `action: status`."
+    )
+    retry_after: int | str | None = Field(
+        None, description="`Retry-After` header, sent as given (seconds or any text)."
+    )
+    message: str | list[str] | None = Field(
+        None, description="Replaces the `message` of the error body (e.g. a validation reason)."
+    )
     after_events: int = Field(1, ge=0, description="SSE events sent before a stall/truncation.")
     stall_seconds: float = Field(3600.0, ge=0, description="How long a stalled stream hangs.")
     count: int | None = Field(None, ge=1, description="Apply to the next N requests; null = all.")

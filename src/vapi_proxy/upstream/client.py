@@ -32,6 +32,8 @@ class UpstreamResponse:
     content_type: str
     retry_after: str | None
     elapsed_ms: float
+    endpoint: str = ""
+    """Vapi's endpoint as a template (`/call/{id}`): says which request this answers."""
 
 
 _ID_SEGMENT = re.compile(r"/[^/]*\d[^/]*(?=/|$)")
@@ -130,6 +132,7 @@ class UpstreamClient:
             content_type=response.headers.get("Content-Type", ""),
             retry_after=response.headers.get("Retry-After"),
             elapsed_ms=(time.perf_counter() - started) * 1000,
+            endpoint=endpoint_label(path),
         )
 
     async def _send(
@@ -199,7 +202,10 @@ class UpstreamClient:
         # Time to the reply's headers: the stream's own length is not Vapi's latency.
         self._observe(path, started, _status_kind(response.status))
         stream = UpstreamStream(
-            response, started=started, max_response_bytes=self._max_response_bytes
+            response,
+            started=started,
+            max_response_bytes=self._max_response_bytes,
+            endpoint=endpoint_label(path),
         )
         try:
             yield stream

@@ -21,9 +21,15 @@ class UpstreamStream:
     """Vapi's reply to a streaming request; iterate `chunks()` for the body as it arrives."""
 
     def __init__(
-        self, response: aiohttp.ClientResponse, *, started: float, max_response_bytes: int
+        self,
+        response: aiohttp.ClientResponse,
+        *,
+        started: float,
+        max_response_bytes: int,
+        endpoint: str = "",
     ) -> None:
         self._response = response
+        self.endpoint = endpoint
         self._started = started
         self._max = max_response_bytes
         self.status = response.status
@@ -55,6 +61,7 @@ class UpstreamStream:
             content_type=self.content_type,
             retry_after=self.retry_after,
             elapsed_ms=(time.perf_counter() - self._started) * 1000,
+            endpoint=self.endpoint,
         )
 
     async def chunks(self) -> AsyncIterator[bytes]:
