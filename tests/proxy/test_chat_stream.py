@@ -4,6 +4,7 @@ an error event the client understands."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import statistics
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import sqlalchemy as sa
 
 from tests.clients.support import (
     HTTP,
@@ -24,6 +26,7 @@ from tests.clients.support import (
     wait_until,
 )
 from tests.conftest import SAVED_ASSISTANT_ID
+from vapi_proxy.ledger.schema import calls
 from vapi_proxy.testing import ServerThread
 
 DELAY = 0.05  # the simulator's pause between deltas
@@ -191,3 +194,91 @@ def test_a_refusal_from_vapi_before_the_stream_is_the_json_envelope(
     assert reply.status_code == 503
     assert reply.headers["retry-after"] == "3"
     assert reply.json()["statusCode"] == 503
+
+
+# --- a streamed turn counts once Vapi has produced output (issue 13, point 1) ----------------
+
+
+def _quota_of_one(config: dict[str, Any]) -> None:
+    config["limits"] = {
+        "backend": "memory://",
+        "rules": [{"name": "turns", "kinds": ["chat"], "quota": {"per_day": 1}}],
+    }
+
+
+def _on_server(server: ServerThread, coro: Any) -> Any:
+    assert server.loop is not None
+    return asyncio.run_coroutine_threadsafe(coro, server.loop).result(timeout=10)
+
+
+def _ledger_rows(server: ServerThread, request_id: str) -> list[Any]:
+    runtime = server.app.runtime  # type: ignore[attr-defined]
+
+    async def rows() -> list[Any]:
+        async with runtime.ledger.database.read() as conn:
+            query = sa.select(calls).where(calls.c.request_id == request_id)
+            return list(await conn.execute(query))
+
+    result: list[Any] = _on_server(server, rows())
+    return result
+
+
+@pytest.mark.parametrize(
+    ("path", "signed_in"),
+    [
+        ("/chat/responses", True),
+        ("/chat/web/responses", False),  # anonymous, on the widget's endpoint
+        ("/chat", True),
+        ("/chat/web", False),
+    ],
+)
+async def test_a_client_leaving_mid_stream_is_served_a_counted_recorded_turn(
+    slow: ObservedSandbox,
+    user_key: str,
+    other_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    path: str,
+    signed_in: bool,
+) -> None:
+    folder = str(tmp_path_factory.mktemp("leave-counted"))
+    with proxy_for(slow.sandbox, user_key, other_key, folder, _quota_of_one) as proxy:
+        # Vapi sends one event and then never finishes (the chat id of `/responses` would
+        # only come in the last one): the client reads the answer and leaves.
+        _fault(slow, path=path, action="stall-stream", after_events=1, stall_seconds=30)
+        headers = {**(bearer(user_key) if signed_in else {}), "X-Request-ID": "leaver-1"}
+        body = {"assistantId": "sales-coach" if signed_in else "demo", "input": "free ride?"}
+        body["stream"] = True
+        async with (
+            httpx.AsyncClient(timeout=5) as client,
+            client.stream("POST", proxy.url + path, json=body, headers=headers) as reply,
+        ):
+            assert reply.status_code == 200
+            async for line in reply.aiter_lines():
+                if line.startswith("data:"):
+                    break
+        # The turn is in the ledger with what is known, and it used up the quota.
+        assert await wait_for(lambda: len(_ledger_rows(proxy, "leaver-1")) == 1, timeout=5)
+        (row,) = _ledger_rows(proxy, "leaver-1")
+        assert row.kind == "chat"
+        assert row.profile == body["assistantId"]
+        if signed_in:
+            assert row.identity_key == "api_key:alice"
+        else:
+            assert row.auth_method == "anonymous"
+        if path.endswith("/responses"):
+            assert row.id.startswith("partial-")
+        refused = HTTP.post(proxy.url + path, json={**body, "input": "again"}, headers=headers)
+        assert refused.status_code == 429, refused.text
+
+
+def test_a_turn_vapi_refused_gives_its_reservation_back(
+    slow: ObservedSandbox, user_key: str, other_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = str(tmp_path_factory.mktemp("refused-free"))
+    with proxy_for(slow.sandbox, user_key, other_key, folder, _quota_of_one) as proxy:
+        _fault(slow, path="/chat/responses", action="status", status=500)
+        body = {"assistantId": "sales-coach", "input": "x", "stream": True}
+        failed = HTTP.post(proxy.url + "/chat/responses", json=body, headers=bearer(user_key))
+        assert failed.status_code >= 500
+        served = HTTP.post(proxy.url + "/chat/responses", json=body, headers=bearer(user_key))
+        assert served.status_code == 200, served.text

@@ -202,3 +202,22 @@ def test_chat_store_is_bounded(client: httpx.Client) -> None:
         first = client.get(f"{sb.url}/chat/{ids[0]}", headers=private(sb))
         assert first.status_code == 404
         assert (len(sb.state.chats), len(sb.state.sessions)) == (2, 2)
+
+
+def test_responses_stream_events_are_the_specs_in_its_order(
+    sim: RunningSandbox, client: httpx.Client
+) -> None:
+    """Vapi's spec (`ResponseTextDeltaEvent`, `ResponseTextDoneEvent`,
+    `ResponseCompletedEvent`): no `response.created`, and the chat id only in the last event."""
+    body = {"assistantId": ASSISTANT_ID, "input": "a longer reply to split"}
+    resp = client.post(sim.url + "/chat/responses", json=body, headers=private(sim))
+    payloads = [json.loads(e["data"]) for e in sse_events(resp.text)]
+    delta_keys = {"type", "item_id", "output_index", "content_index", "delta"}
+    assert all(set(p) == delta_keys for p in payloads[:-2])
+    assert set(payloads[-2]) == {"type", "item_id", "output_index", "content_index", "text"}
+    assert set(payloads[-1]) == {"type", "response"}
+    response = payloads[-1]["response"]
+    assert set(response) == {"id", "object", "created_at", "status", "error", "output"}
+    chat_id = response["id"]
+    assert all(chat_id not in json.dumps(p) for p in payloads[:-1])
+    assert {p["item_id"] for p in payloads[:-1]} == {response["output"][0]["id"]}

@@ -8,7 +8,9 @@ arrive (`routes/relay.py`); the chat id is picked out of the events as they pass
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,11 +19,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from vapi_proxy.admission import Admission, Created
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import RequestState, request_state
 from vapi_proxy.errors import NotFoundError, UpstreamError
-from vapi_proxy.limits.base import AdmissionRequest, Reservation
+from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
 from vapi_proxy.policy.webcall import CallContext
 from vapi_proxy.routes.calls import authenticate
@@ -37,6 +40,8 @@ _JSON_HEADERS = {"Cache-Control": "no-store"}
 # Never shown to the client: the profile's transient assistant (its prompt), the server-owned
 # variables, and the org.
 _HIDDEN = ("assistant", "assistantOverrides", "squad", "orgId")
+PARTIAL_PREFIX = "partial-"
+"""Ledger id prefix of a streamed turn whose client left before Vapi sent the chat id."""
 
 
 def scrub_chat(reply: dict[str, Any]) -> dict[str, Any]:
@@ -51,64 +56,32 @@ def scrub_chat(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Turn:
-    """The bookkeeping of one chat turn: the limits reservation and the ledger row, each done
-    exactly once whether the turn succeeds, fails or its client leaves."""
+    """One chat turn on its admission (`vapi_proxy.admission`): counted and recorded once Vapi
+    has produced any output for it, whether or not the stream finishes; given back only when
+    Vapi provably did nothing."""
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        state: RequestState,
-        identity: Identity,
-        profile: str,
-        reservation: Reservation,
-    ) -> None:
-        self.runtime = runtime
+    def __init__(self, admission: Admission, state: RequestState) -> None:
+        self.admission = admission
         self.state = state
-        self.identity = identity
-        self.profile = profile
-        self.reservation = reservation
-        self.chat_id: str | None = None
+        self.output_seen = False
         self.closed = False
 
     async def record(self, chat_id: str, session_id: str | None) -> None:
-        if self.chat_id is not None:
-            return
-        self.chat_id = chat_id
-        try:
-            await self.runtime.limiter.commit(self.reservation, chat_id)
-            await self.runtime.ledger.record_call(
-                call_id=chat_id,
-                identity=self.identity,
-                profile=self.profile,
-                kind="chat",
-                request_id=self.state.request_id,
-                status="ended",
-                reservation_id=self.reservation.id,
-                session_id=session_id,
-            )
-        except Exception:
-            logger.exception(
-                "recording a chat failed",
-                extra={"fields": {"request_id": self.state.request_id, "chat_id": chat_id}},
-            )
+        """The turn's chat id is known: commit and record it (the slot is settled at close)."""
+        await self.admission.created(Created(chat_id, "ended", session_id))
 
-    async def close(self) -> None:
-        """Settle a recorded turn (a chat holds no slot past its reply); give back the
-        reservation of one that produced no chat."""
+    async def close(self, session_id: str | None = None) -> None:
+        """The turn is over (finished, failed, or its client left). A turn that produced output
+        but whose chat id never arrived (the client left before `response.completed`) is
+        recorded under a provisional id: it counts, with what is known."""
         if self.closed:
             return
         self.closed = True
-        try:
-            if self.chat_id is not None:
-                await self.runtime.limiter.settle(self.chat_id, duration_seconds=0, cost_usd=None)
-            else:
-                # No chat came of it (refused, failed, or no id seen): the turn is not counted.
-                await self.runtime.limiter.release(self.reservation)
-        except Exception:
-            logger.exception(
-                "settling a chat's limits failed",
-                extra={"fields": {"request_id": self.state.request_id}},
-            )
+        admission = self.admission
+        if admission.created_id is None and self.output_seen:
+            provisional = f"{PARTIAL_PREFIX}{uuid.uuid4().hex}"
+            await admission.created(Created(provisional, "ended", session_id))
+        await admission.settle()
 
 
 def _json(payload: Any, status: int) -> Response:
@@ -139,41 +112,52 @@ class _ChatStream:
         await run_until_client_leaves(self._serve(scope, receive, send), receive)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        turn = self.turn
+        try:
+            await turn.admission.send(lambda: self._relay(scope, receive, send))
+        finally:
+            await asyncio.shield(turn.close())
+        if turn.admission.outcome is None:
+            # Vapi accepted the turn (2xx) but sent nothing: it may have run; keep the
+            # reservation until it expires.
+            turn.admission.maybe_sent()
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime, turn = self.runtime, self.turn
         state = turn.state
         idle = runtime.settings.vapi.stream_idle_timeout_seconds
-        try:
-            async with runtime.upstream.stream(
-                "POST", self.path, self.body, idle_timeout=idle
-            ) as upstream:
-                state.upstream_status = upstream.status
-                state.upstream_ms = round(upstream.elapsed_ms, 3)
-                if not (200 <= upstream.status < 300 and upstream.is_sse):
-                    reply = await upstream.read()
-                    chat = runtime.replies.read(reply, state)
-                    await _record_reply(turn, chat)
-                    await turn.close()
-                    await _json(scrub_chat(chat), reply.status)(scope, receive, send)
-                    return
+        async with runtime.upstream.stream(
+            "POST", self.path, self.body, idle_timeout=idle
+        ) as upstream:
+            state.upstream_status = upstream.status
+            state.upstream_ms = round(upstream.elapsed_ms, 3)
+            if not (200 <= upstream.status < 300 and upstream.is_sse):
+                reply = await upstream.read()
+                chat = runtime.replies.read(reply, state)
+                await _record_reply(turn, chat)
+                await _json(scrub_chat(chat), reply.status)(scope, receive, send)
+                return
 
-                async def on_id(watcher: IdWatcher) -> None:
-                    if watcher.chat_id is not None:
-                        await turn.record(watcher.chat_id, watcher.session_id)
+            def on_output() -> None:
+                # Vapi produced output for this turn: from here on it counts.
+                turn.output_seen = True
 
-                async def finish(watcher: IdWatcher, completed: bool) -> None:
-                    await turn.close()
+            async def on_id(watcher: IdWatcher) -> None:
+                if watcher.chat_id is not None:
+                    await turn.record(watcher.chat_id, watcher.session_id)
 
-                relay = SseRelay(
-                    upstream.chunks(),
-                    fmt=self.fmt,
-                    request_id=state.request_id,
-                    on_id=on_id,
-                    finish=finish,
-                )
-                await relay.run(send)
-        except BaseException:
-            await turn.close()
-            raise
+            async def finish(watcher: IdWatcher, completed: bool) -> None:
+                await asyncio.shield(turn.close(watcher.session_id))
+
+            relay = SseRelay(
+                upstream.chunks(),
+                fmt=self.fmt,
+                request_id=state.request_id,
+                on_id=on_id,
+                finish=finish,
+                on_output=on_output,
+            )
+            await relay.run(send)
 
 
 async def _record_reply(turn: _Turn, chat: dict[str, Any]) -> None:
@@ -226,24 +210,29 @@ def routes(runtime: Runtime) -> list[Route]:
             )
             name = planned.profile.name
             state.profile = name
-            reservation = await runtime.limiter.reserve(
-                AdmissionRequest(identity=identity, profile=name, kind="chat")
+            admission = await runtime.admissions.admit(
+                AdmissionRequest(identity=identity, profile=name, kind="chat"),
+                record_kind="chat",
+                request_id=state.request_id,
             )
-            turn = _Turn(runtime, state, identity, name, reservation)
+            turn = _Turn(admission, state)
             payload = orjson.dumps(planned.body)
             if planned.stream:
                 return _ChatStream(runtime, turn, path, payload, fmt)
-            try:
+
+            async def create() -> tuple[int, dict[str, Any]]:
                 reply = await runtime.upstream.request("POST", path, payload)
                 state.upstream_status = reply.status
                 state.upstream_ms = round(reply.elapsed_ms, 3)
                 chat_reply = runtime.replies.read(reply, state)
                 await _record_reply(turn, chat_reply)
-            except BaseException:
-                await turn.close()
-                raise
-            await turn.close()
-            return _json(scrub_chat(chat_reply), reply.status)
+                return reply.status, chat_reply
+
+            try:
+                status, chat_reply = await admission.send(create)
+            finally:
+                await asyncio.shield(turn.close())
+            return _json(scrub_chat(chat_reply), status)
 
         return chat
 

@@ -33,8 +33,8 @@ class IdWatcher:
     """Finds the chat id (and session id) in SSE events as they pass.
 
     `/chat` events carry `{"id", "sessionId"?}` on every delta; `/chat/responses` events carry
-    the id in `response.id` (`response.created`/`response.completed`). Once found, the rest of
-    the stream is not parsed at all.
+    it only in the last one, `response.completed` (`response.id`; Vapi's spec has no
+    `response.created`). Once found, the rest of the stream is not parsed at all.
     """
 
     __slots__ = ("_pending", "chat_id", "done", "session_id")
@@ -124,6 +124,7 @@ async def run_until_client_leaves(work: Coroutine[Any, Any, None], receive: Rece
 class SseRelay:
     """Copies `chunks` to the client as SSE.
 
+    `on_output` is called with the first bytes from upstream (before they are passed on);
     `on_id` is started (not awaited) as soon as the chat id is seen, so recording it never holds
     an event back; `finish(watcher, completed)` runs after the last byte from upstream (or when
     the relay is cancelled because the client left) and, when the client is still there, before
@@ -140,12 +141,14 @@ class SseRelay:
         on_id: Callable[[IdWatcher], Awaitable[None]],
         finish: Callable[[IdWatcher, bool], Awaitable[None]],
         headers: list[tuple[bytes, bytes]] | None = None,
+        on_output: Callable[[], None] | None = None,
     ) -> None:
         self._chunks = chunks
         self._fmt = fmt
         self._request_id = request_id
         self._on_id = on_id
         self._finish = finish
+        self._on_output = on_output
         self._headers = [*SSE_HEADERS, *(headers or [])]
         self._recorder: asyncio.Task[None] | None = None
         self.watcher = IdWatcher()
@@ -167,6 +170,8 @@ class SseRelay:
         events = 0
         try:
             async for chunk in self._chunks:
+                if events == 0 and self._on_output is not None:
+                    self._on_output()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 events += chunk.count(b"\n\n")
                 if watcher.feed(chunk):

@@ -149,7 +149,11 @@ async def _chat_events(ctx: Context, chat: dict[str, Any]) -> AsyncIterator[byte
     yield b"data: [DONE]\n\n"
 
 
-def _response_object(chat: dict[str, Any], created: int) -> dict[str, Any]:
+def _item_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def _response_object(chat: dict[str, Any], created: int, item: str) -> dict[str, Any]:
     text = chat["output"][0]["content"]
     return {
         "id": chat["id"],
@@ -157,10 +161,9 @@ def _response_object(chat: dict[str, Any], created: int) -> dict[str, Any]:
         "created_at": created,
         "status": "completed",
         "error": None,
-        "model": "vapi-sandbox",
         "output": [
             {
-                "id": f"msg_{chat['id']}",
+                "id": item,
                 "type": "message",
                 "role": "assistant",
                 "status": "completed",
@@ -175,36 +178,23 @@ def _event(kind: str, payload: dict[str, Any]) -> bytes:
 
 
 async def _response_events(ctx: Context, chat: dict[str, Any]) -> AsyncIterator[bytes]:
-    item = f"msg_{chat['id']}"
-    seq = 0
+    """Spec `ResponseTextDeltaEvent`s, one `ResponseTextDoneEvent`, then
+    `ResponseCompletedEvent`: nothing before the first delta (no `response.created`), and the
+    chat id only in the last event's `response.id`. The item id is the output message's own id,
+    not the chat's, so a client cannot learn the chat id before the stream completes."""
+    item = _item_id()
     for delta in _chunks(ctx, chat["output"][0]["content"]):
         yield _event(
             "response.output_text.delta",
-            {
-                "item_id": item,
-                "output_index": 0,
-                "content_index": 0,
-                "delta": delta,
-                "sequence_number": seq,
-            },
+            {"item_id": item, "output_index": 0, "content_index": 0, "delta": delta},
         )
-        seq += 1
     text = chat["output"][0]["content"]
     yield _event(
         "response.output_text.done",
-        {
-            "item_id": item,
-            "output_index": 0,
-            "content_index": 0,
-            "text": text,
-            "sequence_number": seq,
-        },
+        {"item_id": item, "output_index": 0, "content_index": 0, "text": text},
     )
     created = int(ctx.state.clock.now())
-    yield _event(
-        "response.completed",
-        {"response": _response_object(chat, created), "sequence_number": seq + 1},
-    )
+    yield _event("response.completed", {"response": _response_object(chat, created, item)})
 
 
 def _gate(ctx: Context, body: dict[str, Any], *, web: bool) -> None:
@@ -257,7 +247,7 @@ async def _respond(ctx: Context, body: dict[str, Any], *, web: bool) -> Reply:
     if body.get("stream", True) is not False:
         await _stream(ctx, _response_events(ctx, chat))
         return None
-    return 201, _response_object(chat, int(ctx.state.clock.now()))
+    return 201, _response_object(chat, int(ctx.state.clock.now()), _item_id())
 
 
 async def get_chat(ctx: Context) -> Reply:
