@@ -571,6 +571,112 @@ def test_vapi_failures_reach_the_app_as_readable_json(
     assert ("daily-call-join", "started") not in progress(result)
 
 
+GHOST_ASSISTANT_ID = "00000000-0000-4000-8000-00000000dead"
+CALLERS_REASON = "assistantOverrides.variableValues.firstName must be shorter than 20 characters"
+
+# id, profile, fault at the simulator, client variables, what the app is shown: the status, the
+# words in the message, the Retry-After the page read (docs/api.md "When Vapi refuses").
+VAPI_REFUSALS = [
+    ("unknown-assistant-id", "ghost", None, {}, 502, "misconfigured", None),
+    (
+        "vapi-429",
+        "sales-coach",
+        {"action": "status", "status": 429, "retry_after": 7},
+        {},
+        503,
+        "try again in 7 seconds",
+        "7",
+    ),
+    (
+        "vapi-500",
+        "sales-coach",
+        {"action": "status", "status": 500},
+        {},
+        503,
+        "try again shortly",
+        None,
+    ),
+    (
+        "vapi-503-with-a-date",
+        "sales-coach",
+        {"action": "status", "status": 503, "retry_after": "Thu, 01 Jan 2015 00:00:00 GMT"},
+        {},
+        503,
+        "try again in 1 seconds",
+        "1",
+    ),
+    (
+        "callers-own-variable",
+        "sales-coach",
+        {"action": "status", "status": 400, "message": CALLERS_REASON},
+        {"firstName": "Bartholomew-Maximilian"},
+        400,
+        CALLERS_REASON,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("profile", "fault", "variables", "status", "words", "retry_after"),
+    [pytest.param(*case[1:], id=case[0]) for case in VAPI_REFUSALS],
+)
+def test_vapis_refusals_reach_the_app_as_whose_they_are(
+    browser: BrowserDriver,
+    page_server: ServerThread,
+    page_origin: str,
+    make_proxy: ProxyFactory,
+    faults: Callable[[dict[str, Any]], None],
+    sandbox: RunningSandbox,
+    user_key: str,
+    profile: str,
+    fault: dict[str, Any] | None,
+    variables: dict[str, Any],
+    status: int,
+    words: str,
+    retry_after: str | None,
+) -> None:
+    """A profile's body Vapi refuses is the operator's (502, the request id, nothing of Vapi's);
+    Vapi busy is a 503 whose Retry-After the page can read; the caller's own variable refused
+    shows Vapi's reason."""
+
+    def patch(config: dict[str, Any]) -> None:
+        config["cors"]["allow_origins"] = [page_origin]
+        config["profiles"]["ghost"] = {"assistant_id": GHOST_ASSISTANT_ID}
+
+    proxy = make_proxy(patch)
+    if fault is not None:
+        faults({"path": "/call/web", "count": 1, **fault})
+    result = start_in_page(
+        browser,
+        page_server,
+        proxy.url,
+        token=user_key,
+        profile=profile,
+        form="string",
+        variables=variables,
+    )
+    assert result["done"] and result["result"] == {"resolved": None}
+    # Vapi was asked (and refused): this is Vapi's answer translated, not the proxy's policy.
+    assert len(upstream_calls(sandbox)) == 1
+    [reply] = result["replies"]
+    assert reply["status"] == status and reply["retryAfter"] == retry_after
+    [failed] = events_named(result, "call-start-failed")
+    envelope = failed["error"]
+    assert set(envelope) == {"message", "error", "statusCode", "requestId"}
+    assert envelope["statusCode"] == status
+    assert words in envelope["message"]
+    [error] = events_named(result, "error")
+    assert error["type"] == "start-method-error"
+    assert error["error"]["error"]["message"] == envelope["message"]
+    assert result["status"] == envelope["message"]
+    if status == 502:
+        assert envelope["requestId"] in envelope["message"]
+        shown = json.dumps(events_named(result, "error")) + result["status"]
+        assert GHOST_ASSISTANT_ID not in shown and "Couldn't" not in shown
+    assert ("daily-call-join", "started") not in progress(result)
+
+
 def test_a_proxy_that_never_answers_cannot_hang_the_suite(
     browser: BrowserDriver, page_server: ServerThread, user_key: str
 ) -> None:

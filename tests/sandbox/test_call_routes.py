@@ -100,9 +100,19 @@ def test_no_assistant_is_400(sim: RunningSandbox, client: httpx.Client) -> None:
 
 
 def test_unknown_assistant_id_is_400(sim: RunningSandbox, client: httpx.Client) -> None:
-    resp = web_call(sim, client, {"assistantId": "nope"})
-    assert resp.status_code == 400
-    assert "nope" in resp.json()["message"]
+    # API-FACTS §2.3: a missing resource is a 400 "Client/policy failure", in NestJS's shape,
+    # naming the field in backticks like Vapi's other "Couldn't Get" messages.
+    for path, body in (
+        ("/call/web", {"assistantId": "nope"}),
+        ("/chat", {"assistantId": "nope", "input": "hi"}),
+    ):
+        resp = client.post(sim.url + path, json=body, headers=private(sim))
+        assert resp.status_code == 400
+        assert resp.json() == {
+            "message": "Couldn't Get Assistant. `assistantId` nope Not Found.",
+            "error": "Bad Request",
+            "statusCode": 400,
+        }
 
 
 def test_accept_any_assistant_id(client: httpx.Client) -> None:

@@ -50,6 +50,23 @@ def test_429_with_retry_after(fresh: RunningSandbox, client: httpx.Client) -> No
     assert client.get(fresh.url + "/call", headers=private(fresh)).status_code == 200
 
 
+def test_a_refusal_with_its_own_message_and_a_textual_retry_after(
+    fresh: RunningSandbox, client: httpx.Client
+) -> None:
+    reason = ["assistantOverrides.variableValues.firstName must be a string"]
+    add(fresh, client, path="/call/web", action="status", status=400, message=reason, count=1)
+    add(fresh, client, path="/call/web", action="status", status=404, count=1)
+    date = "Thu, 01 Jan 2015 00:00:00 GMT"
+    add(fresh, client, path="/call/web", action="status", status=503, retry_after=date, count=1)
+    first, second, third = (
+        client.post(fresh.url + "/call/web", json=WEB, headers=public(fresh)) for _ in range(3)
+    )
+    assert first.status_code == 400
+    assert first.json() == {"message": reason, "error": "Bad Request", "statusCode": 400}
+    assert second.json() == {"message": "Not Found", "error": "Not Found", "statusCode": 404}
+    assert third.status_code == 503 and third.headers["retry-after"] == date
+
+
 def test_500_body(fresh: RunningSandbox, client: httpx.Client) -> None:
     add(fresh, client, path="/call/web", action="status", status=500)
     resp = client.post(fresh.url + "/call/web", json=WEB, headers=public(fresh))
