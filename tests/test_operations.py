@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SAVED_ASSISTANT_ID
 from tests.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.cli import main
 from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, SeededAssistant, run_sandbox
+from vapi_proxy.testing import free_port
 
 STREAM_EVENTS_DELAY = 0.15
 
@@ -164,3 +166,65 @@ def test_reload_under_traffic_applies_a_valid_config_and_refuses_a_bad_one(
     log = "".join(p.read_text() for p in tmp_path.glob("proxy-*.log"))
     assert "reload refused" in log
     assert key not in log
+
+
+def _auth_failures(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == "vapi_proxy_auth":
+            return sum(
+                sample.value
+                for sample in family.samples
+                if sample.name == "vapi_proxy_auth_total"
+                and sample.labels == {"result": "failure", "reason": "bad_api_key"}
+            )
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("workers", "own_port"),
+    [
+        pytest.param(2, False, id="two-workers-main-port"),
+        pytest.param(2, True, id="two-workers-metrics-port"),
+        pytest.param(1, False, id="one-worker"),
+    ],
+)
+def test_every_event_counts_once_on_every_scrape_across_workers_and_reloads(
+    slow_chat_sandbox: RunningSandbox, tmp_path: Path, workers: int, own_port: bool
+) -> None:
+    # Issue 13 §11: with two workers 6 bad keys read 2, 2, 2, 6 on successive scrapes (each
+    # worker folded its own counts in only when it served a scrape), and a reload lost them.
+    key = generate_key()
+    metrics_port = free_port() if own_port else None
+    raw = config_for(tmp_path, slow_chat_sandbox, key)
+    if metrics_port is not None:
+        raw["metrics"] = {"port": metrics_port}
+    config = tmp_path / "proxy.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    pid_file = tmp_path / "pid"
+    with serve_process(config, slow_chat_sandbox, workers=workers, pid_file=pid_file) as served:
+        scrape_url = (
+            f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else served.url + "/metrics"
+        )
+
+        def scrapes(count: int = 8) -> list[float]:
+            # A fresh connection each time, so the scrapes land on every worker.
+            return [_auth_failures(httpx.get(scrape_url, timeout=10).text) for _ in range(count)]
+
+        def bad_keys(count: int) -> None:
+            for _ in range(count):
+                reply = httpx.post(
+                    served.url + "/call/web",
+                    json={"assistantId": "coach"},
+                    headers={"Authorization": f"Bearer {generate_key()}"},
+                    timeout=10,
+                )
+                assert reply.status_code == 401, reply.text
+
+        bad_keys(6)
+        assert scrapes() == [6.0] * 8
+        assert main(["reload", "--pid-file", str(pid_file), "--config", str(config)]) == 0
+        assert scrapes() == [6.0] * 8
+        bad_keys(3)
+        assert scrapes() == [9.0] * 8
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=30) == 0

@@ -102,10 +102,13 @@ class Runtime:
             server=webhook_server,
             metrics=metrics,
         )
+        auth = AuthChain.from_settings(settings.auth)
+        # Auth and webhook events reach the metrics as they happen, in this worker.
+        metrics.listen(auth.stats, hooks.stats)
         return cls(
             settings=settings,
             secrets=secrets,
-            auth=AuthChain.from_settings(settings.auth),
+            auth=auth,
             upstream=upstream,
             limiter=limiter,
             ledger=ledger,

@@ -14,12 +14,14 @@ import json
 import logging
 import os
 import secrets as secrets_module
+import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -176,10 +178,13 @@ class _Supervisor(Multiprocess):
         sockets: list[socket.socket],
         path: str,
         status_file: Path | None = None,
+        metrics_dir: _MetricsDirectory | None = None,
     ) -> None:
         super().__init__(config, sockets)
         self.path = path
         self.status_file = status_file
+        self.metrics_dir = metrics_dir
+        self._worker_pids: set[int] = set()
 
     def handle_hup(self) -> None:
         try:
@@ -201,6 +206,21 @@ class _Supervisor(Multiprocess):
             if stuck
             else [],
         )
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()
+        self._forget_gone_workers()
+
+    def _forget_gone_workers(self) -> None:
+        """Tell prometheus_client about workers that are gone (replaced by a reload, or died):
+        their counters and histograms stay in the sum, their `live*` gauges must not."""
+        from prometheus_client import multiprocess as prometheus_multiprocess
+
+        current = {p.pid for p in self.processes if p.pid is not None}
+        gone, self._worker_pids = self._worker_pids - current, current
+        if self.metrics_dir is not None:
+            for pid in gone:
+                prometheus_multiprocess.mark_process_dead(pid, self.metrics_dir.path)  # type: ignore[no-untyped-call]
 
     def startup_failed(self) -> bool:
         return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
@@ -241,12 +261,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # means SIGTERM ends in exit status 0 after the drain. Each worker builds the app from
     # the config named here; metrics of all workers are summed through files in this folder.
     os.environ["VAPI_PROXY_CONFIG"] = str(Path(path).resolve())
-    if args.workers > 1 or settings.metrics.port is not None:
-        # Several processes: prometheus_client then keeps values in files (slower per
-        # observation), which is only worth it when something must sum them.
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="vapi-proxy-metrics-")
-        )
+    metrics_dir = _metrics_directory()
     config = uvicorn.Config(
         "vapi_proxy.app:app_from_environment",
         factory=True,
@@ -263,7 +278,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.metrics.enabled and settings.metrics.port is not None:
         metrics_server = _serve_metrics_port(args.host, settings.metrics.port)
     status_file = _reload_status_path(args.pid_file) if args.pid_file else None
-    supervisor = _Supervisor(config, [config.bind_socket()], path, status_file)
+    supervisor = _Supervisor(config, [config.bind_socket()], path, status_file, metrics_dir)
     print(
         f"vapi-proxy {__version__} listening on http://{_url_host(args.host)}:{args.port} "
         f"({args.workers} worker(s), config {path})",
@@ -278,7 +293,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
             Path(args.pid_file).unlink(missing_ok=True)
         if status_file is not None:
             status_file.unlink(missing_ok=True)
+        if metrics_dir.created:
+            shutil.rmtree(metrics_dir.path, ignore_errors=True)
     return 1 if supervisor.startup_failed() else 0
+
+
+@dataclass(frozen=True)
+class _MetricsDirectory:
+    path: str
+    created: bool
+    """True when `serve` made it (and removes it on exit); False when the operator named it."""
+
+
+def _metrics_directory() -> _MetricsDirectory:
+    """Where every worker keeps its metric values (`PROMETHEUS_MULTIPROC_DIR`), for any number
+    of workers: a scrape sums the files of all workers, those a reload or a crash replaced
+    included, so no event is lost with its worker. Even one worker is replaced on SIGHUP, and
+    its in-memory counters would go with it. An operator's own folder is used as it is."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        return _MetricsDirectory(given, created=False)
+    made = tempfile.mkdtemp(prefix="vapi-proxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return _MetricsDirectory(made, created=True)
 
 
 def _serve_metrics_port(host: str, port: int) -> Any:

@@ -1,15 +1,17 @@
 """Prometheus metrics: one registry per app, labels bounded (routes, profiles, kinds — no users).
 
 Counters the request path owns are incremented where things happen (the edge, the upstream
-boundary, refusals). Components that keep plain counters (auth, webhooks) are folded in by
-`sync()`, which adds what changed since the last sync, so that with several workers
-(`PROMETHEUS_MULTIPROC_DIR`, set by `serve --workers`) every process's counts are summed.
+boundary, refusals). Components that keep their own counters (auth, webhooks) are listened to
+(`listen()`, tally.py), so their events are recorded when they happen too. Under `serve`,
+every worker writes its values to files in `PROMETHEUS_MULTIPROC_DIR` (set by the supervisor,
+kept across reloads) and a scrape sums all of them, including those of replaced workers: every
+event counts once, on every scrape, whichever worker answers it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +24,20 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from vapi_proxy.tally import Tallies
+
+_WEBHOOK_OUTCOMES = frozenset(
+    {
+        "duplicates",
+        "unknown_calls",
+        "adopted_calls",
+        "settled",
+        "errors",
+        "forwarded",
+        "forward_failures",
+        "forward_parked",
+    }
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -131,7 +147,7 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        self._seen: dict[tuple[str, ...], float] = {}
+        self._event_children: dict[tuple[str, ...], Any] = {}
         # Label children resolved once per label set: `labels()` on every request was a
         # measurable share of the request path.
         self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
@@ -161,46 +177,45 @@ class Metrics:
     def observe_refusal(self, route: str, profile: str, status: str, cause: str) -> None:
         self.upstream_refusals.labels(route, profile, status, cause).inc()
 
-    # -- folding in plain counters -------------------------------------------------------------
+    # -- components' own counters --------------------------------------------------------------
 
-    def _add(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
-        key = (counter._name, *labels)
-        delta = total - self._seen.get(key, 0.0)
-        if delta > 0:
-            (counter.labels(*labels) if labels else counter).inc(delta)
-        self._seen[key] = total
-
-    def _add_map(self, counter: Counter, first: str, values: Mapping[str, Any]) -> None:
-        for label, total in values.items():
-            self._add(counter, (first, str(label)), float(total))
-
-    def sync(self, auth_stats: Any = None, webhook_stats: Any = None) -> None:
-        """Add what the components' counters gained since the last call."""
+    def listen(
+        self, auth_stats: Tallies | None = None, webhook_stats: Tallies | None = None
+    ) -> None:
+        """Record every increase of the components' counters as it happens (see tally.py)."""
         if auth_stats is not None:
-            self._add_map(self.auth_results, "success", auth_stats.successes)
-            self._add_map(self.auth_results, "failure", auth_stats.failures)
-            self._add(self.jwks_fetches, ("refreshed",), float(auth_stats.jwks_refreshes))
-            self._add(self.jwks_fetches, ("failed",), float(auth_stats.jwks_fetch_failures))
+            auth_stats.listen(self._auth_event)
         if webhook_stats is not None:
-            for kind, total in webhook_stats.by_type.items():
-                self._add(self.webhook_events, (str(kind),), float(total))
-            for reason, total in webhook_stats.rejected.items():
-                self._add(self.webhook_rejections, (str(reason),), float(total))
-            for name in (
-                "duplicates",
-                "unknown_calls",
-                "adopted_calls",
-                "settled",
-                "errors",
-                "forwarded",
-                "forward_failures",
-                "forward_parked",
-            ):
-                self._add(self.webhook_outcomes, (name,), float(getattr(webhook_stats, name)))
-            for outcome, total in webhook_stats.assistant_requests.items():
-                self._add(self.webhook_outcomes, (f"assistant_request_{outcome}",), float(total))
-            for outcome, total in webhook_stats.relayed.items():
-                self._add(self.webhook_outcomes, (f"relayed_{outcome}",), float(total))
+            webhook_stats.listen(self._webhook_event)
+
+    def _child(self, counter: Counter, *labels: str) -> Any:
+        key = (counter._name, *labels)
+        child = self._event_children.get(key)
+        if child is None:
+            child = self._event_children[key] = counter.labels(*labels)
+        return child
+
+    def _auth_event(self, field: str, key: str, increase: int) -> None:
+        if field == "successes":
+            self._child(self.auth_results, "success", key).inc(increase)
+        elif field == "failures":
+            self._child(self.auth_results, "failure", key).inc(increase)
+        elif field == "jwks_refreshes":
+            self._child(self.jwks_fetches, "refreshed").inc(increase)
+        elif field == "jwks_fetch_failures":
+            self._child(self.jwks_fetches, "failed").inc(increase)
+
+    def _webhook_event(self, field: str, key: str, increase: int) -> None:
+        if field == "by_type":
+            self._child(self.webhook_events, key).inc(increase)
+        elif field == "rejected":
+            self._child(self.webhook_rejections, key).inc(increase)
+        elif field == "assistant_requests":
+            self._child(self.webhook_outcomes, f"assistant_request_{key}").inc(increase)
+        elif field == "relayed":
+            self._child(self.webhook_outcomes, f"relayed_{key}").inc(increase)
+        elif field in _WEBHOOK_OUTCOMES:
+            self._child(self.webhook_outcomes, field).inc(increase)
 
     # -- exposition ----------------------------------------------------------------------------
 

@@ -6,11 +6,11 @@ not its kind and raises `AuthFailure` for one that is its kind but wrong.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from vapi_proxy.auth.identity import Identity
+from vapi_proxy.tally import Tallies, Tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +42,17 @@ class Authenticator(Protocol):
 
 
 @dataclass
-class AuthStats:
-    """Counters a metrics layer reads; plain ints so this module needs no metrics library."""
+class AuthStats(Tallies):
+    """Counters a metrics layer listens to (`Tallies`), so this module needs no metrics library."""
 
     jwks_fetches: int = 0
     """Every JWKS fetch attempted."""
     jwks_refreshes: int = 0
     """Fetches that succeeded and replaced the cached key set."""
     jwks_fetch_failures: int = 0
-    successes: Counter[str] = field(default_factory=Counter)
+    successes: Tally = field(default_factory=Tally)
     """Identities issued, by method (`jwt`, `api_key`, `anonymous`)."""
-    failures: Counter[str] = field(default_factory=Counter)
+    failures: Tally = field(default_factory=Tally)
     """Refusals by reason code (`missing`, `expired`, `jwks_unavailable`, ...)."""
 
 

@@ -51,8 +51,8 @@ def internal_client_check(
 
 
 async def refresh(runtime: Runtime) -> None:
-    """Bring the values kept outside the registry (auth and webhook counters, live calls) in."""
-    runtime.metrics.sync(runtime.auth.stats, runtime.webhook_stats)
+    """Bring the value kept outside the registry (live calls, from the ledger) in; counters are
+    recorded as their events happen (metrics.py)."""
     try:
         runtime.metrics.live_calls.set(await live_calls(runtime))
     except Exception:

@@ -1,30 +1,31 @@
 """Counters of webhook intake, answers and forwarding, for logs now and a metrics layer later.
 
-Plain integers on one object per process (`runtime.webhook_stats`); a Prometheus collector can
-read `snapshot()` without the webhook code knowing about it.
+Plain integers on one object per process (`runtime.webhook_stats`); the metrics layer listens to
+every increase (`Tallies`) without the webhook code knowing about it.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
+
+from vapi_proxy.tally import Tallies, Tally
 
 
 @dataclass
-class WebhookStats:
+class WebhookStats(Tallies):
     received: int = 0
     verified: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
+    rejected: Tally = field(default_factory=Tally)
     """Refused deliveries by reason (`hmac_mismatch`, `hmac_expired`, `no_credential`, …)."""
-    by_type: Counter[str] = field(default_factory=Counter)
+    by_type: Tally = field(default_factory=Tally)
     duplicates: int = 0
     unknown_calls: int = 0
     adopted_calls: int = 0
     settled: int = 0
     errors: int = 0
-    assistant_requests: Counter[str] = field(default_factory=Counter)
+    assistant_requests: Tally = field(default_factory=Tally)
     """assistant-request answers by outcome (`profile`, `destination`, `error`, `limited`, …)."""
-    relayed: Counter[str] = field(default_factory=Counter)
+    relayed: Tally = field(default_factory=Tally)
     """Request types relayed to the app, by outcome (`ok`, `failed`, `late`)."""
     forwarded: int = 0
     forward_failures: int = 0
