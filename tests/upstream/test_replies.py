@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vapi_proxy.errors import UpstreamError
 from vapi_proxy.policy.profiles import Profile
@@ -214,3 +216,44 @@ def test_the_operators_own_tools_read_vapis_reason() -> None:
     with pytest.raises(UpstreamError) as busy:
         parse_success(reply(429, "Rate limit exceeded", "5"))
     assert busy.value.status_code == 503 and busy.value.headers["Retry-After"] == "5"
+
+
+_PATHS = st.sampled_from(
+    [
+        "assistantId",
+        "assistant.model",
+        "assistantOverrides.variableValues.firstName",
+        "assistantOverrides.variableValues",
+        "customer.number",
+        "phoneNumberId",
+        "input.0.content",
+        "property firstName",
+    ]
+)
+_MESSAGES = st.one_of(
+    st.text(max_size=60),
+    st.builds(lambda p, t: f"{p} must {t}", _PATHS, st.text(max_size=30)),
+    st.builds(lambda p, t: f"Couldn't Get X. `{p}` {t}", _PATHS, st.text(max_size=30)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.integers(min_value=300, max_value=599),
+    messages=st.lists(_MESSAGES, min_size=1, max_size=4),
+)
+def test_vapis_text_reaches_the_caller_only_when_it_names_only_the_callers_paths(
+    status: int, messages: list[str]
+) -> None:
+    marker = "SERVER-SIDE-7f3a"
+    sent = [f"{m} {marker}" for m in messages]
+    verdict = judge(reply(status, sent), request_id="r", client_paths=CLIENT)
+    shown = orjson.dumps(verdict.error.message).decode()
+    if marker in shown:
+        assert verdict.cause == "caller" and status in (400, 404, 422)
+        for text in sent:
+            names = named_paths(text)
+            assert names and all(n in CLIENT or n.startswith("input.") for n in names)
+    else:
+        assert verdict.cause != "caller"
+        assert verdict.error.status_code in (502, 503)
