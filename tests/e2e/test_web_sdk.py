@@ -602,7 +602,7 @@ VAPI_REFUSALS = [
         {"action": "status", "status": 503, "retry_after": "Thu, 01 Jan 2015 00:00:00 GMT"},
         {},
         503,
-        "try again in 1 seconds",
+        "try again in 1 second.",
         "1",
     ),
     (

@@ -198,7 +198,10 @@ def judge(
         seconds = retry_after_seconds(response.retry_after, now or datetime.now(UTC))
         headers = {"Retry-After": str(seconds)} if seconds is not None else {}
         text = "Vapi is busy or unavailable right now; try again"
-        text += f" in {seconds} seconds." if seconds is not None else " shortly."
+        if seconds is None:
+            text += " shortly."
+        else:
+            text += f" in {seconds} second{'' if seconds == 1 else 's'}."
         return Verdict("busy", UpstreamError(text, status_code=503, headers=headers), detail)
     if status in _CALLER_STATUSES and detail is not None and callers_own(detail, client_paths):
         return Verdict("caller", ProxyError(detail, status_code=status), detail)
