@@ -62,6 +62,21 @@ def test_a_chat_gets_the_profiles_assistant_and_variables(
     chat = reply.json()
     assert chat["output"] == [{"role": "assistant", "content": "You said: hello"}]
     assert "orgId" not in chat and "assistantOverrides" not in chat
+    # The operator's assistant id stays on the server: the client sees the profile it named,
+    # and only the fields on the allowlist (no costs, which the profile does not expose).
+    assert chat["assistantId"] == "sales-coach"
+    assert SAVED_ASSISTANT_ID not in reply.text
+    assert set(chat) <= {
+        "id",
+        "assistantId",
+        "sessionId",
+        "previousChatId",
+        "createdAt",
+        "updatedAt",
+        "input",
+        "messages",
+        "output",
+    }
     (sent,) = upstream_requests(sandbox, "/chat")
     assert sent["body"] == {
         "assistantId": SAVED_ASSISTANT_ID,

@@ -1,12 +1,20 @@
-"""The relay's id watcher: ids found wherever the chunk boundaries fall, in both SSE formats."""
+"""The relay: ids found wherever the chunk boundaries fall, in both SSE formats; every JSON
+event cut down to the profile's allowlist, each sent as soon as it is whole; chat replies by
+allowlist."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
 import orjson
 import pytest
+from starlette.types import Message
 
 from vapi_proxy.errors import UpstreamError
-from vapi_proxy.routes.relay import IdWatcher, error_event
+from vapi_proxy.policy.reply import ChatView
+from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, error_event, rewrite
 
 CHAT = (
     b'data: {"id":"c1","path":"chat.output[0].content","delta":"Hel","sessionId":"s1"}\n\n'
@@ -57,3 +65,180 @@ def test_error_events_in_each_format() -> None:
     payload = orjson.loads(data.removeprefix(b"data: "))
     assert payload["type"] == "error" and payload["code"] == "upstream_timeout"
     assert payload["sequence_number"] == 3
+
+
+# --- every JSON event through the profile's allowlist (issue 13, point 7) -------------------
+
+VIEW = ChatView("coach", expose=("cost",))
+
+
+async def _relay(chunks: list[bytes], fmt: SseFormat) -> list[bytes]:
+    """The bodies the relay sends, one per ASGI message, for these upstream chunks."""
+
+    async def upstream() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    sent: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            sent.append(message["body"])
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    relay = SseRelay(
+        upstream(),
+        fmt=fmt,
+        request_id="rq",
+        on_id=nothing,
+        finish=nothing,
+        transform=functools.partial(VIEW.event, responses=fmt == "responses"),
+    )
+    await relay.run(send)
+    return sent
+
+
+def _payloads(bodies: list[bytes]) -> list[Any]:
+    lines = b"".join(bodies).decode().splitlines()
+    return [
+        line[6:] if line == "data: [DONE]" else orjson.loads(line[6:])
+        for line in lines
+        if line.startswith("data: ")
+    ]
+
+
+async def test_chat_events_keep_only_known_fields_and_done_passes() -> None:
+    chunks = [
+        b'data: {"id":"c1","path":"chat.output[0].content","delta":"Hi",'
+        b'"sessionId":"s1","assistantId":"asst-secret","orgId":"org-1","cost":0.01}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    first, done = _payloads(await _relay(chunks, "chat"))
+    assert first == {
+        "id": "c1",
+        "path": "chat.output[0].content",
+        "delta": "Hi",
+        "sessionId": "s1",
+        "cost": 0.01,  # the profile exposes it
+    }
+    assert done == "[DONE]"
+
+
+async def test_responses_events_keep_only_known_fields() -> None:
+    completed = {
+        "type": "response.completed",
+        "sequence_number": 3,
+        "brand_new": {"leak": True},
+        "response": {
+            "id": "r1",
+            "object": "response",
+            "created_at": 1,
+            "status": "completed",
+            "error": None,
+            "assistantId": "asst-secret",
+            "instructions": "the system prompt",
+            "output": [
+                {"role": "system", "type": "message", "content": [{"text": "prompt"}]},
+                {
+                    "id": "m1",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "metadata": {"x": 1},
+                    "content": [{"type": "output_text", "text": "Hi", "annotations": [], "z": 1}],
+                },
+            ],
+        },
+    }
+    chunks = [
+        b"event: response.output_text.delta\n"
+        b'data: {"type":"response.output_text.delta","item_id":"m1","output_index":0,'
+        b'"content_index":0,"delta":"Hi","obfuscation":"x"}\n\n',
+        b"event: response.completed\ndata: " + orjson.dumps(completed) + b"\n\n",
+    ]
+    delta, done = _payloads(await _relay(chunks, "responses"))
+    assert delta == {
+        "type": "response.output_text.delta",
+        "item_id": "m1",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": "Hi",
+    }
+    assert done == {
+        "type": "response.completed",
+        "sequence_number": 3,
+        "response": {
+            "id": "r1",
+            "object": "response",
+            "created_at": 1,
+            "status": "completed",
+            "error": None,
+            "output": [
+                {
+                    "id": "m1",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "Hi", "annotations": []}],
+                }
+            ],
+        },
+    }
+    assert b"event: response.completed\n" in b"".join(await _relay(chunks, "responses"))
+
+
+async def test_events_are_sent_as_soon_as_whole_and_never_held_longer() -> None:
+    one = b'data: {"id":"c1","path":"p","delta":"a"}\n\n'
+    two = b'data: {"id":"c1","path":"p","delta":"b"}\r\n\r\n'
+    # An event split over three chunks goes out with its last byte; two events that arrive
+    # in one chunk go out together; an unframed tail at the end is still delivered.
+    bodies = await _relay([one[:5], one[5:20], one[20:] + two, b"data: [DONE]"], "chat")
+    assert [len(_payloads([b])) for b in bodies] == [2, 1]
+    assert bodies[-1] == b"data: [DONE]\n\n"
+
+
+def test_non_json_and_non_object_events() -> None:
+    transform = functools.partial(VIEW.event, responses=False)
+    assert rewrite(b": keep-alive", transform) == (b": keep-alive\n\n", None)
+    assert rewrite(b"data: [DONE]", transform) == (b"data: [DONE]\n\n", None)
+    assert rewrite(b'data: ["not", "an", "object"]', transform) == (b"", None)
+    multi = b'id: 7\ndata: {"id":"c1",\ndata: "delta":"x","extra":1}'
+    data, payload = rewrite(multi, transform)
+    assert data == b'id: 7\ndata: {"id":"c1","delta":"x"}\n\n'
+    assert payload == {"id": "c1", "delta": "x", "extra": 1}
+
+
+def test_chat_replies_by_allowlist() -> None:
+    reply = {
+        "id": "c1",
+        "orgId": "org-1",
+        "assistantId": "asst-secret",
+        "assistantOverrides": {"variableValues": {"plan": "pro"}},
+        "sessionId": "s1",
+        "messages": [
+            {"role": "system", "content": "the prompt"},
+            {"role": "user", "content": "hi", "metadata": {"a": 1}},
+            {"role": "tool", "content": "db rows"},
+        ],
+        "output": [{"role": "assistant", "content": "hello", "toolCalls": [{"x": 1}]}],
+        "costs": [{"type": "model", "cost": 0.01}],
+        "cost": 0.01,
+        "newField": "something Vapi adds later",
+        "createdAt": "t",
+        "updatedAt": "t",
+    }
+    assert ChatView("coach").reply(reply, responses=False) == {
+        "id": "c1",
+        "assistantId": "coach",
+        "sessionId": "s1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "output": [{"role": "assistant", "content": "hello"}],
+        "createdAt": "t",
+        "updatedAt": "t",
+    }
+    exposed = ChatView("coach", expose=("costs", "cost")).reply(reply, responses=False)
+    assert exposed["cost"] == 0.01 and exposed["costs"] == reply["costs"]
+    web = {"id": "c2", "sessionId": "s2", "output": [{"role": "assistant", "content": "x"}]}
+    assert ChatView("coach").reply(web, responses=False) == web

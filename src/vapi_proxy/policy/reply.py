@@ -55,3 +55,139 @@ def scrub(reply: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[
                 target = child
             target[parts[-1]] = node
     return out
+
+
+# --- chat replies and stream events --------------------------------------------------------
+
+Tree = dict[str, "Tree | None"]
+"""An allowlist as a tree of keys: None keeps the value whole, `[]` stands for each list item."""
+
+_DROP = object()
+_PRIVATE_ROLES = frozenset({"system", "developer", "tool", "function"})
+
+# The Chat object (`/chat`, and WebChat `{id, sessionId, output}` from `/chat/web`): what a
+# client needs to show the answer and continue the chat. Never `orgId`, the transient
+# `assistant`/`squad` (the prompt), `assistantOverrides` (server-owned variables), costs, or
+# system/developer/tool messages; `assistantId` is replaced by the profile's name.
+CHAT_FIELDS: tuple[str, ...] = (
+    "id",
+    "sessionId",
+    "previousChatId",
+    "createdAt",
+    "updatedAt",
+    "input",
+    "messages[].role",
+    "messages[].content",
+    "messages[].message",
+    "output[].role",
+    "output[].content",
+    "output[].message",
+)
+# OpenAI Responses `ResponseObject` (`/chat/responses` and `/chat/web/responses`).
+RESPONSE_FIELDS: tuple[str, ...] = (
+    "id",
+    "object",
+    "created_at",
+    "status",
+    "error",
+    "output[].id",
+    "output[].type",
+    "output[].role",
+    "output[].status",
+    "output[].content[].type",
+    "output[].content[].text",
+    "output[].content[].annotations",
+)
+# Stream events: `/chat` deltas (Spec `CreateChatStreamResponse`), and every Responses event
+# (`response.output_text.delta`/`.done`, `response.completed` with its ResponseObject, `error`,
+# and the same fields of any event type Vapi adds later).
+CHAT_EVENT_FIELDS: tuple[str, ...] = ("id", "sessionId", "path", "delta")
+RESPONSE_EVENT_FIELDS: tuple[str, ...] = (
+    "type",
+    "sequence_number",
+    "item_id",
+    "output_index",
+    "content_index",
+    "delta",
+    "text",
+    "code",
+    "message",
+    "param",
+    *(f"response.{path}" for path in RESPONSE_FIELDS),
+)
+
+
+def allowlist(paths: Iterable[str]) -> Tree:
+    """Compile dotted paths (`output[].content`) into a tree, once at start-up."""
+    root: Tree = {}
+    for path in paths:
+        parts = path.replace("[]", ".[]").split(".")
+        node: Tree | None = root
+        for part in parts[:-1]:
+            if node is None:
+                break
+            child = node.setdefault(part, {})
+            node = child
+        else:
+            if node is not None:
+                node[parts[-1]] = None
+    return root
+
+
+def prune(value: Any, tree: Tree | None) -> Any:
+    """`value` cut down to `tree`; unknown keys are dropped, as are list items that are
+    messages of a private role (system prompt, developer, tool results)."""
+    if tree is None:
+        return value
+    if isinstance(value, list):
+        items = tree.get("[]", _DROP)
+        if items is _DROP:
+            return _DROP
+        out = []
+        for item in value:
+            if isinstance(item, Mapping) and item.get("role") in _PRIVATE_ROLES:
+                continue
+            kept = prune(item, items)  # type: ignore[arg-type]
+            if kept is not _DROP:
+                out.append(kept)
+        return out
+    if not isinstance(value, Mapping):
+        return _DROP
+    pruned: dict[str, Any] = {}
+    for key, sub in tree.items():
+        if key != "[]" and key in value:
+            kept = prune(value[key], sub)
+            if kept is not _DROP:
+                pruned[key] = kept
+    return pruned
+
+
+class ChatView:
+    """What a client sees of one profile's chat replies and stream events: an allowlist, plus
+    the profile's `expose` paths; the profile's name stands where Vapi names the assistant."""
+
+    __slots__ = ("_chat", "_chat_event", "_response", "_response_event", "profile")
+
+    def __init__(self, profile: str, expose: Iterable[str] = ()) -> None:
+        extra = tuple(expose)
+        self.profile = profile
+        self._chat = allowlist((*CHAT_FIELDS, *extra))
+        self._response = allowlist((*RESPONSE_FIELDS, *extra))
+        self._chat_event = allowlist((*CHAT_EVENT_FIELDS, *extra))
+        self._response_event = allowlist(
+            (*RESPONSE_EVENT_FIELDS, *extra, *(f"response.{p}" for p in extra))
+        )
+
+    def reply(self, reply: Mapping[str, Any], *, responses: bool) -> dict[str, Any]:
+        """A non-streamed reply: a Chat / WebChat object, or a ResponseObject."""
+        out: dict[str, Any] = prune(reply, self._response if responses else self._chat)
+        if any(key in reply for key in ("assistantId", "assistant", "squadId", "squad")):
+            out["assistantId"] = self.profile
+        return out
+
+    def event(self, payload: Mapping[str, Any], *, responses: bool) -> dict[str, Any]:
+        """One JSON stream event."""
+        out: dict[str, Any] = prune(
+            payload, self._response_event if responses else self._chat_event
+        )
+        return out

@@ -2,13 +2,16 @@
 
 Authenticate → read the body → intake → ownership of a continued chat or session (ledger; an
 unknown or foreign id is a 404 that reaches no upstream) → policy → admit (limits, kind `chat`)
-→ Vapi → ledger (the chat id, and its session) → reply. Streamed replies are relayed as they
-arrive (`routes/relay.py`); the chat id is picked out of the events as they pass.
+→ Vapi → ledger (the chat id, and its session) → reply, cut down to an allowlist
+(`policy/reply.ChatView`). Streamed replies are relayed event by event as they arrive
+(`routes/relay.py`), each JSON event through the same allowlist; the chat id is picked out of
+the events as they pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,7 @@ from vapi_proxy.edge.middleware import RequestState, request_state
 from vapi_proxy.errors import NotFoundError, UpstreamError
 from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
+from vapi_proxy.policy.reply import ChatView
 from vapi_proxy.policy.webcall import CallContext
 from vapi_proxy.routes.calls import authenticate
 from vapi_proxy.routes.query import NO_QUERY, read_query
@@ -37,22 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("vapi_proxy.chat")
 
 _JSON_HEADERS = {"Cache-Control": "no-store"}
-# Never shown to the client: the profile's transient assistant (its prompt), the server-owned
-# variables, and the org.
-_HIDDEN = ("assistant", "assistantOverrides", "squad", "orgId")
 PARTIAL_PREFIX = "partial-"
 """Ledger id prefix of a streamed turn whose client left before Vapi sent the chat id."""
-
-
-def scrub_chat(reply: dict[str, Any]) -> dict[str, Any]:
-    """A chat reply without the server's secrets (prompt, server variables, system messages)."""
-    out = {k: v for k, v in reply.items() if k not in _HIDDEN}
-    messages = out.get("messages")
-    if isinstance(messages, list):
-        out["messages"] = [
-            m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")
-        ]
-    return out
 
 
 class _Turn:
@@ -98,8 +88,15 @@ class _ChatStream:
     (the edge renders the one JSON envelope), everything after is relayed as SSE."""
 
     def __init__(
-        self, runtime: Runtime, turn: _Turn, path: str, body: bytes, fmt: SseFormat
+        self,
+        runtime: Runtime,
+        turn: _Turn,
+        path: str,
+        body: bytes,
+        fmt: SseFormat,
+        view: ChatView,
     ) -> None:
+        self.view = view
         self.runtime = runtime
         self.turn = turn
         self.path = path
@@ -135,7 +132,8 @@ class _ChatStream:
                 reply = await upstream.read()
                 chat = runtime.replies.read(reply, state)
                 await _record_reply(turn, chat)
-                await _json(scrub_chat(chat), reply.status)(scope, receive, send)
+                visible = self.view.reply(chat, responses=self.fmt == "responses")
+                await _json(visible, reply.status)(scope, receive, send)
                 return
 
             def on_output() -> None:
@@ -152,6 +150,8 @@ class _ChatStream:
             relay = SseRelay(
                 upstream.chunks(),
                 fmt=self.fmt,
+                transform=functools.partial(self.view.event, responses=self.fmt == "responses"),
+                max_event_bytes=runtime.settings.vapi.max_response_bytes,
                 request_id=state.request_id,
                 on_id=on_id,
                 finish=finish,
@@ -173,6 +173,8 @@ def routes(runtime: Runtime) -> list[Route]:
     ignored = frozenset(settings.intake.ignored_fields)
     max_bytes = settings.server.max_body_bytes
     max_depth = settings.server.max_json_depth
+    # What clients see of each profile's replies and events: an allowlist plus its `expose`.
+    views = {name: ChatView(name, p.expose) for name, p in settings.profiles.items()}
 
     async def continuation(identity: Identity, intake: ChatIntake) -> Continuation | None:
         """The continued chat or session, if this identity started it; 404 otherwise (the
@@ -218,7 +220,7 @@ def routes(runtime: Runtime) -> list[Route]:
             turn = _Turn(admission, state)
             payload = orjson.dumps(planned.body)
             if planned.stream:
-                return _ChatStream(runtime, turn, path, payload, fmt)
+                return _ChatStream(runtime, turn, path, payload, fmt, views[name])
 
             async def create() -> tuple[int, dict[str, Any]]:
                 reply = await runtime.upstream.request("POST", path, payload)
@@ -232,7 +234,7 @@ def routes(runtime: Runtime) -> list[Route]:
                 status, chat_reply = await admission.send(create)
             finally:
                 await asyncio.shield(turn.close())
-            return _json(scrub_chat(chat_reply), status)
+            return _json(views[name].reply(chat_reply, responses=responses), status)
 
         return chat
 

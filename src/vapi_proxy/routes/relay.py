@@ -1,11 +1,12 @@
 """Relay a streamed (SSE) reply from Vapi to the client as it arrives.
 
-Each chunk is written the moment it is read, unchanged (no re-framing, no buffering: the
-`X-Accel-Buffering: no` and `Cache-Control: no-cache` headers ask proxies in front to do the
-same). Ids are picked out of the events after they have been passed on, so watching them costs
-the client nothing. A client that leaves closes the upstream stream at once; an upstream that
-stalls past the idle timeout or breaks off ends the stream with an error event in the client's
-own format, then the stream ends.
+Each event is written the moment its last byte is read (nothing is held back but the unfinished
+event, and the `X-Accel-Buffering: no` and `Cache-Control: no-cache` headers ask proxies in front
+to do the same). A JSON event is passed through the profile's allowlist (policy/reply.py) and
+re-encoded as one `data:` line; other events (`data: [DONE]`, comments) pass unchanged. Ids are
+picked out of the events as they pass. A client that leaves closes the upstream stream at once;
+an upstream that stalls past the idle timeout or breaks off ends the stream with an error event
+in the client's own format, then the stream ends.
 """
 
 from __future__ import annotations
@@ -26,7 +27,75 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_MAX_PENDING = 64 * 1024  # bytes of an unfinished event kept while looking for ids
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+"""Rewrites one JSON event's payload (the allowlist scrub) before it is passed on."""
+
+
+class SseEvents:
+    """Splits a byte stream into whole SSE events (RFC: a blank line ends one; `\n`, `\r\n` or
+    `\r` end lines), holding back at most one unfinished event of up to `max_bytes`."""
+
+    __slots__ = ("_max", "_pending")
+
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self._pending = b""
+        self._max = max_bytes
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events completed by `chunk`, each without its terminating blank line."""
+        data = self._pending + chunk
+        # A `\r` at the very end may be the first half of a `\r\n` split across chunks.
+        held = b"\r" if data.endswith(b"\r") else b""
+        if held:
+            data = data[:-1]
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *events, rest = data.split(b"\n\n")
+        self._pending = rest + held
+        if len(self._pending) > self._max:
+            self._pending = b""
+            raise UpstreamError("An event in Vapi's stream was larger than the proxy accepts.")
+        return events
+
+    def rest(self) -> bytes:
+        """What is left unfinished when the stream ends (normalised), and forget it."""
+        rest, self._pending = self._pending, b""
+        return rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
+
+
+def _data_of(event: bytes) -> tuple[list[bytes], int, bytes | None]:
+    """(the event's other lines, where its data went, its joined `data:` value or None)."""
+    lines: list[bytes] = []
+    data: list[bytes] = []
+    at = -1
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+            if at < 0:
+                at = len(lines)
+        else:
+            lines.append(line)
+    return lines, at, (b"\n".join(data) if data else None)
+
+
+def rewrite(event: bytes, transform: Transform | None) -> tuple[bytes, dict[str, Any] | None]:
+    """One event, its JSON payload passed through `transform` (re-encoded as one `data:`
+    line); events without JSON data (`data: [DONE]`, comments) pass unchanged, and JSON that is
+    not an object (which no allowlist can describe) is not passed on. Returns the bytes to send
+    (with the terminating blank line) and the original payload, if any."""
+    lines, at, data = _data_of(event)
+    if data is None:
+        return event + b"\n\n", None
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return event + b"\n\n", None
+    if transform is None:
+        return event + b"\n\n", payload if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        return b"", None
+    lines.insert(at, b"data: " + orjson.dumps(transform(payload)))
+    return b"\n".join(lines) + b"\n\n", payload
 
 
 class IdWatcher:
@@ -34,39 +103,35 @@ class IdWatcher:
 
     `/chat` events carry `{"id", "sessionId"?}` on every delta; `/chat/responses` events carry
     it only in the last one, `response.completed` (`response.id`; Vapi's spec has no
-    `response.created`). Once found, the rest of the stream is not parsed at all.
+    `response.created`). Once found, nothing more is looked at.
     """
 
-    __slots__ = ("_pending", "chat_id", "done", "session_id")
+    __slots__ = ("_events", "chat_id", "done", "session_id")
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._events = SseEvents()
         self.chat_id: str | None = None
         self.session_id: str | None = None
         self.done = False
 
     def feed(self, chunk: bytes) -> bool:
-        """Look at a chunk; True when the chat id was found in it."""
+        """Look at raw bytes (when not relaying event by event); True when the id was found."""
         if self.done:
             return False
-        data = self._pending + chunk
-        *events, rest = data.replace(b"\r\n", b"\n").split(b"\n\n")
-        self._pending = rest if len(rest) <= _MAX_PENDING else b""
+        try:
+            events = self._events.feed(chunk)
+        except UpstreamError:
+            return False
         for event in events:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:") and b'"id"' in line:
-                    self._look(line[5:].strip())
-                    if self.done:
-                        return True
+            _, payload = rewrite(event, None)
+            if payload is not None and self.see(payload):
+                return True
         return False
 
-    def _look(self, raw: bytes) -> None:
-        try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(payload, dict):
-            return
+    def see(self, payload: dict[str, Any]) -> bool:
+        """Look at one event's payload; True when it brought the chat id."""
+        if self.done:
+            return False
         response = payload.get("response")
         if isinstance(response, dict) and isinstance(response.get("id"), str):
             self.chat_id = response["id"]
@@ -76,6 +141,7 @@ class IdWatcher:
         if isinstance(session, str):
             self.session_id = session
         self.done = self.chat_id is not None
+        return self.done
 
 
 def error_event(fmt: SseFormat, error: UpstreamError, request_id: str, sequence: int) -> bytes:
@@ -142,6 +208,8 @@ class SseRelay:
         finish: Callable[[IdWatcher, bool], Awaitable[None]],
         headers: list[tuple[bytes, bytes]] | None = None,
         on_output: Callable[[], None] | None = None,
+        transform: Transform | None = None,
+        max_event_bytes: int = 1 << 20,
     ) -> None:
         self._chunks = chunks
         self._fmt = fmt
@@ -149,6 +217,8 @@ class SseRelay:
         self._on_id = on_id
         self._finish = finish
         self._on_output = on_output
+        self._transform = transform
+        self._max_event = max_event_bytes
         self._headers = [*SSE_HEADERS, *(headers or [])]
         self._recorder: asyncio.Task[None] | None = None
         self.watcher = IdWatcher()
@@ -167,14 +237,31 @@ class SseRelay:
 
     async def _pump(self, send: Send) -> None:
         watcher = self.watcher
+        splitter = SseEvents(self._max_event)
         events = 0
         try:
             async for chunk in self._chunks:
                 if events == 0 and self._on_output is not None:
                     self._on_output()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                events += chunk.count(b"\n\n")
-                if watcher.feed(chunk):
+                # Whole events are passed on the moment their last byte arrives; only an
+                # unfinished one waits for the rest of itself.
+                out = []
+                for event in splitter.feed(chunk):
+                    data, payload = rewrite(event, self._transform)
+                    if data:
+                        out.append(data)
+                    if payload is not None and watcher.see(payload):
+                        self._recorder = asyncio.ensure_future(self._on_id(watcher))
+                if out:
+                    body = b"".join(out)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    events += len(out)
+            last = splitter.rest()
+            if last:  # Vapi ended without the final blank line: pass on what it sent
+                data, payload = rewrite(last, self._transform)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                if payload is not None and watcher.see(payload):
                     self._recorder = asyncio.ensure_future(self._on_id(watcher))
             self.completed = True
         except UpstreamError as exc:
