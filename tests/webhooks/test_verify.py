@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from vapi_proxy.webhooks.config import WebhookSettings
+from vapi_proxy.webhooks.forward import sign, verify_signature
 from vapi_proxy.webhooks.verify import VerificationError, WebhookVerifier, server_headers
 
 NOW = 1_800_000_000.0
@@ -276,3 +277,15 @@ def test_secret_headers_for_the_server_object(tmp_path: Path) -> None:
     )
     assert server_headers(settings.verify) == {"Authorization": f"Bearer {token}"}
     assert token not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "stamp", ["+1800000000", "1_800_000_000", " 1800000000", "\u0661800000000", "nan", ""]
+)
+def test_the_apps_forward_signature_check_reads_plain_digits_only(stamp: str) -> None:
+    # The proxy signs forwards as `t=<digits>,v1=<hex>`; int() also read these spellings of
+    # the same moment, so one captured signature had many valid headers.
+    secret = secrets.token_bytes(32)
+    mac = sign(secret, BODY, int(NOW)).split("v1=")[1]
+    assert verify_signature([secret], f"t={int(NOW)},v1={mac}", BODY, now=NOW)
+    assert not verify_signature([secret], f"t={stamp},v1={mac}", BODY, now=NOW)

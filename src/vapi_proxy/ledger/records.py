@@ -4,6 +4,8 @@ idempotency results and outbox entries — plain values, no I/O."""
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -40,14 +42,40 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_DECIMAL = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
+MAX_AMOUNT = 1e9
+"""No call lasts a billion seconds or costs a billion dollars; past this a value would overflow
+the limits store's integer columns (micro-dollars, milliseconds)."""
+
+
+def _amount(value: Any) -> float | None:
+    """A duration or cost from Vapi's message: a finite number in [0, MAX_AMOUNT] (or such a
+    number written as plain decimal text), else None. `float()` read `"nan"`, `"inf"` and
+    `"-5"`, which then broke or reversed the budget settlement, and raised on anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        value = float(value)
+    if not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and 0 <= number <= MAX_AMOUNT else None
+
+
 def _parse_time(value: Any) -> datetime | None:
-    if value in (None, ""):
+    if value in (None, "") or isinstance(value, bool):
         return None
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, int | float):
         # Vapi's `timestamp` is epoch milliseconds.
-        return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)
+        try:
+            return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None  # out of datetime's range, or not finite
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
@@ -135,8 +163,8 @@ class LedgerEvent:
             started_at=_parse_time(message.get("startedAt")),
             ended_at=_parse_time(message.get("endedAt")),
             ended_reason=message.get("endedReason"),
-            duration_seconds=float(duration) if duration is not None else None,
-            cost_usd=float(message["cost"]) if message.get("cost") is not None else None,
+            duration_seconds=_amount(duration),
+            cost_usd=_amount(message.get("cost")),
             summary=summary if isinstance(summary, str) else None,
             analysis=analysis,
             payload=message,
