@@ -66,3 +66,21 @@ def test_metrics_record_component_events_as_they_happen() -> None:
     assert _sample(metrics, outcomes, {"outcome": "duplicates"}) == 1
     assert _sample(metrics, outcomes, {"outcome": "assistant_request_profile"}) == 1
     assert _sample(metrics, outcomes, {"outcome": "relayed_ok"}) == 1
+
+
+def test_webhook_message_types_stay_a_bounded_label_set() -> None:
+    # With `allow_unverified`, whoever posts chooses `message.type`.
+    metrics = Metrics()
+    hooks = WebhookStats()
+    metrics.listen(webhook_stats=hooks)
+    hooks.by_type["status-update"] += 1
+    for n in range(500):
+        hooks.by_type[f"made-up-{n}"] += 1
+    hooks.by_type["Robert'); DROP TABLE"] += 1
+    family = next(f for f in metrics.registry.collect() if f.name == "vapi_proxy_webhook_events")
+    types = {s.labels["type"] for s in family.samples if s.name.endswith("_total")}
+    assert len(types) <= 65
+    assert "status-update" in types
+    assert "other" in types
+    total = sum(s.value for s in family.samples if s.name.endswith("_total"))
+    assert total == 502

@@ -11,6 +11,7 @@ event counts once, on every scrape, whichever worker answers it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +39,8 @@ _WEBHOOK_OUTCOMES = frozenset(
         "forward_parked",
     }
 )
+MAX_MESSAGE_TYPES = 64
+_MESSAGE_TYPE = re.compile(r"[a-z][a-z0-9.\-]{0,63}")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -148,6 +151,7 @@ class Metrics:
             registry=r,
         )
         self._event_children: dict[tuple[str, ...], Any] = {}
+        self._message_types: set[str] = set()
         # Label children resolved once per label set: `labels()` on every request was a
         # measurable share of the request path.
         self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
@@ -195,6 +199,17 @@ class Metrics:
             child = self._event_children[key] = counter.labels(*labels)
         return child
 
+    def _message_type(self, name: str) -> str:
+        """A webhook message type as a label: Vapi has a few dozen; anything past
+        `MAX_MESSAGE_TYPES` distinct names, or not shaped like one, is `other` (with
+        `allow_unverified`, whoever posts chooses the type, and labels must stay bounded)."""
+        if name in self._message_types:
+            return name
+        if len(self._message_types) >= MAX_MESSAGE_TYPES or not _MESSAGE_TYPE.fullmatch(name):
+            return "other"
+        self._message_types.add(name)
+        return name
+
     def _auth_event(self, field: str, key: str, increase: int) -> None:
         if field == "successes":
             self._child(self.auth_results, "success", key).inc(increase)
@@ -207,7 +222,7 @@ class Metrics:
 
     def _webhook_event(self, field: str, key: str, increase: int) -> None:
         if field == "by_type":
-            self._child(self.webhook_events, key).inc(increase)
+            self._child(self.webhook_events, self._message_type(key)).inc(increase)
         elif field == "rejected":
             self._child(self.webhook_rejections, key).inc(increase)
         elif field == "assistant_requests":
