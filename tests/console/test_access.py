@@ -172,3 +172,14 @@ def test_bad_input_gets_the_envelope(make_proxy: ProxyFactory, admin_key: str) -
     assert_envelope(httpx.get(server.url + "/admin/api/audit?limit=%C2%B2", headers=bearer), 400)
     assert_envelope(httpx.get(server.url + "/admin/api/audit?colour=red", headers=bearer), 400)
     assert_envelope(httpx.get(server.url + "/admin/usage?since=yesterday", headers=bearer), 400)
+
+
+def test_the_console_may_post_to_its_own_origin(make_proxy: ProxyFactory, admin_key: str) -> None:
+    """Browsers send Origin on same-origin POSTs: the page the proxy serves itself is not a
+    cross-origin caller, while any other origin outside the CORS list still is refused."""
+    server = admin_proxy(make_proxy, admin_key)
+    url = server.url + "/admin/api/session"
+    own = httpx.post(url, json={"key": admin_key}, headers={"Origin": server.url})
+    assert own.status_code == 200, own.text
+    other = httpx.post(url, json={"key": admin_key}, headers={"Origin": "http://127.0.0.1:1"})
+    assert_envelope(other, 403)

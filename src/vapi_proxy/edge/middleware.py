@@ -201,7 +201,12 @@ class EdgeMiddleware:
         try:
             if method == "OPTIONS" and origin is not None and preflight_method is not None:
                 status = await self._preflight(send, origin_ok, cors_headers, request_id)
-            elif origin is not None and not origin_ok and method not in _SAFE_METHODS:
+            elif (
+                origin is not None
+                and not origin_ok
+                and method not in _SAFE_METHODS
+                and not _same_origin(origin, scope)
+            ):
                 await self._error(
                     send_wrapper,
                     ProxyError("This origin is not allowed to use the proxy.", status_code=403),
@@ -315,6 +320,18 @@ class EdgeMiddleware:
         headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
         await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _same_origin(origin: bytes, scope: Scope) -> bool:
+    """Whether `Origin` names this very host (a page the proxy serves itself, such as the
+    operator console, posting back to it): not a cross-origin request, so not CORS's business."""
+    authority = origin.partition(b"://")[2]
+    if not authority:
+        return False
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bool(value.lower() == authority.lower())
+    return False
 
 
 def _from_http_exception(exc: HTTPException, scope: Scope) -> ProxyError:

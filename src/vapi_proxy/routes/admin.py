@@ -13,6 +13,7 @@ import csv
 import io
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,6 +47,21 @@ if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
 
 Handler = Callable[[Request], Awaitable[Response]]
+_MEDIA = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+
+
+def _load_assets() -> dict[str, tuple[bytes, str]]:
+    """The page's files, shipped inside the package (no CDN): read once at import."""
+    folder = resources.files("vapi_proxy.console") / "static"
+    assets = {}
+    for entry in folder.iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        if suffix in _MEDIA:
+            assets[entry.name] = (entry.read_bytes(), f"{_MEDIA[suffix]}; charset=utf-8")
+    return assets
+
+
+ASSETS = _load_assets()
 
 
 def parse_time(name: str, text: str | None) -> datetime | None:
@@ -469,8 +485,27 @@ class AdminApi:
         await self.audit(request, admin, "end-call", target=call_id)
         return json_reply(result, status=202)
 
+    # --- the page --------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        """The console itself: static HTML with no data in it; sign-in happens on the page."""
+        self.gate.reachable(request)
+        read_query(request, NO_QUERY)
+        body, media = ASSETS["console.html"]
+        return Response(body, media_type=media, headers=SECURITY_HEADERS)
+
+    async def asset(self, request: Request) -> Response:
+        self.gate.reachable(request)
+        found = ASSETS.get(request.path_params["name"])
+        if found is None or request.path_params["name"] == "console.html":
+            raise NotFoundError("No such console file.")
+        body, media = found
+        return Response(body, media_type=media, headers=SECURITY_HEADERS)
+
     def routes(self) -> list[Route]:
         table: list[tuple[str, Handler, str]] = [
+            ("/admin", self.page, "GET"),
+            ("/admin/static/{name}", self.asset, "GET"),
             ("/admin/usage", self.usage_report, "GET"),
             ("/admin/api/session", self.sign_in, "POST"),
             ("/admin/api/session", self.whoami, "GET"),
