@@ -190,7 +190,8 @@ class MetricsSettings(_Section):
         ge=1,
         le=65535,
         description="Serve metrics on this separate port (same host) instead of the main one; "
-        "one worker only (with --workers, scrape the main port: workers are summed).",
+        "the supervisor serves it, every worker's values summed. It has no allowed-networks "
+        "check: never route it publicly.",
     )
     allowed_networks: list[str] = Field(
         default_factory=lambda: [
