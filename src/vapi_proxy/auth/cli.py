@@ -1,4 +1,5 @@
-"""`vapi-proxy hash-key`: make an API key (or read one on stdin) and print the hash to configure."""
+"""`vapi-proxy hash-key`: make an API key (or read one on stdin) and print the hash to configure,
+as a caller's API key or (`--admin`) an operator's admin key."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", default="my-key", help="name to put in the printed config snippet"
     )
+    parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="print the snippet for an operator key (`admin.key_hashes`: the console and "
+        "GET /admin/usage) instead of a caller's API key",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
         print("      (shown once: give it to the caller now; the proxy stores only the hash)")
     digest = hash_key(key)
     print(f"hash: {digest}")
+    if args.admin:
+        print("config (send the key as Authorization: Bearer <key> to /admin/...):")
+        print("admin:")
+        print("  key_hashes:")
+        print(f"    - {digest}")
+        return 0
     print("config:")
     print(f"  - name: {args.name}")
     print(f"    hash: {digest}")

@@ -4,7 +4,7 @@ The control URL (`monitor.controlUrl` of Vapi's Call) is kept in the ledger when
 created and never shown to any client; a call the proxy did not record one for (adopted from
 webhooks, or created by an older version) has it looked up from Vapi with the private key. The
 `{"type": "end-call"}` message is sent without the private key: the control URL carries its own
-authority (API-FACTS §2.6), and the key must not go to any other host.
+authority (Vapi facts §2.6), and the key must not go to any other host.
 """
 
 from __future__ import annotations

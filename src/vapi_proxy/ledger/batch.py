@@ -1,6 +1,6 @@
 """Group commit for call rows: requests that arrive while a write is running share the next one.
 
-Every created call must be in the ledger before its reply (ARCHITECTURE, step 7), but one
+Every created call must be in the ledger before its reply (docs/architecture.md, step 7), but one
 transaction per request costs several hand-offs to the database thread or round trips to
 PostgreSQL. Here each request queues its row and awaits its own result; one writer drains the
 queue into a single transaction (one multi-row INSERT … ON CONFLICT DO NOTHING RETURNING id),

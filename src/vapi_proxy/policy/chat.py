@@ -109,7 +109,7 @@ def read_chat(
 ) -> ChatIntake:
     """Turn a chat body into a `ChatIntake`, or refuse malformed input (400).
 
-    `/chat/responses` streams unless told not to, `/chat` does not (API-FACTS §2.7). The widget
+    `/chat/responses` streams unless told not to, `/chat` does not (Vapi facts §2.7). The widget
     endpoints take `sessionId` but no `previousChatId`. The OpenAI SDK's `model` is dropped: the
     profile decides the assistant.
     """
@@ -180,7 +180,7 @@ def plan_chat(
     body = chat_target(compiled)
     variables, _ = server_values(compiled, ctx)
     variable_values = {**client_values, **variables}
-    # In chat, Vapi honours only `variableValues` among the overrides (API-FACTS §2.7).
+    # In chat, Vapi honours only `variableValues` among the overrides (Vapi facts §2.7).
     if variable_values and compiled.overrides_key == "assistantOverrides":
         body["assistantOverrides"] = {"variableValues": variable_values}
     body["input"] = intake.input

@@ -2,9 +2,10 @@
 
 `vapi.start('name')` arrives as `{"assistantId": "name"}`; `vapi.start({assistantType: 'name',
 firstName: 'Ann'})` as `{"assistant": {...}}`; variables as `assistantOverrides.variableValues`;
-squads and workflows follow the same string/object rule (WEB-SDK.md). The result is a small
-typed request: the profile name and the client-set values with the path each came from, so the
-policy can name any refused field exactly. No decisions about what is allowed are made here.
+squads and workflows follow the same string/object rule (docs/architecture.md, Vapi facts).
+The result is a small typed request: the profile name and the client-set values with the path
+each came from, so the policy can name any refused field exactly. No decisions about what is
+allowed are made here.
 """
 
 from __future__ import annotations

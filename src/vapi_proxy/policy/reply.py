@@ -1,9 +1,10 @@
 """Scrub Vapi's reply down to what the client needs, plus what a profile chooses to expose.
 
 The Web SDK reads only `id`, `webCallUrl`, `transport.callToken`,
-`artifactPlan.videoRecordingEnabled` and `assistant.voice.provider` (WEB-SDK.md). Everything else
-in a Call — notably `monitor.listenUrl`/`controlUrl`, which let anyone listen to or steer the live
-call, the resolved prompt and `orgId` — stays on the server unless a profile opts in.
+`artifactPlan.videoRecordingEnabled` and `assistant.voice.provider` (docs/architecture.md, Vapi
+facts). Everything else in a Call — notably `monitor.listenUrl`/`controlUrl`, which let anyone
+listen to or steer the live call, the resolved prompt and `orgId` — stays on the server unless a
+profile opts in.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def call_view(record: CallRecord) -> dict[str, Any]:
     return view
 
 
-_LIST_QUERY = {"limit": whole_number(0, 1000)}  # Vapi's range and default (API-FACTS §2.4)
+_LIST_QUERY = {"limit": whole_number(0, 1000)}  # Vapi's range and default (Vapi facts §2.4)
 
 
 def routes(runtime: Runtime) -> list[Route]:

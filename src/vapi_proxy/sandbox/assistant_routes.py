@@ -24,7 +24,7 @@ async def get_assistant(ctx: Context) -> Reply:
 
 
 async def list_assistants(ctx: Context) -> Reply:
-    """A plain array, newest first, `limit` 0-1000 default 100 (API-FACTS §2.8)."""
+    """A plain array, newest first, `limit` 0-1000 default 100 (Vapi facts §2.8)."""
     if ctx.caller is not None:
         require_private(ctx.caller)
     limit = query_limit(ctx)

@@ -1,6 +1,6 @@
 """Who is calling: Vapi's private key, public key, or an HS256 JWT signed with the private key.
 
-API-FACTS §3: public credentials (key or `tag: "public"` JWT) reach only the web endpoints and
+Vapi facts §3: public credentials (key or `tag: "public"` JWT) reach only the web endpoints and
 carry `TokenRestrictions`; a private key or `tag: "private"` JWT reaches everything.
 """
 
@@ -110,7 +110,7 @@ def require_private(caller: Caller) -> None:
 def check_restrictions(caller: Caller, origin: str | None, body: dict[str, Any]) -> None:
     """Apply a public credential's restrictions to a web call or web chat body.
 
-    Vapi's exact bodies for these refusals are unverified (API-FACTS §8); the simulator answers
+    Vapi's exact bodies for these refusals are unverified (Vapi facts §8); the simulator answers
     401 with a message naming the restriction.
     """
     r = caller.restrictions
@@ -124,7 +124,7 @@ def check_restrictions(caller: Caller, origin: str | None, body: dict[str, Any])
     ids = r.allowedAssistantIds
     if ids is not None and assistant_id is not None and assistant_id not in ids:
         raise unauthorized(f"Assistant {assistant_id} is not allowed for this key.")
-    # allowTransientAssistant is forced false when allowedAssistantIds is set (API-FACTS §3).
+    # allowTransientAssistant is forced false when allowedAssistantIds is set (Vapi facts §3).
     transient_ok = r.allowTransientAssistant and r.allowedAssistantIds is None
     if not transient_ok and body.get("assistant") is not None:
         raise unauthorized("Transient assistants are not allowed for this key.")

@@ -20,7 +20,7 @@ from .handlers import Context, Reply, query_limit, validate
 from .state import SandboxState, uuid7
 from .webhooks import pick_server, server_dict
 
-# API-FACTS §2.2: the known tail of Vapi's message; the head is not recorded anywhere, so this
+# Vapi facts §2.2: the known tail of Vapi's message; the head is not recorded anywhere, so this
 # prefix is the simulator's guess.
 NO_ASSISTANT = (
     "Couldn't Get Assistant. Need Either `workflow`, `workflowId`, "
@@ -58,7 +58,7 @@ def resolve_target(state: SandboxState, body: dict[str, Any]) -> dict[str, Any] 
     """The assistant config the call runs (saved or transient), None for squads/workflows.
 
     An unknown `assistantId` is a 400 like Vapi's other missing resources on `POST /call`
-    (API-FACTS §2.3: "400 Client/policy failure (... missing resources)").
+    (Vapi facts §2.3: "400 Client/policy failure (... missing resources)").
     """
     if not any(body.get(k) is not None for k in _TARGETS):
         raise VapiError(400, NO_ASSISTANT)
@@ -113,7 +113,7 @@ def new_call(
         "status": "queued",
         "cost": 0,
         "monitor": {
-            # Not served: the simulator has no audio. The shape is Vapi's (API-FACTS §2.2).
+            # Not served: the simulator has no audio. The shape is Vapi's (Vapi facts §2.2).
             "listenUrl": f"wss://{host}/{call_id}/listen",
             "controlUrl": f"{ctx_base}/{call_id}/control",
         },
@@ -206,7 +206,7 @@ async def create_web_call(ctx: Context) -> Reply:
 
 
 def _subscription_limits() -> dict[str, Any]:
-    # Vapi's default: 10 concurrent call slots (API-FACTS §2.10); the sandbox never blocks.
+    # Vapi's default: 10 concurrent call slots (Vapi facts §2.10); the sandbox never blocks.
     return {"concurrencyBlocked": False, "concurrencyLimit": 10, "remainingConcurrentCalls": 10}
 
 
@@ -295,7 +295,7 @@ def _created_bounds(query: dict[str, str]) -> list[tuple[Callable[[float, float]
 
 
 async def list_calls(ctx: Context) -> Reply:
-    """`GET /call`: a plain array, newest first (API-FACTS §2.4)."""
+    """`GET /call`: a plain array, newest first (Vapi facts §2.4)."""
     if ctx.caller is not None:
         require_private(ctx.caller)
     limit = query_limit(ctx)
@@ -330,7 +330,7 @@ def end_call(state: SandboxState, call: CallRecord, reason: str) -> None:
 
 
 async def control(ctx: Context) -> Reply:
-    """`POST <monitor.controlUrl>`: unauthenticated by default, like Vapi's (API-FACTS §2.6)."""
+    """`POST <monitor.controlUrl>`: unauthenticated by default, like Vapi's (Vapi facts §2.6)."""
     call = ctx.state.calls.get(ctx.params["id"])
     if call is None:
         raise not_found("Call")

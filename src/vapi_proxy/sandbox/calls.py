@@ -17,7 +17,7 @@ import orjson
 
 from .settings import LifecycleSettings
 
-DEFAULT_MAX_DURATION = 600.0  # Vapi's maxDurationSeconds default (API-FACTS §2.8)
+DEFAULT_MAX_DURATION = 600.0  # Vapi's maxDurationSeconds default (Vapi facts §2.8)
 _COST_SPLIT = {"transport": 0.1, "stt": 0.2, "llm": 0.3, "tts": 0.2, "vapi": 0.2}
 
 

@@ -1,7 +1,7 @@
 """Chat endpoints: `/chat`, `/chat/responses` and their public `/chat/web*` twins, JSON or SSE.
 
 Replies are deterministic (`chat.reply_prefix` + the last user input). Stream formats follow
-API-FACTS §2.7: `/chat` sends `data: {id, path, delta}` lines ending in `data: [DONE]`;
+Vapi facts §2.7: `/chat` sends `data: {id, path, delta}` lines ending in `data: [DONE]`;
 `/chat/responses` sends OpenAI Responses events (`event: <type>` + `data: {...}`).
 """
 
@@ -21,7 +21,7 @@ from .errors import VapiError, not_found
 from .handlers import Context, Reply, query_limit, validate
 from .state import SandboxState
 
-# Not recorded anywhere (API-FACTS §2.7 only lists the requirement); the simulator's wording.
+# Not recorded anywhere (Vapi facts §2.7 only lists the requirement); the simulator's wording.
 NO_TARGET = (
     "Need Either `assistantId`, `assistant`, `squadId`, `squad`, `sessionId`, Or `previousChatId`."
 )
@@ -260,7 +260,7 @@ async def get_chat(ctx: Context) -> Reply:
 
 
 async def list_chats(ctx: Context) -> Reply:
-    """`GET /chat`: paginated (API-FACTS §2.7), newest first by default."""
+    """`GET /chat`: paginated (Vapi facts §2.7), newest first by default."""
     if ctx.caller is not None:
         require_private(ctx.caller)
     limit = query_limit(ctx)

@@ -1,6 +1,6 @@
 """The simulator's one error type, rendered in Vapi's NestJS shape.
 
-`{"message": <str | list[str]>, "error": "<HTTP reason>", "statusCode": <int>}` (API-FACTS §2.9);
+`{"message": <str | list[str]>, "error": "<HTTP reason>", "statusCode": <int>}` (Vapi facts §2.9);
 handlers raise `VapiError` and the dispatcher renders it.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-# API-FACTS §2.9, observed verbatim for a wrong key on /call and /call/web.
+# Vapi facts §2.9, observed verbatim for a wrong key on /call and /call/web.
 INVALID_KEY = (
     "Invalid Key. Hot tip, you may be using the private key instead of the public key, "
     "or vice versa."
 )
-# API-FACTS §2.9 (GitHub VapiAI/client-sdk-web#108); note: no "error" field in this one.
+# Vapi facts §2.9 (GitHub VapiAI/client-sdk-web#108); note: no "error" field in this one.
 INTERNAL_ERROR = "Internal server error. Contact support@vapi.ai for help."
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from .errors import INTERNAL_ERROR, INVALID_KEY
 from .settings import FaultSpec
 
-# Bodies as Vapi's stack answers them: NestJS shape; 401 and 500 text from API-FACTS §2.9; 429
+# Bodies as Vapi's stack answers them: NestJS shape; 401 and 500 text from Vapi facts §2.9; 429
 # text is the only one reported (§2.10), its shape unconfirmed. The 4xx messages are the NestJS
 # defaults; a fault's `message` stands in for a validation reason.
 _BODIES: dict[int, dict[str, Any]] = {

@@ -47,7 +47,7 @@ def validate(ctx: Context, dto: str) -> dict[str, Any]:
 
 
 def query_limit(ctx: Context) -> int:
-    """`limit` query parameter: 0-1000, default 100 (API-FACTS §2.4)."""
+    """`limit` query parameter: 0-1000, default 100 (Vapi facts §2.4)."""
     raw = ctx.request.query.get("limit")
     if raw is None:
         return 100

@@ -1,4 +1,4 @@
-"""Simulated inbound phone calls: the `assistant-request` round trip of API-FACTS §4.6.
+"""Simulated inbound phone calls: the `assistant-request` round trip of Vapi facts §4.6.
 
 A number without an assistant makes the simulator ask the server URL; the reply (or its
 absence within the 7.5 s deadline) decides whether the call starts and with what.

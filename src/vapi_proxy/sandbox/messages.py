@@ -1,4 +1,4 @@
-"""Bodies of the server messages the simulator sends (API-FACTS §4.5-4.6), built from a call.
+"""Bodies of the server messages the simulator sends (Vapi facts §4.5-4.6), built from a call.
 
 Every message is `{"message": {...}}` with `type`, `timestamp` (ms), the `call` object and,
 when known, `assistant`, `customer` and `phoneNumber`, so a receiver can attribute it.

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 def _key() -> SecretStr:
-    # Vapi keys are UUID strings (API-FACTS §3); fresh ones per run, never a fixed default.
+    # Vapi keys are UUID strings (Vapi facts §3); fresh ones per run, never a fixed default.
     return SecretStr(str(uuid.uuid4()))
 
 
@@ -39,7 +39,7 @@ class TokenRestrictions(_Model):
 
 
 class ServerConfig(_Model):
-    """A webhook target, the shape of Vapi's `Server` object (API-FACTS §4.3)."""
+    """A webhook target, the shape of Vapi's `Server` object (Vapi facts §4.3)."""
 
     url: str = Field(description='Where `POST {"message": ...}` deliveries go.')
     timeoutSeconds: float = Field(20, ge=1, le=300, description="Delivery timeout (Vapi: 20 s).")

@@ -21,7 +21,7 @@ from .webhooks import WebhookSender
 
 
 def uuid7() -> str:
-    """A time-ordered UUIDv7, like Vapi's recent call ids (API-FACTS §2.1)."""
+    """A time-ordered UUIDv7, like Vapi's recent call ids (Vapi facts §2.1)."""
     ms = int(time.time() * 1000)
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64

@@ -1,6 +1,6 @@
 """Vapi → your server: choosing the URL, authenticating, delivering, and driving a call's events.
 
-Precedence (API-FACTS §4.2): the assistant's `server` (overrides first), then the phone number's,
+Precedence (Vapi facts §4.2): the assistant's `server` (overrides first), then the phone number's,
 then the org's. Authentication (§4.4): bearer or HMAC credential by `credentialId`, legacy
 `secret` as `X-Vapi-Secret`, then `server.headers` (which may override `Authorization`).
 """
@@ -24,7 +24,7 @@ from .calls import CallRecord
 from .clock import Clock
 from .settings import BearerCredential, HmacCredential, SandboxSettings, ServerConfig
 
-DEFAULT_TIMEOUT = 20.0  # Server.timeoutSeconds default (API-FACTS §4.3)
+DEFAULT_TIMEOUT = 20.0  # Server.timeoutSeconds default (Vapi facts §4.3)
 
 
 def server_dict(server: ServerConfig | None) -> dict[str, Any] | None:
@@ -94,7 +94,7 @@ class WebhookSender:
 
     def _hmac(self, cred: HmacCredential, url: str, body: bytes) -> dict[str, str]:
         now = self._clock.now()
-        # Vapi does not document the unit (API-FACTS §8): seconds unless the credential says ms.
+        # Vapi does not document the unit (Vapi facts §8): seconds unless the credential says ms.
         stamp = str(int(now * 1000) if cred.timestampUnit == "ms" else int(now))
         message_id = f"msg_{uuid.uuid4().hex}"
         payload = (

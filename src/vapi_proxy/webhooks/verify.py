@@ -2,7 +2,7 @@
 
 Checked on the raw body bytes before anything parses them. Every comparison is constant-time
 (`hmac.compare_digest`), every configured secret is tried (rotation), and a failure says why
-in words that never include a secret. API-FACTS §4.4 lists the credential fields mirrored here.
+in words that never include a secret. Vapi facts §4.4 lists the credential fields mirrored here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ MS_THRESHOLD = 10**11
 """Timestamps above this are epoch milliseconds (1e11 s is the year 5138)."""
 _TIMESTAMP = re.compile(r"[0-9]{1,16}")
 """Epoch seconds or milliseconds as plain ASCII digits. Vapi does not say which unit it sends
-(API-FACTS §Unknowns), so both are read; nothing else is: `float()` took `nan` (which compares
+(Vapi facts §8), so both are read; nothing else is: `float()` took `nan` (which compares
 false with everything, so it passed the age check), `inf`, `1e9`, and `int()` takes `+`, `_`,
 spaces and other scripts' digits, none of which a signer sends."""
 
