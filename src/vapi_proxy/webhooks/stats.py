@@ -1,4 +1,4 @@
-"""Counters of webhook intake, answers and forwarding, for logs now and a metrics layer later.
+"""Counters of webhook intake, answers and forwarding, for the logs and the metrics.
 
 Plain integers on one object per process (`runtime.webhook_stats`); the metrics layer listens to
 every increase (`Tallies`) without the webhook code knowing about it.
