@@ -278,7 +278,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.metrics.enabled and settings.metrics.port is not None:
         metrics_server = _serve_metrics_port(args.host, settings.metrics.port)
     status_file = _reload_status_path(args.pid_file) if args.pid_file else None
-    supervisor = _Supervisor(config, [config.bind_socket()], path, status_file, metrics_dir)
+    sockets = [config.bind_socket()]
+    if settings.admin.key_hashes and settings.admin.port is not None:
+        # The console's own port: every worker listens on it too; the admin routes answer only
+        # there (and only from admin.allowed_networks).
+        admin_config = uvicorn.Config(config.app, host=args.host, port=settings.admin.port)
+        sockets.append(admin_config.bind_socket())
+    supervisor = _Supervisor(config, sockets, path, status_file, metrics_dir)
     print(
         f"vapi-proxy {__version__} listening on http://{_url_host(args.host)}:{args.port} "
         f"({args.workers} worker(s), config {path})",
@@ -653,6 +659,18 @@ async def _serve_sandbox(args: argparse.Namespace) -> int:
             )
         ),
         _QuietServer(uvicorn.Config(proxy_app, **_uvicorn_kwargs(args, settings))),
+        *(
+            [
+                _QuietServer(
+                    uvicorn.Config(
+                        proxy_app,
+                        **{**_uvicorn_kwargs(args, settings), "port": settings.admin.port},
+                    )
+                )
+            ]
+            if settings.admin.key_hashes and settings.admin.port is not None
+            else []
+        ),
     ]
     print(
         _sandbox_banner(
