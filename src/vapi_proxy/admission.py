@@ -122,12 +122,17 @@ class Admission:
             else:
                 await self.not_sent()
             raise
+        except ProxyError:
+            # A refusal the proxy raised from Vapi's non-2xx answer (or before sending).
+            await self.not_sent()
+            raise
         except asyncio.CancelledError:
             # The request may be at Vapi: keep the reservation (it expires or is settled).
             self._end(Outcome.CANCELLED)
             raise
         except Exception:
-            await self.not_sent()
+            # Anything else (a bug) may have struck after Vapi created it: not provably unsent.
+            self._end(Outcome.MAYBE_SENT)
             raise
 
     async def created(self, created: Created, *, settle: bool = False) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -14,6 +14,13 @@ from tests.clients.support import HTTP, bearer, observed_sandbox, proxy_for, wai
 from tests.conftest import ProxyFactory
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post, upstream_bodies
+from vapi_proxy.admission import Admission, Admissions, Created, Outcome
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.errors import ProxyError, TooManyRequestsError, UpstreamError
+from vapi_proxy.ledger.store import Ledger
+from vapi_proxy.limits.base import AdmissionRequest, create_limiter
+from vapi_proxy.limits.config import LimitsSettings
+from vapi_proxy.metrics import Metrics
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 
@@ -207,3 +214,122 @@ def test_a_creation_cancelled_mid_upstream_is_never_created_again_with_its_key(
         assert admissions.labels("call", "refused")._value.get() == 1
         # Let the simulator finish its delayed answer before it is shut down.
         assert wait_until(lambda: sent()[0] in observed.log.finished, timeout=5)
+
+
+# --- the admission unit's outcomes, on a real limiter and ledger -----------------------------
+
+
+@pytest.fixture
+async def unit(tmp_path: Any) -> AsyncIterator[Admissions]:
+    settings = LimitsSettings.model_validate(
+        {"rules": [{"name": "one", "concurrency": 1, "kinds": ["call", "chat"]}]}
+    )
+    limiter = create_limiter(settings)
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    await ledger.start(auto_migrate=True)
+    try:
+        yield Admissions(limiter, ledger, Metrics())
+    finally:
+        await ledger.aclose()
+        await limiter.aclose()
+
+
+ALICE = Identity(subject="alice", method="api_key")
+
+
+async def _admit(unit: Admissions) -> Admission:
+    return await unit.admit(
+        AdmissionRequest(identity=ALICE, profile="p", worst_case_seconds=60),
+        record_kind="web",
+        request_id="rq",
+    )
+
+
+async def _slot_free(unit: Admissions) -> bool:
+    try:
+        admission = await _admit(unit)
+    except TooManyRequestsError:
+        return False
+    await admission.not_sent()
+    return True
+
+
+def _count(unit: Admissions, outcome: str) -> float:
+    assert unit.metrics is not None
+    value: float = unit.metrics.admissions.labels("call", outcome)._value.get()
+    return value
+
+
+@pytest.mark.parametrize(
+    ("failure", "outcome", "released"),
+    [
+        (UpstreamError("Vapi refused", maybe_sent=False), Outcome.NOT_SENT, True),
+        (ProxyError("a caller's own mistake", status_code=400), Outcome.NOT_SENT, True),
+        (UpstreamError("timed out", status_code=504, maybe_sent=True), Outcome.MAYBE_SENT, False),
+        (RuntimeError("a bug after the reply arrived"), Outcome.MAYBE_SENT, False),
+        (asyncio.CancelledError(), Outcome.CANCELLED, False),
+    ],
+)
+async def test_each_failure_has_its_outcome_and_only_unsent_ones_give_back(
+    unit: Admissions, failure: BaseException, outcome: Outcome, released: bool
+) -> None:
+    admission = await _admit(unit)
+
+    async def upstream() -> None:
+        raise failure
+
+    with pytest.raises(type(failure)):
+        await admission.send(upstream)
+    assert admission.outcome is outcome
+    assert _count(unit, outcome.value) == 1
+    assert await _slot_free(unit) is released
+    assert admission.attempt.maybe_created is not released
+
+
+async def test_a_created_item_is_committed_and_recorded(unit: Admissions) -> None:
+    admission = await _admit(unit)
+
+    async def upstream() -> str:
+        return "call-1"
+
+    call_id = await admission.send(upstream)
+    await admission.created(Created(call_id, "queued"))
+    assert admission.outcome is Outcome.CREATED
+    record = await unit.ledger.get_call("call-1")
+    assert record is not None and record.identity_key == ALICE.key and record.kind == "web"
+    assert record.max_duration_seconds == 60
+    assert not await _slot_free(unit)  # a live call holds its slot until it is settled
+    await unit.limiter.settle("call-1", duration_seconds=1, cost_usd=None)
+    assert await _slot_free(unit)
+
+
+async def test_a_refusal_is_counted(unit: Admissions) -> None:
+    await _admit(unit)
+    with pytest.raises(TooManyRequestsError):
+        await _admit(unit)
+    assert _count(unit, "refused") == 1
+
+
+async def test_a_fail_open_admission_while_the_store_is_down_is_counted_as_degraded(
+    tmp_path: Any,
+) -> None:
+    settings = LimitsSettings.model_validate(
+        {
+            "backend": "redis://127.0.0.1:9/0",  # nothing listens on the discard port
+            "failure_mode": "open",
+            "timeout_seconds": 0.5,
+            "rules": [{"name": "one", "concurrency": 1}],
+        }
+    )
+    limiter = create_limiter(settings)
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    metrics = Metrics()
+    try:
+        admission = await Admissions(limiter, ledger, metrics).admit(
+            AdmissionRequest(identity=ALICE, profile="p"), record_kind="web", request_id="rq"
+        )
+        assert admission.reservation.degraded
+        assert metrics.degraded_admissions.labels("call")._value.get() == 1
+    finally:
+        await limiter.aclose()
+        await ledger.aclose()

@@ -14,6 +14,7 @@ from starlette.types import Message
 
 from vapi_proxy.errors import UpstreamError
 from vapi_proxy.policy.reply import ChatView
+from vapi_proxy.routes.chat import event_filter
 from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, error_event, rewrite
 
 CHAT = (
@@ -242,3 +243,31 @@ def test_chat_replies_by_allowlist() -> None:
     assert exposed["cost"] == 0.01 and exposed["costs"] == reply["costs"]
     web = {"id": "c2", "sessionId": "s2", "output": [{"role": "assistant", "content": "x"}]}
     assert ChatView("coach").reply(web, responses=False) == web
+
+
+@pytest.mark.parametrize("fmt", ["chat", "responses"])
+def test_an_error_vapi_reports_mid_stream_reaches_the_client_without_its_text(
+    fmt: SseFormat, caplog: pytest.LogCaptureFixture
+) -> None:
+    leak = "custom LLM https://llm.internal.example/v1 refused model gpt-secret"
+    if fmt == "responses":
+        payload: dict[str, Any] = {
+            "type": "error",
+            "code": "ERR_MODEL",
+            "message": leak,
+            "param": "assistant.model",
+            "sequence_number": 4,
+        }
+    else:
+        payload = {"error": {"message": leak, "statusCode": 500}}
+    transform = event_filter(ChatView("coach"), fmt, "rq-7")
+    with caplog.at_level("WARNING", logger="vapi_proxy.chat"):
+        shown = transform(payload)
+    assert "llm.internal" not in orjson.dumps(shown).decode()
+    # The operator sees Vapi's own words in the log.
+    assert any("llm.internal" in str(getattr(r, "fields", "")) for r in caplog.records)
+    if fmt == "responses":
+        assert shown["type"] == "error" and shown["code"] == "upstream_error"
+        assert shown["sequence_number"] == 4 and shown["param"] is None
+    else:
+        assert shown["error"]["statusCode"] == 502 and shown["error"]["requestId"] == "rq-7"

@@ -221,3 +221,21 @@ def test_responses_stream_events_are_the_specs_in_its_order(
     chat_id = response["id"]
     assert all(chat_id not in json.dumps(p) for p in payloads[:-1])
     assert {p["item_id"] for p in payloads[:-1]} == {response["output"][0]["id"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/chat", "page=%C2%B2"),
+        ("/chat", "page=0"),
+        ("/chat", "page=" + "9" * 5000),
+        ("/chat", "limit=inf"),
+        ("/call", "limit=1e400"),
+    ],
+)
+def test_bad_list_queries_are_400_not_500(
+    sim: RunningSandbox, client: httpx.Client, path: str, query: str
+) -> None:
+    resp = client.get(f"{sim.url}{path}?{query}", headers=private(sim))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["statusCode"] == 400

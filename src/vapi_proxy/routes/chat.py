@@ -11,9 +11,9 @@ the events as they pass.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,7 +26,7 @@ from vapi_proxy.admission import Admission, Created
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import RequestState, request_state
-from vapi_proxy.errors import NotFoundError, UpstreamError
+from vapi_proxy.errors import NotFoundError, UpstreamError, envelope
 from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
 from vapi_proxy.policy.reply import ChatView
@@ -150,7 +150,7 @@ class _ChatStream:
             relay = SseRelay(
                 upstream.chunks(),
                 fmt=self.fmt,
-                transform=functools.partial(self.view.event, responses=self.fmt == "responses"),
+                transform=event_filter(self.view, self.fmt, state.request_id),
                 max_event_bytes=runtime.settings.vapi.max_response_bytes,
                 request_id=state.request_id,
                 on_id=on_id,
@@ -158,6 +158,38 @@ class _ChatStream:
                 on_output=on_output,
             )
             await relay.run(send)
+
+
+_STREAM_FAILED = "Vapi could not finish the reply. Try again later."
+
+
+def event_filter(
+    view: ChatView, fmt: SseFormat, request_id: str
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Each JSON event through the profile's allowlist. An error Vapi reports mid-stream may
+    name the operator's model, provider or custom LLM URL: the client gets a plain error event
+    in its own format, the operator the original in the log."""
+    responses = fmt == "responses"
+
+    def transform(payload: dict[str, Any]) -> dict[str, Any]:
+        if (payload.get("type") == "error") if responses else ("error" in payload):
+            logger.warning(
+                "Vapi reported an error mid-stream",
+                extra={"fields": {"request_id": request_id, "vapi_event": str(payload)[:1000]}},
+            )
+            if not responses:
+                return {"error": envelope(502, _STREAM_FAILED, request_id)}
+            sequence = payload.get("sequence_number")
+            return {
+                "type": "error",
+                "code": "upstream_error",
+                "message": _STREAM_FAILED,
+                "param": None,
+                "sequence_number": sequence if isinstance(sequence, int) else 0,
+            }
+        return view.event(payload, responses=responses)
+
+    return transform
 
 
 async def _record_reply(turn: _Turn, chat: dict[str, Any]) -> None:

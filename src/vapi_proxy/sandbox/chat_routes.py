@@ -265,7 +265,11 @@ async def list_chats(ctx: Context) -> Reply:
         require_private(ctx.caller)
     limit = query_limit(ctx)
     query = ctx.request.query
-    page = max(1, int(query.get("page", "1") or 1))
+    raw_page = query.get("page", "1")
+    # NestJS's class-validator refuses what is not a whole number >= 1 (`²`, `1e3`, 5,000 digits).
+    if not raw_page.isascii() or not raw_page.isdigit() or len(raw_page) > 9 or int(raw_page) < 1:
+        raise VapiError(400, ["page must not be less than 1", "page must be a number"])
+    page = int(raw_page)
     chats = [
         c
         for c in ctx.state.chats.values()

@@ -53,7 +53,7 @@ def query_limit(ctx: Context) -> int:
         return 100
     try:
         limit = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):  # `abc`, `nan`; `inf`, `1e400`
         raise VapiError(
             400, ["limit must be a number conforming to the specified constraints"]
         ) from None
