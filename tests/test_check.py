@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import SAVED_ASSISTANT_ID
+from vapi_proxy.auth.identity import identity_key
 from vapi_proxy.cli import main
 from vapi_proxy.configcheck import lint
 from vapi_proxy.sandbox import RunningSandbox
@@ -212,7 +213,7 @@ def test_check_token_names_the_profiles_it_may_start(
 ) -> None:
     assert run_check(tmp_path, GOOD, "--token", token())[0] == 0
     out = capsys.readouterr().out
-    assert "ADMITTED as jwt:u-1" in out
+    assert "ADMITTED as jwt:https%3A%2F%2Fid.example:u-1" in out  # keyed by issuer and sub
     assert "profile SalesCoach: may start" in out
     assert "profile admins: refused" in out and '"roles": ["admin"]' in out
     assert run_check(tmp_path, GOOD, "--token", token(roles=["admin"]))[0] == 0
@@ -292,7 +293,7 @@ def test_check_online_confirms_the_key_and_the_assistants(
     )
     only_good = online_config(sandbox, jwks_url, issuer, good={"assistant_id": SAVED_ASSISTANT_ID})
     assert run_check(tmp_path, only_good, "--online", "--token", signed)[0] == 0
-    assert "ADMITTED as jwt:u-9" in capsys.readouterr().out
+    assert f"ADMITTED as {identity_key('jwt', 'u-9', issuer)}" in capsys.readouterr().out
 
 
 def test_check_online_names_a_wrong_key_and_an_unreachable_jwks(

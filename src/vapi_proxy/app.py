@@ -129,7 +129,10 @@ class Runtime:
         return self.secrets.vapi_api_key.get_secret_value() if self.secrets.vapi_api_key else ""
 
     async def start(self) -> None:
-        await self.ledger.start(auto_migrate=self.settings.ledger.auto_migrate)
+        await self.ledger.start(
+            auto_migrate=self.settings.ledger.auto_migrate,
+            jwt_issuers=self.settings.auth.jwt_issuers,
+        )
         await self.upstream.start()
         await self.auth.start()
         if self.forwarder is not None:

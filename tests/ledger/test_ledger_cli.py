@@ -89,16 +89,16 @@ def test_usage_formats_and_filters(url: str, monkeypatch: pytest.MonkeyPatch) ->
         "minutes",
         "cost_usd",
     ]
-    assert lines[2].split() == ["jwt:alice", "acme", "call", "2", "2", "3.00", "0.2500"]
+    assert lines[2].split() == ["jwt::alice", "acme", "call", "2", "2", "3.00", "0.2500"]
     assert lines[-1].split() == ["TOTAL", "3", "3", "4.50", "0.3750"]
 
     _, text = run(
-        run_usage, parse(configure_usage_parser, ["--format", "json", "--identity", "jwt:bob"])
+        run_usage, parse(configure_usage_parser, ["--format", "json", "--identity", "jwt::bob"])
     )
     data = json.loads(text)
     assert data["rows"] == [
         {
-            "identity": "jwt:bob",
+            "identity": "jwt::bob",
             "tenant": None,
             "kind": "call",
             "calls": 1,
@@ -113,7 +113,7 @@ def test_usage_formats_and_filters(url: str, monkeypatch: pytest.MonkeyPatch) ->
         run_usage, parse(configure_usage_parser, ["--format", "csv", "--since", "2026-05-02"])
     )
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [(r["identity"], r["calls"]) for r in rows] == [("jwt:alice", "1"), ("jwt:bob", "1")]
+    assert [(r["identity"], r["calls"]) for r in rows] == [("jwt::alice", "1"), ("jwt::bob", "1")]
 
     _, text = run(
         run_usage, parse(configure_usage_parser, ["--format", "json", "--tenant", "acme"])

@@ -54,7 +54,7 @@ async def test_record_call_is_idempotent(ledger: Ledger) -> None:
     assert not await ledger.record_call(call_id="c1", identity=BOB, profile="other")
     call = await ledger.get_call("c1")
     assert call is not None
-    assert (call.identity_key, call.tenant, call.profile) == ("jwt:alice", "acme", "support")
+    assert (call.identity_key, call.tenant, call.profile) == ("jwt::alice", "acme", "support")
     assert call.identity_hash == ALICE.hashed
     assert call.created_at == T0
     assert call.status == "queued"
@@ -166,9 +166,9 @@ async def test_usage_sums(ledger: Ledger) -> None:
     await ledger.record_call(call_id="live", identity=ALICE, profile="support", created_at=T0)
     rows = await ledger.usage()
     by = {(r.identity_key, r.kind): r for r in rows}
-    alice = by[("jwt:alice", "call")]
+    alice = by[("jwt::alice", "call")]
     assert (alice.calls, alice.ended, alice.minutes, alice.cost_usd) == (3, 2, 4.0, 1.5)
-    assert by[("jwt:alice", "chat")].calls == 1
+    assert by[("jwt::alice", "chat")].calls == 1
     assert by[("api_key:bob", "call")].cost_usd == 1.5
     assert [r.identity_key for r in await ledger.usage(identity_key="api_key:bob")] == [
         "api_key:bob"
@@ -176,7 +176,7 @@ async def test_usage_sums(ledger: Ledger) -> None:
     assert sum(r.calls for r in await ledger.usage(tenant="acme")) == 5
     assert sum(r.calls for r in await ledger.usage(tenant="other")) == 0
     since = await ledger.usage(since=T0 + timedelta(days=1), until=T0 + timedelta(days=2))
-    assert [(r.identity_key, r.calls) for r in since] == [("jwt:alice", 1)]
+    assert [(r.identity_key, r.calls) for r in since] == [("jwt::alice", 1)]
 
 
 async def test_list_calls_newest_first_and_own_only(ledger: Ledger) -> None:

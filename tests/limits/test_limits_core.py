@@ -84,14 +84,14 @@ def rule(**kw: object) -> LimitRule:
 
 def test_scope_keys_keep_namespaces_apart() -> None:
     req = AdmissionRequest(ALICE, "support")
-    assert scope_key(rule(name="a"), req) == "i=jwt:alice"
+    assert scope_key(rule(name="a"), req) == f"i={ALICE.key}"
     assert scope_key(rule(name="a", scope="tenant"), req) == "t=acme"
     assert (
         scope_key(rule(name="a", scope="tenant"), AdmissionRequest(LONE, "s")) == "i=api_key:lone"
     )
     assert scope_key(rule(name="a", scope="profile"), req) == "p=support"
     assert scope_key(rule(name="a", scope="global", per_profile=True), req) == "*|p=support"
-    assert scope_key(rule(name="a", per_profile=True), req) == "i=jwt:alice|p=support"
+    assert scope_key(rule(name="a", per_profile=True), req) == f"i={ALICE.key}|p=support"
 
 
 @pytest.mark.parametrize(

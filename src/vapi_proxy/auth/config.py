@@ -372,5 +372,24 @@ class AuthSettings(_Model):
         return self
 
     @property
+    def jwt_issuers(self) -> list[str | None]:
+        """Each jwt method's issuer (None for a method without one), in order."""
+        return [m.issuer for m in self.methods if isinstance(m, JwtMethod)]
+
+    @property
     def anonymous_enabled(self) -> bool:
         return any(isinstance(m, AnonymousMethod) and m.enabled for m in self.methods)
+
+
+def jwt_issuers_in(raw_config: Any) -> list[str | None] | None:
+    """The jwt methods' issuers read from a config file's raw YAML, without loading (and so
+    without needing) any secret; None when the file has no readable `auth.methods`."""
+    auth = raw_config.get("auth") if isinstance(raw_config, dict) else None
+    methods = auth.get("methods") if isinstance(auth, dict) else None
+    if not isinstance(methods, list):
+        return None
+    return [
+        str(m["issuer"]) if m.get("issuer") is not None else None
+        for m in methods
+        if isinstance(m, dict) and m.get("type") == "jwt"
+    ]

@@ -1,4 +1,10 @@
-"""Who is calling, as proven by a verified credential (never by the request body)."""
+"""Who is calling, as proven by a verified credential (never by the request body), and the one
+key that names a caller everywhere (ledger ownership, idempotency, limits, blocks, usage).
+
+The key is a pure function of how the caller was proven: the method, and for JWTs the issuer,
+because two identity providers each have their own namespace of `sub` values. `identity_key` is
+the only place the format is defined; the ledger migration that rewrote older keys calls it too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 AuthMethod = Literal["jwt", "api_key", "anonymous", "phone"]
 """`phone`: an inbound caller known only by caller ID (`customer.number`), which the
@@ -26,16 +33,24 @@ class Identity:
     """Profiles this credential may use (API keys restrict this); None means no restriction."""
     roles: frozenset[str] = frozenset()
     """Roles or groups read from a verified credential (a JWT's `roles_claim`); empty otherwise."""
+    issuer: str | None = None
+    """The configured `issuer` of the jwt method that verified the token (None: a jwt method
+    without one, or not a JWT)."""
 
     @property
     def key(self) -> str:
-        """Stable key for limits and the ledger: the method keeps namespaces apart."""
-        return f"{self.method}:{self.subject}"
+        """Stable key for limits and the ledger: method and issuer keep namespaces apart."""
+        return identity_key(self.method, self.subject, self.issuer)
 
     @property
     def hashed(self) -> str:
         """A short non-reversible tag for logs, so raw subjects stay out of them."""
         return _tag(self.key)
+
+
+def identity_hash(key: str) -> str:
+    """The log tag of a key (`Identity.hashed`), as the ledger stores it beside the key."""
+    return _tag(key)
 
 
 @lru_cache(maxsize=4096)
@@ -45,3 +60,67 @@ def _tag(key: str) -> str:
 
 
 ANONYMOUS_METHOD: AuthMethod = "anonymous"
+
+
+def identity_key(method: AuthMethod, subject: str, issuer: str | None = None) -> str:
+    """The key naming one caller: `jwt:<issuer>:<sub>` for JWTs, `<method>:<subject>` otherwise.
+
+    The issuer is percent-encoded (no `:` left in it), so the key splits unambiguously however
+    the subject is spelt; a jwt method without a configured issuer has the empty one
+    (`jwt::<sub>`). API keys (one `api_key` method, unique names), anonymous addresses and
+    phone numbers are each a single namespace the proxy itself defines.
+    """
+    if method == "jwt":
+        return f"jwt:{quote(issuer or '', safe='')}:{subject}"
+    return f"{method}:{subject}"
+
+
+def parse_identity_key(key: str) -> tuple[str, str, str | None]:
+    """`(method, subject, issuer)` from a key made by `identity_key` (its exact inverse)."""
+    method, _, rest = key.partition(":")
+    if method != "jwt":
+        return method, rest, None
+    encoded, _, subject = rest.partition(":")
+    issuer = unquote(encoded)
+    return method, subject, issuer or None
+
+
+LEGACY_JWT_PREFIX = "jwt:"
+"""Before issuers were told apart, a JWT caller's key was `jwt:<sub>` (releases up to 0.1)."""
+
+
+def from_legacy_jwt_key(key: str, issuer: str | None) -> str:
+    """The current key of a caller stored under a legacy `jwt:<sub>` key by `issuer`'s method."""
+    if not key.startswith(LEGACY_JWT_PREFIX):
+        return key
+    return identity_key("jwt", key[len(LEGACY_JWT_PREFIX) :], issuer)
+
+
+def to_legacy_jwt_key(key: str) -> str:
+    """The inverse, for a downgrade: `jwt:<issuer>:<sub>` → `jwt:<sub>`."""
+    if not key.startswith(LEGACY_JWT_PREFIX):
+        return key
+    _issuer, _, subject = key[len(LEGACY_JWT_PREFIX) :].partition(":")
+    return LEGACY_JWT_PREFIX + subject
+
+
+LIMIT_SCOPE_PREFIX = "i="
+"""How a limits counter key names an identity scope (`limits/core.py` `scope_key`)."""
+
+
+def limit_key_from_legacy(key: str, issuer: str | None) -> str:
+    """A limits counter, slot or hold key with legacy JWT identities rewritten for `issuer`."""
+    legacy = LIMIT_SCOPE_PREFIX + LEGACY_JWT_PREFIX
+    return key.replace(legacy, LIMIT_SCOPE_PREFIX + identity_key("jwt", "", issuer))
+
+
+def limit_key_to_legacy(key: str) -> str:
+    """The inverse of `limit_key_from_legacy` (for a downgrade)."""
+    marker = LIMIT_SCOPE_PREFIX + LEGACY_JWT_PREFIX
+    out, rest = [], key
+    while (at := rest.find(marker)) >= 0:
+        head, tail = rest[: at + len(marker)], rest[at + len(marker) :]
+        _issuer, sep, after = tail.partition(":")
+        out.append(head)
+        rest = after if sep else tail
+    return "".join(out) + rest

@@ -154,7 +154,12 @@ class JwtAuthenticator:
         if method.roles_claim:
             roles = as_strings(lookup(claims, method.roles_claim))
         return Identity(
-            subject=subject, method="jwt", tenant=tenant or None, claims=claims, roles=roles
+            subject=subject,
+            method="jwt",
+            tenant=tenant or None,
+            claims=claims,
+            roles=roles,
+            issuer=method.issuer,
         )
 
 

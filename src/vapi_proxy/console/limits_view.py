@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from vapi_proxy.auth.identity import Identity
+from vapi_proxy.auth.identity import Identity, parse_identity_key
 from vapi_proxy.limits.base import Limiter, RuleUsage
 
 
@@ -32,10 +32,13 @@ def rule_view(usage: RuleUsage) -> dict[str, Any]:
 def identity_from_ledger(key: str, method: str | None, tenant: str | None) -> Identity:
     """The identity a ledger row names, as far as the ledger knows it (no claims: a rule that
     matches on claims does not show here, only in the user's own `GET /me/usage`)."""
-    method = method or key.partition(":")[0]
-    prefix = f"{method}:"
-    subject = key[len(prefix) :] if key.startswith(prefix) else key
-    return Identity(subject=subject, method=method, tenant=tenant)  # type: ignore[arg-type]
+    parsed, subject, issuer = parse_identity_key(key)
+    return Identity(
+        subject=subject,
+        method=method or parsed,  # type: ignore[arg-type]
+        tenant=tenant,
+        issuer=issuer,
+    )
 
 
 async def remaining(

@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from vapi_proxy.ledger.engine import Database, redact
-from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade
+from vapi_proxy.ledger.migrate import (
+    MigrationInputError,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 from vapi_proxy.ledger.records import UsageRow
 from vapi_proxy.ledger.store import Ledger
 
@@ -55,12 +60,31 @@ def _url(args: argparse.Namespace) -> str:
     return str(url)
 
 
+def _jwt_issuers(args: argparse.Namespace) -> list[str | None] | None:
+    """What migration 0004 needs: the operator's `--jwt-issuer`, or the config's jwt methods."""
+    if args.jwt_issuer is not None:
+        return [args.jwt_issuer or None]
+    config = getattr(args, "config", None) or os.environ.get("VAPI_PROXY_CONFIG")
+    if not config:
+        return None
+    from vapi_proxy.auth.config import jwt_issuers_in
+    from vapi_proxy.settings import read_config_file
+
+    return jwt_issuers_in(read_config_file(config))
+
+
 def configure_db_parser(parser: argparse.ArgumentParser) -> None:
     """`db upgrade [--revision R]` and `db current`."""
     sub = parser.add_subparsers(dest="db_command", required=True)
     up = sub.add_parser("upgrade", help="migrate the ledger database to the latest schema")
     _add_url(up)
     up.add_argument("--revision", default="head", help="target revision (default: head)")
+    up.add_argument(
+        "--jwt-issuer",
+        default=None,
+        help="the issuer that callers stored before identities named their issuer came from "
+        "(default: the one jwt method of --config; '' for a jwt method without issuer)",
+    )
     cur = sub.add_parser("current", help="print the database's schema revision")
     _add_url(cur)
 
@@ -69,7 +93,11 @@ def run_db(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     url = _url(args)
     if args.db_command == "upgrade":
-        rev = upgrade(url, args.revision)
+        try:
+            rev = upgrade(url, args.revision, jwt_issuers=_jwt_issuers(args))
+        except MigrationInputError as exc:
+            print(f"vapi-proxy db upgrade: {exc}", file=sys.stderr)
+            return 1
         print(f"ledger at revision {rev} ({redact(url)})", file=out)
         return 0
 
@@ -98,7 +126,10 @@ def _date(text: str) -> datetime:
 def configure_usage_parser(parser: argparse.ArgumentParser) -> None:
     """`usage [--identity ID] [--tenant T] [--since DATE] [--until DATE] [--format F]`."""
     _add_url(parser)
-    parser.add_argument("--identity", help="one identity key, e.g. jwt:user-123 or api_key:ci")
+    parser.add_argument(
+        "--identity",
+        help="one identity key, e.g. api_key:ci or jwt:<issuer, percent-encoded>:<sub>",
+    )
     parser.add_argument("--tenant", help="one tenant")
     parser.add_argument("--since", type=_date, help="calls created at or after (UTC if no zone)")
     parser.add_argument("--until", type=_date, help="calls created before (UTC if no zone)")

@@ -59,10 +59,13 @@ class Ledger:
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql if self._db.dialect == "postgresql" else sqlite).insert(table)
 
-    async def start(self, auto_migrate: bool = False) -> None:
-        """Migrate (when asked) or check the schema is current; refuses to run on a stale one."""
+    async def start(
+        self, auto_migrate: bool = False, *, jwt_issuers: Sequence[str | None] | None = None
+    ) -> None:
+        """Migrate (when asked) or check the schema is current; refuses to run on a stale one.
+        `jwt_issuers`: the configured jwt methods' issuers (see `upgrade_async`)."""
         if auto_migrate:
-            await upgrade_async(self._db)
+            await upgrade_async(self._db, jwt_issuers=jwt_issuers)
             return
         self._db.check_reachable()
         current = await current_revision(self._db)

@@ -37,6 +37,13 @@ class AccessRule(BaseModel):
     tenants: list[str] = Field(
         default_factory=list, description="The identity's tenant must be one of these."
     )
+    issuers: list[str] = Field(
+        default_factory=list,
+        description="The identity must come from a jwt method with one of these `issuer`s; "
+        "callers of other methods are refused. Set it whenever several jwt methods are "
+        "configured: tenant names, roles and claims are each issuer's own, so another issuer "
+        "could otherwise meet `tenants`, `roles` or `claims`.",
+    )
     methods: list[AuthMethod] | None = Field(
         default=None,
         description="Authentication methods admitted (`jwt`, `api_key`, `anonymous`, `phone` "
@@ -62,6 +69,8 @@ def check_access(rule: AccessRule, identity: Identity, profile_name: str) -> Non
 
 def _admits(rule: AccessRule, identity: Identity) -> bool:
     if rule.methods is not None and identity.method not in rule.methods:
+        return False
+    if rule.issuers and (identity.method != "jwt" or identity.issuer not in rule.issuers):
         return False
     if rule.tenants and identity.tenant not in rule.tenants:
         return False

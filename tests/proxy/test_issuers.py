@@ -1,0 +1,85 @@
+"""Two JWT issuers are two namespaces of users: the same `sub` at each is two callers (issue 13.5).
+
+A `sub` at the second issuer must not read the first's calls (the reply holds the `callToken`
+that joins the live room), list them, share their limits or meet access rules meant for them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.conftest import ProxyFactory
+from tests.proxy.test_web_call import post
+
+ISSUER_A = "https://a.idp.example/"
+ISSUER_B = "https://b.idp.example/"
+SECRET_A = "a" * 48
+SECRET_B = "b" * 48
+
+
+def token(issuer: str, secret: str, sub: str = "user-1", **claims: Any) -> str:
+    body = {"iss": issuer, "sub": sub, "exp": int(time.time()) + 600, **claims}
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+@pytest.fixture
+def two_issuers(make_proxy: ProxyFactory, tmp_path: Path) -> Any:
+    (tmp_path / "a").write_text(SECRET_A)
+    (tmp_path / "b").write_text(SECRET_B)
+
+    def patch(config: dict[str, Any]) -> None:
+        config["auth"]["methods"] = [
+            {
+                "type": "jwt",
+                "issuer": issuer,
+                "secret_file": str(tmp_path / name),
+                "algorithms": ["HS256"],
+                "tenant_claim": "org",
+            }
+            for issuer, name in ((ISSUER_A, "a"), (ISSUER_B, "b"))
+        ]
+        config["limits"] = {
+            "backend": "memory://",
+            "rules": [{"name": "per-user", "quota": {"per_day": 1}}],
+        }
+        config["profiles"]["acme-only"] = {
+            "assistant_id": config["profiles"]["sales-coach"]["assistant_id"],
+            "access": {"tenants": ["acme"], "issuers": [ISSUER_A]},
+        }
+
+    return make_proxy(patch)
+
+
+def test_same_sub_at_another_issuer_is_another_caller(two_issuers: Any) -> None:
+    server = two_issuers
+    alice = token(ISSUER_A, SECRET_A)
+    mallory = token(ISSUER_B, SECRET_B)  # the same `sub`, minted by the other provider
+    created = post(server, {"assistantId": "sales-coach"}, alice)
+    assert created.status_code == 201, created.text
+    call_id = created.json()["id"]
+
+    def get(path: str, who: str) -> httpx.Response:
+        return httpx.get(server.url + path, headers={"Authorization": f"Bearer {who}"})
+
+    assert get(f"/call/{call_id}", alice).status_code == 200
+    assert get(f"/call/{call_id}", mallory).status_code == 404
+    assert [c["id"] for c in get("/call", alice).json()] == [call_id]
+    assert get("/call", mallory).json() == []
+    # Limits are per caller too: alice has used her one call of the day, mallory has not.
+    assert post(server, {"assistantId": "sales-coach"}, alice).status_code == 429
+    assert post(server, {"assistantId": "sales-coach"}, mallory).status_code == 201
+
+
+def test_a_tenant_rule_names_its_issuer(two_issuers: Any) -> None:
+    server = two_issuers
+    member = token(ISSUER_A, SECRET_A, sub="m-1", org="acme")
+    impostor = token(ISSUER_B, SECRET_B, sub="m-2", org="acme")
+    assert post(server, {"assistantId": "acme-only"}, member).status_code == 201
+    refused = post(server, {"assistantId": "acme-only"}, impostor)
+    assert refused.status_code == 403, refused.text
