@@ -9,6 +9,7 @@ from typing import Any
 
 from vapi_proxy.errors import TooManyRequestsError
 from vapi_proxy.limits.base import AdmissionRequest, Reservation
+from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.profiles import Profile
 from vapi_proxy.policy.webcall import compile_profiles
 from vapi_proxy.webhooks.config import ForwardSettings, InboundSettings, RespondSettings
@@ -54,7 +55,9 @@ class FakeLedger:
         return True
 
 
-def responder(limiter: FakeLimiter, ledger: FakeLedger, **settings: Any) -> InboundResponder:
+def responder(
+    limiter: FakeLimiter, ledger: FakeLedger, metrics: Metrics | None = None, **settings: Any
+) -> InboundResponder:
     profiles = compile_profiles(
         {
             "line": Profile.model_validate(
@@ -75,6 +78,7 @@ def responder(limiter: FakeLimiter, ledger: FakeLedger, **settings: Any) -> Inbo
         webhook_server={"url": "https://proxy.example.com/webhook", "credentialId": "c1"},
         forwarder=Forwarder(ForwardSettings(), RespondSettings(), ledger, stats),  # type: ignore[arg-type]
         stats=stats,
+        metrics=metrics,
     )
 
 
@@ -125,3 +129,21 @@ async def test_a_failure_inside_is_the_spoken_error_and_limits_speak_their_own()
     assert await limited.answer(MESSAGE, b"{}", "ev", "rq") == {
         "error": "Too many calls from your number."
     }
+
+
+async def test_inbound_answers_go_through_the_admission_unit_and_its_metrics() -> None:
+    metrics = Metrics()
+    admissions = metrics.admissions
+    limiter, ledger = FakeLimiter(), FakeLedger()
+    await responder(limiter, ledger, metrics).answer(MESSAGE, b"{}", "ev", "rq-1")
+    assert admissions.labels("call", "created")._value.get() == 1
+    assert ledger.recorded[0]["kind"] == "inbound" and limiter.committed == ["call-9"]
+    limited = FakeLimiter(fail=TooManyRequestsError("no", retry_after=5))
+    await responder(limited, FakeLedger(), metrics).answer(MESSAGE, b"{}", "ev", "rq-2")
+    assert admissions.labels("call", "refused")._value.get() == 1
+    slow = FakeLimiter(delay=5)
+    late = responder(slow, FakeLedger(), metrics, deadline_seconds=0.05)
+    await late.answer(MESSAGE, b"{}", "ev", "rq-3")
+    # The caller heard the error: nothing was started for them, the slot is given back.
+    assert slow.released == ["r1"]
+    assert admissions.labels("call", "not_sent")._value.get() == 1
