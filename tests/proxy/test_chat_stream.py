@@ -282,3 +282,29 @@ def test_a_turn_vapi_refused_gives_its_reservation_back(
         assert failed.status_code >= 500
         served = HTTP.post(proxy.url + "/chat/responses", json=body, headers=bearer(user_key))
         assert served.status_code == 200, served.text
+
+
+async def test_a_turn_vapi_accepted_but_sent_nothing_for_keeps_its_reservation(
+    slow: ObservedSandbox, user_key: str, other_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Vapi answered 200 and then nothing before the client left: not provably nothing (the
+    turn may be running), so the quota stays spent; with no output there is nothing to record."""
+    folder = str(tmp_path_factory.mktemp("accepted-silent"))
+    with proxy_for(slow.sandbox, user_key, other_key, folder, _quota_of_one) as proxy:
+        _fault(
+            slow, path="/chat/responses", action="stall-stream", after_events=0, stall_seconds=30
+        )
+        before = _upstream_chat_keys(slow)
+        headers = {**bearer(user_key), "X-Request-ID": "silent-1"}
+        body = {"assistantId": "sales-coach", "input": "anyone there?", "stream": True}
+        async with (
+            httpx.AsyncClient(timeout=5) as client,
+            client.stream("POST", proxy.url + "/chat/responses", json=body, headers=headers) as r,
+        ):
+            assert r.status_code == 200  # the headers came; the client leaves without an event
+        # The proxy has let go of the turn (it closed its stream from Vapi) before asking again.
+        (key,) = _upstream_chat_keys(slow) - before
+        assert await wait_for(lambda: key in slow.log.disconnected, timeout=5)
+        assert _ledger_rows(proxy, "silent-1") == []
+        again = HTTP.post(proxy.url + "/chat/responses", json=body, headers=bearer(user_key))
+        assert again.status_code == 429, again.text
