@@ -168,16 +168,23 @@ def test_reload_under_traffic_applies_a_valid_config_and_refuses_a_bad_one(
     assert key not in log
 
 
-def _auth_failures(text: str) -> float:
+def _refusals(text: str) -> tuple[float, float]:
+    """(bad-key auth failures, 401 answers on /call/web) in one scrape."""
+    auth = answered = 0.0
     for family in text_string_to_metric_families(text):
-        if family.name == "vapi_proxy_auth":
-            return sum(
-                sample.value
-                for sample in family.samples
-                if sample.name == "vapi_proxy_auth_total"
-                and sample.labels == {"result": "failure", "reason": "bad_api_key"}
-            )
-    return 0.0
+        for sample in family.samples:
+            if sample.name == "vapi_proxy_auth_total" and sample.labels == {
+                "result": "failure",
+                "reason": "bad_api_key",
+            }:
+                auth += sample.value
+            elif (
+                sample.name == "vapi_proxy_requests_total"
+                and sample.labels.get("route") == "/call/web"
+                and sample.labels.get("status") == "401"
+            ):
+                answered += sample.value
+    return auth, answered
 
 
 @pytest.mark.parametrize(
@@ -206,9 +213,10 @@ def test_every_event_counts_once_on_every_scrape_across_workers_and_reloads(
             f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else served.url + "/metrics"
         )
 
-        def scrapes(count: int = 8) -> list[float]:
-            # A fresh connection each time, so the scrapes land on every worker.
-            return [_auth_failures(httpx.get(scrape_url, timeout=10).text) for _ in range(count)]
+        def scrapes(count: int = 8) -> list[tuple[float, float]]:
+            # A fresh connection each time, so the scrapes land on every worker. Each is sent
+            # after the replies were read: the requests must already be counted.
+            return [_refusals(httpx.get(scrape_url, timeout=10).text) for _ in range(count)]
 
         def bad_keys(count: int) -> None:
             for _ in range(count):
@@ -221,10 +229,10 @@ def test_every_event_counts_once_on_every_scrape_across_workers_and_reloads(
                 assert reply.status_code == 401, reply.text
 
         bad_keys(6)
-        assert scrapes() == [6.0] * 8
+        assert scrapes() == [(6.0, 6.0)] * 8
         assert main(["reload", "--pid-file", str(pid_file), "--config", str(config)]) == 0
-        assert scrapes() == [6.0] * 8
+        assert scrapes() == [(6.0, 6.0)] * 8
         bad_keys(3)
-        assert scrapes() == [9.0] * 8
+        assert scrapes() == [(9.0, 9.0)] * 8
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=30) == 0

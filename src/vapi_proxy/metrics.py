@@ -159,16 +159,17 @@ class Metrics:
 
     # -- the request path ------------------------------------------------------------------------
 
-    def observe_request(
-        self, route: str, method: str, status: int, profile: str, seconds: float
-    ) -> None:
+    def count_request(self, route: str, method: str, status: int, profile: str) -> Any:
+        """Count an answered request; the edge calls it as the response starts, so a scrape
+        made after the client has its reply sees it. Returns the duration histogram's child,
+        which the edge observes when the response ends."""
         key = (route, method, str(status), profile)
         children = self._request_children.get(key)
         if children is None:
             children = (self.requests.labels(*key), self.request_seconds.labels(route))
             self._request_children[key] = children
         children[0].inc()
-        children[1].observe(seconds)
+        return children[1]
 
     def observe_upstream(self, endpoint: str, seconds: float, error: str | None) -> None:
         child = self._upstream_children.get(endpoint)

@@ -186,10 +186,27 @@ class EdgeMiddleware:
                     (b"access-control-allow-origin", self.cors.allow_origin_value(origin))
                 )
 
+        duration: Any = None
+
+        def count() -> None:
+            # As the response starts (or at the end if none did): a scrape sent after the client
+            # read its reply must already see the request.
+            nonlocal duration
+            if self.metrics is None or duration is not None:
+                return
+            if method == "OPTIONS" and preflight_method is not None:
+                route = "preflight"
+            else:
+                route = self.route_paths.get(scope.get("endpoint"), "unmatched")
+            duration = self.metrics.count_request(
+                route, method, status, self.profile_label(state.profile)
+            )
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                count()
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 if origin_ok:
@@ -215,18 +232,9 @@ class EdgeMiddleware:
             else:
                 await self._call_app(scope, receive, send_wrapper, request_id)
         finally:
-            if self.metrics is not None:
-                if method == "OPTIONS" and preflight_method is not None:
-                    route = "preflight"
-                else:
-                    route = self.route_paths.get(scope.get("endpoint"), "unmatched")
-                self.metrics.observe_request(
-                    route,
-                    method,
-                    status,
-                    self.profile_label(state.profile),
-                    time.perf_counter() - started,
-                )
+            count()
+            if duration is not None:
+                duration.observe(time.perf_counter() - started)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     "request",
