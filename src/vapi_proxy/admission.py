@@ -36,6 +36,7 @@ from vapi_proxy.errors import (
 from vapi_proxy.limits.base import AdmissionRequest, Limiter, Reservation
 
 if TYPE_CHECKING:
+    from vapi_proxy.ledger.records import IdempotencyResult
     from vapi_proxy.ledger.store import Ledger
     from vapi_proxy.metrics import Metrics
 
@@ -205,6 +206,7 @@ class Admissions:
         self.limiter = limiter
         self.ledger = ledger
         self.metrics = metrics
+        self._background: set[asyncio.Future[None]] = set()
 
     async def admit(
         self,
@@ -276,9 +278,18 @@ class Admissions:
         it in progress until it expires): never a second creation.
         """
         ledger = self.ledger
-        claim = await ledger.idempotency_claim(
-            key, identity_key, ttl_seconds=ttl_seconds, request_hash=request_hash
+        claiming = asyncio.ensure_future(
+            ledger.idempotency_claim(
+                key, identity_key, ttl_seconds=ttl_seconds, request_hash=request_hash
+            )
         )
+        try:
+            claim = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Nothing was sent: once the claim has landed, give it back, or every retry would
+            # be told "in progress" until the key expires.
+            claiming.add_done_callback(lambda done: self._abandon_late(done, key, identity_key))
+            raise
         if claim.state == "completed" and claim.response_body is not None:
             return claim.response_status or 201, claim.response_body, True
         if claim.state == "mismatch":
@@ -298,8 +309,30 @@ class Admissions:
         except BaseException as exc:
             await asyncio.shield(self._after_failure(key, identity_key, attempt, exc, request_id))
             raise
-        await ledger.idempotency_complete(key, identity_key, status=status, body=payload)
+        try:
+            await asyncio.shield(
+                ledger.idempotency_complete(key, identity_key, status=status, body=payload)
+            )
+        except Exception:
+            # The item exists: hand it over. The key stays "in progress" until it expires, so
+            # a retry is told 409, never sent to Vapi again.
+            if self.metrics is not None:
+                self.metrics.storage_errors.labels("ledger").inc()
+            logger.exception(
+                "recording an Idempotency-Key's result failed",
+                extra={"fields": {"request_id": request_id}},
+            )
         return status, payload, False
+
+    def _abandon_late(
+        self, claiming: asyncio.Future[IdempotencyResult], key: str, identity_key: str
+    ) -> None:
+        if claiming.cancelled() or claiming.exception() is not None:
+            return
+        if claiming.result().state == "claimed":
+            task = asyncio.ensure_future(self.ledger.idempotency_abandon(key, identity_key))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _after_failure(
         self,

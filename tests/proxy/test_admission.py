@@ -14,7 +14,7 @@ from tests.clients.support import HTTP, bearer, observed_sandbox, proxy_for, wai
 from tests.conftest import ProxyFactory
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post, upstream_bodies
-from vapi_proxy.admission import Admission, Admissions, Created, Outcome
+from vapi_proxy.admission import Admission, Admissions, Attempt, Created, Outcome
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ProxyError, TooManyRequestsError, UpstreamError
 from vapi_proxy.ledger.store import Ledger
@@ -333,3 +333,88 @@ async def test_a_fail_open_admission_while_the_store_is_down_is_counted_as_degra
     finally:
         await limiter.aclose()
         await ledger.aclose()
+
+
+class _SlowClaims(Ledger):
+    """A real ledger whose claims land at once but whose answers come back only when allowed
+    (a request cancelled in that gap), and whose result writes can be made to fail."""
+
+    gate: asyncio.Event
+    fail_complete = False
+
+    async def idempotency_claim(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().idempotency_claim(*args, **kwargs)
+        await self.gate.wait()
+        return result
+
+    async def idempotency_complete(self, *args: Any, **kwargs: Any) -> None:
+        if self.fail_complete:
+            raise OSError("disk full")
+        await super().idempotency_complete(*args, **kwargs)
+
+
+@pytest.fixture
+async def slow_unit(tmp_path: Any) -> AsyncIterator[Admissions]:
+    ledger = _SlowClaims.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    assert isinstance(ledger, _SlowClaims)
+    ledger.gate = asyncio.Event()
+    await ledger.start(auto_migrate=True)
+    limiter = create_limiter(LimitsSettings())
+    try:
+        yield Admissions(limiter, ledger, Metrics())
+    finally:
+        await ledger.aclose()
+        await limiter.aclose()
+
+
+async def _run(unit: Admissions, create: Any) -> tuple[int, bytes, bool]:
+    return await unit.idempotent(
+        "k1", ALICE.key, request_hash="h", ttl_seconds=60, request_id="rq", create=create
+    )
+
+
+async def test_a_request_cancelled_while_claiming_its_key_gives_the_key_back(
+    slow_unit: Admissions,
+) -> None:
+    created: list[Attempt] = []
+
+    async def create(attempt: Attempt) -> tuple[int, bytes]:
+        created.append(attempt)
+        return 201, b"{}"
+
+    task = asyncio.ensure_future(_run(slow_unit, create))
+    for _ in range(500):  # the claim is in the database, its answer held back
+        if await slow_unit.ledger.idempotency_get("k1", ALICE.key) is not None:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert isinstance(slow_unit.ledger, _SlowClaims)
+    slow_unit.ledger.gate.set()
+    for _ in range(500):
+        if await slow_unit.ledger.idempotency_get("k1", ALICE.key) is None:
+            break
+        await asyncio.sleep(0.01)
+    # Nothing was sent: a retry with the key is served, not told "in progress" for a day.
+    assert await _run(slow_unit, create) == (201, b"{}", False)
+    assert len(created) == 1
+
+
+async def test_a_created_item_is_handed_over_when_its_key_cannot_be_completed(
+    slow_unit: Admissions,
+) -> None:
+    assert isinstance(slow_unit.ledger, _SlowClaims)
+    slow_unit.ledger.gate.set()
+    slow_unit.ledger.fail_complete = True
+
+    async def create(attempt: Attempt) -> tuple[int, bytes]:
+        return 201, b'{"id": "call-1"}'
+
+    assert await _run(slow_unit, create) == (201, b'{"id": "call-1"}', False)
+    assert slow_unit.metrics is not None
+    assert slow_unit.metrics.storage_errors.labels("ledger")._value.get() == 1
+    # The key stays in progress: a retry is a 409, not a second creation.
+    with pytest.raises(ProxyError) as refused:
+        await _run(slow_unit, create)
+    assert refused.value.status_code == 409
