@@ -135,6 +135,11 @@ def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
         process.terminate()
         out, err = process.communicate(timeout=30)
     assert "demo API key" in out
+    # A signed-in caller's example shows what signing in adds; the browser line needs no token.
+    assert (
+        "# api_key, profile support" in out and "# anonymous (no credential), profile demo" in out
+    )
+    assert "new Vapi('', " in out
     assert process.returncode == 0, err
 
 
@@ -327,3 +332,33 @@ def test_hash_key_prints_an_admin_key_line(capsys: pytest.CaptureFixture[str]) -
     snippet = yaml.safe_load(out[out.index("admin:") :])
     settings = parse_settings(snippet, environ={})
     assert settings.admin.key_hashes == [hash_key(key.group(1))]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["usage", "--database-url", "postgresql://app:hunter2-secret@127.0.0.1:1/x"],
+            "vapi-proxy usage: postgresql://app:***@127.0.0.1:1/x: ",
+        ),
+        (
+            ["db", "upgrade", "--database-url", "postgresql://app:hunter2-secret@127.0.0.1:1/x"],
+            "vapi-proxy db upgrade: postgresql://app:***@127.0.0.1:1/x: ",
+        ),
+        (["usage", "--database-url", "mysql://x/y"], "unsupported database 'mysql'"),
+    ],
+)
+def test_a_database_that_cannot_be_opened_is_one_line(argv: list[str], expected: str) -> None:
+    done = run_cli(*argv)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert expected in done.stderr
+    assert "hunter2-secret" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_usage_on_an_unmigrated_ledger_says_to_upgrade(tmp_path: Path) -> None:
+    done = run_cli("usage", "--database-url", f"sqlite:///{tmp_path}/new.db")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "run `vapi-proxy db upgrade`" in done.stderr

@@ -472,16 +472,22 @@ def _sample_variables(profile: Any) -> dict[str, Any]:
 
 
 def _first_admitted(settings: Settings, identity: Any) -> str | None:
+    """The profile to show `identity`'s request with: for a signed-in caller, preferably one an
+    anonymous caller could not start (it shows what signing in gives)."""
     from vapi_proxy.errors import ProxyError
     from vapi_proxy.policy.access import check_access
 
+    admitted = []
     for name, profile in settings.profiles.items():
         try:
             check_access(profile.access, identity, name)
         except ProxyError:
             continue
-        return name
-    return None
+        admitted.append(name)
+    if identity.method != "anonymous":
+        signed_in_only = [n for n in admitted if not settings.profiles[n].access.anonymous]
+        admitted = signed_in_only or admitted
+    return admitted[0] if admitted else None
 
 
 def _curl(settings: Settings, proxy_url: str, profile: str, header: str | None) -> str:
@@ -505,7 +511,7 @@ def _sandbox_banner(
 
     lines = [
         f"vapi-proxy {__version__} (sandbox) listening on {proxy_url}",
-        f"  config:          {path or 'the built-in demo (vapi-proxy/examples/sandbox.yaml)'}",
+        f"  config:          {path or 'the built-in demo (src/vapi_proxy/examples/sandbox.yaml)'}",
         f"  simulated Vapi:  {sandbox_url}  (inspect: {sandbox_url}/__sandbox/requests, "
         f"{sandbox_url}/__sandbox/webhooks)",
         f"  profiles:        {', '.join(settings.profiles) or '(none)'}",
@@ -557,8 +563,13 @@ def _sandbox_banner(
                 )
     if not settings.auth.methods:
         lines.append("  (no auth methods: every request is refused)")
-    if first is not None:
-        lines.append(f"web:  new Vapi('<token or key>', '{proxy_url}').start('{first}')")
+    anonymous = settings.auth.anonymous_enabled and _first_admitted(
+        settings, Identity(subject="127.0.0.1", method="anonymous")
+    )
+    if anonymous:
+        lines.append(f"web:  new Vapi('', '{proxy_url}').start('{anonymous}')  (no sign-in)")
+    elif first is not None:
+        lines.append(f"web:  new Vapi(<a fresh user token>, '{proxy_url}').start('{first}')")
     return "\n".join(lines)
 
 

@@ -12,8 +12,13 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import (
@@ -89,9 +94,36 @@ def configure_db_parser(parser: argparse.ArgumentParser) -> None:
     _add_url(cur)
 
 
+@contextmanager
+def _one_line(url: str, command: str) -> Iterator[None]:
+    """A database that cannot be opened is one line naming it (password hidden), exit 1: these
+    are operators' commands, and a driver's traceback says less than the URL and the reason."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, SQLAlchemyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        password = _password(url)
+        if password:
+            reason = reason.replace(password, "***")
+        raise SystemExit(f"vapi-proxy {command}: {redact(url)}: {reason}") from None
+
+
+def _password(url: str) -> str | None:
+    try:
+        password: str | None = make_url(url).password
+        return password
+    except Exception:  # an unparsable URL has no password to hide
+        return None
+
+
 def run_db(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     url = _url(args)
+    with _one_line(url, f"db {args.db_command}"):
+        return _run_db(args, url, out)
+
+
+def _run_db(args: argparse.Namespace, url: str, out: TextIO) -> int:
     if args.db_command == "upgrade":
         try:
             rev = upgrade(url, args.revision, jwt_issuers=_jwt_issuers(args))
@@ -214,5 +246,7 @@ def run_usage(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         finally:
             await ledger.aclose()
 
-    out.write(render_usage(asyncio.run(fetch()), args.format))
+    with _one_line(url, "usage"):
+        rows = asyncio.run(fetch())
+    out.write(render_usage(rows, args.format))
     return 0
