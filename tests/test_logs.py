@@ -231,3 +231,9 @@ def test_console_lines_cannot_be_forged_by_a_field() -> None:
     assert "\n" not in line
     assert "\x1b" not in line
     assert "path=/call\\nERROR   vapi_proxy.app: forged\\x1b[2J status=404" in line
+
+
+def test_a_plain_alphanumeric_secret_is_still_redacted() -> None:
+    # Plain letters-and-digits values skip the patterns, never the configured secrets.
+    assert RedactingFilter(["s3cr3tValue42"]).scrub("s3cr3tValue42") == "[redacted]"
+    assert SCRUB("3f2a9c1e0b7d4a5f0000000000000001") == "3f2a9c1e0b7d4a5f0000000000000001"

@@ -41,6 +41,8 @@ _PHONE = re.compile(
     """,
     re.VERBOSE,
 )
+_PHONE_HINT = re.compile(r"[+(]\d|\d[ .\-]\d")
+"""What every phone shape above contains; searched first because it is far cheaper."""
 _E164_WORD = re.compile(r" ?[^ ]+")
 _E164_GROUP = re.compile(r"\D*\d+")
 E164_MAX_DIGITS = 15
@@ -63,9 +65,13 @@ class RedactingFilter(logging.Filter):
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, "[redacted]")
+        if text.isalnum():
+            # Letters and digits only (request ids, methods, names): every pattern below needs
+            # a space, `.`, `_`, `=`, `+`, `(` or `-`. Most access-log fields end here.
+            return text
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
-        if self.phone_numbers:
+        if self.phone_numbers and _PHONE_HINT.search(text):
             text = _PHONE.sub(_mask_phone, text)
         return text
 
