@@ -126,6 +126,10 @@ def test_a_good_config_has_no_findings() -> None:
         ),
         ({"cors": {"allow_origins": []}}, "warning: cors.allow_origins: empty"),
         (
+            {"public_url": "http://localhost:8080"},
+            "warning: public_url: http://localhost:8080 is not reachable from Vapi's servers",
+        ),
+        (
             {"ledger": {"url": "sqlite:///vapi-proxy.db"}},
             "warning: ledger.url: sqlite:///vapi-proxy.db is relative",
         ),

@@ -362,3 +362,15 @@ def test_usage_on_an_unmigrated_ledger_says_to_upgrade(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "run `vapi-proxy db upgrade`" in done.stderr
+
+
+def test_serve_with_a_missing_sqlite_folder_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"ledger: {{url: 'sqlite:///{tmp_path}/nope/ledger.db'}}\n"
+        "profiles: {coach: {assistant_id: a}}\n"
+    )
+    done = run_cli("serve", "--config", str(config), env={"VAPI_API_KEY": "dummy-key-for-test"})
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"ledger.url: the folder {tmp_path}/nope does not exist" in done.stderr

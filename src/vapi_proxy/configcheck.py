@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from vapi_proxy.auth.config import AnonymousMethod, ApiKeyMethod, JwtMethod
 from vapi_proxy.auth.identity import AuthMethod, Identity
@@ -151,8 +153,29 @@ def lint(settings: Settings) -> list[Finding]:
     return found
 
 
+def _unreachable_from_vapi(url: str) -> bool:
+    """Whether `url` names this machine or a private network, which Vapi's servers cannot reach."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_link_local
+
+
 def _lint_webhooks(settings: Settings, warning: Callable[[str, str], None]) -> None:
     hooks = settings.webhooks
+    public = settings.public_url
+    if public is not None and _unreachable_from_vapi(public):
+        talks_to_vapi = urlsplit(settings.vapi.base_url).hostname == "api.vapi.ai"
+        if talks_to_vapi:
+            warning(
+                "public_url",
+                f"{public} is not reachable from Vapi's servers, so no webhook arrives; on a "
+                "laptop use a tunnel's https URL (docs/frontend.md)",
+            )
     settles = [
         rule.name
         for rule in settings.limits.rules
