@@ -1,6 +1,7 @@
 """The container's start-up command, run outside the container: `vapi-proxy serve` with the
 shipped production config adapted to one machine (SQLite ledger, local limits, loopback only),
-the key from a file as the secret mount gives it; /healthz and /readyz answer 200, the image's
+the key from a file as the secret mount gives it; /healthz and /readyz answer 200 (once the
+identity provider's keys can be had), metrics answer on their own port only, the image's
 HEALTHCHECK command passes, and SIGTERM ends the process with status 0."""
 
 from __future__ import annotations
@@ -12,16 +13,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tests.deploy.configs import VAPI_PROXY, clean_environment
 from tests.deploy.dockerfile import final_stage, instructions
 from tests.deploy.manifests import DEPLOY, compose
-from vapi_proxy.testing import free_port
+from vapi_proxy.testing import ServerThread, free_port
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
@@ -32,10 +41,24 @@ class ExitStatusError(AssertionError):
     """The process did not exit 0 after SIGTERM."""
 
 
-def _adapted_config(tmp: Path, *, limits: str) -> Path:
+@pytest.fixture(scope="module")
+def jwks_url() -> Iterator[str]:
+    """The identity provider's key set on loopback: readiness needs it (issue 13.13)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    body = orjson.dumps({"keys": [{**RSAAlgorithm.to_jwk(key, as_dict=True), "kid": "k1"}]})
+
+    async def jwks(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    with ServerThread(Starlette(routes=[Route("/jwks.json", jwks)])) as server:
+        yield server.url + "/jwks.json"
+
+
+def _adapted_config(tmp: Path, *, limits: str, jwks_url: str) -> tuple[Path, int]:
     """deploy/proxy.yaml with its network dependencies moved onto this machine: the ledger in a
-    SQLite file, limits in `limits`, the webhook secret in a temp file, and Vapi and the JWKS URL
-    on a closed loopback port (start-up must need neither; /readyz never calls Vapi)."""
+    SQLite file, limits in `limits`, the webhook secret in a temp file, the JWKS on loopback,
+    Vapi on a closed loopback port (/readyz never calls Vapi), metrics on a free port (which it
+    returns with the path)."""
     raw: dict[str, Any] = yaml.safe_load((DEPLOY / "proxy.yaml").read_text(encoding="utf-8"))
     closed = f"http://{HOST}:{free_port()}"
     raw["vapi"]["base_url"] = closed
@@ -47,10 +70,11 @@ def _adapted_config(tmp: Path, *, limits: str) -> Path:
         verifier["secret_file"] = [str(secret)]
     for method in raw["auth"]["methods"]:
         if method.get("jwks_url"):
-            method["jwks_url"] = f"{closed}/.well-known/jwks.json"
+            method["jwks_url"] = jwks_url
+    raw["metrics"]["port"] = metrics_port = free_port(HOST)
     config = tmp / "proxy.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return config
+    return config, metrics_port
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -115,9 +139,11 @@ def _run_probe(argv: list[str], port: int) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_container_command_starts_answers_probes_and_stops_cleanly(
-    tmp_path: Path, workers: int, limits: str
+    tmp_path: Path, workers: int, limits: str, jwks_url: str
 ) -> None:
-    config = _adapted_config(tmp_path, limits=limits.format(tmp=tmp_path))
+    config, metrics_port = _adapted_config(
+        tmp_path, limits=limits.format(tmp=tmp_path), jwks_url=jwks_url
+    )
     key_file = tmp_path / "vapi_api_key"
     key_file.write_text("dummy-vapi-private-key-not-real\n", encoding="utf-8")
     port = free_port(HOST)
@@ -142,6 +168,11 @@ def test_container_command_starts_answers_probes_and_stops_cleanly(
         ready = json.loads(_wait_for(process, port, "/readyz", logs))
         assert ready["status"] == "ready"
         assert ready["checks"]["ledger"]["ok"] and ready["checks"]["limits"]["ok"]
+        assert ready["checks"]["auth"]["methods"][0]["keys"] == 1
+        # Metrics on their own port (every worker summed), not on the API's.
+        status, text = _get(metrics_port, "/metrics")
+        assert status == 200 and b"vapi_proxy_requests_total" in text
+        assert _get(port, "/metrics")[0] == 404
 
         healthcheck = [i for i in final_stage(instructions()) if i.keyword == "HEALTHCHECK"]
         probe = _run_probe(healthcheck[0].exec_form(), port)
