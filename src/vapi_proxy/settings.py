@@ -26,10 +26,12 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from vapi_proxy.auth.config import AuthSettings
 from vapi_proxy.limits.config import LimitsSettings
+from vapi_proxy.policy.access import unbound_issuer_rules
 from vapi_proxy.policy.profiles import FileRef, Profile
 from vapi_proxy.webhooks.config import WebhookSettings
 
@@ -371,6 +373,19 @@ class Settings(_Section):
                     f"profile name {name!r} must be 1-80 letters, digits, '-', '_' or '.'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _access_names_its_issuer(self) -> Settings:
+        # Tenant names, roles and claims are each identity provider's own (docs/auth.md).
+        unbound = unbound_issuer_rules(
+            {name: p.access for name, p in self.profiles.items()}, self.auth.jwt_issuers
+        )
+        if unbound:
+            raise ValueError(
+                f"profiles {', '.join(unbound)}: with several jwt methods, an access rule with "
+                "tenants, roles or claims must name the `issuers` whose tokens may meet it"
+            )
+        return self
 
 
 class Secrets(BaseModel):

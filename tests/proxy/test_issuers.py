@@ -14,8 +14,9 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import ProxyFactory
+from tests.conftest import ProxyFactory, base_config
 from tests.proxy.test_web_call import post
+from vapi_proxy.settings import ConfigError, parse_settings
 
 ISSUER_A = "https://a.idp.example/"
 ISSUER_B = "https://b.idp.example/"
@@ -28,32 +29,32 @@ def token(issuer: str, secret: str, sub: str = "user-1", **claims: Any) -> str:
     return jwt.encode(body, secret, algorithm="HS256")
 
 
+def with_two_issuers(config: dict[str, Any], folder: Path) -> None:
+    (folder / "a").write_text(SECRET_A)
+    (folder / "b").write_text(SECRET_B)
+    config["auth"]["methods"] = [
+        {
+            "type": "jwt",
+            "issuer": issuer,
+            "secret_file": str(folder / name),
+            "algorithms": ["HS256"],
+            "tenant_claim": "org",
+        }
+        for issuer, name in ((ISSUER_A, "a"), (ISSUER_B, "b"))
+    ]
+    config["limits"] = {
+        "backend": "memory://",
+        "rules": [{"name": "per-user", "quota": {"per_day": 1}}],
+    }
+    config["profiles"]["acme-only"] = {
+        "assistant_id": config["profiles"]["sales-coach"]["assistant_id"],
+        "access": {"tenants": ["acme"], "issuers": [ISSUER_A]},
+    }
+
+
 @pytest.fixture
 def two_issuers(make_proxy: ProxyFactory, tmp_path: Path) -> Any:
-    (tmp_path / "a").write_text(SECRET_A)
-    (tmp_path / "b").write_text(SECRET_B)
-
-    def patch(config: dict[str, Any]) -> None:
-        config["auth"]["methods"] = [
-            {
-                "type": "jwt",
-                "issuer": issuer,
-                "secret_file": str(tmp_path / name),
-                "algorithms": ["HS256"],
-                "tenant_claim": "org",
-            }
-            for issuer, name in ((ISSUER_A, "a"), (ISSUER_B, "b"))
-        ]
-        config["limits"] = {
-            "backend": "memory://",
-            "rules": [{"name": "per-user", "quota": {"per_day": 1}}],
-        }
-        config["profiles"]["acme-only"] = {
-            "assistant_id": config["profiles"]["sales-coach"]["assistant_id"],
-            "access": {"tenants": ["acme"], "issuers": [ISSUER_A]},
-        }
-
-    return make_proxy(patch)
+    return make_proxy(lambda config: with_two_issuers(config, tmp_path))
 
 
 def test_same_sub_at_another_issuer_is_another_caller(two_issuers: Any) -> None:
@@ -83,3 +84,13 @@ def test_a_tenant_rule_names_its_issuer(two_issuers: Any) -> None:
     assert post(server, {"assistantId": "acme-only"}, member).status_code == 201
     refused = post(server, {"assistantId": "acme-only"}, impostor)
     assert refused.status_code == 403, refused.text
+
+
+def test_with_several_issuers_a_tenant_rule_must_name_one(tmp_path: Path) -> None:
+    config = base_config("http://127.0.0.1:9", "k" * 40, "o" * 40)
+    with_two_issuers(config, tmp_path)
+    config["profiles"]["acme-only"]["access"].pop("issuers")
+    with pytest.raises(ConfigError, match="must name the `issuers`"):
+        parse_settings(config, environ={})
+    config["auth"]["methods"] = config["auth"]["methods"][:1]  # one issuer: nothing to confuse
+    parse_settings(config, environ={})

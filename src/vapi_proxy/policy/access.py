@@ -6,6 +6,8 @@ name the profile but not the condition, so a caller learns nothing about other u
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from vapi_proxy.auth.claims import claim_matches, lookup
@@ -50,6 +52,22 @@ class AccessRule(BaseModel):
         "for inbound callers routed by webhooks.inbound); unset admits all that the other "
         "conditions allow.",
     )
+
+
+def unbound_issuer_rules(
+    rules: Mapping[str, AccessRule], jwt_issuers: Sequence[str | None]
+) -> list[str]:
+    """Profiles whose rule another jwt method's tokens could meet by naming the same tenant, role
+    or claim value: with several jwt methods, such a rule must say whose names it means."""
+    if len(jwt_issuers) < 2:
+        return []
+    return [
+        name
+        for name, rule in rules.items()
+        if (rule.tenants or rule.roles or rule.claims)
+        and not rule.issuers
+        and (rule.methods is None or "jwt" in rule.methods)
+    ]
 
 
 def check_access(rule: AccessRule, identity: Identity, profile_name: str) -> None:
