@@ -106,6 +106,15 @@ def _wait_for(process: subprocess.Popen[bytes], port: int, path: str, logs: Path
     pytest.fail(f"{path} did not answer 200 within {START_TIMEOUT} s (last: {last!r})")
 
 
+def _wait_for_metric(port: int, sample: bytes) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if sample in _get(port, "/metrics")[1]:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{sample!r} never appeared on the metrics port")
+
+
 def _probe_env() -> dict[str, str]:
     env = clean_environment()
     for name in list(env):
@@ -173,6 +182,14 @@ def test_container_command_starts_answers_probes_and_stops_cleanly(
         status, text = _get(metrics_port, "/metrics")
         assert status == 200 and b"vapi_proxy_requests_total" in text
         assert _get(port, "/metrics")[0] == 404
+        # What the workers count (here an auth refusal) is summed onto the metrics port.
+        conn = http.client.HTTPConnection(HOST, port, timeout=5)
+        conn.request("GET", "/call", headers={"Authorization": "Bearer not-a-key"})
+        assert conn.getresponse().status == 401
+        conn.close()
+        _wait_for_metric(
+            metrics_port, b'vapi_proxy_auth_total{reason="unsupported",result="failure"}'
+        )
 
         healthcheck = [i for i in final_stage(instructions()) if i.keyword == "HEALTHCHECK"]
         probe = _run_probe(healthcheck[0].exec_form(), port)
