@@ -172,7 +172,8 @@ def event_filter(
     responses = fmt == "responses"
 
     def transform(payload: dict[str, Any]) -> dict[str, Any]:
-        if (payload.get("type") == "error") if responses else ("error" in payload):
+        failed = payload.get("type") == "error" if responses else payload.get("error") is not None
+        if failed:
             logger.warning(
                 "Vapi reported an error mid-stream",
                 extra={"fields": {"request_id": request_id, "vapi_event": str(payload)[:1000]}},
