@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import APP_ORIGIN, ProxyFactory
 from tests.proxy.test_web_call import post, upstream_bodies
+from tests.webhooks.conftest import wait_for
 from vapi_proxy.logs import JsonFormatter
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
@@ -187,15 +188,22 @@ def test_access_log_is_json_and_never_holds_the_token_or_key(
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
+
+    def both_access_lines() -> list[dict[str, object]] | None:
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        access = [line for line in lines if line["logger"] == "vapi_proxy.access"]
+        return access if len(access) >= 2 else None
+
     try:
         server = make_proxy(lambda c: c["logging"].update(access_log=True))
         post(server, {"assistantId": "sales-coach"}, user_key, headers={"X-Request-ID": "log-1"})
         post(server, {"assistantId": "sales-coach"}, "wrong-token-value-123456")
+        # The access line is written when the request ends, just after the client has its
+        # reply (the server runs in another thread): wait for it rather than race it.
+        access = wait_for(both_access_lines)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    access = [line for line in lines if line["logger"] == "vapi_proxy.access"]
     assert len(access) == 2
     first = access[0]
     assert first["request_id"] == "log-1"
