@@ -183,3 +183,26 @@ def test_the_console_may_post_to_its_own_origin(make_proxy: ProxyFactory, admin_
     assert own.status_code == 200, own.text
     other = httpx.post(url, json={"key": admin_key}, headers={"Origin": "http://127.0.0.1:1"})
     assert_envelope(other, 403)
+
+
+def test_every_admin_route_refuses_bad_input_with_the_envelope(
+    make_proxy: ProxyFactory, admin_key: str
+) -> None:
+    """One table over every route the app has: an unknown query parameter, and for the routes
+    that take a body, a body that is not JSON, are a 400/415 in the one envelope."""
+    server = admin_proxy(make_proxy, admin_key)
+    bearer = {"Authorization": f"Bearer {admin_key}"}
+    routes = [r for r in admin_routes(server) if r[1].startswith("/admin")]
+    assert len(routes) >= 15, routes
+    for method, path in routes:
+        url = server.url + _filled(path).replace("{name}", "console.js")
+        if path == "/admin/static/{name}":
+            url = server.url + "/admin/static/console.js"
+        reply = httpx.request(method, url + "?bogus=1", json={}, headers=bearer)
+        body = assert_envelope(reply, 400)
+        assert "bogus" in str(body["message"]), (method, path, body)
+        if method == "POST" and path != "/admin/api/calls/{id}/end":
+            text = httpx.request(
+                method, url, content=b"x=1", headers={**bearer, "Content-Type": "text/plain"}
+            )
+            assert_envelope(text, 415)

@@ -126,16 +126,6 @@ def sandbox_proxy(folder: Path, config: dict[str, Any]) -> Iterator[str]:
             process.wait(timeout=10)
 
 
-def _wait(check: Any, what: str, timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.25)
-
-
 def test_an_operator_uses_the_console(
     browser: BrowserDriver,
     page_server: ServerThread,

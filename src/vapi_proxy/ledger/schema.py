@@ -76,8 +76,18 @@ calls = sa.Table(
     sa.Index(None, "identity_key", "created_at"),
     sa.Index(None, "session_id"),
     sa.Index(None, "tenant", "created_at"),
-    sa.Index(None, "created_at"),
-    sa.Index(None, "profile", "created_at"),
+    # Covers the console's usage queries (a time range, grouped by bucket, profile or identity)
+    # so they read only the index; it supersedes the plain created_at index of 0001.
+    sa.Index(
+        "ix_calls_created_at_usage",
+        "created_at",
+        "kind",
+        "profile",
+        "tenant",
+        "identity_key",
+        "duration_seconds",
+        "cost_usd",
+    ),
     sa.Index(None, "status", "created_at"),
 )
 
