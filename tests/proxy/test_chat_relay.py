@@ -5,17 +5,32 @@ allowlist."""
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.types import Message
 
 from vapi_proxy.errors import UpstreamError
-from vapi_proxy.policy.reply import ChatView
+from vapi_proxy.policy.reply import (
+    CHAT_EVENT_FIELDS,
+    RESPONSE_EVENT_FIELDS,
+    RESPONSE_WHOLE,
+    ChatView,
+)
 from vapi_proxy.routes.chat import event_filter
-from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, error_event, rewrite
+from vapi_proxy.routes.relay import (
+    IdWatcher,
+    SseEvents,
+    SseFormat,
+    SseRelay,
+    error_event,
+    rewrite,
+)
 
 CHAT = (
     b'data: {"id":"c1","path":"chat.output[0].content","delta":"Hel","sessionId":"s1"}\n\n'
@@ -271,3 +286,61 @@ def test_an_error_vapi_reports_mid_stream_reaches_the_client_without_its_text(
         assert shown["sequence_number"] == 4 and shown["param"] is None
     else:
         assert shown["error"]["statusCode"] == 502 and shown["error"]["requestId"] == "rq-7"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_known = st.sampled_from(
+    ["id", "type", "delta", "text", "response", "output", "content", "role", "item_id", "x"]
+)
+_payloads_st = st.dictionaries(_known | st.text(max_size=8), _json_values, max_size=6)
+
+
+def _paths(value: Any, prefix: str = "") -> set[str]:
+    """Every key path in a JSON value, list items written `[]`."""
+    if isinstance(value, dict):
+        out = set()
+        for key, child in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            out |= {path} | _paths(child, path)
+        return out
+    if isinstance(value, list):
+        return set().union(*(_paths(item, f"{prefix}[]") for item in value)) if value else set()
+    return set()
+
+
+def _allowed(path: str, scalars: tuple[str, ...], whole: tuple[str, ...]) -> bool:
+    """`path` is on the way to, or is, an allowed leaf; only `whole` leaves have insides."""
+    on_the_way = any(a.startswith((path + ".", path + "[]")) for a in (*scalars, *whole))
+    inside_whole = any(path.startswith((w + ".", w + "[]")) for w in whole)
+    return path in scalars or path in whole or on_the_way or inside_whole
+
+
+@given(payload=_payloads_st, responses=st.booleans())
+def test_no_event_ever_carries_a_path_off_the_allowlist(
+    payload: dict[str, Any], responses: bool
+) -> None:
+    scalars = RESPONSE_EVENT_FIELDS if responses else CHAT_EVENT_FIELDS
+    whole = tuple(f"response.{p}" for p in RESPONSE_WHOLE) if responses else ()
+    shown = ChatView("coach").event(payload, responses=responses)
+    assert all(_allowed(path, scalars, whole) for path in _paths(shown)), shown
+    for key in ("id", "delta", "type"):  # what is allowed and plain passes unchanged
+        if key in shown and not isinstance(payload[key], (dict, list)):
+            assert shown[key] == payload[key]
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(CHAT + RESPONSES)), max_size=8))
+def test_splitting_a_stream_anywhere_gives_the_same_events(cuts: list[int]) -> None:
+    stream = CHAT.replace(b"\n", b"\r\n") + RESPONSES
+    bounds = [0, *sorted(set(cuts)), len(stream)]
+    splitter = SseEvents()
+    events = []
+    for start, end in itertools.pairwise(bounds):
+        events += splitter.feed(stream[start:end])
+    whole = SseEvents().feed(stream)
+    assert events == whole and len(whole) == 5

@@ -60,9 +60,12 @@ def scrub(reply: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[
 
 # --- chat replies and stream events --------------------------------------------------------
 
-Tree = dict[str, "Tree | None"]
-"""An allowlist as a tree of keys: None keeps the value whole, `[]` stands for each list item."""
+Tree = dict[str, "Tree | str | None"]
+"""An allowlist as a tree of keys: `[]` stands for each list item; a leaf is either `SCALAR`
+(only a string, number, boolean or null passes: an object Vapi might put there later does not)
+or None (the value passes whole)."""
 
+SCALAR = "scalar"
 _DROP = object()
 _PRIVATE_ROLES = frozenset({"system", "developer", "tool", "function"})
 
@@ -76,13 +79,8 @@ CHAT_FIELDS: tuple[str, ...] = (
     "previousChatId",
     "createdAt",
     "updatedAt",
-    "input",
     "messages[].role",
-    "messages[].content",
-    "messages[].message",
     "output[].role",
-    "output[].content",
-    "output[].message",
 )
 # OpenAI Responses `ResponseObject` (`/chat/responses` and `/chat/web/responses`).
 RESPONSE_FIELDS: tuple[str, ...] = (
@@ -97,8 +95,17 @@ RESPONSE_FIELDS: tuple[str, ...] = (
     "output[].status",
     "output[].content[].type",
     "output[].content[].text",
-    "output[].content[].annotations",
 )
+# Free-form content, passed whole: the client's own input echoed back, message content (a string
+# or a list of parts), and Responses annotations (citations).
+CHAT_WHOLE: tuple[str, ...] = (
+    "input",
+    "messages[].content",
+    "messages[].message",
+    "output[].content",
+    "output[].message",
+)
+RESPONSE_WHOLE: tuple[str, ...] = ("output[].content[].annotations",)
 # Stream events: `/chat` deltas (Spec `CreateChatStreamResponse`), and every Responses event
 # (`response.output_text.delta`/`.done`, `response.completed` with its ResponseObject, `error`,
 # and the same fields of any event type Vapi adds later).
@@ -118,28 +125,33 @@ RESPONSE_EVENT_FIELDS: tuple[str, ...] = (
 )
 
 
-def allowlist(paths: Iterable[str]) -> Tree:
-    """Compile dotted paths (`output[].content`) into a tree, once at start-up."""
+def allowlist(paths: Iterable[str], whole: Iterable[str] = ()) -> Tree:
+    """Compile dotted paths (`output[].content`) into a tree, once at start-up: `paths` end in
+    scalars, `whole` paths (free-form content, a profile's `expose`) pass whatever they hold."""
     root: Tree = {}
-    for path in paths:
+    for path, leaf in [*((p, SCALAR) for p in paths), *((p, None) for p in whole)]:
         parts = path.replace("[]", ".[]").split(".")
-        node: Tree | None = root
+        node: Tree = root
         for part in parts[:-1]:
-            if node is None:
+            child = node.get(part, SCALAR)
+            if child is None:  # an ancestor already passes whole
                 break
-            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                child = node[part] = {}
             node = child
         else:
-            if node is not None:
-                node[parts[-1]] = None
+            if leaf is None or parts[-1] not in node:
+                node[parts[-1]] = leaf
     return root
 
 
-def prune(value: Any, tree: Tree | None) -> Any:
+def prune(value: Any, tree: Tree | str | None) -> Any:
     """`value` cut down to `tree`; unknown keys are dropped, as are list items that are
     messages of a private role (system prompt, developer, tool results)."""
     if tree is None:
         return value
+    if isinstance(tree, str):  # SCALAR
+        return value if value is None or isinstance(value, str | int | float | bool) else _DROP
     if isinstance(value, list):
         items = tree.get("[]", _DROP)
         if items is _DROP:
@@ -172,11 +184,12 @@ class ChatView:
     def __init__(self, profile: str, expose: Iterable[str] = ()) -> None:
         extra = tuple(expose)
         self.profile = profile
-        self._chat = allowlist((*CHAT_FIELDS, *extra))
-        self._response = allowlist((*RESPONSE_FIELDS, *extra))
-        self._chat_event = allowlist((*CHAT_EVENT_FIELDS, *extra))
+        self._chat = allowlist(CHAT_FIELDS, (*CHAT_WHOLE, *extra))
+        self._response = allowlist(RESPONSE_FIELDS, (*RESPONSE_WHOLE, *extra))
+        self._chat_event = allowlist(CHAT_EVENT_FIELDS, extra)
         self._response_event = allowlist(
-            (*RESPONSE_EVENT_FIELDS, *extra, *(f"response.{p}" for p in extra))
+            RESPONSE_EVENT_FIELDS,
+            (*(f"response.{p}" for p in RESPONSE_WHOLE), *extra, *(f"response.{p}" for p in extra)),
         )
 
     def reply(self, reply: Mapping[str, Any], *, responses: bool) -> dict[str, Any]:
