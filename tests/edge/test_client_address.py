@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
 from vapi_proxy.edge.client_address import ClientAddressResolver, client_address
@@ -196,3 +198,28 @@ async def test_the_edge_records_the_resolved_client() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
         headers = {"x-forwarded-for": "203.0.113.5", "forwarded": "for=6.6.6.6"}
         assert (await client.get("/", headers=headers)).text == "203.0.113.5"
+
+
+_ADDRESSES = st.one_of(
+    st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str), st.text(max_size=20)
+)
+
+
+@given(
+    client_hops=st.lists(_ADDRESSES, max_size=4),
+    real=st.ip_addresses(v=4).filter(lambda a: a not in TRUSTED[0]).map(str),
+    other_headers=st.dictionaries(
+        st.sampled_from(["forwarded", "x-real-ip", "cf-connecting-ip", "true-client-ip"]),
+        st.text(max_size=40),
+    ),
+)
+def test_whatever_a_client_writes_the_balancers_hop_wins(
+    client_hops: list[str], real: str, other_headers: dict[str, str]
+) -> None:
+    # The balancer (10.0.0.2, trusted) appended the address it saw to X-Forwarded-For; all the
+    # client controls is what came before it and every other header.
+    xff = ", ".join([*client_hops, real])
+    headers = {**other_headers, "x-forwarded-for": xff}
+    assert ClientAddressResolver(TRUSTED).resolve("10.0.0.2", headers) == str(
+        ipaddress.ip_address(real)
+    )
