@@ -204,3 +204,18 @@ def test_the_ledger_section_loads_without_runtime_secrets(tmp_path: Path) -> Non
     assert load_ledger_settings(config, environ={}).url == f"sqlite:///{tmp_path}/l.db"
     env = {"VAPI_PROXY__LEDGER__URL": f"sqlite:///{tmp_path}/other.db"}
     assert load_ledger_settings(config, environ=env).url.endswith("other.db")
+
+
+def test_a_key_overriding_a_yaml_merge_is_not_a_duplicate(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        "x-base: &base {assistant_id: a, max_duration_seconds: 300}\n"
+        "profiles:\n  p: {<<: *base, max_duration_seconds: 120}\n"
+    )
+    with pytest.raises(ConfigError, match="x-base: unknown setting"):
+        load_settings(config, environ={})  # read past the merge; only the extra key is wrong
+    config.write_text(
+        "profiles:\n  base: &base {assistant_id: a, max_duration_seconds: 300}\n"
+        "  p: {<<: *base, max_duration_seconds: 120}\n"
+    )
+    assert load_settings(config, environ={}).profiles["p"].max_duration_seconds == 120
