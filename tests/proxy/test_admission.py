@@ -16,11 +16,13 @@ from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post, upstream_bodies
 from vapi_proxy.admission import Admission, Admissions, Attempt, Created, Outcome
 from vapi_proxy.auth.identity import Identity
+from vapi_proxy.edge.middleware import RequestState
 from vapi_proxy.errors import ProxyError, TooManyRequestsError, UpstreamError
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import AdmissionRequest, create_limiter
 from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.metrics import Metrics
+from vapi_proxy.routes.chat import Turn, record_reply
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 
@@ -418,3 +420,23 @@ async def test_a_created_item_is_handed_over_when_its_key_cannot_be_completed(
     with pytest.raises(ProxyError) as refused:
         await _run(slow_unit, create)
     assert refused.value.status_code == 409
+
+
+async def test_a_chat_reply_without_an_id_still_counts_and_is_recorded(unit: Admissions) -> None:
+    admission = await unit.admit(
+        AdmissionRequest(identity=ALICE, profile="p", kind="chat"),
+        record_kind="chat",
+        request_id="rq-noid",
+    )
+    turn = Turn(admission, RequestState(request_id="rq-noid"))
+
+    async def upstream() -> None:
+        await record_reply(turn, {"output": [{"role": "assistant", "content": "hi"}]})
+
+    with pytest.raises(UpstreamError) as failed:
+        await admission.send(upstream)
+    assert failed.value.maybe_sent
+    assert admission.outcome is Outcome.CREATED
+    assert admission.created_id is not None and admission.created_id.startswith("partial-")
+    record = await unit.ledger.get_call(admission.created_id)
+    assert record is not None and record.request_id == "rq-noid" and record.kind == "chat"

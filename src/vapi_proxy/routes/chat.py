@@ -45,7 +45,7 @@ PARTIAL_PREFIX = "partial-"
 """Ledger id prefix of a streamed turn whose client left before Vapi sent the chat id."""
 
 
-class _Turn:
+class Turn:
     """One chat turn on its admission (`vapi_proxy.admission`): counted and recorded once Vapi
     has produced any output for it, whether or not the stream finishes; given back only when
     Vapi provably did nothing."""
@@ -90,7 +90,7 @@ class _ChatStream:
     def __init__(
         self,
         runtime: Runtime,
-        turn: _Turn,
+        turn: Turn,
         path: str,
         body: bytes,
         fmt: SseFormat,
@@ -131,7 +131,7 @@ class _ChatStream:
             if not (200 <= upstream.status < 300 and upstream.is_sse):
                 reply = await upstream.read()
                 chat = runtime.replies.read(reply, state)
-                await _record_reply(turn, chat)
+                await record_reply(turn, chat)
                 visible = self.view.reply(chat, responses=self.fmt == "responses")
                 await _json(visible, reply.status)(scope, receive, send)
                 return
@@ -193,9 +193,12 @@ def event_filter(
     return transform
 
 
-async def _record_reply(turn: _Turn, chat: dict[str, Any]) -> None:
+async def record_reply(turn: Turn, chat: dict[str, Any]) -> None:
+    """Record a turn from Vapi's 2xx reply. One without a chat id still counts and is
+    recorded (under a provisional id), then answered as maybe-sent."""
     chat_id = chat.get("id")
     if not isinstance(chat_id, str) or not chat_id:
+        await turn.record(f"{PARTIAL_PREFIX}{uuid.uuid4().hex}", None)
         raise UpstreamError("Vapi's reply had no chat id.", maybe_sent=True)
     session = chat.get("sessionId")
     await turn.record(chat_id, session if isinstance(session, str) else None)
@@ -250,7 +253,7 @@ def routes(runtime: Runtime) -> list[Route]:
                 record_kind="chat",
                 request_id=state.request_id,
             )
-            turn = _Turn(admission, state)
+            turn = Turn(admission, state)
             payload = orjson.dumps(planned.body)
             if planned.stream:
                 return _ChatStream(runtime, turn, path, payload, fmt, views[name])
@@ -260,7 +263,7 @@ def routes(runtime: Runtime) -> list[Route]:
                 state.upstream_status = reply.status
                 state.upstream_ms = round(reply.elapsed_ms, 3)
                 chat_reply = runtime.replies.read(reply, state)
-                await _record_reply(turn, chat_reply)
+                await record_reply(turn, chat_reply)
                 return reply.status, chat_reply
 
             try:
