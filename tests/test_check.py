@@ -133,6 +133,10 @@ def test_a_good_config_has_no_findings() -> None:
             {"ledger": {"url": "sqlite:///vapi-proxy.db"}},
             "warning: ledger.url: sqlite:///vapi-proxy.db is relative",
         ),
+        (
+            {"limits": {"backend": "memory://", "rules": [{"name": "q", "quota": {"per_day": 1}}]}},
+            "warning: limits.backend: memory:// keeps the counts in the process: every restart",
+        ),
     ],
 )
 def test_cross_checks_find_what_validation_cannot(change: dict[str, Any], expected: str) -> None:

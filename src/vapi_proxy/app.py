@@ -87,7 +87,8 @@ class Runtime:
             ledger = Ledger.from_url(settings.ledger.url, timeout=settings.ledger.timeout_seconds)
             # Limits in the ledger's own database share its engine and writer: two engines on
             # one SQLite file would meet in SQLite's busy handler, which sleeps.
-            same_database = settings.limits.backend == settings.ledger.url
+            backend = settings.limits.backend
+            same_database = backend.startswith("ledger:") or backend == settings.ledger.url
             limiter = create_limiter(
                 settings.limits, database=ledger.database if same_database else None
             )

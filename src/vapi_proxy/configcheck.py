@@ -137,6 +137,13 @@ def lint(settings: Settings) -> list[Finding]:
             "empty: browsers on another origin cannot call the proxy (the Web SDK runs in "
             "your web app's origin); list it, e.g. https://app.example.com",
         )
+    if settings.limits.backend.startswith("memory") and settings.limits.rules:
+        warning(
+            "limits.backend",
+            "memory:// keeps the counts in the process: every restart, crash or reload gives "
+            "every caller their quotas, budgets and slots back; leave it unset (counts kept in "
+            "the ledger's database) unless that is what you want",
+        )
     explicit = [
         ("ledger.url", settings.ledger.url, "url" in settings.ledger.model_fields_set),
         ("limits.backend", settings.limits.backend, True),

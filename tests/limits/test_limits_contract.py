@@ -50,18 +50,51 @@ async def test_no_applicable_rule_admits(make_limiter: MakeLimiter) -> None:
     await refused(limiter, req(BOB))
 
 
-async def test_rate_per_minute_fixed_window(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+async def test_rate_per_minute_slides(make_limiter: MakeLimiter, clock: FakeClock) -> None:
     clock.t = at("2026-05-01T10:00:15")
     limiter = await make_limiter([{"name": "r", "rate": {"per_minute": 3}}])
     for _ in range(3):
         await limiter.reserve(req())
     err = await refused(limiter, req())
-    assert err.retry_after == 45
-    assert err.headers["Retry-After"] == "45"
-    assert err.message == "Too many calls: the limit is 3 per minute. Try again in 45 seconds."
+    # The window is counted in 6 s buckets: the three leave it when their bucket
+    # (10:00:12-10:00:18) is more than a minute old, at 10:01:18.
+    assert err.retry_after == 63
+    assert err.headers["Retry-After"] == "63"
+    assert err.message == "Too many calls: the limit is 3 per minute. Try again in 63 seconds."
     await limiter.reserve(req(BOB))  # another identity has its own counter
-    clock.advance(45)
+    clock.advance(45)  # 10:01:00, where a fixed window would start afresh
+    err = await refused(limiter, req())
+    assert err.retry_after == 18
+    clock.advance(18)
     await limiter.reserve(req())
+
+
+async def test_rate_boundary_lets_no_burst_through(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """The limit at 10:00:59 and again at 10:01:00 would be 2x in two seconds with fixed
+    windows. Sliding, no span of one window holds more than the limit, wherever the burst
+    falls, and a steady caller still gets the rate, a bucket (a tenth of a window) late."""
+    clock.t = at("2026-05-01T10:00:59")
+    limiter = await make_limiter([{"name": "r", "rate": {"per_minute": 10, "per_second": 4}}])
+    admitted: list[float] = []
+    waits: list[int] = []
+    for _ in range(3 * 120 + 1):  # 5 attempts every half second for three minutes
+        for _ in range(5):
+            try:
+                await limiter.reserve(req())
+                admitted.append(clock.t)
+            except TooManyRequestsError as exc:
+                waits.append(exc.retry_after)
+        clock.advance(0.5)
+    assert min(waits) >= 1
+    assert admitted[:4] == [at("2026-05-01T10:00:59")] * 4  # 4 per second
+    assert at("2026-05-01T10:01:00") not in admitted  # the boundary admits nothing more
+    for t in admitted:
+        assert sum(1 for u in admitted if t - 60 < u <= t) <= 10
+        assert sum(1 for u in admitted if t - 1 < u <= t) <= 4
+    # In three minutes of trying, the rate is what is admitted: a window's 10 per 66 s.
+    assert len(admitted) == 30
 
 
 async def test_quota_resets_at_local_midnight(make_limiter: MakeLimiter, clock: FakeClock) -> None:

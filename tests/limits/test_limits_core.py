@@ -13,8 +13,8 @@ from vapi_proxy.limits.config import LimitRule
 from vapi_proxy.limits.core import (
     applicable_rules,
     calendar_window,
-    fixed_window,
     scope_key,
+    sliding_buckets,
     true_up,
 )
 
@@ -66,11 +66,13 @@ def test_calendar_windows(now: str, zone: str, period: str, window: str, end: st
     assert calendar_window(ts(now), ZoneInfo(zone), period) == (window, ts(end))  # type: ignore[arg-type]
 
 
-def test_fixed_windows_are_epoch_aligned() -> None:
+def test_sliding_buckets_are_a_tenth_of_the_window() -> None:
     t = datetime(2026, 5, 1, 10, 30, 15, tzinfo=UTC).timestamp()
-    assert fixed_window(t, "minute")[1] - t == 45
-    assert fixed_window(t, "hour")[1] - t == 29 * 60 + 45
-    assert fixed_window(t + 0.5, "second")[1] == t + 1
+    index, size = sliding_buckets(t, "minute")
+    assert size == 6 and index * size == t - 3  # 10:30:12
+    index, size = sliding_buckets(t, "hour")
+    assert size == 360 and index * size == t - 15 - 30 * 60 + 30 * 60  # 10:30:00
+    assert sliding_buckets(t + 0.25, "second") == (round(t * 10) + 2, 0.1)
 
 
 ALICE = Identity("alice", "jwt", tenant="acme", claims={"plan": "pro", "roles": ["a", "b"]})

@@ -226,14 +226,14 @@ async def unit(tmp_path: Any) -> AsyncIterator[Admissions]:
     settings = LimitsSettings.model_validate(
         {"rules": [{"name": "one", "concurrency": 1, "kinds": ["call", "chat"]}]}
     )
-    limiter = create_limiter(settings)
     ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
     await ledger.start(auto_migrate=True)
+    limiter = create_limiter(settings, database=ledger.database)  # the default: in the ledger
     try:
         yield Admissions(limiter, ledger, Metrics())
     finally:
-        await ledger.aclose()
         await limiter.aclose()
+        await ledger.aclose()
 
 
 ALICE = Identity(subject="alice", method="api_key")
@@ -361,12 +361,12 @@ async def slow_unit(tmp_path: Any) -> AsyncIterator[Admissions]:
     assert isinstance(ledger, _SlowClaims)
     ledger.gate = asyncio.Event()
     await ledger.start(auto_migrate=True)
-    limiter = create_limiter(LimitsSettings())
+    limiter = create_limiter(LimitsSettings(), database=ledger.database)
     try:
         yield Admissions(limiter, ledger, Metrics())
     finally:
-        await ledger.aclose()
         await limiter.aclose()
+        await ledger.aclose()
 
 
 async def _run(unit: Admissions, create: Any) -> tuple[int, bytes, bool]:

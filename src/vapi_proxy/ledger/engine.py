@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -36,6 +36,19 @@ def async_url(url: str) -> str:
     if base not in _DRIVERS:
         raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
     return f"{_DRIVERS[base]}://{rest}"
+
+
+class Companion(Protocol):
+    """State written with whatever transaction comes next (the embedded limiter's buffered
+    commits and settlements ride on the ledger's writes): one write, not two."""
+
+    def flush(self, conn: Connection) -> object:
+        """Inside a write transaction: write what is pending; returns a token for `restore`."""
+        ...
+
+    def restore(self, token: object) -> None:
+        """That transaction failed: what `flush` wrote must be written again later."""
+        ...
 
 
 def redact(url: str) -> str:
@@ -72,8 +85,25 @@ class Database:
         self._timeout = timeout
         self._sync: Engine | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._companions: list[Companion] = []
         if self.dialect == "sqlite":
             _sqlite_discipline(self.engine.sync_engine, int(timeout * 1000))
+
+    def attach(self, companion: Companion) -> None:
+        """Have every write transaction on SQLite also flush `companion`'s pending state."""
+        self._companions.append(companion)
+
+    def detach(self, companion: Companion) -> None:
+        if companion in self._companions:
+            self._companions.remove(companion)
+
+    def _flush(self, conn: Connection) -> list[tuple[Companion, object]]:
+        return [(c, c.flush(conn)) for c in list(self._companions)]
+
+    @staticmethod
+    def _restore(tokens: list[tuple[Companion, object]]) -> None:
+        for companion, token in tokens:
+            companion.restore(token)
 
     def check_reachable(self) -> None:
         """Raise OSError early when a SQLite file cannot be opened (its folder is missing or
@@ -94,8 +124,16 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        async with self._write_lock:
+            tokens: list[tuple[Companion, object]] = []
+            try:
+                async with self.engine.begin() as conn:
+                    if self._companions:
+                        tokens = await conn.run_sync(self._flush)
+                    yield conn
+            except BaseException:
+                self._restore(tokens)
+                raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -119,14 +157,21 @@ class Database:
         # in SQLite's busy handler (which sleeps up to 100 ms between tries).
         async with self._write_lock:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._writer, self._sync_tx, fn)
+            tokens: list[tuple[Companion, object]] = []
+            try:
+                return await loop.run_in_executor(self._writer, self._sync_tx, fn, tokens)
+            except BaseException:
+                self._restore(tokens)
+                raise
 
-    def _sync_tx(self, fn: Callable[[Connection], T]) -> T:
+    def _sync_tx(self, fn: Callable[[Connection], T], tokens: list[tuple[Companion, object]]) -> T:
         if self._sync is None:
             sync_url = make_url(self.url).set(drivername="sqlite")
             self._sync = create_engine(sync_url, connect_args={"timeout": self._timeout})
             _sqlite_discipline(self._sync, int(self._timeout * 1000))
         with self._sync.begin() as conn:
+            if self._companions:
+                tokens.extend(self._flush(conn))
             return fn(conn)
 
     async def aclose(self) -> None:

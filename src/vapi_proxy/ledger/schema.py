@@ -89,6 +89,8 @@ calls = sa.Table(
         "cost_usd",
     ),
     sa.Index(None, "status", "created_at"),
+    # The embedded limiter finds the calls of its open reservations at start (limits/embedded).
+    sa.Index(None, "reservation_id"),
 )
 
 call_events = sa.Table(
@@ -196,4 +198,34 @@ console_versions = sa.Table(
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("version", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
+)
+
+# The embedded limiter's durable state (limits/embedded.py): an append-only log of what each
+# reservation took and gave back, and a periodic snapshot of the counters it adds up to.
+limit_log = sa.Table(
+    "limit_log",
+    metadata,
+    sa.Column("namespace", sa.String(128), primary_key=True),
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("writer", sa.String(32), nullable=False, comment="the process that wrote it"),
+    sa.Column("entry", sa.Text, nullable=False, comment="one operation, as JSON"),
+)
+
+limit_state = sa.Table(
+    "limit_state",
+    metadata,
+    sa.Column("namespace", sa.String(128), primary_key=True),
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        nullable=False,
+        comment="the last log entry the snapshot includes",
+    ),
+    sa.Column("state", sa.Text, nullable=False, comment="counters, slots, open reservations"),
+    sa.Column("written_at", sa.Float, nullable=False),
 )

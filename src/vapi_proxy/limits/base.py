@@ -135,12 +135,15 @@ SQL_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
 # Scheme → "module:factory". Imported lazily so a deployment without Redis never imports it.
 BACKENDS: dict[str, str] = {
     "memory": "vapi_proxy.limits.memory:MemoryStore",
-    "sqlite": "vapi_proxy.limits.sql:SqlStore",
+    "sqlite": "vapi_proxy.limits.embedded:EmbeddedStore",
     "postgresql": "vapi_proxy.limits.sql:SqlStore",
     "postgres": "vapi_proxy.limits.sql:SqlStore",
     "redis": "vapi_proxy.limits.redis:RedisStore",
     "rediss": "vapi_proxy.limits.redis:RedisStore",
 }
+LEDGER = "ledger"
+"""`ledger://` (the default): the ledger's own database holds the limits. A SQLite ledger gets
+the embedded store (in-process counters kept durable in its file), PostgreSQL the SQL store."""
 
 
 def create_limiter(
@@ -153,11 +156,16 @@ def create_limiter(
     """The limiter for `settings.backend`, chosen by URL scheme.
 
     `database`: an open `Database` for the same URL (e.g. the ledger's) for the SQL backends to
-    share rather than open their own; the caller keeps ownership and closes it.
+    share rather than open their own, and the one `ledger://` uses; the caller keeps ownership
+    and closes it.
     """
     from vapi_proxy.limits.core import StoreLimiter
 
     scheme = settings.backend.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme == LEDGER:
+        if database is None:
+            raise ValueError("limits.backend ledger:// needs the ledger's database")
+        scheme = "sqlite" if database.dialect == "sqlite" else "postgresql"
     try:
         target = BACKENDS[scheme]
     except KeyError:

@@ -134,10 +134,13 @@ class LimitsSettings(_Strict):
     """Everything the limiter needs; see docs/limits.md for the YAML shape."""
 
     backend: str = Field(
-        "memory://",
+        "ledger://",
         description=(
-            "Where counters live: `memory://` (one process), `sqlite:///path.db` (one machine, "
-            "any number of workers), `postgresql://…` or `redis://…` (several replicas)."
+            "Where counters live: `ledger://` (the default: the ledger's database; with a "
+            "SQLite ledger, in-process counters kept durable in its file, shared by every "
+            "worker of the machine and kept across restarts), `sqlite:///path.db` (the same in "
+            "a file of its own), `postgresql://…` or `redis://…` (several replicas), "
+            "`memory://` (one process; counts are lost on every restart)."
         ),
     )
     time_zone: str = Field(
@@ -179,9 +182,11 @@ class LimitsSettings(_Strict):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
-        if scheme not in {"memory", "sqlite", "postgresql", "postgres", "redis", "rediss"}:
+        known = {"ledger", "memory", "sqlite", "postgresql", "postgres", "redis", "rediss"}
+        if scheme not in known:
             raise ValueError(
-                f"limits backend {value!r}: use memory://, sqlite:///…, postgresql://… or redis://…"
+                f"limits backend {value!r}: use ledger://, sqlite:///…, postgresql://…, "
+                "redis://… or memory://"
             )
         return value
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -43,6 +43,11 @@ MICRO_USD = 1_000_000
 
 Period = Literal["second", "minute", "hour", "day", "month"]
 _FIXED: dict[Period, int] = {"second": 1, "minute": 60, "hour": 3600}
+SLIDING_BUCKETS = 10
+"""A rate window is cut into this many buckets. A request counts the current bucket and the
+ten before it (slightly more than one window), so no span of one window length ever holds more
+than the limit, across any boundary; the price is that an admission is forgotten up to a tenth
+of a window late."""
 
 
 class StoreUnavailableError(Exception):
@@ -57,9 +62,15 @@ class CounterCheck:
     """True: current + amount must fit the limit. False: current must be below it."""
     period: Period
     window_end: float
+    """Calendar windows: when the window ends. Rate windows: when the current bucket leaves
+    the window (the latest moment anything counted now stops counting)."""
     ttl: float
     """Seconds from now the counter must live (window end plus a margin)."""
     rule: LimitRule
+    window: tuple[str, ...] = ()
+    """Rate windows: the earlier buckets' keys, oldest first, whose values count towards the
+    check but are not taken from."""
+    bucket_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +236,34 @@ def calendar_window(now: float, zone: ZoneInfo, period: Period) -> tuple[str, fl
     return wid, end
 
 
-def fixed_window(now: float, period: Period) -> tuple[str, float]:
-    size = _FIXED[period]
-    start = math.floor(now / size) * size
-    return str(start), float(start + size)
+def sliding_buckets(now: float, period: Period) -> tuple[int, float]:
+    """(index of the bucket holding `now`, bucket length in seconds) for a rate window."""
+    size = _FIXED[period] / SLIDING_BUCKETS
+    return math.floor(now / size), size
+
+
+def sliding_values(check: CounterCheck, values: Mapping[str, int]) -> list[int]:
+    """The bucket values a rate check counts, oldest first, the current bucket last."""
+    return [values.get(k, 0) for k in (*check.window, check.hold.key)]
+
+
+def counted(check: CounterCheck, values: Mapping[str, int]) -> int:
+    """What a check counts: the counter, or for a rate window every bucket in it."""
+    if not check.window:
+        return values.get(check.hold.key, 0)
+    return sum(sliding_values(check, values))
+
+
+def sliding_wait(check: CounterCheck, values: Mapping[str, int], now: float) -> float:
+    """Seconds until enough of the oldest buckets have left the window for this request."""
+    buckets = sliding_values(check, values)
+    total = sum(buckets)
+    first_leaves = check.window_end - check.bucket_seconds * len(check.window)
+    for i, v in enumerate(buckets):
+        total -= v
+        if total + check.hold.amount <= check.limit:
+            return first_leaves + i * check.bucket_seconds - now
+    return check.window_end - now
 
 
 def make_plan(
@@ -253,11 +288,20 @@ def make_plan(
             rule: LimitRule = rule,
             base: str = base,
         ) -> None:
+            prefix = f"{base}:{what}:{period}:"
             if period in _FIXED:
-                wid, end = fixed_window(now, period)
-            else:
-                wid, end = calendar_window(now, zone, period)
-            hold = Hold(rule.name, what, f"{base}:{what}:{period}:{wid}", amount)
+                k, size = sliding_buckets(now, period)
+                window = tuple(f"{prefix}{k - i}" for i in range(SLIDING_BUCKETS, 0, -1))
+                hold = Hold(rule.name, what, f"{prefix}{k}", amount)
+                end = (k + SLIDING_BUCKETS + 1) * size
+                # Rate buckets are never trued up by a settle: a short margin suffices.
+                ttl = end - now + _FIXED[period]
+                counters.append(
+                    CounterCheck(hold, limit, fit, period, end, ttl, rule, window, size)
+                )
+                return
+            wid, end = calendar_window(now, zone, period)
+            hold = Hold(rule.name, what, f"{prefix}{wid}", amount)
             ttl = end - now + COUNTER_MARGIN_SECONDS
             counters.append(CounterCheck(hold, limit, fit, period, end, ttl, rule))
 
@@ -344,10 +388,12 @@ def refusal(
     req: AdmissionRequest,
     now: float,
     zone: ZoneInfo,
+    buckets: Mapping[str, int] | None = None,
 ) -> TooManyRequestsError:
     """A 429 whose message a person can act on, with an honest Retry-After; `.limit` names the
-    kind of limit (for metrics)."""
-    error = _refusal(check, short, req, now, zone)
+    kind of limit (for metrics). `buckets`: a rate window's bucket values, to say when enough
+    of it has slid by (without them, when all of it has)."""
+    error = _refusal(check, short, req, now, zone, buckets)
     error.limit = "concurrency" if isinstance(check, SlotCheck) else check.hold.what
     return error
 
@@ -358,6 +404,7 @@ def _refusal(
     req: AdmissionRequest,
     now: float,
     zone: ZoneInfo,
+    buckets: Mapping[str, int] | None,
 ) -> TooManyRequestsError:
     rule = check.rule
     who, poss, pp = _who(rule, req)
@@ -375,7 +422,10 @@ def _refusal(
         )
         return TooManyRequestsError(msg, retry_after=wait)
 
-    wait = max(1, math.ceil(check.window_end - now))
+    until = check.window_end - now
+    if check.window and buckets is not None:
+        until = sliding_wait(check, buckets, now)
+    wait = max(1, math.ceil(until - 1e-9))
     what = check.hold.what
     if what == "rate":
         scope_txt = {
@@ -425,8 +475,14 @@ def _refusal(
 # --- usage -------------------------------------------------------------------------------------
 
 
-def _counter_usage(check: CounterCheck, kind: Kind, value: int) -> RuleUsage:
+def _counter_usage(check: CounterCheck, kind: Kind, values: Mapping[str, int]) -> RuleUsage:
     what = check.hold.what
+    value = counted(check, values)
+    resets_at: float | None = check.window_end if value else None
+    if check.window and value:
+        # When the oldest bucket holding anything leaves the window.
+        first = next(i for i, v in enumerate(sliding_values(check, values)) if v)
+        resets_at = check.window_end - check.bucket_seconds * (len(check.window) - first)
     scale = {"minutes": 60 * MS_PER_SECOND, "usd": MICRO_USD}.get(what, 1)
 
     def unit(x: int) -> float:
@@ -441,7 +497,7 @@ def _counter_usage(check: CounterCheck, kind: Kind, value: int) -> RuleUsage:
         limit=unit(check.limit),
         used=unit(value),
         remaining=unit(max(0, check.limit - value)),
-        resets_at=check.window_end if value else None,
+        resets_at=resets_at,
     )
 
 
@@ -505,12 +561,31 @@ class StoreLimiter:
             return Reservation(rid, (), expires_at, degraded=True)
         if shortfalls:
             checks: list[CounterCheck | SlotCheck] = [*plan.counters, *plan.slots]
-            errors = [
-                refusal(checks[s.index], s, req, now, self._settings.zone) for s in shortfalls
-            ]
+            buckets = await self._buckets([checks[s.index] for s in shortfalls], now)
+            zone = self._settings.zone
+            errors = [refusal(checks[s.index], s, req, now, zone, buckets) for s in shortfalls]
             # The longest wait is the honest one: retrying sooner fails on that limit anyway.
             raise max(errors, key=lambda e: e.retry_after)
         return Reservation(rid, plan.holds, expires_at)
+
+    async def _buckets(
+        self, refused: Sequence[CounterCheck | SlotCheck], now: float
+    ) -> dict[str, int] | None:
+        """The bucket values of refused rate windows, for an honest Retry-After (one read,
+        on refusals only); None if there are none or the store cannot say."""
+        keys = [
+            k
+            for c in refused
+            if isinstance(c, CounterCheck) and c.window
+            for k in (*c.window, c.hold.key)
+        ]
+        if not keys:
+            return None
+        try:
+            values, _ = await self._store.peek(keys, (), now=now)
+        except StoreUnavailableError:
+            return None
+        return values
 
     async def commit(self, reservation: Reservation, call_id: str) -> None:
         if not reservation.holds:
@@ -570,7 +645,7 @@ class StoreLimiter:
             rules = applicable_rules(self._settings.rules, req, any_profile=profile is None)
             if rules:
                 plans.append((kind, make_plan(self._settings, rules, req, now)))
-        keys = [c.hold.key for _, plan in plans for c in plan.counters]
+        keys = [k for _, plan in plans for c in plan.counters for k in (*c.window, c.hold.key)]
         slot_keys = [s.hold.key for _, plan in plans for s in plan.slots]
         if not keys and not slot_keys:
             return []
@@ -581,7 +656,7 @@ class StoreLimiter:
         out: list[RuleUsage] = []
         for kind, plan in plans:
             for c in plan.counters:
-                out.append(_counter_usage(c, kind, values.get(c.hold.key, 0)))
+                out.append(_counter_usage(c, kind, values))
             for slot in plan.slots:
                 n, earliest = live.get(slot.hold.key, (0, None))
                 out.append(

@@ -1,16 +1,20 @@
-"""In-process limits store: exact for one process, because no method awaits between check and take.
+"""In-process limits: `CounterState` holds counters, slots and reservations and applies every
+operation on them (plain code, no I/O); `MemoryStore` is that state alone, for one process.
 
-Nothing survives a restart and nothing is shared between workers; use `sqlite:///` for that.
+`MemoryStore` is exact for one process, because no method awaits between check and take, but
+nothing survives a restart and nothing is shared between workers. The embedded store
+(`embedded.py`) keeps the same state as a cache of durable state in the ledger's SQLite file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from vapi_proxy.limits.base import Hold
 from vapi_proxy.limits.config import LimitsSettings
-from vapi_proxy.limits.core import SETTLEABLE, Plan, Shortfall, true_up
+from vapi_proxy.limits.core import SETTLEABLE, Plan, Shortfall, counted, true_up
 
 # States a reservation moves through; only live ones hold a concurrency slot.
 LIVE = ("pending", "committed")
@@ -27,31 +31,33 @@ class _Record:
     slot_keys: tuple[str, ...] = field(default_factory=tuple)
 
 
-class MemoryStore:
-    name = "memory"
+class CounterState:
+    """Counters (key → value, valid until), concurrency slots (key → reservation → expiry) and
+    reservation records. Every change is a function of its arguments, `now` included, so
+    replaying the same operations rebuilds the same state whenever it is done."""
 
-    def __init__(self, settings: LimitsSettings) -> None:
-        self._counters: dict[str, tuple[int, float]] = {}
-        self._slots: dict[str, dict[str, float]] = {}
-        self._records: dict[str, _Record] = {}
-        self._calls: dict[str, str] = {}
+    def __init__(self) -> None:
+        self.counters: dict[str, tuple[int, float]] = {}
+        self.slots: dict[str, dict[str, float]] = {}
+        self.records: dict[str, _Record] = {}
+        self.calls: dict[str, str] = {}
 
-    def _value(self, key: str, now: float) -> int:
-        value, until = self._counters.get(key, (0, 0.0))
+    def value(self, key: str, now: float) -> int:
+        value, until = self.counters.get(key, (0, 0.0))
         return value if until > now else 0
 
-    async def reserve(
-        self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
-    ) -> list[Shortfall]:
-        # No await from here to the end: asyncio cannot interleave another reserve.
+    def check(self, plan: Plan, now: float) -> list[Shortfall]:
         short: list[Shortfall] = []
         for i, c in enumerate(plan.counters):
-            cur = self._value(c.hold.key, now)
+            if c.window:
+                cur = counted(c, {k: self.value(k, now) for k in (*c.window, c.hold.key)})
+            else:
+                cur = self.value(c.hold.key, now)
             ok = cur + c.hold.amount <= c.limit if c.fit else cur < c.limit
             if not ok:
                 short.append(Shortfall(i, cur))
         for j, s in enumerate(plan.slots):
-            live = self._slots.setdefault(s.hold.key, {})
+            live = self.slots.setdefault(s.hold.key, {})
             if len(live) >= s.limit:
                 # Prune expired slots only when they could matter: O(1) in the common case.
                 for r in [r for r, t in live.items() if t <= now]:
@@ -60,82 +66,203 @@ class MemoryStore:
                 short.append(
                     Shortfall(len(plan.counters) + j, len(live), min(live.values(), default=None))
                 )
-        if short:
-            return short
-        for c in plan.counters:
-            cur = self._value(c.hold.key, now)
-            self._counters[c.hold.key] = (cur + c.hold.amount, now + c.ttl)
-        for s in plan.slots:
-            self._slots[s.hold.key][rid] = expires_at
-        self._records[rid] = _Record(
-            plan.holds, expires_at, keep_until, slot_keys=tuple(s.hold.key for s in plan.slots)
-        )
-        return []
+        return short
 
-    async def commit(self, rid: str, call_id: str, *, now: float) -> None:
-        rec = self._records.get(rid)
+    def take(
+        self,
+        rid: str,
+        holds: Sequence[Hold],
+        untils: Mapping[str, float],
+        *,
+        now: float,
+        expires_at: float,
+        keep_until: float,
+    ) -> None:
+        """Take what a reservation holds (already checked); `untils`: counter key → until."""
+        slot_keys = []
+        for h in holds:
+            if h.what == "concurrency":
+                self.slots.setdefault(h.key, {})[rid] = expires_at
+                slot_keys.append(h.key)
+                continue
+            value, until = self.counters.get(h.key, (0, 0.0))
+            if until <= now:
+                value, until = 0, 0.0
+            self.counters[h.key] = (value + h.amount, max(until, untils[h.key]))
+        self.records[rid] = _Record(
+            tuple(holds), expires_at, keep_until, slot_keys=tuple(slot_keys)
+        )
+
+    def commit(self, rid: str, call_id: str) -> bool:
+        rec = self.records.get(rid)
         if rec is None or rec.state != "pending":
-            return
+            return False
         rec.state, rec.call_id = "committed", call_id
-        self._calls[call_id] = rid
+        self.calls[call_id] = rid
+        return True
 
     def _free_slots(self, rid: str, rec: _Record) -> None:
         for key in rec.slot_keys:
-            self._slots.get(key, {}).pop(rid, None)
+            self.slots.get(key, {}).pop(rid, None)
 
     def _adjust(self, key: str, delta: int, now: float) -> None:
-        if key in self._counters and self._counters[key][1] > now:
-            value, until = self._counters[key]
-            self._counters[key] = (max(0, value + delta), until)
+        if key in self.counters and self.counters[key][1] > now:
+            value, until = self.counters[key]
+            self.counters[key] = (max(0, value + delta), until)
 
-    async def release(self, rid: str, *, now: float) -> None:
-        rec = self._records.get(rid)
+    def release(self, rid: str, now: float) -> bool:
+        rec = self.records.get(rid)
         if rec is None or rec.state not in LIVE:
-            return
+            return False
         for h in rec.holds:
             if h.what != "concurrency":
                 self._adjust(h.key, -h.amount, now)
         self._free_slots(rid, rec)
         rec.state = "released"
+        return True
 
-    async def settle(
-        self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
-    ) -> None:
-        rid = self._calls.get(call_id)
-        rec = self._records.get(rid) if rid is not None else None
-        if rec is None or rec.state not in SETTLEABLE:
-            return
+    def settle(
+        self, call_id: str, actual_ms: int | None, actual_micro_usd: int | None, now: float
+    ) -> bool:
+        rid = self.calls.get(call_id)
+        rec = self.records.get(rid) if rid is not None else None
+        if rid is None or rec is None or rec.state not in SETTLEABLE:
+            return False
         holds = [(h.what, h.key, h.amount) for h in rec.holds]
         deltas, rec.applied, done = true_up(holds, rec.applied, actual_ms, actual_micro_usd)
         for key, delta in deltas.items():
             self._adjust(key, delta, now)
-        self._free_slots(rid or "", rec)
+        self._free_slots(rid, rec)
         rec.state = "settled" if done else "ended"
+        return True
 
-    async def expire(self, now: float) -> list[str | None]:
+    def due(self, now: float) -> list[str]:
+        """Live reservations past their expiry."""
+        return [r for r, rec in self.records.items() if rec.state in LIVE and rec.expires_at <= now]
+
+    def mark_expired(self, rids: Iterable[str]) -> list[str | None]:
+        """Free the slots of these reservations (those still live); their call ids."""
         freed: list[str | None] = []
-        for rid, rec in list(self._records.items()):
-            if rec.state in LIVE and rec.expires_at <= now:
+        for rid in rids:
+            rec = self.records.get(rid)
+            if rec is not None and rec.state in LIVE:
                 self._free_slots(rid, rec)
                 rec.state = "expired"
                 freed.append(rec.call_id)
+        return freed
+
+    def gc(self, now: float) -> None:
+        """Forget what can no longer matter (old records, counters past their window)."""
+        for rid, rec in list(self.records.items()):
             if rec.keep_until <= now:
-                del self._records[rid]
+                del self.records[rid]
                 if rec.call_id is not None:
-                    self._calls.pop(rec.call_id, None)
-        for key, (_, until) in list(self._counters.items()):
+                    self.calls.pop(rec.call_id, None)
+        for key, (_, until) in list(self.counters.items()):
             if until <= now:
-                del self._counters[key]
+                del self.counters[key]
+        for key, live in list(self.slots.items()):
+            for r in [r for r, t in live.items() if t <= now]:
+                del live[r]
+            if not live:
+                del self.slots[key]
+
+    def peek(
+        self, keys: Sequence[str], slot_keys: Sequence[str], now: float
+    ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+        live: dict[str, tuple[int, float | None]] = {}
+        for key in slot_keys:
+            ends = [t for t in self.slots.get(key, {}).values() if t > now]
+            live[key] = (len(ends), min(ends, default=None))
+        return {k: self.value(k, now) for k in keys}, live
+
+    # --- snapshots (the embedded store's durable checkpoint) --------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Everything that can still matter, as JSON-able data. Released and fully settled
+        records are left out: nothing more can change them."""
+        records = {
+            rid: [
+                [[h.rule, h.what, h.key, h.amount] for h in rec.holds],
+                rec.expires_at,
+                rec.keep_until,
+                rec.state,
+                rec.call_id,
+                rec.applied,
+            ]
+            for rid, rec in self.records.items()
+            if rec.state not in ("released", "settled")
+        }
+        return {
+            "counters": {k: list(v) for k, v in self.counters.items()},
+            "slots": {k: dict(v) for k, v in self.slots.items() if v},
+            "records": records,
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.counters = {k: (int(v), float(u)) for k, (v, u) in data["counters"].items()}
+        self.slots = {k: {r: float(t) for r, t in v.items()} for k, v in data["slots"].items()}
+        self.records = {}
+        self.calls = {}
+        for rid, fields in data["records"].items():
+            self.load_record(rid, *fields)
+
+    def load_record(
+        self,
+        rid: str,
+        holds: Sequence[Sequence[Any]],
+        expires_at: float,
+        keep_until: float,
+        state: str,
+        call_id: str | None,
+        applied: str,
+    ) -> None:
+        hs = tuple(Hold(rule, what, key, int(amount)) for rule, what, key, amount in holds)
+        slot_keys = tuple(h.key for h in hs if h.what == "concurrency")
+        self.records[rid] = _Record(hs, expires_at, keep_until, state, call_id, applied, slot_keys)
+        if call_id is not None:
+            self.calls[call_id] = rid
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self, settings: LimitsSettings) -> None:
+        self.state = CounterState()
+
+    async def reserve(
+        self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
+    ) -> list[Shortfall]:
+        # No await from here to the end: asyncio cannot interleave another reserve.
+        short = self.state.check(plan, now)
+        if short:
+            return short
+        untils = {c.hold.key: now + c.ttl for c in plan.counters}
+        self.state.take(
+            rid, plan.holds, untils, now=now, expires_at=expires_at, keep_until=keep_until
+        )
+        return []
+
+    async def commit(self, rid: str, call_id: str, *, now: float) -> None:
+        self.state.commit(rid, call_id)
+
+    async def release(self, rid: str, *, now: float) -> None:
+        self.state.release(rid, now)
+
+    async def settle(
+        self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
+    ) -> None:
+        self.state.settle(call_id, actual_ms, actual_micro_usd, now)
+
+    async def expire(self, now: float) -> list[str | None]:
+        freed = self.state.mark_expired(self.state.due(now))
+        self.state.gc(now)
         return freed
 
     async def peek(
         self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
     ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
-        live: dict[str, tuple[int, float | None]] = {}
-        for key in slot_keys:
-            ends = [t for t in self._slots.get(key, {}).values() if t > now]
-            live[key] = (len(ends), min(ends, default=None))
-        return {k: self._value(k, now) for k in keys}, live
+        return self.state.peek(keys, slot_keys, now)
 
     async def ping(self) -> None:
         return None

@@ -40,16 +40,22 @@ local nc = tonumber(ARGV[2])
 local nsl = tonumber(ARGV[3])
 local short = {}
 local a = 4
+-- A sliding rate window's earlier buckets follow the reservation's own keys in KEYS.
+local w = nc + nsl + 3
 for i = 1, nc do
   local amount = tonumber(ARGV[a])
   local limit = tonumber(ARGV[a + 1])
   local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  for _ = 1, tonumber(ARGV[a + 4]) do
+    cur = cur + tonumber(redis.call('GET', KEYS[w]) or '0')
+    w = w + 1
+  end
   local ok
   if ARGV[a + 2] == '1' then ok = cur + amount <= limit else ok = cur < limit end
   if not ok then
     short[#short + 1] = i - 1; short[#short + 1] = cur; short[#short + 1] = ''
   end
-  a = a + 4
+  a = a + 5
 end
 for j = 1, nsl do
   local k = KEYS[nc + j]
@@ -67,7 +73,7 @@ for i = 1, nc do
   -- INCRBY 0 too: settle must find the counter to add the actual cost to.
   redis.call('INCRBY', KEYS[i], ARGV[a])
   redis.call('PEXPIRE', KEYS[i], ARGV[a + 3])
-  a = a + 4
+  a = a + 5
 end
 local rid = ARGV[a + 2 * nsl]
 local expires_at = ARGV[a + 2 * nsl + 1]
@@ -229,9 +235,10 @@ class RedisStore:
         keys = [self._k(c.hold.key) for c in plan.counters]
         keys += [self._k(s.hold.key) for s in plan.slots]
         keys += [self._res(rid), self._live]
+        keys += [self._k(k) for c in plan.counters for k in c.window]
         args: list[Any] = [repr(now), len(plan.counters), len(plan.slots)]
         for c in plan.counters:
-            args += [c.hold.amount, c.limit, "1" if c.fit else "0", _ms(c.ttl)]
+            args += [c.hold.amount, c.limit, "1" if c.fit else "0", _ms(c.ttl), len(c.window)]
         for s in plan.slots:
             args += [s.limit, _ms(keep_until - now)]
         holds = [[h.what, self._k(h.key), h.amount] for h in plan.holds]

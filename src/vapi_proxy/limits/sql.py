@@ -1,9 +1,9 @@
-"""Limits store in SQLite or PostgreSQL: one transaction per reservation, correct across processes.
+"""Limits store in PostgreSQL: one transaction per reservation, correct across replicas.
 
-SQLite takes the database write lock at BEGIN (`BEGIN IMMEDIATE`); PostgreSQL upserts every
-counter row it needs, which locks them in key order, so concurrent reservations on the same
-counters queue instead of racing, and never deadlock. Each transaction is a plain function of a
-connection, run by `Database.run_write` (on SQLite's writer thread, or PostgreSQL's async engine).
+A reservation is one call to a PL/pgSQL function that upserts every counter row it needs, which
+locks them in key order, so concurrent reservations on the same counters queue instead of
+racing, and never deadlock. (SQLite has the embedded store, `embedded.py`; these tables' shape
+is still read once from SQLite files, to carry an older version's counts over.)
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
 from vapi_proxy.ledger.engine import Database, async_url, redact
 from vapi_proxy.limits.config import LimitsSettings
@@ -62,7 +61,7 @@ reservations = sa.Table(
 LIVE = ("pending", "committed")
 
 _PG_CALL = sa.text(
-    "SELECT idx, cur, earliest FROM vapi_limits_reserve(:ak, :ax, :k, :a, :l, :f, "
+    "SELECT idx, cur, earliest FROM vapi_limits_reserve(:ak, :ax, :k, :a, :l, :f, :wk, :wn, "
     ":sk, :sl, :rid, :ns, :now, :exp, :keep, :holds)"
 )
 
@@ -104,6 +103,7 @@ _PG_RESERVE = """
 CREATE OR REPLACE FUNCTION vapi_limits_reserve(
     p_anchor_keys text[], p_anchor_expires double precision[],
     p_keys text[], p_amounts bigint[], p_limits bigint[], p_fits boolean[],
+    p_win_keys text[], p_win_n integer[],
     p_slot_keys text[], p_slot_limits bigint[],
     p_rid text, p_ns text, p_now double precision, p_expires_at double precision,
     p_keep_until double precision, p_holds text
@@ -111,6 +111,7 @@ CREATE OR REPLACE FUNCTION vapi_limits_reserve(
 LANGUAGE plpgsql AS $$
 DECLARE
     i integer;
+    w integer := 1;
     v bigint;
     n bigint;
     e double precision;
@@ -122,6 +123,13 @@ BEGIN
         ON CONFLICT (key) DO UPDATE SET value = c.value;
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
         SELECT value INTO v FROM limit_counters WHERE key = p_keys[i];
+        -- A sliding rate window also counts its earlier buckets (read, not locked: they can
+        -- only go down meanwhile, by a release).
+        IF p_win_n[i] > 0 THEN
+            SELECT v + coalesce(sum(c.value), 0) INTO v FROM limit_counters c
+                WHERE c.key = ANY(p_win_keys[w : w + p_win_n[i] - 1]);
+            w := w + p_win_n[i];
+        END IF;
         IF (p_fits[i] AND v + p_amounts[i] > p_limits[i])
                 OR (NOT p_fits[i] AND v >= p_limits[i]) THEN
             refused := true;
@@ -197,36 +205,23 @@ class LimitsSchemaError(RuntimeError):
     """The limits tables exist but do not match this version."""
 
 
-class _Refused(Exception):
-    """Raised inside a reservation transaction to roll it back and report the shortfalls."""
-
-    def __init__(self, shortfalls: list[Shortfall]) -> None:
-        super().__init__("refused")
-        self.shortfalls = shortfalls
-
-
 class SqlStore:
     def __init__(self, settings: LimitsSettings, *, database: Database | None = None) -> None:
         # A shared Database (the ledger's, same URL) means one engine and one SQLite writer
         # thread for both, so their writes queue in-process instead of in SQLite's busy handler.
-        if database is not None and database.url != async_url(settings.backend):
+        shared = database is not None and not settings.backend.startswith("ledger:")
+        if shared and database is not None and database.url != async_url(settings.backend):
             raise ValueError("the shared database's URL differs from limits.backend")
         self._owns_db = database is None
         self._db = database or Database(settings.backend, timeout=settings.timeout_seconds)
-        self.name = f"{self._db.dialect} ({redact(settings.backend)})"
-        # PostgreSQL: one deadline over pool wait, connect and statements. SQLite: none here (a
-        # transaction on the writer thread cannot be abandoned half-way); its busy timeout and
-        # the in-process write queue bound it instead.
-        self.deadline: float | None = (
-            settings.timeout_seconds if self._db.dialect == "postgresql" else None
-        )
+        if self._db.dialect != "postgresql":
+            raise ValueError("the SQL limits store is for PostgreSQL; SQLite has the embedded one")
+        self.name = f"{self._db.dialect} ({redact(self._db.url)})"
+        # One deadline over pool wait, connect and statements.
+        self.deadline: float | None = settings.timeout_seconds
         self._ns = settings.namespace
         self._ready = False
         self._schema_lock = asyncio.Lock()
-
-    def _insert(self, table: sa.Table) -> Any:
-        dialect = postgresql if self._db.dialect == "postgresql" else sqlite
-        return dialect.insert(table)
 
     async def _ensure_schema(self) -> None:
         if not self._ready:
@@ -241,8 +236,7 @@ class SqlStore:
         return await self._db.run_write(fn)
 
     def _create_schema(self, conn: Connection) -> None:
-        if self._db.dialect == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
         metadata.create_all(conn)
         # create_all never alters an existing table: say so plainly if one is from an older
         # version rather than failing later on a missing column.
@@ -256,8 +250,7 @@ class SqlStore:
                     "vapi-proxy. The limits tables hold only live counters; drop limit_counters, "
                     "limit_slots and limit_reservations (or use a new database) and restart."
                 )
-        if self._db.dialect == "postgresql":
-            conn.exec_driver_sql(_PG_RESERVE)
+        conn.exec_driver_sql(_PG_RESERVE)
 
     @_unavailable
     async def reserve(
@@ -270,69 +263,11 @@ class SqlStore:
             anchors.setdefault(key, keep_until)
         keys = sorted(anchors)
         holds = json.dumps([[h.what, h.key, h.amount] for h in plan.holds])
-
-        def tx(conn: Connection) -> None:
-            # SQLite only (PostgreSQL calls its function below). The whole database is locked
-            # since BEGIN IMMEDIATE, so plain reads are safe. Driver-level SQL: building
-            # SQLAlchemy statements cost more than running them on this hot path.
-            run = conn.exec_driver_sql
-            run(
-                "INSERT INTO limit_counters (key, value, expires_at) VALUES (?, 0, ?) "
-                "ON CONFLICT (key) DO NOTHING",
-                [(k, anchors[k]) for k in keys],
+        return await self._run(
+            lambda conn: self._pg_reserve(
+                conn, plan, rid, keys, anchors, now, expires_at, keep_until, holds
             )
-            # Key lists travel as one JSON parameter: no SQL is built from values.
-            rows = run(
-                "SELECT key, value FROM limit_counters "
-                "WHERE key IN (SELECT value FROM json_each(?))",
-                (json.dumps(keys),),
-            )
-            current = {k: int(v) for k, v in rows}
-            live: dict[str, tuple[int, float | None]] = {}
-            if slot_keys:
-                res = run(
-                    "SELECT key, count(*), min(expires_at) FROM limit_slots WHERE key IN "
-                    "(SELECT value FROM json_each(?)) AND expires_at > ? GROUP BY key",
-                    (json.dumps(slot_keys), now),
-                )
-                live = {k: (int(n), e) for k, n, e in res}
-            short: list[Shortfall] = []
-            for i, c in enumerate(plan.counters):
-                cur = current.get(c.hold.key, 0)
-                ok = cur + c.hold.amount <= c.limit if c.fit else cur < c.limit
-                if not ok:
-                    short.append(Shortfall(i, cur))
-            for j, s in enumerate(plan.slots):
-                n, earliest = live.get(s.hold.key, (0, None))
-                if n >= s.limit:
-                    short.append(Shortfall(len(plan.counters) + j, n, earliest))
-            if short:
-                raise _Refused(short)
-            bumps = [(c.hold.amount, c.hold.key) for c in plan.counters if c.hold.amount]
-            if bumps:
-                run("UPDATE limit_counters SET value = value + ? WHERE key = ?", bumps)
-            if slot_keys:
-                run(
-                    "INSERT INTO limit_slots (key, reservation_id, expires_at) VALUES (?, ?, ?)",
-                    [(k, rid, expires_at) for k in slot_keys],
-                )
-            run(
-                "INSERT INTO limit_reservations (id, namespace, call_key, state, expires_at, "
-                "keep_until, holds, applied) VALUES (?, ?, NULL, 'pending', ?, ?, ?, '')",
-                (rid, self._ns, expires_at, keep_until, holds),
-            )
-
-        if self._db.dialect == "postgresql":
-            return await self._run(
-                lambda conn: self._pg_reserve(
-                    conn, plan, rid, keys, anchors, now, expires_at, keep_until, holds
-                )
-            )
-        try:
-            await self._run(tx)
-        except _Refused as refused:
-            return refused.shortfalls
-        return []
+        )
 
     def _pg_reserve(
         self,
@@ -355,6 +290,8 @@ class SqlStore:
                 "a": [c.hold.amount for c in plan.counters],
                 "l": [c.limit for c in plan.counters],
                 "f": [c.fit for c in plan.counters],
+                "wk": [k for c in plan.counters for k in c.window],
+                "wn": [len(c.window) for c in plan.counters],
                 "sk": [s.hold.key for s in plan.slots],
                 "sl": [s.limit for s in plan.slots],
                 "rid": rid,

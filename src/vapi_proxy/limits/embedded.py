@@ -1,0 +1,560 @@
+"""The embedded default: in-process counters, kept as a cache of durable state in a SQLite file
+(the ledger's), shared exactly by every worker on the machine and rebuilt at start.
+
+The durable state is an append-only log (`limit_log`) of what each reservation took and gave
+back, plus a snapshot (`limit_state`) that the log is periodically folded into. Each process
+keeps a `CounterState` and the number of the last log entry it has applied:
+
+- reserve: one write transaction per batch of concurrent reservations (group commit). Holding
+  SQLite's write lock, it applies the entries other workers appended since, checks and takes
+  in memory, and appends one entry per admission. Every worker checks against every admission
+  made before it, so a burst across workers admits exactly the limit.
+- commit, release, settle: applied in memory at once and appended with the next write on the
+  database, which is usually the ledger's own (the call row, the webhook event): one write,
+  not two. A release waits for its write. The ledger rows are the durable record of commits
+  and settlements in any case: at start, the open reservations are matched with their calls
+  (`calls.reservation_id`), and those that ended are settled from the row.
+- expire (the periodic upkeep) appends which reservations it expired, so all workers agree, and
+  now and then writes a snapshot and drops the log before it.
+
+A worker that missed log entries folded into a snapshot (it was idle through a compaction)
+notices the gap in sequence numbers and reloads the snapshot. Every logged operation is
+idempotent (a reservation taken twice, a commit or settle repeated, changes nothing more), so a
+write retried after an unclear failure is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from vapi_proxy.ledger.engine import Database, async_url, redact
+from vapi_proxy.ledger.schema import limit_log, limit_state
+from vapi_proxy.limits.base import Hold
+from vapi_proxy.limits.config import LimitsSettings
+from vapi_proxy.limits.core import (
+    MICRO_USD,
+    MS_PER_SECOND,
+    SLIDING_BUCKETS,
+    Plan,
+    Shortfall,
+    StoreUnavailableError,
+)
+from vapi_proxy.limits.memory import LIVE, CounterState
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+MAX_BATCH = 256
+FLUSH_DELAY_SECONDS = 0.02
+"""Buffered commits and settlements wait at most this long for another write to ride on."""
+SNAPSHOT_ENTRIES = 2000
+SNAPSHOT_SECONDS = 300.0
+_RECONCILE_CHUNK = 500
+OPEN = ("pending", "committed", "expired", "ended")
+
+_INSERT = (
+    "INSERT INTO limit_log (namespace, seq, writer, entry) VALUES (?, (SELECT coalesce(max(seq), "
+    "0) + 1 FROM limit_log WHERE namespace = ?), ?, ?)"
+)
+_SINCE = "SELECT seq, writer, entry FROM limit_log WHERE namespace = ? AND seq > ? ORDER BY seq"
+_LAST = "SELECT coalesce(max(seq), 0) FROM limit_log WHERE namespace = ?"
+
+
+@dataclass(slots=True)
+class _Ask:
+    rid: str
+    plan: Plan
+    now: float
+    expires_at: float
+    keep_until: float
+    future: asyncio.Future[list[Shortfall]]
+
+
+def _dumps(entry: list[Any]) -> str:
+    return json.dumps(entry, separators=(",", ":"))
+
+
+class EmbeddedStore:
+    """A `LimitStore` over a SQLite file; see the module docstring."""
+
+    def __init__(self, settings: LimitsSettings, *, database: Database | None = None) -> None:
+        if database is None:
+            self._db = Database(settings.backend, timeout=settings.timeout_seconds)
+            self._owns_db = True
+        else:
+            if settings.backend.startswith("sqlite") and database.url != async_url(
+                settings.backend
+            ):
+                raise ValueError("the shared database's URL differs from limits.backend")
+            self._db, self._owns_db = database, False
+        if self._db.dialect != "sqlite":
+            raise ValueError("the embedded limits store needs a SQLite database")
+        self.name = f"embedded ({redact(self._db.url)})"
+        self._ns = settings.namespace
+        self._writer = uuid.uuid4().hex[:16]
+        self._state = CounterState()
+        self._seq = 0
+        self._snapshot_seq = 0
+        self._snapshot_at = time.monotonic()
+        # The state is changed on the event loop (commit, settle) and on the database's writer
+        # thread (reserve, catching up); one lock keeps each change whole.
+        self._lock = threading.Lock()
+        self._buffer: list[list[Any]] = []
+        self._asks: list[_Ask] = []
+        self._draining = False
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+        self._db.attach(self)
+
+    # --- the database's companion: buffered entries ride on any write ----------------------
+
+    def flush(self, conn: Connection) -> object:
+        with self._lock:
+            entries, self._buffer = self._buffer, []
+        if entries:
+            self._append(conn, entries)
+        return entries
+
+    def restore(self, token: object) -> None:
+        entries = token if isinstance(token, list) else []
+        if entries:
+            with self._lock:
+                self._buffer[:0] = entries
+            self._schedule_flush()
+
+    def _buffered(self, entry: list[Any]) -> None:
+        self._buffer.append(entry)
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._flush_timer is None:
+            self._flush_timer = loop.call_later(FLUSH_DELAY_SECONDS, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_timer = None
+        if self._buffer and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_now())
+
+    async def _flush_now(self) -> None:
+        """A write with nothing of its own, so the buffer (written by the hook) is durable."""
+        try:
+            await self._db.run_write(lambda conn: None)
+        except Exception:  # restored by the hook; the next write or timer tries again
+            self._schedule_flush()
+
+    # --- the log ---------------------------------------------------------------------------
+
+    def _append(self, conn: Connection, entries: Sequence[list[Any]]) -> None:
+        conn.exec_driver_sql(
+            _INSERT, [(self._ns, self._ns, self._writer, _dumps(e)) for e in entries]
+        )
+
+    def _apply(self, e: list[Any]) -> None:
+        st = self._state
+        op = e[0]
+        if op == "r":
+            _, rid, now, expires_at, keep_until, holds, untils = e
+            if rid not in st.records:
+                hs = [Hold(rule, what, key, int(n)) for rule, what, key, n in holds]
+                st.take(rid, hs, untils, now=now, expires_at=expires_at, keep_until=keep_until)
+        elif op == "c":
+            st.commit(e[1], e[2])
+        elif op == "x":
+            st.release(e[1], e[2])
+        elif op == "s":
+            st.settle(e[1], e[2], e[3], e[4])
+        elif op == "e":
+            st.mark_expired(e[1])
+            st.gc(e[2])
+
+    def _catch_up(self, conn: Connection) -> None:
+        """Apply what other workers logged since; reload the snapshot after a gap. Holds the
+        lock; inside a transaction."""
+        rows = conn.exec_driver_sql(_SINCE, (self._ns, self._seq)).fetchall()
+        if rows and rows[0][0] != self._seq + 1:
+            self._reload(conn)
+            return
+        for seq, writer, entry in rows:
+            if writer != self._writer:  # this process applied its own entries when it made them
+                self._apply(json.loads(entry))
+            self._seq = seq
+
+    def _reload(self, conn: Connection) -> None:
+        self._state = CounterState()
+        self._seq = 0
+        row = conn.execute(
+            sa.select(limit_state.c.seq, limit_state.c.state).where(
+                limit_state.c.namespace == self._ns
+            )
+        ).first()
+        if row is not None:
+            self._state.load(json.loads(row.state))
+            self._seq = self._snapshot_seq = int(row.seq)
+        for seq, _, entry in conn.exec_driver_sql(_SINCE, (self._ns, self._seq)):
+            self._apply(json.loads(entry))  # this process's entries too: the state is new
+            self._seq = seq
+        for entry in self._buffer:  # applied here, not yet written
+            self._apply(entry)
+
+    def _snapshot(self, conn: Connection, now: float) -> None:
+        """Fold the log into a snapshot (holding the lock, caught up, buffer written)."""
+        self._seq = int(conn.exec_driver_sql(_LAST, (self._ns,)).scalar_one())
+        state = json.dumps(self._state.dump(), separators=(",", ":"))
+        upsert = sqlite_insert(limit_state).values(
+            namespace=self._ns, seq=self._seq, state=state, written_at=now
+        )
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["namespace"],
+                set_={"seq": upsert.excluded.seq, "state": upsert.excluded.state,
+                      "written_at": upsert.excluded.written_at},
+            )
+        )  # fmt: skip
+        # Keep the last entry: the next one is numbered after it, and a worker that is behind
+        # sees the gap and reloads.
+        conn.execute(
+            limit_log.delete().where(limit_log.c.namespace == self._ns, limit_log.c.seq < self._seq)
+        )
+        self._snapshot_seq = self._seq
+        self._snapshot_at = time.monotonic()
+
+    # --- start-up ----------------------------------------------------------------------------
+
+    async def _ensure(self, now: float) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if self._ready:
+                return
+            self._db.check_reachable()
+            await self._db.run_write(lambda conn: self._start(conn, now))
+            self._ready = True
+
+    def _start(self, conn: Connection, now: float) -> None:
+        inspector = sa.inspect(conn)
+        if not inspector.has_table("limit_log"):
+            # A limits file of its own (not the ledger's, whose migrations create these).
+            limit_log.create(conn)
+            limit_state.create(conn)
+            if inspector.has_table("limit_reservations"):
+                check_legacy(inspector)
+                for namespace, state in legacy_states(conn).items():
+                    write_snapshot(conn, namespace, state, now)
+        with self._lock:
+            self._reload(conn)
+            if inspector.has_table("calls"):
+                entries = self._reconcile(conn, now)
+                if entries:
+                    self._append(conn, entries)
+
+    def _reconcile(self, conn: Connection, now: float) -> list[list[Any]]:
+        """Commits and settlements the ledger has and the log may not (a worker killed before
+        its buffer was written): match open reservations with their calls."""
+        st = self._state
+        open_rids = [rid for rid, rec in st.records.items() if rec.state in OPEN]
+        entries: list[list[Any]] = []
+        for i in range(0, len(open_rids), _RECONCILE_CHUNK):
+            chunk = open_rids[i : i + _RECONCILE_CHUNK]
+            rows = conn.execute(
+                sa.text(
+                    "SELECT id, reservation_id, kind, status, duration_seconds, cost_usd "
+                    "FROM calls WHERE reservation_id IN :rids"
+                ).bindparams(sa.bindparam("rids", expanding=True)),
+                {"rids": chunk},
+            )
+            for call_id, rid, kind, status, seconds, cost in rows:
+                rec = st.records.get(rid)
+                if rec is None:
+                    continue
+                if rec.state == "pending" and st.commit(rid, call_id):
+                    entries.append(["c", rid, call_id])
+                if status != "ended" or rec.state == "settled":
+                    continue
+                if seconds is None and kind == "chat":
+                    seconds = 0.0  # as the chat route settles a turn
+                ms = None if seconds is None else max(0, round(seconds * MS_PER_SECOND))
+                micro = None if cost is None else max(0, round(cost * MICRO_USD))
+                if st.settle(call_id, ms, micro, now):
+                    entries.append(["s", call_id, ms, micro, now])
+        return entries
+
+    # --- the LimitStore methods ---------------------------------------------------------------
+
+    async def reserve(
+        self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
+    ) -> list[Shortfall]:
+        await self._ensure_or_unavailable(now)
+        future: asyncio.Future[list[Shortfall]] = asyncio.get_running_loop().create_future()
+        self._asks.append(_Ask(rid, plan, now, expires_at, keep_until, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._asks:
+                batch, self._asks = self._asks[:MAX_BATCH], self._asks[MAX_BATCH:]
+                try:
+                    results = await self._db.run_write(partial(self._reserve, batch=batch))
+                except BaseException as exc:
+                    self._undo(batch)
+                    error = _unavailable(exc)
+                    for ask in batch:
+                        if not ask.future.done():
+                            ask.future.set_exception(error)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for ask, short in zip(batch, results, strict=True):
+                    if not ask.future.done():
+                        ask.future.set_result(short)
+        finally:
+            self._draining = False
+
+    def _reserve(self, conn: Connection, *, batch: Sequence[_Ask]) -> list[list[Shortfall]]:
+        results: list[list[Shortfall]] = []
+        entries: list[list[Any]] = []
+        with self._lock:
+            self._catch_up(conn)
+            for ask in batch:
+                short = self._state.check(ask.plan, ask.now)
+                results.append(short)
+                if short:
+                    continue
+                untils = {c.hold.key: ask.now + c.ttl for c in ask.plan.counters}
+                holds = ask.plan.holds
+                self._state.take(
+                    ask.rid,
+                    holds,
+                    untils,
+                    now=ask.now,
+                    expires_at=ask.expires_at,
+                    keep_until=ask.keep_until,
+                )
+                entries.append(
+                    [
+                        "r",
+                        ask.rid,
+                        ask.now,
+                        ask.expires_at,
+                        ask.keep_until,
+                        [[h.rule, h.what, h.key, h.amount] for h in holds],
+                        untils,
+                    ]
+                )
+            if entries:
+                self._append(conn, entries)
+        return results
+
+    def _undo(self, batch: Sequence[_Ask]) -> None:
+        """The batch's transaction failed: what it took in memory was never written."""
+        with self._lock:
+            for ask in batch:
+                rec = self._state.records.get(ask.rid)
+                if rec is not None and rec.state == "pending":
+                    self._state.release(ask.rid, ask.now)
+                    del self._state.records[ask.rid]
+
+    async def commit(self, rid: str, call_id: str, *, now: float) -> None:
+        with self._lock:
+            if self._state.commit(rid, call_id):
+                self._buffered(["c", rid, call_id])
+        self._schedule_flush()
+
+    async def release(self, rid: str, *, now: float) -> None:
+        with self._lock:
+            changed = self._state.release(rid, now)
+            if changed:
+                self._buffered(["x", rid, now])
+        if changed:
+            # Durable before the caller moves on: a lost release would keep the quota taken.
+            await self._write(lambda conn: None)
+
+    async def settle(
+        self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
+    ) -> None:
+        await self._ensure_or_unavailable(now)
+        with self._lock:
+            if self._state.settle(call_id, actual_ms, actual_micro_usd, now):
+                self._buffered(["s", call_id, actual_ms, actual_micro_usd, now])
+        self._schedule_flush()
+
+    async def expire(self, now: float) -> list[str | None]:
+        await self._ensure_or_unavailable(now)
+
+        def tx(conn: Connection) -> list[str | None]:
+            with self._lock:
+                self._catch_up(conn)
+                due = self._state.due(now)
+                freed = self._state.mark_expired(due)
+                self._state.gc(now)
+                self._append(conn, [["e", due, now]])
+                old = time.monotonic() - self._snapshot_at > SNAPSHOT_SECONDS
+                if old or self._seq - self._snapshot_seq >= SNAPSHOT_ENTRIES:
+                    self._snapshot(conn, now)
+            return freed
+
+        return await self._write(tx)
+
+    async def peek(
+        self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
+    ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+        await self._ensure_or_unavailable(now)
+
+        def tx(conn: Connection) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+            with self._lock:
+                self._catch_up(conn)
+                return self._state.peek(keys, slot_keys, now)
+
+        return await self._write(tx)
+
+    async def ping(self) -> None:
+        await self._write(lambda conn: conn.exec_driver_sql("SELECT 1"))
+
+    async def aclose(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._buffer:
+            try:
+                await self._db.run_write(lambda conn: None)
+            except Exception as exc:  # the ledger rows still say what the buffer did
+                log.warning("limits: buffered entries not written at close: %s", exc)
+        self._db.detach(self)
+        if self._owns_db:
+            await self._db.aclose()
+
+    async def _ensure_or_unavailable(self, now: float) -> None:
+        try:
+            await self._ensure(now)
+        except _DOWN as exc:
+            raise _unavailable(exc) from exc
+
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            return await self._db.run_write(fn)
+        except _DOWN as exc:
+            raise _unavailable(exc) from exc
+
+
+_DOWN = (sa.exc.SQLAlchemyError, OSError, TimeoutError)
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    if isinstance(exc, _DOWN):
+        return StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300])
+    return exc
+
+
+# --- upgrading from the SQL store's tables -------------------------------------------------------
+
+_RATE = re.compile(r"^(?P<prefix>.*:rate:(?P<period>second|minute|hour):)(?P<start>\d+(\.\d+)?)$")
+_SIZES = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+_LEGACY = {
+    "limit_reservations": {
+        "id", "namespace", "call_key", "state", "expires_at", "keep_until", "holds", "applied"
+    },
+    "limit_counters": {"key", "value", "expires_at"},
+    "limit_slots": {"key", "reservation_id", "expires_at"},
+}  # fmt: skip
+
+
+def check_legacy(inspector: Any) -> None:
+    """Raise LimitsSchemaError if the SQL store's tables are not the shape `legacy_states` reads."""
+    from vapi_proxy.limits.sql import LimitsSchemaError
+
+    for table, columns in _LEGACY.items():
+        exists = inspector.has_table(table)
+        have = {c["name"] for c in inspector.get_columns(table)} if exists else set()
+        missing = sorted(columns - have)
+        if missing:
+            raise LimitsSchemaError(
+                f"table {table} lacks {', '.join(missing)}: it is from an older vapi-proxy "
+                "than the one whose counts can be carried over. Drop limit_counters, "
+                "limit_slots and limit_reservations (counters start again from zero) and "
+                "restart."
+            )
+
+
+def legacy_states(conn: Connection) -> dict[str, dict[str, Any]]:
+    """The counters, slots and reservations of the SQL limits store (limit_counters,
+    limit_slots, limit_reservations), as one `CounterState.dump()` per namespace, so an upgrade
+    keeps every count. A fixed rate window becomes the sliding bucket it started in."""
+    reservations = conn.exec_driver_sql(
+        "SELECT id, namespace, call_key, state, expires_at, keep_until, holds, applied "
+        "FROM limit_reservations"
+    ).fetchall()
+    namespaces = sorted({r[1] for r in reservations} | {"vapi-proxy"}, key=len, reverse=True)
+
+    def namespace_of(key: str) -> str:
+        for ns in namespaces:
+            if key.startswith(ns + ":"):
+                return ns
+        return key.split(":", 1)[0]
+
+    states: dict[str, CounterState] = {}
+
+    def state(ns: str) -> CounterState:
+        return states.setdefault(ns, CounterState())
+
+    for key, value, expires_at in conn.exec_driver_sql(
+        "SELECT key, value, expires_at FROM limit_counters"
+    ):
+        match = _RATE.match(key)
+        if match is not None:
+            size = _SIZES[match["period"]] / SLIDING_BUCKETS
+            key = f"{match['prefix']}{int(float(match['start']) // size)}"
+        st = state(namespace_of(key))
+        old, until = st.counters.get(key, (0, 0.0))
+        st.counters[key] = (old + int(value), max(until, float(expires_at)))
+    for key, rid, expires_at in conn.exec_driver_sql(
+        "SELECT key, reservation_id, expires_at FROM limit_slots"
+    ):
+        state(namespace_of(key)).slots.setdefault(key, {})[rid] = float(expires_at)
+    for rid, ns, call_key, st_name, expires_at, keep_until, holds, applied in reservations:
+        if st_name in ("released", "settled"):
+            continue
+        call_id = call_key[len(ns) + 1 :] if call_key else None
+        state(ns).load_record(
+            rid,
+            # [what, key, amount] as the SQL store wrote them (a leading rule name is tolerated).
+            [["", *h[-3:-1], int(h[-1])] for h in json.loads(holds)],
+            float(expires_at),
+            float(keep_until),
+            st_name,
+            call_id,
+            applied or "",
+        )
+    return {ns: st.dump() for ns, st in states.items()}
+
+
+def write_snapshot(conn: Connection, namespace: str, state: dict[str, Any], now: float) -> None:
+    conn.execute(
+        limit_state.insert().values(
+            namespace=namespace, seq=0, state=json.dumps(state), written_at=now
+        )
+    )
+
+
+__all__ = ["LIVE", "EmbeddedStore", "check_legacy", "legacy_states", "write_snapshot"]
