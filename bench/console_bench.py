@@ -8,7 +8,7 @@ backlog and 5,000 audit rows; then starts the real proxy app on loopback and tim
 request over real HTTP (the first answer is a warm-up and not counted; then `--repeat` timed
 answers, default 5): median and worst wall time against the 300 ms goal. PostgreSQL: a database
 of its own under the server named by `--postgres-url` (default `$VAPI_PROXY_TEST_POSTGRES_URL`),
-dropped at the end; loaded with COPY and ANALYZEd as autovacuum would. SQLite is left as the
+dropped at the end; loaded with COPY, then VACUUM ANALYZE as autovacuum would. SQLite is left as the
 proxy leaves it (no ANALYZE).
 """
 
@@ -170,7 +170,9 @@ async def _fill_postgres(url: str, rows: int, now: datetime) -> None:
         await conn.copy_records_to_table("calls", records=batch, columns=CALL_COLUMNS)
         for table, values in _extra_rows(now).items():
             await conn.copy_records_to_table(table, records=values, columns=EXTRA_COLUMNS[table])
-        await conn.execute("ANALYZE")
+        # What autovacuum does on its own after a bulk load: statistics, and the visibility map
+        # that lets the usage index answer without reading the table.
+        await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
 
@@ -221,19 +223,28 @@ def _requests(now: datetime) -> list[tuple[str, str, dict[str, str]]]:
 
 def _measure(
     url: str, admin_key: str, now: datetime, repeat: int
-) -> list[tuple[str, float, float]]:
+) -> list[tuple[str, float, float, str]]:
+    """(name, median ms, worst ms, failure) per request; a refused request is reported, not
+    raised, so one slow query does not hide the others."""
     results = []
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=120) as client:
         client.headers["Authorization"] = f"Bearer {admin_key}"
         for name, path, params in _requests(now):
-            reply = client.get(path, params=params)  # warm-up
-            reply.raise_for_status()
             times = []
-            for _ in range(repeat):
+            failure = ""
+            for attempt in range(repeat + 1):
                 started = time.perf_counter()
-                client.get(path, params=params).raise_for_status()
-                times.append((time.perf_counter() - started) * 1000)
-            results.append((name, statistics.median(times), max(times)))
+                reply = client.get(path, params=params)
+                elapsed = (time.perf_counter() - started) * 1000
+                if reply.status_code != 200:
+                    failure = f"HTTP {reply.status_code}: {reply.json().get('message')}"
+                    break
+                if attempt:  # the first answer is the warm-up
+                    times.append(elapsed)
+            if failure or not times:
+                results.append((name, float("nan"), float("nan"), failure))
+            else:
+                results.append((name, statistics.median(times), max(times), ""))
     return results
 
 
@@ -254,15 +265,16 @@ def _serve(ledger_url: str, admin_key: str) -> ServerThread:
 
 
 def _report(
-    backend: str, rows: int, fill_s: float, results: list[tuple[str, float, float]]
+    backend: str, rows: int, fill_s: float, results: list[tuple[str, float, float, str]]
 ) -> bool:
     print(f"\n{backend}: {rows:,} calls (+{EVENTS:,} events), filled in {fill_s:.0f} s")
     print(f"  {'request':40} {'median ms':>10} {'worst ms':>10}  goal {GOAL_MS:.0f} ms")
     ok = True
-    for name, median, worst in results:
-        met = worst <= GOAL_MS
+    for name, median, worst, failure in results:
+        met = not failure and worst <= GOAL_MS
         ok &= met
-        print(f"  {name:40} {median:10.1f} {worst:10.1f}  {'ok' if met else 'MISSED'}")
+        verdict = failure or ("ok" if met else "MISSED")
+        print(f"  {name:40} {median:10.1f} {worst:10.1f}  {verdict}", flush=True)
     return ok
 
 

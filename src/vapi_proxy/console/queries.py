@@ -4,6 +4,7 @@ cut by the database (SQLite text prefixes, PostgreSQL `date_trunc` in UTC)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -228,3 +229,89 @@ async def webhook_health(db: Database, *, since: datetime, now: datetime) -> dic
 def _origin(url: str) -> str:
     """Scheme, host and path of a forwarding target; never a query string (it may hold a token)."""
     return url.split("?", 1)[0][:300]
+
+
+async def overview(db: Database, flt: UsageFilter, *, top: int) -> dict[str, Any]:
+    """Totals, the series, the per-profile breakdown and the top identities in two scans of the
+    usage index (run side by side) instead of four: one grouped by bucket, one by identity and
+    profile; totals and the profile table are summed from those here."""
+    key = _bucket_expr(db, flt.bucket).label("bucket")
+    by_bucket = flt.where(sa.select(key, *_measures()).select_from(calls)).group_by(key)
+    who = calls.c.identity_key.concat("")  # see top_identities: keep SQLite on the range scan
+    by_who = flt.where(
+        sa.select(
+            who.label("identity_key"),
+            calls.c.profile,
+            sa.func.max(calls.c.tenant).label("tenant"),
+            *_measures(),
+        ).select_from(calls)
+    ).group_by(who, calls.c.profile)
+
+    async def rows(query: Any) -> list[Any]:
+        async with db.read() as conn:
+            return list((await conn.execute(query)).all())
+
+    bucket_rows, who_rows = await asyncio.gather(rows(by_bucket), rows(by_who))
+    zero = {"calls": 0, "chats": 0, "seconds": 0.0, "cost": 0.0}
+
+    def add(into: dict[str, Any], row: Any) -> None:
+        into["calls"] += int(row.calls)
+        into["chats"] += int(row.chats)
+        into["seconds"] += float(row.seconds)
+        into["cost"] += float(row.cost)
+
+    def view(sums: dict[str, Any]) -> dict[str, Any]:
+        return _totals(_Sums(sums["calls"], sums["chats"], sums["seconds"], sums["cost"]))
+
+    total = dict(zero)
+    found: dict[datetime, dict[str, Any]] = {}
+    for row in bucket_rows:
+        add(total, row)
+        found[_bucket_start(row.bucket, flt.bucket)] = _totals(row)
+    profiles: dict[str, dict[str, Any]] = {}
+    users: dict[str, dict[str, Any]] = {}
+    tenants: dict[str, str | None] = {}
+    for row in who_rows:
+        add(profiles.setdefault(row.profile, dict(zero)), row)
+        add(users.setdefault(row.identity_key, dict(zero)), row)
+        tenants[row.identity_key] = tenants.get(row.identity_key) or row.tenant
+    profile_items = sorted(
+        ({"profile": name, **view(s)} for name, s in profiles.items()),
+        key=lambda i: (-i["costUsd"], -i["minutes"], -i["calls"], i["profile"]),
+    )
+    ranked = sorted(
+        users.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["seconds"], -kv[1]["calls"], kv[0])
+    )[:top]
+    top_items = [
+        {
+            "identity": name,
+            "method": name.partition(":")[0],
+            "tenant": tenants.get(name),
+            **view(sums),
+        }
+        for name, sums in ranked
+    ]
+    return {
+        "totals": view(total),
+        "series": _fill(flt, found),
+        "profiles": profile_items,
+        "topUsers": top_items,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Sums:
+    calls: int
+    chats: int
+    seconds: float
+    cost: float
+
+
+def _fill(flt: UsageFilter, found: dict[datetime, dict[str, Any]]) -> list[dict[str, Any]]:
+    empty = {"calls": 0, "chats": 0, "minutes": 0.0, "costUsd": 0.0}
+    points = []
+    moment = floor(flt.since, flt.bucket)
+    while moment < flt.until:
+        points.append({"t": _iso(moment), **found.get(moment, empty)})
+        moment += BUCKET_SIZES[flt.bucket]
+    return points

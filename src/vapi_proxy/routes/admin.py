@@ -9,15 +9,16 @@ changes something is written to the audit trail.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,15 +32,21 @@ from vapi_proxy.console.queries import (
     Bucket,
     UsageFilter,
     by_profile,
+    overview,
     top_identities,
-    totals,
     usage_series,
     webhook_health,
 )
 from vapi_proxy.console.store import ConsoleStore, iso
 from vapi_proxy.edge.body import read_json
 from vapi_proxy.edge.middleware import request_state
-from vapi_proxy.errors import BadRequestError, NotFoundError, ProxyError, UnauthorizedError
+from vapi_proxy.errors import (
+    BadRequestError,
+    NotFoundError,
+    ProxyError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+)
 from vapi_proxy.ledger.cli import usage_report
 from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.routes.query import NO_QUERY, Parser, read_query, whole_number
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
     from vapi_proxy.app import Runtime
 
 Handler = Callable[[Request], Awaitable[Response]]
+logger = logging.getLogger("vapi_proxy.admin")
 _MEDIA = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 
@@ -327,13 +335,8 @@ class AdminApi:
         await self.gate.authenticate(request, write=False)
         flt, query = self.usage_filter(request, {"top": whole_number(1, 100)})
         db = self.runtime.ledger.database
-        # Four independent reads of one index: run side by side (each on its own connection).
-        summary, series, profiles, top = await asyncio.gather(
-            totals(db, flt),
-            usage_series(db, flt),
-            by_profile(db, flt),
-            top_identities(db, flt, limit=query.get("top", 10)),
-        )
+        result = await overview(db, flt, top=query.get("top", 10))
+        top = result["topUsers"]
         for user in top:
             identity = identity_from_ledger(user["identity"], user["method"], user["tenant"])
             try:
@@ -341,15 +344,7 @@ class AdminApi:
             except ProxyError as exc:
                 user["limits"] = None
                 user["limitsError"] = str(exc.message)
-        return json_reply(
-            {
-                "filter": flt.view(),
-                "totals": summary,
-                "series": series,
-                "profiles": profiles,
-                "topUsers": top,
-            }
-        )
+        return json_reply({"filter": flt.view(), **result})
 
     async def usage_csv(self, request: Request) -> Response:
         admin = await self.gate.authenticate(request, write=False)
@@ -545,6 +540,13 @@ def _secured(handler: Handler) -> Handler:
             for name, value in SECURITY_HEADERS.items():
                 exc.headers.setdefault(name, value)
             raise
+        except (TimeoutError, sa.exc.SQLAlchemyError) as exc:
+            # A console query over a huge range can outlast ledger.timeout_seconds: say so.
+            logger.warning("admin query failed", exc_info=True)
+            raise ServiceUnavailableError(
+                "The ledger did not answer in time; try a shorter range or a filter.",
+                headers={**SECURITY_HEADERS, "Retry-After": "5"},
+            ) from exc
 
     wrapped.__name__ = handler.__name__
     return wrapped
