@@ -2,14 +2,14 @@
 [--backend sqlite|postgres|both] [--postgres-url URL] [--repeat K]`.
 
 A benchmark, not a test. For each backend it fills a fresh ledger (migrated by Alembic, so the
-console's indexes are the shipped ones) with N calls (default 1,000,000) spread over 90 days, 2,000
-identities, 6 profiles and 20 tenants, plus 200 live calls, a tenth as many webhook events, an
-outbox backlog and 5,000 audit rows; then starts the real proxy app on loopback and times each console
-request over real HTTP (the first answer is a warm-up and not counted; then `--repeat` timed
-answers, default 5): median and worst wall time against the 300 ms goal. PostgreSQL: a database
-of its own under the server named by `--postgres-url` (default `$VAPI_PROXY_TEST_POSTGRES_URL`),
-dropped at the end; loaded with COPY, then VACUUM ANALYZE as autovacuum would. SQLite is left as the
-proxy leaves it (no ANALYZE).
+console's indexes are the shipped ones) with N calls (default 1,000,000) spread over 90 days,
+2,000 identities, 6 profiles and 20 tenants, plus 200 live calls, a tenth as many webhook
+events, an outbox backlog and 5,000 audit rows; then starts the real proxy app on loopback and
+times each console request over real HTTP (the first answer is a warm-up and not counted; then
+`--repeat` timed answers, default 5): median and worst wall time against the 300 ms goal.
+PostgreSQL: a database of its own under the server named by `--postgres-url` (default
+`$VAPI_PROXY_TEST_POSTGRES_URL`), dropped at the end; loaded with COPY, then VACUUM ANALYZE as
+autovacuum would. SQLite is left as the proxy leaves it (no ANALYZE).
 """
 
 from __future__ import annotations
