@@ -1,170 +1,23 @@
-"""Build the proxy's ASGI app from `Settings`: runtime state, routes, edge middleware, lifespan."""
+"""Build the proxy's ASGI app from `Settings`: routes, edge middleware, lifespan (the runtime
+state itself is `runtime.Runtime`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
-from vapi_proxy.admission import Admissions
-from vapi_proxy.auth.chain import AuthChain
-from vapi_proxy.console.blocks import BlockList
-from vapi_proxy.console.store import ConsoleStore
 from vapi_proxy.edge.middleware import CorsPolicy, EdgeMiddleware
-from vapi_proxy.ledger.store import Ledger
-from vapi_proxy.limits.base import Limiter, create_limiter
 from vapi_proxy.logs import configure_logging
-from vapi_proxy.metrics import Metrics
-from vapi_proxy.policy.reply import compile_paths
-from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
 from vapi_proxy.routes import admin, calls, chat, health, me, metrics, webhook
+from vapi_proxy.runtime import Runtime
 from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, load_settings
-from vapi_proxy.upstream.client import UpstreamClient
-from vapi_proxy.upstream.replies import ReplyReader
-from vapi_proxy.webhooks import setup as webhook_setup
-from vapi_proxy.webhooks.forward import Forwarder
-from vapi_proxy.webhooks.receiver import WebhookReceiver
-from vapi_proxy.webhooks.stats import WebhookStats
 
-logger = logging.getLogger("vapi_proxy.app")
-OUTBOX_KEEP_DAYS = 7
-
-
-@dataclass
-class Runtime:
-    """Everything a request needs, built once from `Settings` and passed to the routes."""
-
-    settings: Settings
-    secrets: Secrets
-    auth: AuthChain
-    upstream: UpstreamClient
-    limiter: Limiter
-    ledger: Ledger
-    replies: ReplyReader
-    profiles: dict[str, CompiledProfile] = field(default_factory=dict)
-    reply_paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
-    webhook_server: dict[str, Any] | None = None
-    webhooks: WebhookReceiver | None = None
-    forwarder: Forwarder | None = None
-    webhook_stats: WebhookStats = field(default_factory=WebhookStats)
-    metrics: Metrics = field(default_factory=Metrics)
-    blocks: BlockList = field(init=False)
-    admissions: Admissions = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.admissions = Admissions(self.limiter, self.ledger, self.metrics)
-        # The console's identity blocks, checked wherever a call or chat's identity is known.
-        self.blocks = BlockList(
-            ConsoleStore(self.ledger.database),
-            refresh_seconds=self.settings.admin.block_refresh_seconds,
-        )
-
-    @classmethod
-    def build(cls, settings: Settings, secrets: Secrets) -> Runtime:
-        if secrets.vapi_api_key is None:
-            raise ConfigError(["VAPI_API_KEY: not set (or set VAPI_API_KEY_FILE)"])
-        key = secrets.vapi_api_key
-        upstream = UpstreamClient(
-            settings.vapi.base_url,
-            key.get_secret_value,
-            connect_timeout=settings.vapi.connect_timeout_seconds,
-            timeout=settings.vapi.timeout_seconds,
-            pool_size=settings.vapi.pool_size,
-            max_response_bytes=settings.vapi.max_response_bytes,
-        )
-        metrics = Metrics()
-        upstream.observer = metrics.observe_upstream
-        webhook_server = webhook_setup.webhook_server(settings)
-        try:
-            ledger = Ledger.from_url(settings.ledger.url, timeout=settings.ledger.timeout_seconds)
-            # Limits in the ledger's own database share its engine and writer: two engines on
-            # one SQLite file would meet in SQLite's busy handler, which sleeps.
-            backend = settings.limits.backend
-            same_database = backend.startswith("ledger:") or backend == settings.ledger.url
-            limiter = create_limiter(
-                settings.limits, database=ledger.database if same_database else None
-            )
-        except ValueError as exc:
-            raise ConfigError([f"limits.backend or ledger.url: {exc}"]) from None
-        profiles = compile_profiles(settings.profiles)
-        hooks = webhook_setup.build(
-            settings,
-            profiles=profiles,
-            limiter=limiter,
-            ledger=ledger,
-            server=webhook_server,
-            metrics=metrics,
-        )
-        auth = AuthChain.from_settings(settings.auth)
-        # Auth and webhook events reach the metrics as they happen, in this worker.
-        metrics.listen(auth.stats, hooks.stats)
-        return cls(
-            settings=settings,
-            secrets=secrets,
-            auth=auth,
-            upstream=upstream,
-            limiter=limiter,
-            ledger=ledger,
-            replies=ReplyReader(key.get_secret_value, profiles, metrics.observe_refusal),
-            profiles=profiles,
-            reply_paths={
-                name: compile_paths(profile.expose) for name, profile in settings.profiles.items()
-            },
-            webhook_server=webhook_server,
-            webhooks=hooks.receiver,
-            forwarder=hooks.forwarder,
-            webhook_stats=hooks.stats,
-            metrics=metrics,
-        )
-
-    @property
-    def api_key(self) -> str:
-        return self.secrets.vapi_api_key.get_secret_value() if self.secrets.vapi_api_key else ""
-
-    async def start(self) -> None:
-        await self.ledger.start(
-            auto_migrate=self.settings.ledger.auto_migrate,
-            jwt_issuers=self.settings.auth.jwt_issuers,
-        )
-        await self.upstream.start()
-        await self.auth.start()
-        if self.forwarder is not None:
-            await self.forwarder.start()
-
-    async def aclose(self) -> None:
-        if self.forwarder is not None:
-            await self.forwarder.aclose()
-        await self.auth.aclose()
-        await self.upstream.aclose()
-        await self.limiter.aclose()
-        await self.ledger.aclose()
-
-    async def maintain(self, interval: float = 30.0) -> None:
-        """Background upkeep: free slots of calls that never reported their end, drop expired
-        idempotency keys and week-old delivered webhook forwards. Failures are logged and retried
-        on the next round."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                freed = await self.limiter.expire()
-                if freed:
-                    logger.info("expired call slots", extra={"fields": {"freed": freed}})
-                await self.ledger.idempotency_purge()
-                if self.forwarder is not None and self.forwarder.enabled:
-                    # Delivered forwards are kept a week for audit, then dropped.
-                    await self.ledger.outbox_purge(
-                        before=datetime.now(UTC) - timedelta(days=OUTBOX_KEEP_DAYS)
-                    )
-            except Exception:
-                logger.exception("maintenance round failed")
+__all__ = ["Runtime", "app_from_environment", "create_app"]
 
 
 def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:

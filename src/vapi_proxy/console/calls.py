@@ -25,7 +25,7 @@ from vapi_proxy.ledger.schema import calls
 from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 logger = logging.getLogger("vapi_proxy.console.calls")
 

@@ -52,7 +52,7 @@ from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.routes.query import NO_QUERY, Parser, read_query, whole_number
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 Handler = Callable[[Request], Awaitable[Response]]
 logger = logging.getLogger("vapi_proxy.admin")

@@ -41,7 +41,7 @@ from vapi_proxy.policy.webcall import CallContext, PlannedCall, plan_web_call
 from vapi_proxy.routes.query import NO_QUERY, read_query, whole_number
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 logger = logging.getLogger("vapi_proxy.calls")
 

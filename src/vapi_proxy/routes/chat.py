@@ -36,7 +36,7 @@ from vapi_proxy.routes.query import NO_QUERY, read_query
 from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, run_until_client_leaves
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 logger = logging.getLogger("vapi_proxy.chat")
 

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from vapi_proxy.routes.metrics import internal_client_check
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 _OK = b'{"status":"ok"}'
 _HEADERS = {"Cache-Control": "no-store"}

@@ -21,7 +21,7 @@ from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.routes.query import read_query
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 
 def routes(runtime: Runtime) -> list[Route]:

@@ -24,7 +24,7 @@ from vapi_proxy.ledger.schema import calls
 from vapi_proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 logger = logging.getLogger("vapi_proxy.metrics")
 _LIVE = ("queued", "ringing", "in-progress", "forwarding")

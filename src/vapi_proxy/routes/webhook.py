@@ -18,7 +18,7 @@ from vapi_proxy.edge.body import read_body
 from vapi_proxy.edge.middleware import request_state
 
 if TYPE_CHECKING:
-    from vapi_proxy.app import Runtime
+    from vapi_proxy.runtime import Runtime
 
 
 def routes(runtime: Runtime) -> list[Route]:
