@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +222,30 @@ def test_a_key_overriding_a_yaml_merge_is_not_a_duplicate(tmp_path: Path) -> Non
         "  p: {<<: *base, max_duration_seconds: 120}\n"
     )
     assert load_settings(config, environ={}).profiles["p"].max_duration_seconds == 120
+
+
+_VALIDATE_ONLY = """
+import json, sys
+from vapi_proxy.settings import ConfigError, parse_settings
+raw = {
+    "profiles": {"p": {"assistant_id": "a"}},
+    "webhooks": {"inbound": {"default": {"profile": "nope"}}},
+}
+try:
+    parse_settings(raw, environ={})
+except ConfigError as exc:
+    problems = exc.problems
+heavy = sorted(m for m in ("sqlalchemy", "aiohttp", "alembic") if m in sys.modules)
+print(json.dumps({"problems": problems, "heavy": heavy}))
+"""
+
+
+def test_validating_a_config_imports_no_database_or_http_library() -> None:
+    """`check` and the supervisor validate configs: the webhook cross-check is part of the
+    settings, not of the webhooks package that builds on SQLAlchemy and aiohttp."""
+    done = subprocess.run(
+        [sys.executable, "-c", _VALIDATE_ONLY], capture_output=True, text=True, check=True
+    )
+    report = json.loads(done.stdout)
+    assert report["problems"] == ["webhooks.inbound.default.profile: no profile named 'nope'"]
+    assert report["heavy"] == []

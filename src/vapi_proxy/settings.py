@@ -33,7 +33,7 @@ from vapi_proxy.auth.config import AuthSettings
 from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.policy.access import unbound_issuer_rules
 from vapi_proxy.policy.profiles import FileRef, Profile
-from vapi_proxy.webhooks.config import WebhookSettings
+from vapi_proxy.webhooks.config import InboundAction, WebhookSettings
 
 DEFAULT_BASE_URL = "https://api.vapi.ai"
 ENV_PREFIX = "VAPI_PROXY__"
@@ -576,11 +576,8 @@ def parse_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, origins)) from None
-    # Checks that span sections (a webhook rule naming a profile, ...); imported here because
-    # the webhooks package itself builds on these settings.
-    from vapi_proxy.webhooks.setup import check as check_webhooks
-
-    cross = check_webhooks(settings)
+    # Checks that span sections (a webhook rule naming a profile, ...).
+    cross = webhook_problems(settings)
     for where, url in (
         ("ledger.url", settings.ledger.url),
         ("limits.backend", settings.limits.backend),
@@ -595,6 +592,30 @@ def parse_settings(
             if isinstance(getattr(profile, key), FileRef):
                 raise ConfigError([f"profiles.{name}.{key}.file: was not resolved"])
     return settings
+
+
+def webhook_problems(settings: Settings) -> list[str]:
+    """Webhook problems that span sections, which pydantic cannot see per section (a rule's
+    profile name, `respond.url` for forwarding rules)."""
+    hooks = settings.webhooks
+    problems = []
+    inbound = hooks.inbound
+    actions: list[tuple[str, InboundAction]] = [
+        (f"webhooks.inbound.rules.{r.name}", r) for r in inbound.rules
+    ]
+    if inbound.default is not None:
+        actions.append(("webhooks.inbound.default", inbound.default))
+    if hooks.respond.url is not None and not hooks.forward.secrets:
+        problems.append(
+            "webhooks.respond.url: relayed requests are signed with the app's secret; set "
+            "webhooks.forward.secret_env or secret_file"
+        )
+    for where, action in actions:
+        if action.profile is not None and action.profile not in settings.profiles:
+            problems.append(f"{where}.profile: no profile named {action.profile!r}")
+        if action.forward and hooks.respond.url is None:
+            problems.append(f"{where}.forward: needs webhooks.respond.url")
+    return problems
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

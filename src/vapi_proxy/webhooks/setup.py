@@ -12,8 +12,7 @@ from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
 from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.webcall import CompiledProfile
-from vapi_proxy.settings import ConfigError, Settings
-from vapi_proxy.webhooks.config import InboundAction
+from vapi_proxy.settings import Settings
 from vapi_proxy.webhooks.forward import Forwarder
 from vapi_proxy.webhooks.inbound import InboundResponder
 from vapi_proxy.webhooks.receiver import WebhookReceiver
@@ -45,29 +44,6 @@ def webhook_server(settings: Settings) -> dict[str, Any] | None:
     return server
 
 
-def check(settings: Settings) -> list[str]:
-    """Cross-section problems pydantic cannot see (profile names, respond.url)."""
-    hooks = settings.webhooks
-    problems = []
-    inbound = hooks.inbound
-    actions: list[tuple[str, InboundAction]] = [
-        (f"webhooks.inbound.rules.{r.name}", r) for r in inbound.rules
-    ]
-    if inbound.default is not None:
-        actions.append(("webhooks.inbound.default", inbound.default))
-    if hooks.respond.url is not None and not hooks.forward.secrets:
-        problems.append(
-            "webhooks.respond.url: relayed requests are signed with the app's secret; set "
-            "webhooks.forward.secret_env or secret_file"
-        )
-    for where, action in actions:
-        if action.profile is not None and action.profile not in settings.profiles:
-            problems.append(f"{where}.profile: no profile named {action.profile!r}")
-        if action.forward and hooks.respond.url is None:
-            problems.append(f"{where}.forward: needs webhooks.respond.url")
-    return problems
-
-
 @dataclass
 class WebhookParts:
     receiver: WebhookReceiver
@@ -85,9 +61,8 @@ def build(
     clock: Callable[[], float] = time.time,
     metrics: Metrics | None = None,
 ) -> WebhookParts:
-    problems = check(settings)
-    if problems:
-        raise ConfigError(problems)
+    # Cross-section problems (rule profiles, respond.url) were refused when the settings were
+    # validated (settings.webhook_problems).
     hooks = settings.webhooks
     stats = WebhookStats()
     forwarder = Forwarder(hooks.forward, hooks.respond, ledger, stats, clock=clock)
