@@ -171,11 +171,14 @@ class Metrics:
         children[0].inc()
         return children[1]
 
-    def observe_upstream(self, endpoint: str, seconds: float, error: str | None) -> None:
-        child = self._upstream_children.get(endpoint)
-        if child is None:
-            child = self._upstream_children[endpoint] = self.upstream_seconds.labels(endpoint)
-        child.observe(seconds)
+    def observe_upstream(self, endpoint: str, seconds: float | None, error: str | None) -> None:
+        """One request to Vapi (timed), or a failure after it was timed (`seconds` None: a
+        stream that broke off is counted as an error, not as a second request)."""
+        if seconds is not None:
+            child = self._upstream_children.get(endpoint)
+            if child is None:
+                child = self._upstream_children[endpoint] = self.upstream_seconds.labels(endpoint)
+            child.observe(seconds)
         if error is not None:
             self.upstream_errors.labels(error).inc()
 

@@ -8,50 +8,26 @@ opened): a retried POST that did reach Vapi would start a second call.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 
 from vapi_proxy import __version__
 from vapi_proxy.errors import UpstreamError
+from vapi_proxy.upstream.response import (
+    Observer,
+    UpstreamResponse,
+    endpoint_label,
+    mapped_errors,
+    status_kind,
+)
+from vapi_proxy.upstream.stream import UpstreamStream
 
-if TYPE_CHECKING:
-    from vapi_proxy.upstream.stream import UpstreamStream
+__all__ = ["USER_AGENT", "UpstreamClient", "UpstreamResponse", "endpoint_label"]
 
 USER_AGENT = f"vapi-proxy/{__version__}"
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    status: int
-    body: bytes
-    content_type: str
-    retry_after: str | None
-    elapsed_ms: float
-    endpoint: str = ""
-    """Vapi's endpoint as a template (`/call/{id}`): says which request this answers."""
-
-
-_ID_SEGMENT = re.compile(r"/[^/]*\d[^/]*(?=/|$)")
-
-
-def endpoint_label(path: str) -> str:
-    """`/call/0193…` → `/call/{id}`: ids never become metric labels."""
-    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
-
-
-def _status_kind(status: int) -> str | None:
-    if status < 400:
-        return None
-    if status in (401, 403):
-        return "key_rejected"
-    if status == 429:
-        return "status_429"
-    return "status_4xx" if status < 500 else "status_5xx"
 
 
 class UpstreamClient:
@@ -66,7 +42,7 @@ class UpstreamClient:
         timeout: float = 30.0,
         pool_size: int = 100,
         max_response_bytes: int = 4 * 1024 * 1024,
-        observer: Callable[[str, float, str | None], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.observer = observer
@@ -119,13 +95,13 @@ class UpstreamClient:
         """Send one request to Vapi and read its (bounded) reply."""
         started = time.perf_counter()
         response = await self._send(method, path, body, self._headers(body is not None), started)
-        with self._mapped_errors(path, started):
+        with mapped_errors(endpoint_label(path), started, self.observer):
             async with response:
                 data = await response.content.read(self._max_response_bytes + 1)
         if len(data) > self._max_response_bytes:
             self._observe(path, started, "bad_reply")
             raise UpstreamError("Vapi's reply was larger than the proxy accepts.", maybe_sent=True)
-        self._observe(path, started, _status_kind(response.status))
+        self._observe(path, started, status_kind(response.status))
         return UpstreamResponse(
             status=response.status,
             body=data,
@@ -149,7 +125,7 @@ class UpstreamClient:
         if client_timeout is not None:
             kwargs["timeout"] = client_timeout
         url = self.base_url + path
-        with self._mapped_errors(path, started):
+        with mapped_errors(endpoint_label(path), started, self.observer):
             try:
                 return await self.session.request(method, url, **kwargs)
             except aiohttp.ClientConnectorError:
@@ -157,25 +133,6 @@ class UpstreamClient:
                 # immediate retry is safe. A second failure is mapped like any other.
                 pass
             return await self.session.request(method, url, **kwargs)
-
-    @contextlib.contextmanager
-    def _mapped_errors(self, path: str, started: float) -> Iterator[None]:
-        """The one boundary where aiohttp's errors become the proxy's (502/504)."""
-        try:
-            yield
-        except aiohttp.ClientConnectorError as exc:
-            self._observe(path, started, "connect")
-            raise UpstreamError("Could not reach Vapi. Try again later.") from exc
-        except TimeoutError as exc:
-            self._observe(path, started, "timeout")
-            raise UpstreamError(
-                "Vapi did not answer in time. Try again later.", status_code=504, maybe_sent=True
-            ) from exc
-        except aiohttp.ClientError as exc:
-            self._observe(path, started, "disconnect")
-            raise UpstreamError(
-                "The connection to Vapi failed. Try again later.", maybe_sent=True
-            ) from exc
 
     def _observe(self, path: str, started: float, error: str | None) -> None:
         if self.observer is not None:
@@ -191,8 +148,6 @@ class UpstreamClient:
         the headers or the next bytes is capped at `idle_timeout`. Leaving the block before the
         body ended closes the connection (Vapi sees the client go); a finished one is reused.
         """
-        from vapi_proxy.upstream.stream import UpstreamStream
-
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
         )
@@ -200,12 +155,13 @@ class UpstreamClient:
         started = time.perf_counter()
         response = await self._send(method, path, body, headers, started, timeout)
         # Time to the reply's headers: the stream's own length is not Vapi's latency.
-        self._observe(path, started, _status_kind(response.status))
+        self._observe(path, started, status_kind(response.status))
         stream = UpstreamStream(
             response,
             started=started,
             max_response_bytes=self._max_response_bytes,
             endpoint=endpoint_label(path),
+            observer=self.observer,
         )
         try:
             yield stream

@@ -2,8 +2,9 @@
 
 Handed out by `UpstreamClient.stream()`, which owns the connection: leaving its `async with`
 before the end of the body closes the connection, so Vapi sees the client leave at once. Library
-errors are mapped here, at the boundary: a silence longer than the idle timeout becomes a 504
-`UpstreamError`, a broken connection a 502 one.
+errors are mapped by `response.mapped_errors`, the same boundary as buffered requests (and so
+reach the metrics): a silence longer than the idle timeout becomes a 504 `UpstreamError`, a
+broken connection (a reset socket included) a 502 one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from vapi_proxy.errors import UpstreamError
-from vapi_proxy.upstream.client import UpstreamResponse
+from vapi_proxy.upstream.response import Observer, UpstreamResponse, mapped_errors
 
 
 class UpstreamStream:
@@ -27,8 +28,10 @@ class UpstreamStream:
         started: float,
         max_response_bytes: int,
         endpoint: str = "",
+        observer: Observer | None = None,
     ) -> None:
         self._response = response
+        self._observer = observer
         self.endpoint = endpoint
         self._started = started
         self._max = max_response_bytes
@@ -43,16 +46,8 @@ class UpstreamStream:
 
     async def read(self) -> UpstreamResponse:
         """Read a (bounded) non-streamed body: an error, or JSON when Vapi did not stream."""
-        try:
+        with mapped_errors(self.endpoint, self._started, self._observer, "body"):
             data = await self._response.content.read(self._max + 1)
-        except TimeoutError as exc:
-            raise UpstreamError(
-                "Vapi did not answer in time. Try again later.", status_code=504, maybe_sent=True
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                "The connection to Vapi failed. Try again later.", maybe_sent=True
-            ) from exc
         if len(data) > self._max:
             raise UpstreamError("Vapi's reply was larger than the proxy accepts.", maybe_sent=True)
         return UpstreamResponse(
@@ -67,20 +62,12 @@ class UpstreamStream:
     async def chunks(self) -> AsyncIterator[bytes]:
         """Each chunk as soon as the socket delivers it (never re-framed or held back)."""
         content = self._response.content
-        try:
-            while True:
+        while True:
+            with mapped_errors(self.endpoint, self._started, self._observer, "stream"):
                 chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
-        except TimeoutError as exc:
-            raise UpstreamError(
-                "Vapi stopped sending the reply (timed out).", status_code=504, maybe_sent=True
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                "The connection to Vapi broke off mid-reply.", maybe_sent=True
-            ) from exc
+            if not chunk:
+                return
+            yield chunk
 
     @property
     def finished(self) -> bool:

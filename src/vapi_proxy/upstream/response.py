@@ -1,0 +1,90 @@
+"""What Vapi answered, and the one place aiohttp's failures become the proxy's `UpstreamError`s,
+for buffered and streamed requests alike (each failure is told to the metrics observer)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+
+from vapi_proxy.errors import UpstreamError
+
+Observer = Callable[[str, float | None, str | None], None]
+"""Told (endpoint template, seconds or None, error kind or None): the metrics. `None` seconds is
+a failure after the request was timed (a stream breaking off), counted but not timed again."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    body: bytes
+    content_type: str
+    retry_after: str | None
+    elapsed_ms: float
+    endpoint: str = ""
+    """Vapi's endpoint as a template (`/call/{id}`): says which request this answers."""
+
+
+_ID_SEGMENT = re.compile(r"/[^/]*\d[^/]*(?=/|$)")
+
+
+def endpoint_label(path: str) -> str:
+    """`/call/0193…` → `/call/{id}`: ids never become metric labels."""
+    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
+
+
+def status_kind(status: int) -> str | None:
+    """The error kind a reply's status counts as (None for a success)."""
+    if status < 400:
+        return None
+    if status in (401, 403):
+        return "key_rejected"
+    if status == 429:
+        return "status_429"
+    return "status_4xx" if status < 500 else "status_5xx"
+
+
+Phase = Literal["request", "body", "stream"]
+"""Where a request failed: before its reply was observed (`request`: timed), reading a body
+after the headers were observed (`body`), or relaying a stream (`stream`: the reply broke off)."""
+
+
+@contextlib.contextmanager
+def mapped_errors(
+    endpoint: str, started: float, observer: Observer | None, phase: Phase = "request"
+) -> Iterator[None]:
+    """aiohttp's (and the socket's) errors become the proxy's 502/504, each observed once."""
+    mid_stream = phase == "stream"
+
+    def observe(kind: str) -> None:
+        if observer is not None:
+            seconds = time.perf_counter() - started if phase == "request" else None
+            observer(endpoint, seconds, kind)
+
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        observe("connect")
+        raise UpstreamError("Could not reach Vapi. Try again later.") from exc
+    except TimeoutError as exc:
+        observe("timeout")
+        message = (
+            "Vapi stopped sending the reply (timed out)."
+            if mid_stream
+            else "Vapi did not answer in time. Try again later."
+        )
+        raise UpstreamError(message, status_code=504, maybe_sent=True) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        # A reset socket surfaces as a bare OSError (ConnectionResetError) from some reads.
+        observe("disconnect")
+        message = (
+            "The connection to Vapi broke off mid-reply."
+            if mid_stream
+            else "The connection to Vapi failed. Try again later."
+        )
+        raise UpstreamError(message, maybe_sent=True) from exc
