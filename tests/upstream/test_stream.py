@@ -49,13 +49,17 @@ async def test_a_stream_that_breaks_off_is_an_upstream_error_the_metrics_count(
     client = UpstreamClient(
         breaking_server, lambda: "dummy-key", observer=lambda *a: seen.append(a)
     )
+
+    async def relay() -> None:
+        async with client.stream("POST", "/chat", b"{}", idle_timeout=5) as stream:
+            assert stream.status == 200
+            async for _ in stream.chunks():
+                await asyncio.sleep(0)
+
     await client.start()
     try:
         with pytest.raises(UpstreamError) as raised:
-            async with client.stream("POST", "/chat", b"{}", idle_timeout=5) as stream:
-                assert stream.status == 200
-                async for _ in stream.chunks():
-                    await asyncio.sleep(0)
+            await relay()
     finally:
         await client.aclose()
     assert raised.value.status_code == 502 and raised.value.maybe_sent
@@ -79,9 +83,13 @@ def test_library_and_socket_errors_are_mapped_in_one_place(
     error: Exception, phase: str, status: int, kind: str, timed: bool
 ) -> None:
     seen: Seen = []
-    with pytest.raises(UpstreamError) as raised:
+
+    def fail() -> None:
         with mapped_errors("/chat", 0.0, lambda *a: seen.append(a), phase):  # type: ignore[arg-type]
             raise error
+
+    with pytest.raises(UpstreamError) as raised:
+        fail()
     assert raised.value.status_code == status and raised.value.maybe_sent
     assert raised.value.__cause__ is error
     assert len(seen) == 1 and seen[0][0] == "/chat" and seen[0][2] == kind
