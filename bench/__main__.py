@@ -39,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the proxy with its ledger write skipped (what the rest costs)",
     )
     parser.add_argument(
+        "--upstream",
+        choices=["auto", "stub", "simulator"],
+        default="auto",
+        help="what the proxies call: the nginx stub (auto: when nginx exists) or the simulator",
+    )
+    parser.add_argument(
+        "--sustain",
+        type=float,
+        help="seconds of the RSS run of the full variants (default 30, --quick 6; 0: none)",
+    )
+    parser.add_argument(
         "--render", action="store_true", help="only rewrite latest.md and .png from latest.json"
     )
     args = parser.parse_args(argv)
@@ -59,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         tool=args.tool,
         ref=args.ref,
         experiments=args.experiments,
+        upstream=args.upstream,
+        sustain_seconds=max(
+            0.0, min(args.sustain if args.sustain is not None else (6 if args.quick else 30), 600)
+        ),
     )
     started = time.monotonic()
     raw = run(plan, args.out / "raw", log=lambda m: print(m, flush=True))

@@ -53,6 +53,8 @@ class ProcSample:
     rss_kb: int  # of the largest process in the tree (a supervised server's worker)
     peak_rss_kb: int  # VmHWM, likewise
     processes: int = 1
+    root_rss_kb: int = 0  # of `pid` itself: `serve`'s supervisor when it runs workers
+    total_rss_kb: int = 0  # of the whole tree
 
 
 def _one(pid: int) -> tuple[float, int, int, int]:
@@ -93,6 +95,7 @@ def sample(pid: int) -> ProcSample:
     """CPU of `pid` and its descendants (a server that runs its workers under a supervisor,
     like `vapi-proxy serve`, is measured whole), memory of its largest process."""
     cpu, rss, peak, _ = _one(pid)
+    root, total = rss, rss
     count = 1
     for child in _descendants(pid):
         try:
@@ -101,8 +104,9 @@ def sample(pid: int) -> ProcSample:
             continue
         cpu += c_cpu
         rss, peak = max(rss, c_rss), max(peak, c_peak)
+        total += c_rss
         count += 1
-    return ProcSample(cpu, rss, peak, count)
+    return ProcSample(cpu, rss, peak, count, root, total)
 
 
 class Service:

@@ -21,11 +21,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-import yaml
-
 from bench import load, procs, setups
+from bench import run as run_mod
 from bench.procs import Service
-from bench.run import LOAD_CPU, ROOT, SERVER_CPU, SIM_CPU, source_tree
+from bench.run import LOAD_CPU, ROOT, SERVER_CPU, source_tree
 
 RAW = Path(__file__).resolve().parent / "results" / "raw"
 
@@ -56,7 +55,8 @@ def aggregate(folded: Path, top: int = 30) -> dict[str, list[tuple[str, float]]]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
-    parser.add_argument("--variant", default="jwt+limits")
+    parser.add_argument("--variant", default=setups.FULL)
+    parser.add_argument("--upstream", choices=["auto", "stub", "simulator"], default="auto")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--ref", help="profile this git ref's src/ instead of the working tree")
@@ -69,18 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vapi-profile-")))
         src_env, code = source_tree(args.ref, tmp)
         print(f"profiling {code}")
-        cfg = tmp / "sandbox.yaml"
-        cfg.write_text(yaml.safe_dump(setups.sandbox_config()))
-        port = procs.free_port()
-        sim = Service(
-            "simulator",
-            setups.sandbox_command(cfg, port),
-            port=port,
-            log=RAW / "profile-simulator.log",
-            cpu=SIM_CPU,
+        upstream_url, _, what = run_mod._start_upstream(
+            stack, tmp, RAW, run_mod.Plan(upstream=args.upstream), src_env
         )
-        stack.callback(sim.stop)
-        sim.wait_ready()
+        print(f"upstream: {what}")
         scaled: tuple[dict[str, str], str | None] = (None, None)  # type: ignore[assignment]
         if args.variant == "jwt+redis+pg":
             from bench.services import scaled_out
@@ -103,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             env={
                 **src_env,
                 "VAPI_API_KEY": setups.PRIVATE_KEY,
-                "VAPI_BASE_URL": sim.url,
+                "VAPI_BASE_URL": upstream_url,
                 # bench.nowrite (the experiment) must be importable from the temp dir
                 "PYTHONPATH": os.pathsep.join(
                     p for p in (src_env.get("PYTHONPATH"), str(ROOT)) if p
@@ -156,13 +148,112 @@ def main(argv: list[str] | None = None) -> int:
         r = result[0]
         print(f"under py-spy: {r.rps:.0f} req/s, p50 {r.p50_ms:.2f} ms (sampling slows it)")
     agg = aggregate(out)
-    print(f"{out}: {agg['samples'][0][1]:.0f} samples\n\nself time (leaf):")
-    for name, share in agg["self"]:
-        print(f"  {share:5.1f}%  {name}")
-    print("\ninclusive:")
-    for name, share in agg["inclusive"]:
-        print(f"  {share:5.1f}%  {name}")
+    under = (
+        f"{result[0].rps:.0f} req/s, p50 {result[0].p50_ms:.2f} ms under py-spy"
+        if result
+        else "no load result"
+    )
+    text = summary_markdown(args.variant, code, args.connections, args.seconds, under, agg)
+    summary = RAW.parent / f"profile-{args.variant}.md"
+    summary.write_text(text)
+    print(text)
+    print(f"wrote {summary} (raw folded stacks: {out})")
     return 0
+
+
+# Where a frame's file says which part of the request path it belongs to (first match wins).
+PARTS = [
+    (
+        "SQLite ledger and limit store (SQLAlchemy, aiosqlite, sqlite3)",
+        ("sqlalchemy", "aiosqlite", "sqlite3", "ledger/", "limits/embedded"),
+    ),
+    ("JWT verification (PyJWT, cryptography)", ("jwt/", "cryptography", "auth/")),
+    ("limits (reserve, plans, windows)", ("limits/",)),
+    ("upstream call (aiohttp client)", ("aiohttp/", "upstream/")),
+    ("Starlette routing, requests, responses", ("starlette/",)),
+    ("uvicorn, httptools, uvloop", ("uvicorn/", "httptools", "uvloop")),
+    ("the proxy's own code elsewhere", ("vapi_proxy/",)),
+]
+
+
+# Leaf frames that are a thread waiting, not working (py-spy's own idle detection misses
+# them): the thread pool and aiosqlite's thread on their queues, the supervisor on its pipe.
+IDLE_LEAVES = (
+    "_worker (concurrent/futures/thread.py",
+    "_connection_worker_thread (aiosqlite/core.py",
+    "Connection._recv (multiprocessing/connection.py",
+    "Connection.poll (multiprocessing/connection.py",
+    "main (multiprocessing/resource_tracker.py",
+    "wait (threading.py",
+    "select (selectors.py",
+)
+IDLE = "idle (threads waiting on a queue or pipe; excluded from the shares)"
+LOOP = "the event loop in C (uvloop: I/O, callbacks, or waiting in epoll)"
+
+
+def parts(folded: Path) -> list[tuple[str, float]]:
+    """Share of the busy samples per part of the request path: each sample is charged to the
+    part of its innermost frame that belongs to one (so a SQLAlchemy call made by the ledger
+    is the ledger's). Idle samples (a thread waiting) are counted apart, as % of all samples."""
+    counts: collections.Counter[str] = collections.Counter()
+    idle = total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if any(leaf.startswith(w) or f";{w}" in leaf for w in IDLE_LEAVES):
+            idle += n
+            continue
+        if leaf.startswith("Runner.run (asyncio/runners.py") or "run_until_complete" in leaf:
+            counts[LOOP] += n
+            continue
+        charged = "other (interpreter, stdlib)"
+        for frame in reversed(frames):
+            where = frame.rsplit("(", 1)[-1]
+            hit = next((name for name, keys in PARTS if any(k in where for k in keys)), None)
+            if hit:
+                charged = hit
+                break
+        counts[charged] += n
+    busy = max(1, total - idle)
+    out = [(k, round(v * 100 / busy, 1)) for k, v in counts.most_common()]
+    return [*out, (IDLE, round(idle * 100 / max(1, total), 1))]
+
+
+def summary_markdown(
+    variant: str,
+    code: str,
+    connections: int,
+    seconds: int,
+    under: str,
+    agg: dict[str, list[tuple[str, float]]],
+) -> str:
+    folded = RAW / f"profile-{variant}.txt"
+    lines = [
+        f"# Profile of `{variant}` under load (py-spy)",
+        "",
+        f"{code}; wrk at c={connections} for {seconds} s, proxy pinned to CPU {SERVER_CPU};"
+        f" {under}; {agg['samples'][0][1]:.0f} samples over all threads (raw folded stacks in"
+        " bench/results/raw/, not committed). Reproduce: `python -m bench.profile --variant"
+        f" {variant}`.",
+        "",
+        "## By part of the request path",
+        "",
+        "Shares of the busy samples (all threads; the idle row is % of all samples).",
+        "",
+        "| part | share % |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {share} |" for name, share in parts(folded)]
+    lines += ["", "## Self time (leaf frames)", "", "| % | function |", "|---:|---|"]
+    lines += [f"| {share} | `{name}` |" for name, share in agg["self"][:25]]
+    lines += ["", "## Inclusive", "", "| % | function |", "|---:|---|"]
+    lines += [f"| {share} | `{name}` |" for name, share in agg["inclusive"][:45]]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

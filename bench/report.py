@@ -7,17 +7,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-# name: (description, numerator variant, denominator variant, concurrency, minimum ratio)
-RATIO_GOALS = [
-    ("auth + limits + ledger keep ≥ 75% of no-policy throughput", "jwt+limits", "open", 16, 0.75),
-    ("RS256 JWT auth ≥ 0.85 of no-auth throughput", "jwt", "open", 16, 0.85),
-    ("limits + ledger (SQLite) ≥ 0.8 of limits off", "jwt+limits", "jwt", 16, 0.8),
-]
-FULL = "jwt+limits"
+from bench.setups import BARE, FULL, WORKER
+
+DIRECT = "upstream"  # the upstream hit directly: added latency is over this
+LEDGER_LIMITS, TWO_WORKERS, SCALED = "jwt+limits-ledger", "jwt+limits-ledger-2w", "jwt+redis+pg"
 
 
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    """Median of the repeats per variant and concurrency, plus the spread of req/s."""
+    """Median of the repeats per variant and concurrency, the spread of req/s, and every
+    variant's ratios against both baselines (the Worker and the bare pass-through)."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for v in raw["variants"]:
         if v["error"]:
@@ -34,56 +32,112 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                 "p50_ms": med(r["p50_ms"] for r in rows),
                 "p99_ms": med(r["p99_ms"] for r in rows),
                 "cpu_us_per_req": med(r["cpu_us_per_req"] for r in rows),
-                "sim_cpu_us_per_req": med(r["sim_cpu_us_per_req"] for r in rows),
                 "spread_pct": (max(rps) - min(rps)) / med(rps) * 100 if med(rps) else 0.0,
                 "non_2xx_pct": sum(r["non_2xx"] for r in rows) / max(1, total) * 100,
                 "errors": sum(r["errors"] for r in rows),
             }
-    direct = table.get("direct", {})
+    direct = table.get(DIRECT, {})
     for by_c in table.values():
         for c, point in by_c.items():
             if c in direct:
                 point["added_p50_ms"] = point["p50_ms"] - direct[c]["p50_ms"]
-                point["vs_direct"] = point["rps"] / direct[c]["rps"] if direct[c]["rps"] else 0
+    for by_c in table.values():
+        for c, point in by_c.items():
+            for base, key in ((WORKER, "worker"), (BARE, "bare")):
+                ref = table.get(base, {}).get(c)
+                if not ref:
+                    continue
+                point[f"rps_x_{key}"] = point["rps"] / ref["rps"] if ref["rps"] else 0.0
+                point[f"cpu_x_{key}"] = (
+                    point["cpu_us_per_req"] / ref["cpu_us_per_req"]
+                    if ref["cpu_us_per_req"]
+                    else 0.0
+                )
+                if "added_p50_ms" in point and "added_p50_ms" in ref:
+                    point[f"added_p50_minus_{key}_ms"] = point["added_p50_ms"] - ref["added_p50_ms"]
     return {"table": table, "goals": goals(table)}
 
 
-def _rps(table: dict[str, Any], name: str, c: int) -> float | None:
+def _get(table: dict[str, Any], name: str, c: int, key: str) -> float | None:
     point = table.get(name, {}).get(str(c))
-    return point["rps"] if point else None
+    value = point.get(key) if point else None
+    return float(value) if value is not None else None
+
+
+def _goal(
+    text: str, achieved: float | None, target: float, at_most: bool, digits: int = 2
+) -> dict[str, Any]:
+    met = achieved is not None and (achieved <= target if at_most else achieved >= target)
+    return {
+        "goal": text,
+        "achieved": round(achieved, digits) if achieved is not None else None,
+        "target": f"{'≤' if at_most else '≥'} {target:g}",
+        "met": met,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def goals(table: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    full16 = _rps(table, FULL, 16)
-    out.append(
-        {
-            "goal": "auth + limits + SQLite ledger ≥ 1,500 req/s at 16 connections",
-            "achieved": round(full16, 0) if full16 is not None else None,
-            "target": 1500,
-            "met": full16 is not None and full16 >= 1500,
-        }
-    )
-    added = table.get(FULL, {}).get("1", {}).get("added_p50_ms")
-    out.append(
-        {
-            "goal": "auth + limits + SQLite ledger adds ≤ 1 ms p50 at 1 connection over direct",
-            "achieved": round(added, 3) if added is not None else None,
-            "target": 1.0,
-            "met": added is not None and added <= 1.0,
-        }
-    )
-    for text, num, den, c, minimum in RATIO_GOALS:
-        a, b = _rps(table, num, c), _rps(table, den, c)
-        ratio = a / b if a is not None and b else None
+    """Issue 17's goals (and issue 18's worker ratio), as ratios within this run."""
+    out = []
+    for name in (FULL, LEDGER_LIMITS):
+        what = "memory limits" if name == FULL else "default durable limits"
         out.append(
-            {
-                "goal": f"{text} (c={c})",
-                "achieved": round(ratio, 3) if ratio is not None else None,
-                "target": minimum,
-                "met": ratio is not None and ratio >= minimum,
-            }
+            _goal(
+                f"`{name}` ({what}): CPU per request ÷ bare pass-through's (c=16)",
+                _get(table, name, 16, "cpu_x_bare"),
+                1.6,
+                at_most=True,
+            )
         )
+        out.append(
+            _goal(
+                f"`{name}`: req/s ÷ the Worker's (c=16)",
+                _get(table, name, 16, "rps_x_worker"),
+                0.6,
+                at_most=False,
+            )
+        )
+        out.append(
+            _goal(
+                f"`{name}`: added p50 at c=1 minus the Worker's, ms",
+                _get(table, name, 1, "added_p50_minus_worker_ms"),
+                0.3,
+                at_most=True,
+            )
+        )
+        out.append(
+            _goal(
+                f"`{name}`: p99 ÷ p50 at c=16",
+                _ratio(_get(table, name, 16, "p99_ms"), _get(table, name, 16, "p50_ms")),
+                4,
+                at_most=True,
+                digits=1,
+            )
+        )
+    out.append(
+        _goal(
+            f"`{SCALED}` req/s ÷ `{FULL}`'s (c=16)",
+            _ratio(_get(table, SCALED, 16, "rps"), _get(table, FULL, 16, "rps")),
+            0.7,
+            at_most=False,
+        )
+    )
+    out.append(
+        _goal(
+            f"issue 18: `{TWO_WORKERS}` CPU per request ÷ `{FULL}`'s (one worker, in-process"
+            " counters), c=16",
+            _ratio(
+                _get(table, TWO_WORKERS, 16, "cpu_us_per_req"),
+                _get(table, FULL, 16, "cpu_us_per_req"),
+            ),
+            1.25,
+            at_most=True,
+        )
+    )
     return out
 
 
@@ -98,35 +152,86 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
         "",
         f"{plan['repeats']} × {plan['seconds']:g} s per point, medians shown; load generator "
         f"{plan['tool']}; {plan['cpus']} CPUs; pinning {plan['pinning'] or 'none (1 CPU)'}; "
+        f"upstream {raw.get('notes', {}).get('upstream', '?')}; "
         f"run took {raw['elapsed_seconds']:.0f} s. Load average before "
         f"{raw['load_average']['before']}, after {raw['load_average']['after']}.",
         "",
-        "| variant | conns | req/s | p50 ms | p99 ms | added p50 ms | × direct | CPU µs/req"
+        "## Ratios against both baselines",
+        "",
+        f"× Worker / × bare: this variant's figure divided by `{WORKER}`'s (the guide's Worker"
+        f" in workerd) and by `{BARE}`'s (Starlette + uvicorn + aiohttp, the same stack), at the"
+        " same concurrency in the same run. req/s: higher is better; CPU: lower is better.",
+        "",
+        "| variant | conns | req/s × Worker | req/s × bare | CPU × Worker | CPU × bare"
+        " | added p50 − Worker's, ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, by_c in summary["table"].items():
+        if name == DIRECT:
+            continue
+        for c, p in by_c.items():
+            lines.append(
+                f"| {name} | {c} | {_fmt(p.get('rps_x_worker'))} | {_fmt(p.get('rps_x_bare'))}"
+                f" | {_fmt(p.get('cpu_x_worker'))} | {_fmt(p.get('cpu_x_bare'))}"
+                f" | {_fmt(p.get('added_p50_minus_worker_ms'))} |"
+            )
+    lines += [
+        "",
+        "## Absolute figures",
+        "",
+        "| variant | conns | req/s | p50 ms | p99 ms | added p50 ms | CPU µs/req"
         " | non-2xx % | req/s spread % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     labels = {v["name"]: v["label"] for v in raw["variants"]}
     for name, by_c in summary["table"].items():
         for c, p in by_c.items():
             lines.append(
                 f"| {name} | {c} | {p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
-                f"{_fmt(p.get('added_p50_ms'))} | {_fmt(p.get('vs_direct'))} | "
+                f"{_fmt(p.get('added_p50_ms'))} | "
                 f"{p['cpu_us_per_req']:,.0f} | {p['non_2xx_pct']:.2f} | {p['spread_pct']:.0f} |"
             )
-    lines += ["", "| variant | what | peak RSS MB |", "|---|---|---:|"]
+    lines += [
+        "",
+        "| variant | what | processes | RSS MB (largest) | peak RSS MB | supervisor RSS MB |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for v in raw["variants"]:
-        state = f"failed: {v['error'][:120]}" if v["error"] else f"{v['peak_rss_mb']:.0f}"
-        lines.append(f"| {v['name']} | {labels[v['name']]} | {state} |")
+        if v["error"]:
+            lines.append(f"| {v['name']} | {labels[v['name']]} (failed: {v['error'][:120]}) |")
+            continue
+        lines.append(
+            f"| {v['name']} | {labels[v['name']]} | {v.get('processes') or '–'} | "
+            f"{_fmt(v.get('rss_mb'), 0)} | {_fmt(v.get('peak_rss_mb'), 0)} | "
+            f"{_fmt(v.get('supervisor_rss_mb'), 0)} |"
+        )
     lines.append(
-        "\nCPU µs/req is the measured server process only (the simulator for `direct`, nginx for "
-        "the nginx rows, the proxy otherwise), from /proc utime+stime. nginx's RSS covers both "
-        "nginx rows (one process)."
+        "\nCPU µs/req is the measured server process tree only (the nginx stub for `upstream`,"
+        " workerd for `worker`, the proxy with its supervisor and workers otherwise), from /proc"
+        " utime+stime over all threads. RSS: the largest process of the tree at the end of the"
+        " run; supervisor: `vapi-proxy serve`'s own process, which starts the workers."
     )
+    sustained = [v for v in raw["variants"] if v.get("sustained")]
+    if sustained:
+        lines += [
+            "",
+            "## Memory over a sustained run (c=16)",
+            "",
+            "| variant | seconds | requests | RSS MB, sampled every 2 s | growth MB"
+            " (median of 2nd half − 1st) | KB per 1,000 requests |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for v in sustained:
+            s_ = v["sustained"]
+            series = " ".join(f"{x:g}" for x in s_["rss_mb"])
+            lines.append(
+                f"| {v['name']} | {s_['seconds']:g} | {s_['requests']:,} | {series} | "
+                f"{s_['growth_mb']:+.1f} | {s_['kb_per_1000_requests']:.2f} |"
+            )
     lines += ["", "## Goals", "", "| goal | achieved | target | met |", "|---|---:|---:|---|"]
     for g in summary["goals"]:
         met = "yes" if g["met"] else "**no**"
-        digits = 0 if g["target"] >= 100 else 3
-        lines.append(f"| {g['goal']} | {_fmt(g['achieved'], digits)} | {g['target']} | {met} |")
+        lines.append(f"| {g['goal']} | {_fmt(g['achieved'])} | {g['target']} | {met} |")
     lines += ["", "## Other benchmarks", ""]
     for name, result in extras.items():
         lines.append(f"- `{name}`: {_extra_text(result)}")

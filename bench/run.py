@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -21,9 +22,10 @@ import yaml
 from bench import load, procs, setups
 from bench.procs import Service
 
-# The proxy (and nginx, the other proxy) get CPU 0 to themselves; the load generator and the
-# simulator share CPU 1, for every variant alike.
-SERVER_CPU, LOAD_CPU, SIM_CPU = 0, 1, 1
+# The server under test (a proxy or a baseline) gets CPU 0 to itself; the load generator and
+# the upstream share CPU 1, for every variant alike.
+SERVER_CPU, LOAD_CPU, UPSTREAM_CPU = 0, 1, 1
+SIM_CPU = UPSTREAM_CPU  # the simulator, when it is the upstream (and for bench.profile)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +40,9 @@ class Plan:
     tool: str = "auto"  # auto | wrk | python
     ref: str | None = None  # a git ref to run instead of the working tree's src/
     experiments: bool = False  # add the proxy with its ledger write skipped
+    upstream: str = "auto"  # auto (the nginx stub when nginx exists) | stub | simulator
+    baselines_always: bool = True  # run the baselines even with --only (ratios need them)
+    sustain_seconds: float = 30.0  # the RSS run of the full variants (0: none)
 
 
 def source_tree(ref: str | None, tmp: Path) -> tuple[dict[str, str], str]:
@@ -103,12 +108,30 @@ def _loader(plan: Plan, tmp: Path) -> Callable[..., load.LoadResult]:
     return run
 
 
-def _start_targets(
-    stack: contextlib.ExitStack, plan: Plan, tmp: Path, raw: Path, log: Callable[[str], None]
-) -> tuple[list[Target], Service, dict[str, Any]]:
-    notes: dict[str, Any] = {}
-    src_env, notes["code"] = source_tree(plan.ref, tmp)
-    log(f"measuring {notes['code']}")
+def _start_upstream(
+    stack: contextlib.ExitStack, tmp: Path, raw: Path, plan: Plan, src_env: dict[str, str]
+) -> tuple[str, Service, str]:
+    """The upstream every proxy and baseline calls: the nginx stub (a fresh call id per
+    request, almost no CPU) or, without nginx or with `--upstream simulator`, the simulator.
+    Both on the load generator's CPU. Returns (base URL, service, what it is)."""
+    if plan.upstream != "simulator" and shutil.which("nginx"):
+        port = procs.free_port()
+        ngx_dir = tmp / "nginx"
+        ngx_dir.mkdir()
+        conf = ngx_dir / "nginx.conf"
+        conf.write_text(setups.nginx_config(ngx_dir, port, setups.stub_call()))
+        ngx = Service(
+            "nginx-stub",
+            ["nginx", "-p", str(ngx_dir), "-c", str(conf), "-e", str(ngx_dir / "nginx-error.log")],
+            port=port,
+            log=raw / "nginx.log",
+            cpu=UPSTREAM_CPU,
+        )
+        stack.callback(ngx.stop)
+        ngx.wait_ready()
+        return ngx.url, ngx, "nginx `return 201` stub, ≈1.5 KB call with `$request_id`"
+    if plan.upstream == "stub":
+        raise RuntimeError("--upstream stub needs nginx (scripts/bench-setup)")
     sim_cfg = tmp / "sandbox.yaml"
     sim_cfg.write_text(yaml.safe_dump(setups.sandbox_config()))
     port = procs.free_port()
@@ -117,44 +140,79 @@ def _start_targets(
         setups.sandbox_command(sim_cfg, port),
         port=port,
         log=raw / "simulator.log",
-        cpu=SIM_CPU,
+        cpu=UPSTREAM_CPU,
         env=src_env,
     )
     stack.callback(sim.stop)
     sim.wait_ready()
-    sim_headers = setups.simulator_headers()
-    direct_url = sim.url + "/call/web"
-    status, reply = _post(direct_url, setups.DIRECT_BODY, sim_headers)
-    if status != 201:
-        raise RuntimeError(f"the simulator answered {status}: {reply[:500]!r}")
-    log(f"simulator on {sim.url} (CPU {SIM_CPU}); reply {len(reply)} bytes")
+    return sim.url, sim, "the simulator (`vapi-proxy sandbox`; nginx missing or not chosen)"
 
-    targets: list[Target] = []
-    base = setups.baseline_variants(sim_headers)
-    targets.append(Target(base[0], direct_url, sim))
-    if shutil.which("nginx"):
-        stub_port, proxy_port = procs.free_port(), procs.free_port()
-        ngx_dir = tmp / "nginx"
-        ngx_dir.mkdir()
-        conf = ngx_dir / "nginx.conf"
-        conf.write_text(setups.nginx_config(ngx_dir, stub_port, proxy_port, port, reply.decode()))
-        ngx = Service(
-            "nginx",
-            ["nginx", "-p", str(ngx_dir), "-c", str(conf), "-e", str(ngx_dir / "nginx-error.log")],
-            port=proxy_port,
-            log=raw / "nginx.log",
+
+def _start_targets(
+    stack: contextlib.ExitStack, plan: Plan, tmp: Path, raw: Path, log: Callable[[str], None]
+) -> tuple[list[Target], Service, dict[str, Any]]:
+    notes: dict[str, Any] = {}
+    src_env, notes["code"] = source_tree(plan.ref, tmp)
+    log(f"measuring {notes['code']}")
+    upstream_url, upstream, notes["upstream"] = _start_upstream(stack, tmp, raw, plan, src_env)
+    sim_headers = setups.simulator_headers()
+    direct = setups.upstream_variant()
+    status, reply = _post(upstream_url + "/call/web", direct.body, sim_headers)
+    if status != 201:
+        raise RuntimeError(f"the upstream answered {status}: {reply[:500]!r}")
+    log(f"upstream {notes['upstream']} on {upstream_url}; reply {len(reply)} bytes")
+    notes["upstream_reply_bytes"] = len(reply)
+
+    targets: list[Target] = [Target(direct, upstream_url + "/call/web", upstream)]
+    env = {
+        **src_env,
+        "VAPI_API_KEY": setups.PRIVATE_KEY,
+        "VAPI_BASE_URL": upstream_url,
+        "BENCH_ASSISTANT_ID": setups.ASSISTANT_ID,
+    }
+    bench_path = os.pathsep.join(p for p in (src_env.get("PYTHONPATH"), str(ROOT)) if p)
+
+    def start(variant: setups.Variant, cmd: list[str], port: int, extra: dict[str, str]) -> None:
+        svc = Service(
+            variant.name,
+            cmd,
+            port=port,
+            log=raw / f"{variant.kind}-{variant.name}.log",
             cpu=SERVER_CPU,
+            env={**env, **extra},
+            cwd=tmp,
         )
-        stack.callback(ngx.stop)
-        ngx.wait_ready()
-        procs.wait_port(stub_port)
-        targets.append(Target(base[1], f"http://127.0.0.1:{stub_port}/call/web", ngx))
-        targets.append(Target(base[2], f"http://127.0.0.1:{proxy_port}/call/web", ngx))
-    else:
-        notes["nginx"] = "nginx is not installed: the stub floor and the nginx proxy were skipped"
+        stack.callback(svc.stop)
+        target = Target(variant, svc.url + "/call/web", svc)
+        try:
+            svc.wait_ready(60)
+            status, body = _post(target.url, variant.body, variant.headers)
+            if status not in (200, 201):
+                raise RuntimeError(f"first request answered {status}: {body[:300]!r}")
+        except Exception as exc:
+            target.error = str(exc)[:600]
+            log(f"{variant.name}: {target.error}")
+        targets.append(target)
+
+    for variant in setups.baselines():
+        if plan.only and variant.name not in plan.only and not plan.baselines_always:
+            continue
+        port = procs.free_port()
+        config = None
+        if variant.name == setups.WORKER:
+            if setups.workerd_binary() is None:
+                notes["worker"] = "workerd is not installed (scripts/bench-setup): row skipped"
+                continue
+            config = setups.workerd_files(tmp, port)
+        start(
+            variant,
+            setups.baseline_command(variant, config, port),
+            port,
+            {"PYTHONPATH": bench_path},
+        )
 
     scaled: tuple[dict[str, str], str] | None = None
-    if plan.services:
+    if plan.services and (not plan.only or "jwt+redis+pg" in plan.only):
         try:
             from bench.services import scaled_out
 
@@ -169,37 +227,15 @@ def _start_targets(
         scaled[1] if scaled else None,
         experiments=plan.experiments,
     )
-    env = {**src_env, "VAPI_API_KEY": setups.PRIVATE_KEY, "VAPI_BASE_URL": sim.url}
     for variant in variants:
         if plan.only and variant.name not in plan.only:
             continue
         cfg = setups.write_proxy_config(tmp, variant)
-        proxy_env = dict(env)
-        if variant.module.startswith("bench."):  # the proxy runs in tmp: let it find bench/
-            paths = [src_env.get("PYTHONPATH"), str(ROOT)]
-            proxy_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        p = procs.free_port()
-        svc = Service(
-            variant.name,
-            setups.proxy_command(cfg, p, variant.module),
-            port=p,
-            log=raw / f"proxy-{variant.name}.log",
-            cpu=SERVER_CPU,
-            env=proxy_env,
-            cwd=tmp,
-        )
-        stack.callback(svc.stop)
-        target = Target(variant, svc.url + "/call/web", svc)
-        try:
-            svc.wait_ready(60)
-            status, body = _post(target.url, variant.body, variant.headers)
-            if status != 201:
-                raise RuntimeError(f"first request answered {status}: {body[:300]!r}")
-        except Exception as exc:
-            target.error = str(exc)[:600]
-            log(f"{variant.name}: {target.error}")
-        targets.append(target)
-    return targets, sim, notes
+        port = procs.free_port()
+        extra = {"PYTHONPATH": bench_path} if variant.module.startswith("bench.") else {}
+        cmd = setups.proxy_command(cfg, port, variant.module, variant.workers)
+        start(variant, cmd, port, extra)
+    return targets, upstream, notes
 
 
 def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -208,7 +244,7 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
     load_before = procs.load_average()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vapi-bench-")))
-        targets, sim, notes = _start_targets(stack, plan, tmp, raw, log)
+        targets, upstream, notes = _start_targets(stack, plan, tmp, raw, log)
         loader = _loader(plan, tmp)
         live = [t for t in targets if t.error is None]
         for t in live:
@@ -219,30 +255,39 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
         for r in range(plan.repeats):
             for t in live:
                 for c in plan.concurrencies:
-                    before, sim_before = t.service.sample(), sim.sample()  # type: ignore[union-attr]
+                    before, up_before = t.service.sample(), upstream.sample()  # type: ignore[union-attr]
                     result = loader(t, c, plan.seconds)
-                    after, sim_after = t.service.sample(), sim.sample()  # type: ignore[union-attr]
+                    after, up_after = t.service.sample(), upstream.sample()  # type: ignore[union-attr]
                     row = result.as_dict()
                     n = max(1, result.requests)
                     row["cpu_us_per_req"] = (after.cpu_seconds - before.cpu_seconds) / n * 1e6
-                    row["sim_cpu_us_per_req"] = (
-                        (sim_after.cpu_seconds - sim_before.cpu_seconds) / n * 1e6
+                    row["upstream_cpu_us_per_req"] = (
+                        (up_after.cpu_seconds - up_before.cpu_seconds) / n * 1e6
                     )
+                    row["rss_mb"] = round(after.rss_kb / 1024, 1)
                     row["repeat"] = r
                     points[t.variant.name][c].append(row)
                     log(
-                        f"round {r + 1}/{plan.repeats} {t.variant.name:>18} c={c:<3}"
+                        f"round {r + 1}/{plan.repeats} {t.variant.name:>20} c={c:<3}"
                         f" {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-                        f"  p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx}"
+                        f"  p99 {result.p99_ms:6.2f} ms  CPU {row['cpu_us_per_req']:6.0f} µs/req"
+                        f"  non-2xx {result.non_2xx}"
                     )
-        peaks = {t.variant.name: t.service.sample().peak_rss_kb for t in live if t.service}
+        sustained = {
+            t.variant.name: _sustain(t, loader, plan.sustain_seconds, log)
+            for t in live
+            if plan.sustain_seconds > 0 and t.variant.name in SUSTAINED
+        }
+        samples = {t.variant.name: t.service.sample() for t in live if t.service}
+        upstream_name = targets[0].variant.name
+        samples[upstream_name] = upstream.sample()
     return {
         "plan": {
             "concurrencies": list(plan.concurrencies),
             "repeats": plan.repeats,
             "seconds": plan.seconds,
             "cpus": procs.cpu_count(),
-            "pinning": {"server": SERVER_CPU, "load": LOAD_CPU, "simulator": SIM_CPU}
+            "pinning": {"server": SERVER_CPU, "load": LOAD_CPU, "upstream": UPSTREAM_CPU}
             if procs.cpu_count() >= 2
             else None,
             "tool": "wrk" if (plan.tool != "python" and load.have_wrk()) else "python",
@@ -256,10 +301,54 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
                 "label": t.variant.label,
                 "kind": t.variant.kind,
                 "error": t.error,
-                "peak_rss_mb": round(peaks.get(t.variant.name, 0) / 1024, 1),
+                "peak_rss_mb": _mb(samples, t.variant.name, "peak_rss_kb"),
+                "rss_mb": _mb(samples, t.variant.name, "rss_kb"),
+                "supervisor_rss_mb": _mb(samples, t.variant.name, "root_rss_kb")
+                if t.variant.kind == "proxy"
+                else None,
+                "processes": samples[t.variant.name].processes
+                if t.variant.name in samples
+                else None,
+                "sustained": sustained.get(t.variant.name),
                 "points": {str(c): rows for c, rows in points.get(t.variant.name, {}).items()},
             }
             for t in targets
         ],
         "notes": notes,
+    }
+
+
+# The variants whose memory is watched over a sustained run (the full policy, both limit stores).
+SUSTAINED = (setups.FULL, "jwt+limits-ledger")
+
+
+def _mb(samples: dict[str, procs.ProcSample], name: str, field: str) -> float | None:
+    sample = samples.get(name)
+    return round(getattr(sample, field) / 1024, 1) if sample else None
+
+
+def _sustain(
+    target: Target,
+    loader: Callable[..., load.LoadResult],
+    seconds: float,
+    log: Callable[[str], None],
+    step: float = 2.0,
+) -> dict[str, Any]:
+    """Load at c=16 for `seconds` (in `step`-second runs, a bounded count) and sample the
+    server's RSS after each: a leak shows as a slope, not a peak."""
+    assert target.service is not None
+    rss: list[float] = [round(target.service.sample().rss_kb / 1024, 1)]
+    requests = 0
+    for _ in range(max(1, min(600, round(seconds / step)))):
+        requests += loader(target, 16, step).requests
+        rss.append(round(target.service.sample().rss_kb / 1024, 1))
+    half = len(rss) // 2
+    growth = statistics.median(rss[half:]) - statistics.median(rss[: half or 1])
+    log(f"sustained {target.variant.name}: {requests} requests, RSS {rss[0]} → {rss[-1]} MB")
+    return {
+        "seconds": seconds,
+        "requests": requests,
+        "rss_mb": rss,
+        "growth_mb": round(growth, 1),
+        "kb_per_1000_requests": round(growth * 1024 / max(1, requests) * 1000, 2),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 ASSISTANT_ID = "5a1d0c1e-0000-4000-8000-00000000be0c"
 PRIVATE_KEY = "bench-" + uuid.uuid4().hex  # the simulator's private key, for this run only
 PROFILE = "bench"
+FULL = "jwt+limits"  # the issue's full policy: JWT + limits with rules + SQLite ledger
+WORKER, BARE = "worker", "bare-starlette"  # the two baselines every variant is compared with
 CLIENT_BODY = json.dumps({"assistantId": PROFILE}).encode()
 # What the proxy sends upstream for that body, roughly: the simulator sees the same shape direct.
 DIRECT_BODY = json.dumps(
@@ -61,6 +64,7 @@ class Variant:
     config: dict[str, Any] | None = None  # proxy settings (YAML)
     needs_services: bool = False
     module: str = "vapi_proxy"  # what `python -m` runs: bench.nowrite for the experiment
+    workers: int = 1  # `serve --workers`
 
 
 def sandbox_config() -> dict[str, Any]:
@@ -132,11 +136,10 @@ def proxy_variants(
     full["auth"] = jwt_auth
     full["limits"]["rules"] = GENEROUS_RULES
 
-    full_sqlite = _proxy_base(
-        f"sqlite:///{tmp / 'embedded.db'}", limits_backend=f"sqlite:///{tmp / 'embedded.db'}"
-    )
-    full_sqlite["auth"] = jwt_auth
-    full_sqlite["limits"]["rules"] = GENEROUS_RULES
+    ledger_limits = _proxy_base(f"sqlite:///{tmp / 'embedded.db'}", limits_backend="ledger://")
+    ledger_limits["auth"] = jwt_auth
+    ledger_limits["limits"]["rules"] = GENEROUS_RULES
+    ledger_limits_2w = {**ledger_limits, "ledger": {"url": f"sqlite:///{tmp / 'embedded2.db'}"}}
 
     variants = [
         Variant("open", "proxy: anonymous, no limit rules", "proxy", headers=plain, config=anon),
@@ -144,18 +147,26 @@ def proxy_variants(
             "jwt", "proxy: RS256 JWT, no limit rules", "proxy", headers=bearer, config=auth_only
         ),
         Variant(
-            "jwt+limits",
-            "proxy: JWT + memory limits + SQLite ledger",
+            FULL,
+            "proxy: JWT + memory limits with rules + SQLite ledger (the issue's full policy)",
             "proxy",
             headers=bearer,
             config=full,
         ),
         Variant(
-            "jwt+limits-sqlite",
-            "proxy: JWT + SQLite limits + SQLite ledger (embedded default)",
+            "jwt+limits-ledger",
+            "proxy: JWT + the default durable limits (in-process, kept in the ledger's file)",
             "proxy",
             headers=bearer,
-            config=full_sqlite,
+            config=ledger_limits,
+        ),
+        Variant(
+            "jwt+limits-ledger-2w",
+            "proxy: the same with `serve --workers 2` (both on the proxy's CPU)",
+            "proxy",
+            headers=bearer,
+            config=ledger_limits_2w,
+            workers=2,
         ),
     ]
     if experiments:
@@ -193,17 +204,11 @@ def write_proxy_config(tmp: Path, variant: Variant) -> Path:
     return path
 
 
-def proxy_command(config: Path, port: int, module: str = "vapi_proxy") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        module,
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-    ]
+def proxy_command(
+    config: Path, port: int, module: str = "vapi_proxy", workers: int = 1
+) -> list[str]:
+    cmd = [sys.executable, "-m", module, "serve", "--config", str(config), "--port", str(port)]
+    return cmd + (["--workers", str(workers)] if workers != 1 else [])
 
 
 def sandbox_command(config: Path, port: int) -> list[str]:
@@ -219,12 +224,55 @@ def sandbox_command(config: Path, port: int) -> list[str]:
     ]
 
 
+def stub_call() -> str:
+    """The upstream stub's reply: a Call object like Vapi's for a web call (≈1.5 KB), its id
+    nginx's `$request_id` (32 fresh hex digits per request), so every ledger row is new."""
+    call: dict[str, Any] = {
+        "id": "$request_id",
+        "orgId": "0b5e7a11-0000-4000-8000-00000000b0a2",
+        "type": "webCall",
+        "status": "queued",
+        "assistantId": ASSISTANT_ID,
+        "assistantOverrides": {"variableValues": {"plan": "bench"}, "maxDurationSeconds": 300},
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        "updatedAt": "2026-01-01T00:00:00.000Z",
+        "cost": 0,
+        "costBreakdown": {"transport": 0, "stt": 0, "llm": 0, "tts": 0, "vapi": 0, "total": 0},
+        "webCallUrl": "https://vapi.daily.co/$request_id",
+        "transport": {
+            "provider": "daily",
+            "callUrl": "https://vapi.daily.co/$request_id",
+            "callToken": "eyJhbGciOiJIUzI1NiJ9." + "b" * 180 + ".c2lnbmF0dXJl",
+            "assistantVideoEnabled": False,
+        },
+        "artifactPlan": {"recordingEnabled": True, "videoRecordingEnabled": False},
+        "assistant": {
+            "name": "Bench",
+            "voice": {"provider": "vapi", "voiceId": "Elliot"},
+            "model": {"provider": "openai", "model": "gpt-4o-mini", "temperature": 0.7},
+            "transcriber": {"provider": "deepgram", "model": "nova-3", "language": "en"},
+            "firstMessage": "Hello! This is the bench assistant. How can I help you today?",
+        },
+        "monitor": {
+            "listenUrl": "wss://phone-call-websocket.example.vapi.ai/$request_id/listen",
+            "controlUrl": "https://phone-call-websocket.example.vapi.ai/$request_id/control",
+        },
+    }
+    text = json.dumps(call, separators=(",", ":"))
+    size = len(text.replace("$request_id", "0" * 32))
+    if size < 1500:  # round it up to ≈1.5 KB with a harmless field
+        call["phoneCallProviderDetails"] = "x" * max(1, 1500 - size - 30)
+        text = json.dumps(call, separators=(",", ":"))
+    return text
+
+
 def _nginx_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def nginx_config(tmp: Path, stub_port: int, proxy_port: int, upstream: int, stub_body: str) -> str:
-    """One nginx, no master process (runs as whoever starts it), everything under `tmp`."""
+def nginx_config(tmp: Path, stub_port: int, stub_body: str) -> str:
+    """One nginx answering every request with `stub_body` (201); no master process (runs as
+    whoever starts it), everything under `tmp`. `$request_id` in the body is nginx's."""
     temps = "\n".join(
         f"    {name}_temp_path {tmp / (name + '_temp')};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -234,11 +282,11 @@ master_process off;
 worker_processes 1;
 pid {tmp / "nginx.pid"};
 error_log {tmp / "nginx-error.log"} warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    keepalive_requests 10000000;
 {temps}
-    upstream simulator {{ server 127.0.0.1:{upstream}; keepalive 128; }}
     server {{
         listen 127.0.0.1:{stub_port};
         location / {{
@@ -246,32 +294,68 @@ http {{
             return 201 {_nginx_string(stub_body)};
         }}
     }}
-    server {{
-        listen 127.0.0.1:{proxy_port};
-        location / {{
-            proxy_pass http://simulator;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
 }}
 """
 
 
-def baseline_variants(sim_headers: dict[str, str]) -> list[Variant]:
+def upstream_variant() -> Variant:
+    return Variant(
+        "upstream",
+        "the nginx stub hit directly (the floor; added p50 is over this)",
+        "upstream",
+        DIRECT_BODY,
+        simulator_headers(),
+    )
+
+
+def baselines() -> list[Variant]:
+    """The peers, sent the same client body as the proxy: the guide's Worker in workerd and a
+    bare pass-through on the proxy's stack (and on aiohttp.web alone)."""
+    plain = {"Content-Type": "application/json"}
     return [
-        Variant("direct", "simulator, hit directly", "direct", DIRECT_BODY, sim_headers),
+        Variant(WORKER, "the guide's Worker in workerd (the peer)", "baseline", headers=plain),
         Variant(
-            "nginx-stub", "nginx `return 201` stub (floor)", "nginx-stub", DIRECT_BODY, sim_headers
+            BARE,
+            "bare Starlette + uvicorn + aiohttp pass-through",
+            "baseline",
+            headers=plain,
+            module="bench.bare_starlette",
         ),
         Variant(
-            "nginx-proxy",
-            "nginx reverse proxy → simulator",
-            "nginx-proxy",
-            DIRECT_BODY,
-            sim_headers,
+            "bare-aiohttp",
+            "aiohttp.web pass-through",
+            "baseline",
+            headers=plain,
+            module="bench.bare_aiohttp",
         ),
     ]
+
+
+def workerd_binary() -> Path | None:
+    """bench/worker/node_modules/.bin/workerd (scripts/bench-setup), else one on PATH."""
+    path = Path(__file__).resolve().parent / "worker" / "node_modules" / ".bin" / "workerd"
+    if path.exists():
+        return path
+    found = shutil.which("workerd")
+    return Path(found) if found else None
+
+
+def workerd_files(tmp: Path, port: int) -> Path:
+    """Copies the Worker and its config (port filled in) into `tmp`; returns the config."""
+    here = Path(__file__).resolve().parent / "worker"
+    (tmp / "worker.js").write_text((here / "worker.js").read_text())
+    config = tmp / "config.capnp"
+    config.write_text((here / "config.capnp.in").read_text().replace("@PORT@", str(port)))
+    return config
+
+
+def baseline_command(variant: Variant, config: Path | None, port: int) -> list[str]:
+    if variant.name == WORKER:
+        binary = workerd_binary()
+        if binary is None or config is None:
+            raise RuntimeError("workerd is not installed (scripts/bench-setup)")
+        return [str(binary), "serve", str(config)]
+    return [sys.executable, "-m", variant.module, str(port)]
 
 
 def simulator_headers() -> dict[str, str]:

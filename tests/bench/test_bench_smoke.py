@@ -1,15 +1,29 @@
 """The bench harness works: the Python load generator counts requests against a real simulator,
-and a run's figures become medians, goals and a Markdown table (no nginx or wrk needed)."""
+the baselines pass a real request through to it, and a run's figures become medians, ratios
+against both baselines, goals and a Markdown table.
+
+What runs here without the bench setup: the two Python baselines (their stack is the
+package's own), the nginx stub's reply and config as text. nginx and workerd themselves
+(scripts/bench-setup) run only where installed: their tests skip, saying so, elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import sys
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-from bench.profile import aggregate
+import pytest
+from bench.profile import aggregate, parts
 
-from bench import load, report, setups
+from bench import load, procs, report, setups
 from vapi_proxy.sandbox import SandboxSettings, run_sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_python_load_generator_counts_requests_against_the_simulator() -> None:
@@ -49,7 +63,7 @@ def test_wrk_script_posts_the_body_with_headers() -> None:
     assert load.MARK in script
 
 
-def _row(rps: float, p50: float) -> dict[str, float]:
+def _row(rps: float, p50: float, cpu: float = 500) -> dict[str, float]:
     return {
         "requests": rps * 5,
         "seconds": 5,
@@ -59,22 +73,37 @@ def _row(rps: float, p50: float) -> dict[str, float]:
         "p99_ms": p50,
         "non_2xx": 0,
         "errors": 0,
-        "cpu_us_per_req": 500,
-        "sim_cpu_us_per_req": 200,
+        "cpu_us_per_req": cpu,
+        "upstream_cpu_us_per_req": 10,
         "repeat": 0,
     }
 
 
-def test_summary_reports_medians_added_latency_and_goals(tmp_path: Path) -> None:
-    def variant(name: str, rps: float, p50: float) -> dict[str, object]:
-        points = {"1": [_row(rps, p50), _row(rps * 1.1, p50)], "16": [_row(rps * 3, p50 * 4)]}
+def test_summary_reports_ratios_against_both_baselines_and_the_goals() -> None:
+    def variant(name: str, rps: float, p50: float, cpu: float) -> dict[str, object]:
+        points = {
+            "1": [_row(rps, p50, cpu), _row(rps * 1.1, p50, cpu)],
+            "16": [_row(rps * 3, p50 * 4, cpu)],
+        }
         return {
             "name": name,
             "label": name,
             "kind": "x",
             "error": None,
             "peak_rss_mb": 90,
+            "rss_mb": 80,
+            "supervisor_rss_mb": 30,
+            "processes": 2,
             "points": points,
+            "sustained": {
+                "seconds": 4,
+                "requests": 100,
+                "rss_mb": [80, 80, 81],
+                "growth_mb": 0.5,
+                "kb_per_1000_requests": 5.0,
+            }
+            if name == "jwt+limits"
+            else None,
         }
 
     raw = {
@@ -90,21 +119,129 @@ def test_summary_reports_medians_added_latency_and_goals(tmp_path: Path) -> None
         "elapsed_seconds": 1,
         "load_average": {"before": 0, "after": 0},
         "variants": [
-            variant("direct", 1000, 0.5),
-            variant("open", 800, 1.0),
-            variant("jwt", 700, 1.1),
-            variant("jwt+limits", 600, 1.2),
+            variant("upstream", 5000, 0.1, 10),
+            variant("worker", 2000, 0.4, 160),
+            variant("bare-starlette", 1600, 0.5, 200),
+            variant("open", 800, 1.0, 400),
+            variant("jwt+limits", 600, 1.2, 480),
         ],
         "notes": {},
     }
     summary = report.summarise(raw)
     point = summary["table"]["open"]["1"]
     assert point["rps"] == 840  # median of 800 and 880
-    assert round(point["added_p50_ms"], 6) == 0.5
+    assert round(point["added_p50_ms"], 6) == 0.9
+    full = summary["table"]["jwt+limits"]["16"]
+    assert round(full["rps_x_worker"], 6) == 0.3  # 1800 / 6000
+    assert round(full["cpu_x_bare"], 6) == 2.4  # 480 / 200
+    assert round(summary["table"]["jwt+limits"]["1"]["added_p50_minus_worker_ms"], 6) == 0.8
     goals = {g["goal"]: g for g in summary["goals"]}
-    assert len(goals) == 5
+    cpu_goal = next(g for k, g in goals.items() if k.startswith("`jwt+limits` (memory"))
+    assert cpu_goal["achieved"] == 2.4 and cpu_goal["met"] is False
+    missing = [g for g in goals.values() if g["achieved"] is None]
+    assert missing and not any(g["met"] for g in missing)  # variants not run never "meet" a goal
     text = report.markdown(raw, summary, {"stream_bench": {"skipped": "absent"}})
-    assert "| jwt+limits | 16 |" in text and "absent" in text
+    assert "| jwt+limits | 16 | 0.30 | 0.38 | 3.00 | 2.40 |" in text
+    assert "80 80 81" in text and "absent" in text
+
+
+def test_stub_call_is_a_call_of_about_1_5_kb_with_nginx_request_id() -> None:
+    text = setups.stub_call()
+    filled = text.replace("$request_id", "f" * 32)
+    call = json.loads(filled)
+    assert call["id"] == "f" * 32 and call["webCallUrl"].endswith("f" * 32)
+    assert 1400 <= len(filled) <= 1700
+    assert "$" not in text.replace("$request_id", "")  # no other nginx variable by accident
+    conf = setups.nginx_config(Path("nginx-dir"), 8080, text)
+    assert "listen 127.0.0.1:8080;" in conf and "return 201 '" in conf
+
+
+@pytest.fixture
+def simulator() -> Iterator[str]:
+    with run_sandbox(SandboxSettings(**setups.sandbox_config())) as sim:
+        yield sim.url
+
+
+def _serve(cmd: list[str], port: int, env: dict[str, str], log: Path) -> procs.Service:
+    svc = procs.Service("baseline", cmd, port=port, log=log, env=env, cwd=ROOT)
+    try:
+        svc.wait_ready(30)
+    except Exception:
+        svc.stop()
+        raise
+    return svc
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(  # noqa: S310 - loopback
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+
+
+def _baseline_env(upstream: str) -> dict[str, str]:
+    return {
+        "VAPI_API_KEY": setups.PRIVATE_KEY,
+        "VAPI_BASE_URL": upstream,
+        "BENCH_ASSISTANT_ID": setups.ASSISTANT_ID,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+
+
+@pytest.mark.parametrize("module", ["bench.bare_starlette", "bench.bare_aiohttp"])
+def test_python_baselines_pass_a_web_call_through(
+    module: str, simulator: str, tmp_path: Path
+) -> None:
+    port = procs.free_port()
+    svc = _serve(
+        [sys.executable, "-m", module, str(port)],
+        port,
+        _baseline_env(simulator),
+        tmp_path / "log",
+    )
+    try:
+        status, headers, body = _post(f"{svc.url}/call/web", setups.CLIENT_BODY)
+    finally:
+        svc.stop()
+    assert status == 201, body
+    call = json.loads(body)
+    assert call["assistantId"] == setups.ASSISTANT_ID and call["webCallUrl"]
+    assert headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.skipif(
+    setups.workerd_binary() is None, reason="workerd not installed (scripts/bench-setup)"
+)
+def test_the_guides_worker_passes_a_web_call_through_in_workerd(
+    simulator: str, tmp_path: Path
+) -> None:
+    port = procs.free_port()
+    config = setups.workerd_files(tmp_path, port)
+    variant = setups.baselines()[0]
+    cmd = setups.baseline_command(variant, config, port)
+    svc = _serve(cmd, port, _baseline_env(simulator), tmp_path / "log")
+    try:
+        status, headers, body = _post(f"{svc.url}/call/web", setups.CLIENT_BODY)
+    finally:
+        svc.stop()
+    assert status == 201, body
+    assert json.loads(body)["assistantId"] == setups.ASSISTANT_ID
+    assert headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (bench-setup)")
+def test_nginx_stub_answers_a_fresh_call_id_per_request(tmp_path: Path) -> None:
+    port = procs.free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(setups.nginx_config(tmp_path, port, setups.stub_call()))
+    cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "err.log")]
+    svc = _serve(cmd, port, {}, tmp_path / "log")
+    try:
+        ids = {json.loads(_post(f"{svc.url}/call/web", b"{}")[2])["id"] for _ in range(3)}
+    finally:
+        svc.stop()
+    assert len(ids) == 3
 
 
 def test_profile_aggregation_of_folded_stacks(tmp_path: Path) -> None:
@@ -113,3 +250,15 @@ def test_profile_aggregation_of_folded_stacks(tmp_path: Path) -> None:
     agg = aggregate(folded)
     assert agg["self"][0] == ("f (b.py:2)", 75.0)
     assert ("main (a.py:1)", 100.0) in agg["inclusive"]
+
+
+def test_profile_parts_charge_each_sample_to_its_innermost_known_part(tmp_path: Path) -> None:
+    folded = tmp_path / "p.txt"
+    folded.write_text(
+        "run (uvicorn/server.py:1);record (vapi_proxy/ledger/batch.py:9);"
+        "execute (sqlalchemy/engine/base.py:3) 3\n"
+        "run (uvicorn/server.py:1);decode (jwt/api_jwt.py:5) 1\n"
+    )
+    shares = dict(parts(folded))
+    assert shares["SQLite ledger and limit store (SQLAlchemy, aiosqlite, sqlite3)"] == 75.0
+    assert shares["JWT verification (PyJWT, cryptography)"] == 25.0
