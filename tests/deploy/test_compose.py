@@ -14,7 +14,8 @@ import yaml
 from tests.deploy.configs import check, with_secrets_in
 from tests.deploy.dockerfile import final_stage, instructions
 from tests.deploy.manifests import DEPLOY, ROOT, compose
-from vapi_proxy.cli import _uvicorn_kwargs, build_parser
+from vapi_proxy.cli import build_parser
+from vapi_proxy.cli.serve import uvicorn_kwargs
 from vapi_proxy.settings import Settings
 
 PROXY_CONFIG = DEPLOY / "proxy.yaml"
@@ -27,7 +28,7 @@ def _service(name: str) -> dict[str, Any]:
 
 def _drain_seconds() -> float:
     args = build_parser().parse_args(["serve"])
-    return float(_uvicorn_kwargs(args, Settings())["timeout_graceful_shutdown"])
+    return float(uvicorn_kwargs(args, Settings())["timeout_graceful_shutdown"])
 
 
 def _seconds(text: str) -> float:

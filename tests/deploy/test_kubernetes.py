@@ -24,7 +24,8 @@ from tests.deploy.manifests import (
     kubernetes_objects,
     load_all,
 )
-from vapi_proxy.cli import _uvicorn_kwargs, build_parser
+from vapi_proxy.cli import build_parser
+from vapi_proxy.cli.serve import uvicorn_kwargs
 from vapi_proxy.settings import Settings
 
 KNOWN = {
@@ -59,7 +60,7 @@ def _pod() -> dict[str, Any]:
 
 def _drain_seconds() -> float:
     args = build_parser().parse_args(["serve"])
-    return float(_uvicorn_kwargs(args, Settings())["timeout_graceful_shutdown"])
+    return float(uvicorn_kwargs(args, Settings())["timeout_graceful_shutdown"])
 
 
 @pytest.mark.parametrize("path", kubernetes_files(), ids=lambda p: p.name)

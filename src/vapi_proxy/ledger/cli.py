@@ -17,18 +17,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-
-from vapi_proxy.ledger.engine import Database, redact
-from vapi_proxy.ledger.migrate import (
-    MigrationInputError,
-    current_revision,
-    head_revision,
-    upgrade,
-)
 from vapi_proxy.ledger.records import UsageRow
-from vapi_proxy.ledger.store import Ledger
+
+# SQLAlchemy, Alembic and the ledger are imported in the functions that use them: the main CLI
+# builds these parsers for every command, `serve` included, and its supervisor stays small.
 
 ENV_URL = "VAPI_PROXY_DATABASE_URL"
 COLUMNS = ["identity", "tenant", "kind", "calls", "ended", "minutes", "cost_usd"]
@@ -51,6 +43,7 @@ def _add_url(parser: argparse.ArgumentParser) -> None:
 def _url(args: argparse.Namespace) -> str:
     # The config loader is heavier: imported lazily. Only the `ledger:` section is read, so
     # these commands run without the server's secrets (webhook or JWT secrets).
+    from vapi_proxy.ledger.engine import redact
     from vapi_proxy.settings import ConfigError, load_ledger_settings, sqlite_folder_problem
 
     url = args.database_url or os.environ.get(ENV_URL)
@@ -98,6 +91,10 @@ def configure_db_parser(parser: argparse.ArgumentParser) -> None:
 def _one_line(url: str, command: str) -> Iterator[None]:
     """A database that cannot be opened is one line naming it (password hidden), exit 1: these
     are operators' commands, and a driver's traceback says less than the URL and the reason."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from vapi_proxy.ledger.engine import redact
+
     try:
         yield
     except (OSError, ValueError, RuntimeError, SQLAlchemyError) as exc:
@@ -109,6 +106,8 @@ def _one_line(url: str, command: str) -> Iterator[None]:
 
 
 def _password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
     try:
         password: str | None = make_url(url).password
         return password
@@ -124,6 +123,14 @@ def run_db(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 
 
 def _run_db(args: argparse.Namespace, url: str, out: TextIO) -> int:
+    from vapi_proxy.ledger.engine import Database, redact
+    from vapi_proxy.ledger.migrate import (
+        MigrationInputError,
+        current_revision,
+        head_revision,
+        upgrade,
+    )
+
     if args.db_command == "upgrade":
         try:
             rev = upgrade(url, args.revision, jwt_issuers=_jwt_issuers(args))
@@ -233,6 +240,8 @@ def render_usage(rows: list[UsageRow], fmt: str) -> str:
 
 
 def run_usage(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    from vapi_proxy.ledger.store import Ledger
+
     out = out or sys.stdout
     url = _url(args)
 

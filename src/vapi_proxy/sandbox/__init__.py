@@ -7,14 +7,12 @@ with run_sandbox(SandboxSettings(admin_enabled=True)) as sandbox:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from starlette.applications import Starlette
-
-from ..testing import ServerThread
-from .app import create_app
 from .clock import Clock, ManualClock, SystemClock
 from .settings import (
     BearerCredential,
@@ -26,7 +24,27 @@ from .settings import (
     ServerConfig,
     TokenRestrictions,
 )
-from .state import SandboxState
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from .app import create_app
+    from .state import SandboxState
+
+# The app and its state (Starlette, the HTTP client for webhooks) load on first use, so that a
+# command reading only the settings (the `sandbox` parser, built by every `vapi-proxy` command)
+# stays light.
+_LAZY = {"create_app": ".app", "SandboxState": ".state"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BearerCredential",
@@ -62,6 +80,9 @@ def run_sandbox(
     settings: SandboxSettings, *, clock: Clock | None = None, host: str = "127.0.0.1"
 ) -> Iterator[RunningSandbox]:
     """Serve the simulator on a free loopback port for the duration of the `with` block."""
+    from ..testing import ServerThread
+    from .app import create_app
+
     app = create_app(settings, clock=clock)
     with ServerThread(app, host=host) as server:
         yield RunningSandbox(server.url, settings, app, app.state.sandbox)

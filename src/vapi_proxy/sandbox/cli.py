@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 
-import uvicorn
 from pydantic import SecretStr
 
-from .app import create_app
 from .settings import SandboxSettings
 
 # Keys may come from the environment so they never have to appear on a command line.
@@ -59,6 +57,12 @@ def banner(settings: SandboxSettings) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The app (Starlette) and the server are imported here: the main CLI builds this parser
+    # for every command, `serve` included, and its supervisor stays small.
+    import uvicorn
+
+    from .app import create_app
+
     settings = load(args)
     app = create_app(settings)
     # Printed for the person who started it (it is their local, throwaway org); never logged.

@@ -1,0 +1,41 @@
+"""What every `vapi-proxy` command shares: the exit status for a bad config, how problems are
+printed, where the config path comes from, and the checks `serve` and a reload both make."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vapi_proxy.settings import ConfigError, Settings, load_secrets, load_settings
+
+EXIT_CONFIG = 2
+
+
+def print_problems(error: ConfigError) -> None:
+    print("vapi-proxy: invalid configuration:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    path: str | None = args.config or os.environ.get("VAPI_PROXY_CONFIG")
+    return path
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def validate_for_serve(path: str) -> Settings:
+    """Everything `serve` (and a reload) checks before any worker starts."""
+    settings = load_settings(path)
+    secrets = load_secrets()
+    if secrets.vapi_api_key is None:
+        raise ConfigError(
+            [
+                "VAPI_API_KEY: not set (or set VAPI_API_KEY_FILE); "
+                "to try the proxy without a key run: vapi-proxy serve --sandbox"
+            ]
+        )
+    return settings

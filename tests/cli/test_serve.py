@@ -1,0 +1,95 @@
+"""`vapi-proxy serve` and `reload` as a user runs them: exit codes and what they print."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cli.support import run_cli
+from tests.conftest import SAVED_ASSISTANT_ID
+from vapi_proxy.cli import main
+from vapi_proxy.sandbox import RunningSandbox
+
+
+def test_serve_refuses_an_invalid_config_with_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("profiles: {coach: {}}\n")
+    env = {**os.environ, "VAPI_API_KEY": "dummy-key-for-test"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vapi_proxy", "serve", "--config", str(config), "--port", "9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "profiles.coach" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_without_a_key_says_how_to_try_the_sandbox(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("profiles: {coach: {assistant_id: a}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "vapi_proxy", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "VAPI_API_KEY" in done.stderr and "--sandbox" in done.stderr
+
+
+def test_serve_says_where_it_listens_and_reload_reports_the_outcome(
+    tmp_path: Path, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.serving import serve_process
+
+    config = tmp_path / "proxy.yaml"
+    good = (
+        f"vapi: {{base_url: '{sandbox.url}'}}\n"
+        f"ledger: {{url: 'sqlite:///{tmp_path}/ledger.db'}}\n"
+        "auth: {methods: [{type: anonymous}]}\n"
+        "profiles:\n  coach:\n"
+        f"    assistant_id: {SAVED_ASSISTANT_ID}\n"
+        "    access: {anonymous: true}\n"
+    )
+    config.write_text(good)
+    pid_file = tmp_path / "proxy.pid"
+    with serve_process(config, sandbox, pid_file=pid_file) as served:
+        # Without --config the command cannot validate the file itself: the running proxy's
+        # verdict is what it reports.
+        config.write_text("profiles: {broken: {}}\n")
+        assert main(["reload", "--pid-file", str(pid_file), "--wait", "60"]) == 2
+        err = capsys.readouterr().err
+        assert "refused; the proxy keeps serving the old configuration" in err
+        assert "profiles.broken" in err
+        config.write_text(good.replace("coach", "coach2"))
+        assert main(["reload", "--pid-file", str(pid_file), "--wait", "120"]) == 0
+        assert "reloaded: the proxy now serves the new configuration" in capsys.readouterr().out
+        reply = httpx.post(served.url + "/call/web", json={"assistantId": "coach2"}, timeout=10)
+        assert reply.status_code == 201, reply.text
+    log = served.log.read_text()
+    port = served.url.rsplit(":", 1)[1]
+    assert f"listening on http://127.0.0.1:{port} (1 worker(s), config {config})" in log
+
+
+def test_serve_with_a_missing_sqlite_folder_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"ledger: {{url: 'sqlite:///{tmp_path}/nope/ledger.db'}}\n"
+        "profiles: {coach: {assistant_id: a}}\n"
+    )
+    done = run_cli("serve", "--config", str(config), env={"VAPI_API_KEY": "dummy-key-for-test"})
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"ledger.url: the folder {tmp_path}/nope does not exist" in done.stderr

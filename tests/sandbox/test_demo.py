@@ -1,0 +1,179 @@
+"""`vapi-proxy serve --sandbox`: the proxy and the simulator in one process, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
+    import time
+
+    import httpx
+
+    from vapi_proxy.testing import free_port
+
+    port, sandbox_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vapi_proxy",
+            "serve",
+            "--sandbox",
+            "--port",
+            str(port),
+            "--sandbox-port",
+            str(sandbox_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        reply = None
+        while time.monotonic() < deadline:
+            try:
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/call/web", json={"assistantId": "demo"}
+                )
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert reply is not None, "the sandbox proxy did not start in 30 s"
+        assert reply.status_code == 201, reply.text
+        assert reply.json()["webCallUrl"].startswith("https://vapi.daily.co/")
+        # The simulator reports the call's progress to the proxy's /webhook, signed, and the
+        # proxy accepts it: the demo closes the loop like production.
+        accepted = []
+        deadline = time.monotonic() + 30
+        while not accepted and time.monotonic() < deadline:
+            log = httpx.get(f"http://127.0.0.1:{sandbox_port}/__sandbox/webhooks").json()
+            accepted = [d for d in log if d.get("responseStatus") == 200]
+            time.sleep(0.2)
+        assert accepted, log
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=30)
+    assert "demo API key" in out
+    # A signed-in caller's example shows what signing in adds; the browser line needs no token.
+    assert (
+        "# api_key, profile support" in out and "# anonymous (no credential), profile demo" in out
+    )
+    assert "new Vapi('', " in out
+    assert process.returncode == 0, err
+
+
+USER_CONFIG = """\
+cors: {allow_origins: ['http://localhost:5173']}
+public_url: https://proxy.example.com
+auth:
+  methods:
+    - type: jwt
+      secret_env: SANDBOX_TEST_JWT_SECRET
+      algorithms: [HS256]
+      issuer: https://auth.example.com/
+      audience: my-app
+    - type: api_key
+      keys:
+        - {name: backend, hash: 'sha256:%s'}
+webhooks:
+  verify: [{type: bearer, secret_env: SANDBOX_TEST_UNSET_WEBHOOK_SECRET}]
+  vapi_credential_id: cred-123
+limits:
+  rules:
+    - {name: one-at-a-time, concurrency: 1}
+profiles:
+  SalesCoach:
+    assistant_id: 11111111-2222-4333-8444-555555555555
+    client_variables:
+      firstName: {type: string, required: true, max_length: 20}
+""" % ("0" * 64)
+
+
+def test_serve_sandbox_with_the_users_own_config_closes_the_webhook_loop(tmp_path: Path) -> None:
+    """The user's API keys, JWT method and profiles run against the simulator: the banner's
+    requests work, webhooks are verified end to end, and a settled call frees its slot."""
+    import shlex
+    import time
+
+    from vapi_proxy.testing import free_port
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(USER_CONFIG)
+    port, sandbox_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    env["SANDBOX_TEST_JWT_SECRET"] = "j" * 40
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "vapi_proxy", "serve", "--sandbox", "--config", str(config)),
+            *("--port", str(port), "--sandbox-port", str(sandbox_port)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        banner = []
+        for line in process.stdout:
+            banner.append(line)
+            if line.startswith("web:"):
+                break
+        text = "".join(banner)
+        assert "profiles:        SalesCoach" in text, text
+        assert "demo" not in text.split("profiles:")[1].splitlines()[0]
+        requests = []
+        for line in banner:
+            if line.strip().startswith("curl "):
+                words = shlex.split(line)
+                headers = dict(
+                    words[i + 1].split(": ", 1) for i, w in enumerate(words) if w == "-H"
+                )
+                body = json.loads(words[words.index("-d") + 1])
+                requests.append((headers, body))
+        assert [("Authorization" in h, "X-API-Key" in h) for h, _ in requests] == [
+            (True, False),
+            (False, True),
+        ]
+        url = f"http://127.0.0.1:{port}/call/web"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        calls = []
+        for headers, body in requests:
+            reply = httpx.post(url, json=body, headers=headers)
+            assert reply.status_code == 201, reply.text
+            calls.append(reply.json()["id"])
+        # Concurrency 1 per caller: the JWT user's second call waits for the first to settle.
+        jwt_headers, jwt_body = requests[0]
+        assert httpx.post(url, json=jwt_body, headers=jwt_headers).status_code == 429
+        sandbox = f"http://127.0.0.1:{sandbox_port}"
+        assert httpx.post(f"{sandbox}/__sandbox/calls/{calls[0]}/end").status_code < 300
+        reports: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while not reports and time.monotonic() < deadline:
+            log = httpx.get(f"{sandbox}/__sandbox/webhooks").json()
+            reports = [d for d in log if d.get("type") == "end-of-call-report"]
+            time.sleep(0.2)
+        assert reports and all(d.get("responseStatus") == 200 for d in log), log
+        again = httpx.post(url, json=jwt_body, headers=jwt_headers)
+        assert again.status_code == 201, again.text
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
