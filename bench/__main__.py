@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of the RSS run of the full variants (default 30, --quick 6; 0: none)",
     )
     parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip the py-spy profile of the full variants (bench/results/profile-*.md)",
+    )
+    parser.add_argument(
         "--render", action="store_true", help="only rewrite latest.md and .png from latest.json"
     )
     args = parser.parse_args(argv)
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="vapi-bench-extras-") as tmp:
             env, _ = source_tree(args.ref, Path(tmp))
             extra = extras.run_extras(lambda m: print(m, flush=True), env=env)
+    if not args.no_profile and not args.quick:
+        raw["profiles"] = _profiles(args.ref)
     summary = report.summarise(raw)
     raw["total_seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,36 @@ def main(argv: list[str] | None = None) -> int:
     _write(args.out, raw, summary, extra)
     print(f"took {raw['total_seconds']:.0f} s; wrote {args.out}/latest.md, .json, .png")
     return 0
+
+
+PROFILED = ("jwt+limits", "jwt+limits-ledger")
+
+
+def _profiles(ref: str | None) -> dict[str, str]:
+    """py-spy under load for the full variants, each in its own process (bounded by a timeout);
+    the summaries land in bench/results/profile-<variant>.md."""
+    done: dict[str, str] = {}
+    for variant in PROFILED:
+        print(f"profiling {variant} (py-spy, 10 s)", flush=True)
+        cmd = [sys.executable, "-m", "bench.profile", "--variant", variant]
+        cmd += ["--ref", ref] if ref else []
+        try:
+            out = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=240,
+                check=False,
+                cwd=RESULTS.parents[1],
+            )
+        except subprocess.TimeoutExpired:
+            done[variant] = "did not finish within 240 s"
+            continue
+        if out.returncode == 0:
+            done[variant] = f"bench/results/profile-{variant}.md"
+        else:
+            done[variant] = f"failed: {out.stderr.strip()[-300:]}"
+    return done
 
 
 def _write(out: Path, raw: dict[str, Any], summary: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -235,6 +235,9 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
     lines += ["", "## Other benchmarks", ""]
     for name, result in extras.items():
         lines.append(f"- `{name}`: {_extra_text(result)}")
+    if raw.get("profiles"):
+        lines += ["", "## Profiles (py-spy, c=16)", ""]
+        lines += [f"- `{k}`: {v}" for k, v in raw["profiles"].items()]
     if raw.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in raw["notes"].items()]
     return "\n".join(lines) + "\n"
