@@ -14,7 +14,8 @@ from vapi_proxy.auth.chain import AuthChain
 from vapi_proxy.console.blocks import BlockList
 from vapi_proxy.console.store import ConsoleStore
 from vapi_proxy.ledger.store import Ledger
-from vapi_proxy.limits.base import Limiter, create_limiter
+from vapi_proxy.limits.base import Limiter
+from vapi_proxy.limits.registry import create_limiter
 from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.reply import compile_paths
 from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles

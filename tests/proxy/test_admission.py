@@ -19,8 +19,9 @@ from vapi_proxy.auth.identity import Identity
 from vapi_proxy.edge.middleware import RequestState
 from vapi_proxy.errors import ProxyError, TooManyRequestsError, UpstreamError
 from vapi_proxy.ledger.store import Ledger
-from vapi_proxy.limits.base import AdmissionRequest, create_limiter
+from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.limits.config import LimitsSettings
+from vapi_proxy.limits.registry import create_limiter
 from vapi_proxy.metrics import Metrics
 from vapi_proxy.routes.chat import Turn, record_reply
 from vapi_proxy.sandbox import RunningSandbox

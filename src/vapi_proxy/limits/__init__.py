@@ -8,9 +8,9 @@ from vapi_proxy.limits.base import (
     Limiter,
     Reservation,
     RuleUsage,
-    create_limiter,
 )
 from vapi_proxy.limits.config import LimitRule, LimitsSettings
+from vapi_proxy.limits.registry import create_limiter
 
 __all__ = [
     "AdmissionRequest",

@@ -1,4 +1,5 @@
-"""The admission interface every limits backend implements, and the registry that picks one.
+"""The admission interface every limits backend implements (the registry that picks one is
+`limits/registry.py`).
 
 One `reserve` checks and takes every applicable limit at once (all or nothing); the HTTP layer
 then `commit`s it with Vapi's call id or `release`s it, and webhooks `settle` it.
@@ -6,8 +7,6 @@ then `commit`s it with Vapi's call id or `release`s it, and webhooks `settle` it
 
 from __future__ import annotations
 
-import importlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -16,8 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from vapi_proxy.auth.identity import Identity
 
 if TYPE_CHECKING:
-    from vapi_proxy.ledger.engine import Database
-    from vapi_proxy.limits.config import Kind, LimitsSettings, Scope
+    from vapi_proxy.limits.config import Kind, Scope
 
 Clock = Callable[[], float]
 """Seconds since the epoch; tests pass a fake one instead of sleeping."""
@@ -128,52 +126,3 @@ class Limiter(Protocol):
     async def health(self) -> HealthStatus: ...
 
     async def aclose(self) -> None: ...
-
-
-SQL_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
-
-# Scheme → "module:factory". Imported lazily so a deployment without Redis never imports it.
-BACKENDS: dict[str, str] = {
-    "memory": "vapi_proxy.limits.memory:MemoryStore",
-    "sqlite": "vapi_proxy.limits.embedded:EmbeddedStore",
-    "postgresql": "vapi_proxy.limits.sql:SqlStore",
-    "postgres": "vapi_proxy.limits.sql:SqlStore",
-    "redis": "vapi_proxy.limits.redis:RedisStore",
-    "rediss": "vapi_proxy.limits.redis:RedisStore",
-}
-LEDGER = "ledger"
-"""`ledger://` (the default): the ledger's own database holds the limits. A SQLite ledger gets
-the embedded store (in-process counters kept durable in its file), PostgreSQL the SQL store."""
-
-
-def create_limiter(
-    settings: LimitsSettings,
-    *,
-    clock: Clock = time.time,
-    on_expired: ExpiredHook | None = None,
-    database: Database | None = None,
-) -> Limiter:
-    """The limiter for `settings.backend`, chosen by URL scheme.
-
-    `database`: an open `Database` for the same URL (e.g. the ledger's) for the SQL backends to
-    share rather than open their own, and the one `ledger://` uses; the caller keeps ownership
-    and closes it.
-    """
-    from vapi_proxy.limits.core import StoreLimiter
-
-    scheme = settings.backend.split(":", 1)[0].split("+", 1)[0].lower()
-    if scheme == LEDGER:
-        if database is None:
-            raise ValueError("limits.backend ledger:// needs the ledger's database")
-        scheme = "sqlite" if database.dialect == "sqlite" else "postgresql"
-    try:
-        target = BACKENDS[scheme]
-    except KeyError:
-        raise ValueError(f"no limits backend for scheme {scheme!r}") from None
-    module_name, _, attr = target.partition(":")
-    store_cls = getattr(importlib.import_module(module_name), attr)
-    if database is not None and scheme in SQL_SCHEMES:
-        store = store_cls(settings, database=database)
-    else:
-        store = store_cls(settings)
-    return StoreLimiter(settings, store, clock=clock, on_expired=on_expired)
