@@ -17,6 +17,8 @@ from tests.console.support import admin_proxy
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post
 from vapi_proxy.auth.api_key import generate_key
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.console.limits_view import identity_from_ledger
 from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.testing import ServerThread
@@ -260,3 +262,20 @@ def test_me_usage_shows_my_usage_and_what_is_left(
     assert_envelope(httpx.get(server.url + "/me/usage?x=1", headers=bearer), 400)
     scoped = httpx.get(server.url + "/me/usage?profile=support", headers=bearer).json()
     assert scoped["usage"]["today"]["calls"] == 0
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        Identity(subject="alice", method="api_key"),
+        Identity(subject="user:42", method="jwt", issuer="https://idp.example/"),
+        Identity(subject="user-7", method="jwt"),
+        Identity(subject="2001:db8::/64", method="anonymous"),
+    ],
+)
+def test_a_ledger_key_gives_back_the_identity_the_limits_count(identity: Identity) -> None:
+    """The top users' remaining limits are read with the identity rebuilt from the ledger's key:
+    it must be the same key, or the limiter reads another (empty) counter."""
+    rebuilt = identity_from_ledger(identity.key, "acme")
+    assert rebuilt.key == identity.key
+    assert rebuilt.tenant == "acme"

@@ -29,13 +29,13 @@ def rule_view(usage: RuleUsage) -> dict[str, Any]:
     }
 
 
-def identity_from_ledger(key: str, method: str | None, tenant: str | None) -> Identity:
+def identity_from_ledger(key: str, tenant: str | None) -> Identity:
     """The identity a ledger row names, as far as the ledger knows it (no claims: a rule that
     matches on claims does not show here, only in the user's own `GET /me/usage`)."""
-    parsed, subject, issuer = parse_identity_key(key)
+    method, subject, issuer = parse_identity_key(key)
     return Identity(
         subject=subject,
-        method=method or parsed,  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]
         tenant=tenant,
         issuer=issuer,
     )

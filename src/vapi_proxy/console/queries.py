@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from vapi_proxy.auth.identity import parse_identity_key
 from vapi_proxy.ledger.engine import Database
 from vapi_proxy.ledger.schema import call_events, calls, webhook_outbox
 
@@ -145,7 +146,7 @@ async def top_identities(db: Database, flt: UsageFilter, *, limit: int) -> list[
     return [
         {
             "identity": row.identity_key,
-            "method": row.identity_key.partition(":")[0],
+            "method": parse_identity_key(row.identity_key)[0],
             "tenant": row.tenant,
             **_totals(row),
         }
@@ -285,7 +286,7 @@ async def overview(db: Database, flt: UsageFilter, *, top: int) -> dict[str, Any
     top_items = [
         {
             "identity": name,
-            "method": name.partition(":")[0],
+            "method": parse_identity_key(name)[0],
             "tenant": tenants.get(name),
             **view(sums),
         }

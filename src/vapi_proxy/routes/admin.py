@@ -338,7 +338,7 @@ class AdminApi:
         result = await overview(db, flt, top=query.get("top", 10))
         top = result["topUsers"]
         for user in top:
-            identity = identity_from_ledger(user["identity"], user["method"], user["tenant"])
+            identity = identity_from_ledger(user["identity"], user["tenant"])
             try:
                 user["limits"] = await remaining(self.runtime.limiter, identity, flt.profile)
             except ProxyError as exc:
