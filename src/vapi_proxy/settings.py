@@ -236,6 +236,12 @@ class AdminSettings(_Section):
         "that may use the console (`/admin`) and its API (`/admin/api/...`, `GET /admin/usage`); "
         "empty turns every admin endpoint off (404). Separate from the end users' credentials.",
     )
+    jwt_roles: list[str] = Field(
+        default_factory=list,
+        description="Roles (read by a jwt auth method's `roles_claim`) that make a verified JWT "
+        "an admin credential as well: a token carrying one may sign in to the console or call "
+        "the admin API. Empty: admin keys only.",
+    )
     allowed_networks: list[str] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="Client networks (CIDR) the console and admin API answer; others get 404. The "
@@ -284,6 +290,11 @@ class AdminSettings(_Section):
             if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
                 raise ValueError("each must be sha256:<64 lowercase hex> (vapi-proxy hash-key)")
         return values
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any admin credential is configured (otherwise every admin route is a 404)."""
+        return bool(self.key_hashes or self.jwt_roles)
 
     @field_validator("allowed_networks")
     @classmethod

@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_server = serve_metrics_port(args.host, settings.metrics.port)
     status_file = reload_status_path(args.pid_file) if args.pid_file else None
     sockets = [config.bind_socket()]
-    if settings.admin.key_hashes and settings.admin.port is not None:
+    if settings.admin.enabled and settings.admin.port is not None:
         # The console's own port: every worker listens on it too; the admin routes answer only
         # there (and only from admin.allowed_networks).
         admin_config = uvicorn.Config(config.app, host=args.host, port=settings.admin.port)

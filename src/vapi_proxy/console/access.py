@@ -21,12 +21,15 @@ from datetime import datetime, timedelta
 
 from starlette.requests import Request
 
+from vapi_proxy.auth.base import looks_like_jwt
+from vapi_proxy.auth.chain import AuthChain
 from vapi_proxy.console.store import ConsoleStore
 from vapi_proxy.edge.client_address import ClientAddressResolver
 from vapi_proxy.edge.middleware import plain_headers, request_state
 from vapi_proxy.errors import (
     ForbiddenError,
     NotFoundError,
+    ProxyError,
     TooManyRequestsError,
     UnauthorizedError,
 )
@@ -73,10 +76,13 @@ class AdminGate:
         *,
         resolver: ClientAddressResolver,
         store: ConsoleStore,
+        auth: AuthChain | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.enabled = bool(settings.key_hashes)
+        self.enabled = settings.enabled
+        self._auth = auth
+        self._jwt_roles = frozenset(settings.jwt_roles)
         self._hashes = [
             (h.split(":", 1)[1].encode(), actor_for_hash(h)) for h in settings.key_hashes
         ]
@@ -135,6 +141,26 @@ class AdminGate:
                 actor = name
         return actor
 
+    async def check_credential(self, token: str, request: Request) -> str | None:
+        """The actor behind an admin key, or behind a JWT the auth chain verifies and that
+        carries one of `admin.jwt_roles`; None for anything else."""
+        actor = self.check_key(token)
+        if actor is not None or not self._jwt_roles or self._auth is None:
+            return actor
+        token = token.strip()
+        if not looks_like_jwt(token):
+            return None
+        peer = request.client.host if request.client else ""
+        try:
+            identity = await self._auth.authenticate(
+                f"Bearer {token}", peer, plain_headers(request.scope)
+            )
+        except ProxyError:
+            return None
+        if identity.method != "jwt" or not identity.roles & self._jwt_roles:
+            return None
+        return identity.key[:128]
+
     def cookie_token(self, request: Request) -> str | None:
         return request.cookies.get(SECURE_COOKIE) or request.cookies.get(COOKIE)
 
@@ -149,7 +175,7 @@ class AdminGate:
             scheme, _, token = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise UnauthorizedError("An admin key is required.", error="invalid_request")
-            actor = self.check_key(token)
+            actor = await self.check_credential(token, request)
             if actor is None:
                 raise UnauthorizedError("The admin key is not valid.")
             admin = Admin(actor, "key", client)

@@ -169,6 +169,7 @@ class AdminApi:
             runtime.settings.admin,
             resolver=runtime.auth.client_address,
             store=self.store,
+            auth=runtime.auth,
         )
         self.max_bytes = runtime.settings.server.max_body_bytes
         self.max_depth = runtime.settings.server.max_json_depth
@@ -206,8 +207,8 @@ class AdminApi:
         read_query(request, NO_QUERY)
         await self.gate.limit_sign_ins(client)
         body = await self.body(request)
-        key = text_field(body, "key", required=True, max_length=512) or ""
-        actor = self.gate.check_key(key)
+        key = text_field(body, "key", required=True, max_length=16384) or ""
+        actor = await self.gate.check_credential(key, request)
         request_id = request_state(request.scope).request_id
         if actor is None:
             # Refused attempts are audited under "-" so the per-address limit can count them.
@@ -553,6 +554,6 @@ def _secured(handler: Handler) -> Handler:
 
 
 def routes(runtime: Runtime) -> list[Route]:
-    if not runtime.settings.admin.key_hashes:
+    if not runtime.settings.admin.enabled:
         return []
     return AdminApi(runtime).routes()

@@ -308,7 +308,7 @@ async def serve_sandbox(args: argparse.Namespace) -> int:
                     )
                 )
             ]
-            if settings.admin.key_hashes and settings.admin.port is not None
+            if settings.admin.enabled and settings.admin.port is not None
             else []
         ),
     ]
