@@ -194,6 +194,9 @@ def _sqlite_discipline(engine: Engine, busy_ms: int) -> None:
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        # Another process's commit empties this connection's page cache (several workers share
+        # the file): mapped pages are re-read without a copy, which measurably cuts the CPU.
+        cur.execute("PRAGMA mmap_size=268435456")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -69,6 +69,7 @@ _INSERT = (
     "INSERT INTO limit_log (namespace, seq, writer, entry) VALUES (?, (SELECT coalesce(max(seq), "
     "0) + 1 FROM limit_log WHERE namespace = ?), ?, ?)"
 )
+_INSERT_AT = "INSERT INTO limit_log (namespace, seq, writer, entry) VALUES (?, ?, ?, ?)"
 _SINCE = "SELECT seq, writer, entry FROM limit_log WHERE namespace = ? AND seq > ? ORDER BY seq"
 _LAST = "SELECT coalesce(max(seq), 0) FROM limit_log WHERE namespace = ?"
 
@@ -167,13 +168,26 @@ class EmbeddedStore:
             _INSERT, [(self._ns, self._ns, self._writer, _dumps(e)) for e in entries]
         )
 
+    def _append_next(self, conn: Connection, entries: Sequence[list[Any]]) -> None:
+        """Append after the last entry, which this process has just read (holding the lock,
+        caught up, inside the transaction that holds SQLite's write lock)."""
+        first = self._seq + 1
+        conn.exec_driver_sql(
+            _INSERT_AT,
+            [(self._ns, first + i, self._writer, _dumps(e)) for i, e in enumerate(entries)],
+        )
+        self._seq = first + len(entries) - 1
+
     def _apply(self, e: list[Any]) -> None:
         st = self._state
         op = e[0]
         if op == "r":
-            _, rid, now, expires_at, keep_until, holds, untils = e
+            _, rid, now, expires_at, keep_until, holds = e[:6]
             if rid not in st.records:
-                hs = [Hold(rule, what, key, int(n)) for rule, what, key, n in holds]
+                if len(e) == 7:  # the first format: [rule, what, key, amount] + {key: until}
+                    holds = [[w, k, n, e[6].get(k, 0)] for _, w, k, n in holds]
+                hs = [Hold("", what, key, n) for what, key, n, _ in holds]
+                untils = {key: until for _, key, _, until in holds}
                 st.take(rid, hs, untils, now=now, expires_at=expires_at, keep_until=keep_until)
         elif op == "c":
             st.commit(e[1], e[2])
@@ -286,7 +300,7 @@ class EmbeddedStore:
                     continue
                 if rec.state == "pending" and st.commit(rid, call_id):
                     entries.append(["c", rid, call_id])
-                if status != "ended" or rec.state == "settled":
+                if status != "ended":
                     continue
                 if seconds is None and kind == "chat":
                     seconds = 0.0  # as the chat route settles a turn
@@ -350,19 +364,11 @@ class EmbeddedStore:
                     expires_at=ask.expires_at,
                     keep_until=ask.keep_until,
                 )
-                entries.append(
-                    [
-                        "r",
-                        ask.rid,
-                        ask.now,
-                        ask.expires_at,
-                        ask.keep_until,
-                        [[h.rule, h.what, h.key, h.amount] for h in holds],
-                        untils,
-                    ]
-                )
+                # What each hold took and (counters) until when: all another worker needs.
+                took = [[h.what, h.key, h.amount, untils.get(h.key, 0)] for h in holds]
+                entries.append(["r", ask.rid, ask.now, ask.expires_at, ask.keep_until, took])
             if entries:
-                self._append(conn, entries)
+                self._append_next(conn, entries)
         return results
 
     def _undo(self, batch: Sequence[_Ask]) -> None:
@@ -407,7 +413,7 @@ class EmbeddedStore:
                 due = self._state.due(now)
                 freed = self._state.mark_expired(due)
                 self._state.gc(now)
-                self._append(conn, [["e", due, now]])
+                self._append_next(conn, [["e", due, now]])
                 old = time.monotonic() - self._snapshot_at > SNAPSHOT_SECONDS
                 if old or self._seq - self._snapshot_seq >= SNAPSHOT_ENTRIES:
                     self._snapshot(conn, now)
@@ -428,6 +434,8 @@ class EmbeddedStore:
         return await self._write(tx)
 
     async def ping(self) -> None:
+        # The readiness probe: the first one rebuilds the counters, before any caller waits.
+        await self._ensure_or_unavailable(time.time())
         await self._write(lambda conn: conn.exec_driver_sql("SELECT 1"))
 
     async def aclose(self) -> None:

@@ -118,7 +118,7 @@ class CounterState:
             if h.what != "concurrency":
                 self._adjust(h.key, -h.amount, now)
         self._free_slots(rid, rec)
-        rec.state = "released"
+        self._forget(rid, rec)  # nothing can change a released reservation any more
         return True
 
     def settle(
@@ -133,8 +133,18 @@ class CounterState:
         for key, delta in deltas.items():
             self._adjust(key, delta, now)
         self._free_slots(rid, rec)
-        rec.state = "settled" if done else "ended"
+        if done:
+            self._forget(rid, rec)  # every actual has landed: nothing more can change it
+        else:
+            rec.state = "ended"
         return True
+
+    def _forget(self, rid: str, rec: _Record) -> None:
+        """A reservation reached its end: forgotten at once, since a repeated release or
+        settle of an unknown reservation changes nothing, as one of a finished one would."""
+        del self.records[rid]
+        if rec.call_id is not None and self.calls.get(rec.call_id) == rid:
+            del self.calls[rec.call_id]
 
     def due(self, now: float) -> list[str]:
         """Live reservations past their expiry."""
