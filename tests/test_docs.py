@@ -51,7 +51,6 @@ def test_the_readmes_config_examples_are_valid(
     merged["ledger"]["url"] = f"sqlite:///{tmp_path}/ledger.db"  # type: ignore[index]
     config = tmp_path / "proxy.yaml"
     config.write_text(yaml.safe_dump(merged))
-    monkeypatch.setenv("VAPI_WEBHOOK_SECRET", "s" * 32)
-    settings = load_settings(config, environ={})
+    settings = load_settings(config, environ={"VAPI_WEBHOOK_SECRET": "s" * 32})
     assert set(settings.profiles) == {"sales-coach", "support"}
     assert settings.limits.rules[0].quota is not None

@@ -249,3 +249,63 @@ def test_validating_a_config_imports_no_database_or_http_library() -> None:
     report = json.loads(done.stdout)
     assert report["problems"] == ["webhooks.inbound.default.profile: no profile named 'nope'"]
     assert report["heavy"] == []
+
+
+SECRET_CONFIG = {
+    "auth": {"methods": [{"type": "jwt", "secret_env": "T_JWT_SECRET", "algorithms": ["HS256"]}]},
+    "webhooks": {
+        "verify": [{"type": "bearer", "secret_env": "T_HOOK_SECRET"}],
+        "forward": {"targets": [{"url": "http://127.0.0.1:9/"}], "secret_env": "T_FWD_SECRET"},
+    },
+}
+
+
+def test_secrets_come_from_the_environment_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every section reads the variables it names from the environment passed in, so a caller
+    (the CLI, a test) never has to write os.environ to hand a secret over."""
+    for name in ("T_JWT_SECRET", "T_HOOK_SECRET", "T_FWD_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    given = {"T_JWT_SECRET": "j" * 32, "T_HOOK_SECRET": "hook", "T_FWD_SECRET": "fwd"}
+    settings = parse_settings(SECRET_CONFIG, environ=given)
+    method = settings.auth.methods[0]
+    assert method.type == "jwt" and method.secret is not None
+    assert method.secret.get_secret_value() == "j" * 32
+    assert [s.get_secret_value() for s in settings.webhooks.verify[0].secrets] == ["hook"]
+    assert [s.get_secret_value() for s in settings.webhooks.forward.secrets] == ["fwd"]
+
+
+@pytest.mark.parametrize("missing", ["T_JWT_SECRET", "T_HOOK_SECRET", "T_FWD_SECRET"])
+def test_a_secret_only_in_os_environ_is_not_read(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    given = {"T_JWT_SECRET": "j" * 32, "T_HOOK_SECRET": "hook", "T_FWD_SECRET": "fwd"}
+    monkeypatch.setenv(missing, given.pop(missing))
+    with pytest.raises(ConfigError, match=f"environment variable {missing} is unset"):
+        parse_settings(SECRET_CONFIG, environ=given)
+
+
+def test_every_config_section_is_strict() -> None:
+    """One base for every section of the config (a misspelt key is an error everywhere)."""
+    import inspect
+
+    from pydantic import BaseModel
+
+    from vapi_proxy import configbase, settings
+    from vapi_proxy.auth import config as auth_config
+    from vapi_proxy.limits import config as limits_config
+    from vapi_proxy.webhooks import config as webhooks_config
+
+    passthrough = {webhooks_config.Destination}  # Vapi's own object, checked only for `type`
+    models = [
+        cls
+        for module in (settings, auth_config, limits_config, webhooks_config)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, BaseModel) and cls.__module__ == module.__name__
+    ]
+    assert len(models) > 20
+    loose = [
+        m.__name__
+        for m in models
+        if m not in passthrough and not issubclass(m, configbase.StrictModel)
+    ]
+    assert loose == []

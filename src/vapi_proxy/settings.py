@@ -20,8 +20,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -30,6 +28,7 @@ from pydantic import (
 )
 
 from vapi_proxy.auth.config import AuthSettings
+from vapi_proxy.configbase import StrictModel, config_context
 from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.policy.access import unbound_issuer_rules
 from vapi_proxy.policy.profiles import FileRef, Profile
@@ -47,11 +46,7 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class VapiSettings(_Section):
+class VapiSettings(StrictModel):
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
         description="Vapi's API base URL (env VAPI_BASE_URL overrides it).",
@@ -84,7 +79,7 @@ class VapiSettings(_Section):
         return value.rstrip("/")
 
 
-class ServerSettings(_Section):
+class ServerSettings(StrictModel):
     path_prefix: str = Field(
         default="",
         description="Path the proxy is mounted under (e.g. /api/vapi); requests are accepted "
@@ -115,7 +110,7 @@ class ServerSettings(_Section):
         return value.rstrip("/")
 
 
-class CorsSettings(_Section):
+class CorsSettings(StrictModel):
     allow_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call from a browser, exactly as the browser sends "
@@ -139,7 +134,7 @@ class CorsSettings(_Section):
         return cleaned
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."
     )
@@ -149,7 +144,7 @@ class LoggingSettings(_Section):
     access_log: bool = Field(default=True, description="One line per request.")
 
 
-class IntakeSettings(_Section):
+class IntakeSettings(StrictModel):
     ignored_fields: list[str] = Field(
         default_factory=lambda: ["userId"],
         description="Fields a frontend may send as context that the proxy drops silently "
@@ -157,7 +152,7 @@ class IntakeSettings(_Section):
     )
 
 
-class LedgerSettings(_Section):
+class LedgerSettings(StrictModel):
     url: str = Field(
         default="sqlite:///vapi-proxy.db",
         description="Where the call ledger lives: `sqlite:////var/lib/vapi-proxy/ledger.db` "
@@ -175,7 +170,7 @@ class LedgerSettings(_Section):
     )
 
 
-class IdempotencySettings(_Section):
+class IdempotencySettings(StrictModel):
     ttl_seconds: int = Field(
         default=86400,
         ge=60,
@@ -184,7 +179,7 @@ class IdempotencySettings(_Section):
     )
 
 
-class MetricsSettings(_Section):
+class MetricsSettings(StrictModel):
     enabled: bool = Field(default=True, description="Serve Prometheus metrics at `path`.")
     path: str = Field(default="/metrics", description="Path of the metrics endpoint.")
     port: int | None = Field(
@@ -229,7 +224,7 @@ class MetricsSettings(_Section):
         return value
 
 
-class AdminSettings(_Section):
+class AdminSettings(StrictModel):
     key_hashes: list[str] = Field(
         default_factory=list,
         description="Hashes (`sha256:<hex>`, from `vapi-proxy hash-key`) of the operator keys "
@@ -307,7 +302,7 @@ class AdminSettings(_Section):
         return values
 
 
-class Settings(_Section):
+class Settings(StrictModel):
     """Everything the proxy runs on, validated. Built once at start-up and passed down."""
 
     vapi: VapiSettings = Field(
@@ -399,7 +394,7 @@ class Settings(_Section):
         return self
 
 
-class Secrets(BaseModel):
+class Secrets(StrictModel):
     """Secrets from the environment or files; `repr` never shows them."""
 
     vapi_api_key: SecretStr | None = None
@@ -514,6 +509,16 @@ def apply_environment(raw: Mapping[str, Any], environ: Mapping[str, str]) -> dic
     return _apply_environment(dict(raw), environ)[0]
 
 
+def without_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment without the names `apply_environment` reads, for a config already
+    merged with them (what is left still resolves the secrets the config names)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.startswith(ENV_PREFIX) and name != "VAPI_BASE_URL"
+    }
+
+
 def sqlite_folder_problem(url: str) -> str | None:
     """Why a `sqlite:` URL cannot be opened (its folder is missing), or None.
 
@@ -584,7 +589,7 @@ def parse_settings(
         )
     _resolve_files(data, base_dir or Path.cwd())
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings.model_validate(data, context=config_context(environ))
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, origins)) from None
     # Checks that span sections (a webhook rule naming a profile, ...).
@@ -664,7 +669,9 @@ def load_ledger_settings(
     environ = os.environ if environ is None else environ
     data, origins = _apply_environment(read_config_file(path), environ)
     try:
-        ledger = LedgerSettings.model_validate(data.get("ledger") or {})
+        ledger = LedgerSettings.model_validate(
+            data.get("ledger") or {}, context=config_context(environ)
+        )
     except ValidationError as exc:
         inner = {k[1:]: v for k, v in origins.items() if k[:1] == ("ledger",)}
         raise ConfigError([f"ledger.{p}" for p in _format_errors(exc, inner)]) from None

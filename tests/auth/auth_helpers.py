@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from vapi_proxy.auth.config import AuthSettings
+from vapi_proxy.configbase import config_context
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "vapi-proxy-tests"
@@ -94,8 +95,13 @@ class JwksServer:
 
 
 def settings(
-    *methods: dict[str, Any], trusted_proxies: list[str] | None = None, **more: Any
+    *methods: dict[str, Any],
+    trusted_proxies: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+    **more: Any,
 ) -> AuthSettings:
+    """The `auth:` section; secrets named by `secret_env` come from `environ`."""
     return AuthSettings.model_validate(
-        {"methods": list(methods), "trusted_proxies": trusted_proxies or [], **more}
+        {"methods": list(methods), "trusted_proxies": trusted_proxies or [], **more},
+        context=config_context(environ or {}),
     )

@@ -13,13 +13,18 @@ from pydantic import BaseModel, ValidationError
 from vapi_proxy.auth import config as auth_config
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.auth.config import AuthSettings, JwtMethod
+from vapi_proxy.configbase import config_context
 from vapi_proxy.policy.access import AccessRule
 
 JWKS = "https://issuer.test/.well-known/jwks.json"
 
 
-def load(*methods: dict[str, Any], **extra: Any) -> AuthSettings:
-    return AuthSettings.model_validate({"methods": list(methods), **extra})
+def load(
+    *methods: dict[str, Any], environ: dict[str, str] | None = None, **extra: Any
+) -> AuthSettings:
+    return AuthSettings.model_validate(
+        {"methods": list(methods), **extra}, context=config_context(environ or {})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +63,12 @@ def test_jwt_refusals(rsa_pem: str) -> None:
         assert name
 
 
-def test_shared_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_secret_from_env_and_file(tmp_path: Path) -> None:
     secret = secrets.token_urlsafe(64)
-    monkeypatch.setenv("TEST_AUTH_SECRET", secret)
-    from_env = load({"type": "jwt", "secret_env": "TEST_AUTH_SECRET", "algorithms": ["HS512"]})
+    from_env = load(
+        {"type": "jwt", "secret_env": "TEST_AUTH_SECRET", "algorithms": ["HS512"]},
+        environ={"TEST_AUTH_SECRET": secret},
+    )
     method = from_env.methods[0]
     assert isinstance(method, JwtMethod)
     assert method.secret is not None

@@ -52,14 +52,12 @@ async def test_valid_token_with_pem_key(chain_factory: Any, alg: str) -> None:
     assert chain.stats.successes["jwt"] == 1
 
 
-async def test_valid_hs256_token_from_secret_env(
-    chain_factory: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_valid_hs256_token_from_secret_env(chain_factory: Any) -> None:
     secret = secrets.token_urlsafe(48)
-    monkeypatch.setenv("TEST_JWT_SECRET", secret)
     chain = await chain_factory(
         {"type": "jwt", "secret_env": "TEST_JWT_SECRET", "algorithms": ["HS256"], "issuer": ISSUER,
-         "audience": AUDIENCE}
+         "audience": AUDIENCE},
+        environ={"TEST_JWT_SECRET": secret},
     )  # fmt: skip
     token = jwt.encode(claims(), secret, algorithm="HS256")
     assert (await chain.authenticate(f"Bearer {token}", "::1")).subject == "user-1"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 # What only a worker needs: the web framework, the database layers, the HTTP client.
 APP_MODULES = ("starlette", "sqlalchemy", "alembic", "aiohttp", "asyncpg", "redis")
@@ -39,3 +41,27 @@ def test_the_probe_sees_the_app_once_it_is_imported() -> None:
         check=True,
     )
     assert "starlette" in json.loads(done.stdout)
+
+
+def test_validating_the_config_before_the_workers_start_does_not_import_it_either(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        "webhooks: {verify: [{type: bearer, secret_env: T_HOOK}]}\n"
+        "profiles: {coach: {assistant_id: a-1}}\n"
+        f"ledger: {{url: 'sqlite:///{tmp_path}/ledger.db'}}\n"
+    )
+    probe = (
+        "from vapi_proxy.cli.common import validate_for_serve\n"
+        f"validate_for_serve({str(config)!r})\n" + PROBE % (APP_MODULES,)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "VAPI_API_KEY": "dummy-key-for-test", "T_HOOK": "hook"},
+    )
+    assert json.loads(done.stdout) == []

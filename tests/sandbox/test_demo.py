@@ -177,3 +177,37 @@ def test_serve_sandbox_with_the_users_own_config_closes_the_webhook_loop(tmp_pat
         process.terminate()
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+
+
+def test_the_demo_config_gets_its_webhook_token_without_touching_the_environment(
+    tmp_path: Path,
+) -> None:
+    """The simulator's token and the user's own secrets resolve from the environment passed in;
+    overrides apply before the rewiring and cannot undo it."""
+    from vapi_proxy.sandbox.demo import SANDBOX_WEBHOOK_ENV, _load_sandbox_config
+
+    before = dict(os.environ)
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        "auth: {methods: [{type: jwt, secret_env: MY_JWT_SECRET, algorithms: [HS256]}]}\n"
+        "profiles: {coach: {assistant_id: a-1}}\n"
+    )
+    settings = _load_sandbox_config(
+        str(config),
+        proxy_url="http://127.0.0.1:1",
+        sandbox_url="http://127.0.0.1:2",
+        demo_hash="sha256:" + "0" * 64,
+        scratch=str(tmp_path),
+        webhook_token="the-token",
+        environ={
+            "MY_JWT_SECRET": "s" * 32,
+            "VAPI_PROXY__LOGGING__LEVEL": "debug",
+            "VAPI_PROXY__LEDGER__URL": "sqlite:////nowhere/ledger.db",
+        },
+    )
+    assert dict(os.environ) == before and SANDBOX_WEBHOOK_ENV not in os.environ
+    assert [s.get_secret_value() for s in settings.webhooks.verify[0].secrets] == ["the-token"]
+    (method,) = [m for m in settings.auth.methods if m.type == "jwt"]
+    assert method.secret is not None and method.secret.get_secret_value() == "s" * 32
+    assert settings.logging.level == "debug"
+    assert settings.ledger.url == f"sqlite:///{tmp_path}/ledger.db"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from vapi_proxy.configbase import config_context
 from vapi_proxy.webhooks.config import WebhookSettings
 from vapi_proxy.webhooks.forward import sign, verify_signature
 from vapi_proxy.webhooks.verify import VerificationError, WebhookVerifier, server_headers
@@ -20,8 +21,15 @@ URL = "https://proxy.example.com/webhook"
 BODY = b'{"message":{"type":"status-update","status":"ended"}}'
 
 
-def verifier(tmp_path: Path, entries: list[dict[str, Any]], **kw: Any) -> WebhookVerifier:
-    settings = WebhookSettings.model_validate({"verify": entries, **kw})
+def verifier(
+    tmp_path: Path,
+    entries: list[dict[str, Any]],
+    environ: dict[str, str] | None = None,
+    **kw: Any,
+) -> WebhookVerifier:
+    settings = WebhookSettings.model_validate(
+        {"verify": entries, **kw}, context=config_context(environ or {})
+    )
     return WebhookVerifier(
         settings.verify, url=URL, allow_unverified=settings.allow_unverified, clock=lambda: NOW
     )
@@ -68,14 +76,12 @@ def test_legacy_x_vapi_secret(tmp_path: Path) -> None:
         v.verify({"x-vapi-secret": "other"}, BODY)
 
 
-def test_rotation_accepts_every_configured_secret(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rotation_accepts_every_configured_secret(tmp_path: Path) -> None:
     old, new = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    monkeypatch.setenv("HOOK_OLD", old)
     v = verifier(
         tmp_path,
         [{"type": "bearer", "secret_env": "HOOK_OLD", "secret_file": secret_file(tmp_path, new)}],
+        environ={"HOOK_OLD": old},
     )
     for token in (old, new):
         assert v.verify({"authorization": f"Bearer {token}"}, BODY)

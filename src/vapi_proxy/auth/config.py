@@ -7,7 +7,6 @@ a public key, a short shared secret, a plain-HTTP JWKS URL) is refused here, bef
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,17 +17,17 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import InvalidKeyError
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     IPvAnyNetwork,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from vapi_proxy.auth.identity import AuthMethod
+from vapi_proxy.configbase import StrictModel, environ_of, read_secrets
 from vapi_proxy.edge.client_address import DEFAULT_HEADER, HEADER_NAME
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
@@ -48,10 +47,6 @@ PublicKey = (
 )
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def key_fits_algorithm(key: Any, algorithm: str) -> bool:
     """Whether a parsed public key may verify `algorithm` (RFC 7518 §3.1 families; EC curve must
     match the hash, so a P-256 key never verifies ES512)."""
@@ -66,7 +61,7 @@ def key_fits_algorithm(key: Any, algorithm: str) -> bool:
     return False
 
 
-class JwtMethod(_Model):
+class JwtMethod(StrictModel):
     """Accept JWTs signed by the app's identity provider (or by the app itself)."""
 
     type: Literal["jwt"] = Field(description="Selects this method.")
@@ -164,7 +159,7 @@ class JwtMethod(_Model):
         raise ValueError("jwks_url must be https (plain http only for a loopback host)")
 
     @model_validator(mode="after")
-    def _one_key_source(self) -> JwtMethod:
+    def _one_key_source(self, info: ValidationInfo) -> JwtMethod:
         sources = [
             name
             for name in ("jwks_url", "public_key", "public_key_file", "secret_env", "secret_file")
@@ -179,7 +174,12 @@ class JwtMethod(_Model):
         if self.secret_env is not None or self.secret_file is not None:
             if len(hmac_algs) != len(self.algorithms):
                 raise ValueError("a shared secret verifies HS256/HS384/HS512 only")
-            self._secret = SecretStr(self._read_secret())
+            # The same reading as every other secret (configbase), from the given environment.
+            (self._secret,) = read_secrets(
+                [self.secret_env] if self.secret_env is not None else [],
+                [self.secret_file] if self.secret_file is not None else [],
+                environ_of(info),
+            )
             try:
                 # PyJWT refuses HMAC secrets that are PEM/SSH public keys: key-confusion bait.
                 get_default_algorithms()["HS256"].prepare_key(self._secret.get_secret_value())
@@ -204,23 +204,6 @@ class JwtMethod(_Model):
             if unfit:
                 raise ValueError(f"the public key cannot verify {', '.join(unfit)}")
         return self
-
-    def _read_secret(self) -> str:
-        if self.secret_env is not None:
-            value = os.environ.get(self.secret_env)
-            if not value:
-                raise ValueError(f"environment variable {self.secret_env} is unset or empty")
-            return value
-        path = self.secret_file or Path()
-        try:
-            value = path.read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read secret_file {self.secret_file}: {exc.strerror}"
-            ) from None
-        if not value:
-            raise ValueError(f"secret_file {self.secret_file} is empty")
-        return value
 
     def _load_public_key(self) -> Any:
         if self.public_key is not None:
@@ -251,7 +234,7 @@ class JwtMethod(_Model):
         return self._public_key
 
 
-class ApiKey(_Model):
+class ApiKey(StrictModel):
     """One static API key, stored only as its hash."""
 
     name: str = Field(min_length=1, description="Names the caller: becomes the identity's subject.")
@@ -274,7 +257,7 @@ class ApiKey(_Model):
         return value
 
 
-class ApiKeyMethod(_Model):
+class ApiKeyMethod(StrictModel):
     """Accept static API keys (server-to-server callers, scripts)."""
 
     type: Literal["api_key"] = Field(description="Selects this method.")
@@ -296,7 +279,7 @@ class ApiKeyMethod(_Model):
         return self
 
 
-class AnonymousMethod(_Model):
+class AnonymousMethod(StrictModel):
     """Let callers without a credential through as `anonymous`, keyed by client address.
 
     Only profiles whose `access.anonymous` is true accept them."""
@@ -308,7 +291,7 @@ class AnonymousMethod(_Model):
 Method = Annotated[JwtMethod | ApiKeyMethod | AnonymousMethod, Field(discriminator="type")]
 
 
-class AuthSettings(_Model):
+class AuthSettings(StrictModel):
     """How callers prove who they are."""
 
     methods: list[Method] = Field(

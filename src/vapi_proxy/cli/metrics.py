@@ -27,16 +27,15 @@ def metrics_directory() -> MetricsDirectory:
         Path(given).mkdir(parents=True, exist_ok=True)
         return MetricsDirectory(given, created=False)
     made = tempfile.mkdtemp(prefix="vapi-proxy-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
     return MetricsDirectory(made, created=True)
 
 
-def serve_metrics_port(host: str, port: int) -> Any:
+def serve_metrics_port(host: str, port: int, directory: str) -> Any:
     """Serve every worker's metrics, summed, on their own port from the supervisor."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client import multiprocess as prometheus_multiprocess
 
     registry = CollectorRegistry()
-    prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    prometheus_multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

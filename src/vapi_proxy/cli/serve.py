@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from vapi_proxy.cli.common import (
 from vapi_proxy.cli.metrics import metrics_directory, serve_metrics_port
 from vapi_proxy.cli.reload import reload_status_path
 from vapi_proxy.cli.supervisor import Supervisor
+from vapi_proxy.cli.worker import build_app
 from vapi_proxy.settings import ConfigError, Settings
 
 
@@ -75,10 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Workers are started (and, on SIGHUP, replaced) by a supervisor process, which also
     # means SIGTERM ends in exit status 0 after the drain. Each worker builds the app from
     # the config named here; metrics of all workers are summed through files in this folder.
-    os.environ["VAPI_PROXY_CONFIG"] = str(Path(path).resolve())
     metrics_dir = metrics_directory()
     config = uvicorn.Config(
-        "vapi_proxy.app:app_from_environment",
+        functools.partial(build_app, str(Path(path).resolve()), metrics_dir.path),
         factory=True,
         workers=args.workers,
         # A replacement worker imports the whole app and migrates/opens its stores before it
@@ -91,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Path(args.pid_file).write_text(f"{os.getpid()}\n", encoding="utf-8")
     metrics_server = None
     if settings.metrics.enabled and settings.metrics.port is not None:
-        metrics_server = serve_metrics_port(args.host, settings.metrics.port)
+        metrics_server = serve_metrics_port(args.host, settings.metrics.port, metrics_dir.path)
     status_file = reload_status_path(args.pid_file) if args.pid_file else None
     sockets = [config.bind_socket()]
     if settings.admin.enabled and settings.admin.port is not None:

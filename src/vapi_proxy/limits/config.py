@@ -8,18 +8,19 @@ from __future__ import annotations
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from vapi_proxy.auth.identity import AuthMethod
+from vapi_proxy.configbase import StrictModel
 
 FailureMode = Literal["closed", "open"]
 Kind = Literal["call", "chat"]
 Scope = Literal["identity", "tenant", "profile", "global"]
 
 
-class _Strict(BaseModel):
-    # A misspelt key in a limits file must be an error, not a limit silently not applied.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    # Rules are shared by every request and keyed on: never changed after load.
+    model_config = ConfigDict(frozen=True)
 
 
 class RateLimit(_Strict):

@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from vapi_proxy.settings import (
     parse_settings,
     read_config_file,
     read_yaml,
+    without_overrides,
 )
 
 SANDBOX_WEBHOOK_ENV = "VAPI_PROXY_SANDBOX_WEBHOOK_TOKEN"
@@ -217,7 +218,14 @@ def _mint_token(method: Any, claims: dict[str, Any]) -> str:
 
 
 def _load_sandbox_config(
-    path: str | None, *, proxy_url: str, sandbox_url: str, demo_hash: str, scratch: str
+    path: str | None,
+    *,
+    proxy_url: str,
+    sandbox_url: str,
+    demo_hash: str,
+    scratch: str,
+    webhook_token: str,
+    environ: Mapping[str, str],
 ) -> Settings:
     if path is not None:
         raw = read_config_file(path)
@@ -226,13 +234,16 @@ def _load_sandbox_config(
         raw = read_yaml(example_config_text())
         base_dir = None
     rewired = _sandbox_raw(
-        apply_environment(raw, os.environ),
+        apply_environment(raw, environ),
         proxy_url=proxy_url,
         sandbox_url=sandbox_url,
         demo_hash=demo_hash,
         scratch=scratch,
     )
-    return parse_settings(rewired, base_dir=base_dir, environ={})
+    # The overrides are applied before the rewiring (they must not undo it); the secrets the
+    # config names (a JWT secret, the simulator's webhook token) come from this environment.
+    secrets = {**without_overrides(environ), SANDBOX_WEBHOOK_ENV: webhook_token}
+    return parse_settings(rewired, base_dir=base_dir, environ=secrets)
 
 
 async def serve_sandbox(args: argparse.Namespace) -> int:
@@ -254,7 +265,6 @@ async def serve_sandbox(args: argparse.Namespace) -> int:
     # The demo closes the loop as in production: the simulator signs its webhooks with a
     # bearer credential, and calls the proxy creates point Vapi at the proxy's /webhook.
     webhook_token = secrets_module.token_urlsafe(32)
-    os.environ[SANDBOX_WEBHOOK_ENV] = webhook_token
     demo_key = generate_key()
     scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
     try:
@@ -264,6 +274,8 @@ async def serve_sandbox(args: argparse.Namespace) -> int:
             sandbox_url=sandbox_url,
             demo_hash=hash_key(demo_key),
             scratch=scratch,
+            webhook_token=webhook_token,
+            environ=os.environ,
         )
     except ConfigError as exc:
         print_problems(exc)

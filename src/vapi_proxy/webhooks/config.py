@@ -1,13 +1,13 @@
 """The `webhooks:` settings: how Vapi's deliveries are verified, answered and forwarded.
 
 Secrets are never written inline: each credential names environment variables (`secret_env`)
-or files (`secret_file`); they are read once when the config loads (a missing one is a config
-error naming the field) and kept as `SecretStr`. Several may be given at once for rotation.
+or files (`secret_file`) (`configbase.SecretSource`); they are read once when the config loads,
+from the environment given to `parse_settings` (a missing one is a config error naming the
+field), and kept as `SecretStr`. Several may be given at once for rotation.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,11 +17,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
-    SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from vapi_proxy.configbase import SecretSource, StrictModel
 
 _PLACEHOLDERS = ("{body}", "{timestamp}", "{method}", "{url}", "{svix-id}")
 _HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d|24:00")
@@ -38,64 +39,15 @@ REQUEST_TYPES = (
 """Message types whose reply Vapi acts on (besides assistant-request, answered by the proxy)."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _names(value: Any) -> Any:
-    if isinstance(value, str | Path):
-        return [value]
-    return value
-
-
-def read_secrets(envs: list[str], files: list[Path]) -> list[SecretStr]:
-    """Every named secret, in order (env first); a missing or empty one is a config error."""
-    out: list[SecretStr] = []
-    for name in envs:
-        value = os.environ.get(name)
-        if not value:
-            raise ValueError(f"environment variable {name} is unset or empty")
-        out.append(SecretStr(value))
-    for path in files:
-        try:
-            text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ValueError(f"cannot read secret_file {path}: {exc.strerror}") from None
-        if not text:
-            raise ValueError(f"secret_file {path} is empty")
-        out.append(SecretStr(text))
-    return out
-
-
-class _SecretSource(_Strict):
-    secret_env: list[str] = Field(
-        default_factory=list,
-        description="Environment variable(s) holding the secret; several are all accepted "
-        "(rotation: add the new one, switch Vapi over, then remove the old one).",
-    )
-    secret_file: list[Path] = Field(
-        default_factory=list,
-        description="File(s) holding the secret (trailing newline ignored); combined with "
-        "`secret_env`.",
-    )
-    _secrets: list[SecretStr] = PrivateAttr(default_factory=list)
-
-    @field_validator("secret_env", "secret_file", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        return _names(value)
+class _SecretSource(SecretSource):
+    """A verifier's credential: at least one secret must be named."""
 
     @model_validator(mode="after")
-    def _load(self) -> Any:
+    def _load(self, info: ValidationInfo) -> Any:
         if not self.secret_env and not self.secret_file:
             raise ValueError("set secret_env or secret_file (secrets are never inline)")
-        self._secrets = read_secrets(self.secret_env, self.secret_file)
+        self._read(info)
         return self
-
-    @property
-    def secrets(self) -> list[SecretStr]:
-        """The secrets read at load time; the first is the one the proxy sends or signs with."""
-        return list(self._secrets)
 
 
 class BearerVerifier(_SecretSource):
@@ -185,7 +137,7 @@ Verifier = Annotated[
 ]
 
 
-class HoursWindow(_Strict):
+class HoursWindow(StrictModel):
     """A weekly window, e.g. mon-fri 09:00-17:00; `start` after `end` wraps past midnight."""
 
     days: list[Day] = Field(
@@ -202,7 +154,7 @@ class HoursWindow(_Strict):
         return value
 
 
-class PhoneMatch(_Strict):
+class PhoneMatch(StrictModel):
     """Conditions of one inbound rule; every condition given must hold (empty matches all)."""
 
     phone_number_ids: list[str] | None = Field(
@@ -229,7 +181,7 @@ class Destination(BaseModel):
     type: Literal["number", "sip"] = Field(description="`number` or `sip`.")
 
 
-class InboundAction(_Strict):
+class InboundAction(StrictModel):
     """What an inbound call gets: exactly one of profile, destination, error or forward."""
 
     profile: str | None = Field(None, description="Profile to start (same as web calls).")
@@ -270,7 +222,7 @@ class InboundRule(InboundAction):
     match: PhoneMatch = Field(default_factory=PhoneMatch, description="When the rule applies.")
 
 
-class InboundSettings(_Strict):
+class InboundSettings(StrictModel):
     """`assistant-request` answers for inbound phone calls (docs/webhooks.md)."""
 
     rules: list[InboundRule] = Field(
@@ -319,7 +271,7 @@ class InboundSettings(_Strict):
         return value
 
 
-class ForwardTarget(_Strict):
+class ForwardTarget(StrictModel):
     """One of the app's URLs that receives copies of verified events."""
 
     url: str = Field(description="The app's URL (http(s)).")
@@ -335,7 +287,7 @@ class ForwardTarget(_Strict):
         return value
 
 
-class ForwardSettings(_Strict):
+class ForwardSettings(SecretSource):
     """Copies of verified events to the app, signed, through a durable outbox."""
 
     targets: list[ForwardTarget] = Field(
@@ -360,26 +312,16 @@ class ForwardSettings(_Strict):
         default=1.0, gt=0, le=60, description="How often the outbox is checked for due events."
     )
     batch_size: int = Field(default=50, ge=1, le=1000, description="Events claimed per round.")
-    _secrets: list[SecretStr] = PrivateAttr(default_factory=list)
-
-    @field_validator("secret_env", "secret_file", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        return _names(value)
 
     @model_validator(mode="after")
-    def _load(self) -> ForwardSettings:
+    def _load(self, info: ValidationInfo) -> ForwardSettings:
         if self.targets and not (self.secret_env or self.secret_file):
             raise ValueError("forwarding needs secret_env or secret_file to sign deliveries")
-        self._secrets = read_secrets(self.secret_env, self.secret_file)
+        self._read(info)
         return self
 
-    @property
-    def secrets(self) -> list[SecretStr]:
-        return list(self._secrets)
 
-
-class RespondSettings(_Strict):
+class RespondSettings(StrictModel):
     """Where request-type messages (tool-calls, transfer-destination-request, …) are answered."""
 
     url: str | None = Field(
@@ -407,7 +349,7 @@ class RespondSettings(_Strict):
         return value
 
 
-class WebhookSettings(_Strict):
+class WebhookSettings(StrictModel):
     """How the proxy receives Vapi's server messages (docs/webhooks.md)."""
 
     verify: list[Verifier] = Field(
