@@ -208,7 +208,13 @@ def test_every_event_counts_once_on_every_scrape_across_workers_and_reloads(
     config = tmp_path / "proxy.yaml"
     config.write_text(yaml.safe_dump(raw))
     pid_file = tmp_path / "pid"
-    with serve_process(config, slow_chat_sandbox, workers=workers, pid_file=pid_file) as served:
+    temp = tmp_path / "tmp"  # where serve makes its metrics folder (PROMETHEUS_MULTIPROC_DIR)
+    temp.mkdir()
+    environ = {"TMPDIR": str(temp), "PROMETHEUS_MULTIPROC_DIR": ""}
+    with serve_process(
+        config, slow_chat_sandbox, workers=workers, pid_file=pid_file, env=environ
+    ) as served:
+        assert len(list(temp.glob("vapi-proxy-metrics-*"))) == 1
         scrape_url = (
             f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else served.url + "/metrics"
         )
@@ -236,3 +242,5 @@ def test_every_event_counts_once_on_every_scrape_across_workers_and_reloads(
         assert scrapes() == [(9.0, 9.0)] * 8
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=30) == 0
+    # The folder serve made for the workers' metric files goes with it.
+    assert list(temp.glob("vapi-proxy-metrics-*")) == []
