@@ -1,8 +1,6 @@
 """The `vapi-proxy` command: `main` and the parser; each command family lives in its own module.
-
-Options map onto settings; anything not given here comes from the config file or the
-environment (`VAPI_PROXY__SECTION__FIELD`). A bad config exits with status 2 and names the field.
-"""
+Options not given come from the config file or the environment (`VAPI_PROXY__SECTION__FIELD`);
+a bad config exits with status 2 and names the field."""
 
 from __future__ import annotations
 
