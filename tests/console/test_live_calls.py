@@ -134,3 +134,38 @@ def test_blocking_with_end_calls_ends_the_identitys_live_calls(
     assert _status(server, bob) != "ended"
     refused = start_web_call(server, user_key)
     assert_envelope(refused, 403)
+
+
+async def test_a_webhook_gives_the_ledger_a_control_url_it_lacked(tmp_path: Any) -> None:
+    """A call the proxy did not create itself (adopted, inbound) learns its control URL from the
+    first webhook that carries `call.monitor.controlUrl`; a stored one is never replaced."""
+    from vapi_proxy.auth.identity import Identity
+    from vapi_proxy.ledger.records import LedgerEvent
+    from vapi_proxy.ledger.store import Ledger
+
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    await ledger.start(auto_migrate=True)
+    try:
+        who = Identity(subject="alice", method="api_key")
+        await ledger.record_call(call_id="c1", identity=who, profile="p")
+        await ledger.record_call(
+            call_id="c2", identity=who, profile="p", control_url="https://keep/c2/control"
+        )
+
+        def update(call_id: str, url: str, stamp: int) -> LedgerEvent:
+            message = {
+                "type": "status-update",
+                "status": "in-progress",
+                "timestamp": stamp,
+                "call": {"id": call_id, "monitor": {"controlUrl": url}},
+            }
+            return LedgerEvent.from_vapi(message)
+
+        await ledger.apply_event(update("c1", "javascript:alert(1)", 1))
+        assert (await ledger.get_call("c1")).control_url is None  # type: ignore[union-attr]
+        await ledger.apply_event(update("c1", "https://vapi/c1/control", 2))
+        await ledger.apply_event(update("c2", "https://other/c2/control", 3))
+        assert (await ledger.get_call("c1")).control_url == "https://vapi/c1/control"  # type: ignore[union-attr]
+        assert (await ledger.get_call("c2")).control_url == "https://keep/c2/control"  # type: ignore[union-attr]
+    finally:
+        await ledger.aclose()

@@ -1,8 +1,8 @@
 """Live calls for the console, and ending one through Vapi's live-call control.
 
 The control URL (`monitor.controlUrl` of Vapi's Call) is kept in the ledger when the call is
-created and never shown to any client; a call the proxy did not record one for (adopted from
-webhooks, or created by an older version) has it looked up from Vapi with the private key. The
+created, or taken from the first webhook that carries it, and never shown to any client; a call
+still without one (created by an older version) has it looked up from Vapi with the private key. The
 `{"type": "end-call"}` message is sent without the private key: the control URL carries its own
 authority (Vapi facts §2.6), and the key must not go to any other host.
 """

@@ -106,6 +106,8 @@ class CallRecord:
     analysis: Any
     updated_at: datetime
     session_id: str | None = None
+    control_url: str | None = None
+    """Vapi's `monitor.controlUrl`: server-side only (the console ends calls with it)."""
 
 
 CALL_FIELDS = [f.name for f in fields(CallRecord)]
@@ -132,6 +134,7 @@ class LedgerEvent:
     summary: str | None = None
     analysis: Any = None
     payload: Mapping[str, Any] | None = None
+    control_url: str | None = None
 
     @classmethod
     def from_vapi(cls, message: Mapping[str, Any], *, dedupe_key: str | None = None) -> LedgerEvent:
@@ -168,7 +171,17 @@ class LedgerEvent:
             summary=summary if isinstance(summary, str) else None,
             analysis=analysis,
             payload=message,
+            control_url=_control_url(call),
         )
+
+
+def _control_url(call: Any) -> str | None:
+    """`call.monitor.controlUrl` of a webhook message, when it is an http(s) URL."""
+    monitor = call.get("monitor") if isinstance(call, Mapping) else None
+    url = monitor.get("controlUrl") if isinstance(monitor, Mapping) else None
+    if isinstance(url, str) and url.startswith(("https://", "http://")) and len(url) <= 2048:
+        return url
+    return None
 
 
 def trim_payload(payload: Mapping[str, Any] | None) -> Any:

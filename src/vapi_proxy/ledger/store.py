@@ -593,6 +593,8 @@ def _changes(call: CallRecord, event: LedgerEvent, now: datetime) -> dict[str, A
             changes[name] = value
     if event.analysis is not None and final:
         changes["analysis"] = event.analysis
+    if event.control_url is not None and call.control_url is None:
+        changes["control_url"] = event.control_url  # a call the proxy did not create itself
     started = changes.get("started_at", call.started_at)
     ended = changes.get("ended_at", call.ended_at)
     if "duration_seconds" not in changes and call.duration_seconds is None and started and ended:
