@@ -106,7 +106,7 @@ class Runtime:
             upstream=upstream,
             limiter=limiter,
             ledger=ledger,
-            replies=ReplyReader(key.get_secret_value, profiles, metrics.observe_refusal),
+            replies=ReplyReader(profiles, metrics.observe_refusal),
             profiles=profiles,
             reply_paths={
                 name: compile_paths(profile.expose) for name, profile in settings.profiles.items()
@@ -117,10 +117,6 @@ class Runtime:
             webhook_stats=hooks.stats,
             metrics=metrics,
         )
-
-    @property
-    def api_key(self) -> str:
-        return self.secrets.vapi_api_key.get_secret_value() if self.secrets.vapi_api_key else ""
 
     async def start(self) -> None:
         await self.ledger.start(

@@ -25,7 +25,8 @@ from vapi_proxy.ledger.schema import calls
 from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
-    from vapi_proxy.runtime import Runtime
+    from vapi_proxy.ledger.engine import Database
+    from vapi_proxy.upstream.client import UpstreamClient
 
 logger = logging.getLogger("vapi_proxy.console.calls")
 
@@ -45,7 +46,7 @@ def control_url(call: Mapping[str, Any]) -> str | None:
 
 
 async def live_calls(
-    runtime: Runtime,
+    database: Database,
     *,
     identity_key: str | None = None,
     profile: str | None = None,
@@ -75,7 +76,7 @@ async def live_calls(
         query = query.where(calls.c.identity_key == identity_key)
     if profile is not None:
         query = query.where(calls.c.profile == profile)
-    async with runtime.ledger.database.read() as conn:
+    async with database.read() as conn:
         rows = (await conn.execute(query)).all()
     items = []
     for row in rows:
@@ -98,25 +99,25 @@ async def live_calls(
     return items
 
 
-async def end_call(runtime: Runtime, call_id: str) -> dict[str, Any]:
+async def end_call(database: Database, upstream: UpstreamClient, call_id: str) -> dict[str, Any]:
     """Ask Vapi to end a live call; the end-of-call webhook then settles it as usual."""
     query = sa.select(calls.c.status, calls.c.kind, calls.c.control_url).where(
         calls.c.id == call_id
     )
-    async with runtime.ledger.database.read() as conn:
+    async with database.read() as conn:
         row = (await conn.execute(query)).first()
     if row is None or row.kind == "chat":
         raise NotFoundError("No such call in the ledger.")
     if row.status not in LIVE_STATUSES:
         raise ProxyError(f"The call is not live (it is {row.status}).", status_code=409)
-    url = row.control_url or await _look_up_control_url(runtime, call_id)
+    url = row.control_url or await _look_up_control_url(database, upstream, call_id)
     if url is None:
         raise ProxyError(
             "Vapi gave no control URL for this call (its monitorPlan may disable control).",
             status_code=409,
         )
     try:
-        async with runtime.upstream.session.post(
+        async with upstream.session.post(
             url,
             data=orjson.dumps({"type": "end-call"}),
             headers={"Content-Type": "application/json"},
@@ -134,10 +135,12 @@ async def end_call(runtime: Runtime, call_id: str) -> dict[str, Any]:
     return {"id": call_id, "ending": True}
 
 
-async def _look_up_control_url(runtime: Runtime, call_id: str) -> str | None:
-    reply = await runtime.upstream.request("GET", f"/call/{call_id}")
-    url = control_url(parse_success(reply, runtime.api_key))
+async def _look_up_control_url(
+    database: Database, upstream: UpstreamClient, call_id: str
+) -> str | None:
+    reply = await upstream.request("GET", f"/call/{call_id}")
+    url = control_url(parse_success(reply))
     if url is not None:
-        async with runtime.ledger.database.write() as conn:
+        async with database.write() as conn:
             await conn.execute(calls.update().where(calls.c.id == call_id).values(control_url=url))
     return url

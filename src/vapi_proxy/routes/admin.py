@@ -425,9 +425,9 @@ class AdminApi:
         ended: list[str] = []
         failed: list[dict[str, str]] = []
         if end_calls:
-            for call in await live_calls(self.runtime, identity_key=identity):
+            for call in await live_calls(self.runtime.ledger.database, identity_key=identity):
                 try:
-                    await end_call(self.runtime, call["id"])
+                    await end_call(self.runtime.ledger.database, self.runtime.upstream, call["id"])
                     ended.append(call["id"])
                 except ProxyError as exc:
                     failed.append({"id": call["id"], "error": str(exc.message)})
@@ -467,7 +467,9 @@ class AdminApi:
         await self.gate.authenticate(request, write=False)
         query = read_query(request, {"identity": text(512), "profile": text(256)})
         items = await live_calls(
-            self.runtime, identity_key=query.get("identity"), profile=query.get("profile")
+            self.runtime.ledger.database,
+            identity_key=query.get("identity"),
+            profile=query.get("profile"),
         )
         return json_reply({"items": items, "at": iso(utc_now())})
 
@@ -478,7 +480,7 @@ class AdminApi:
         if len(call_id) > 128:
             raise NotFoundError("No such call in the ledger.")
         try:
-            result = await end_call(self.runtime, call_id)
+            result = await end_call(self.runtime.ledger.database, self.runtime.upstream, call_id)
         except ProxyError as exc:
             await self.audit(
                 request,

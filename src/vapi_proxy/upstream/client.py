@@ -1,8 +1,10 @@
 """The Vapi client: one pooled aiohttp session per process, errors mapped at this one boundary.
 
 The private key replaces whatever credential the client sent; nothing from the client's headers
-is forwarded. A request is retried only when it provably never left (the connection could not be
-opened): a retried POST that did reach Vapi would start a second call.
+is forwarded, and the key is cut out of every reply read here (as `[redacted]`), so nothing
+downstream (the refusal judge, logs, the console) ever needs it. A request is retried only
+when it provably never left (the connection could not be opened): a retried POST that did
+reach Vapi would start a second call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from vapi_proxy.upstream.stream import UpstreamStream
 __all__ = ["USER_AGENT", "UpstreamClient", "UpstreamResponse", "endpoint_label"]
 
 USER_AGENT = f"vapi-proxy/{__version__}"
+REDACTED = b"[redacted]"
 
 
 class UpstreamClient:
@@ -81,6 +84,11 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not called")
         return self._session
 
+    def redact(self, data: bytes) -> bytes:
+        """`data` with the private key cut out: Vapi may quote a credential in an error."""
+        key = self._api_key().encode()
+        return data.replace(key, REDACTED) if key and key in data else data
+
     def _headers(self, has_body: bool, accept: str = "application/json") -> dict[str, str]:
         headers = {
             "Authorization": f"Bearer {self._api_key()}",
@@ -104,7 +112,7 @@ class UpstreamClient:
         self._observe(path, started, status_kind(response.status))
         return UpstreamResponse(
             status=response.status,
-            body=data,
+            body=self.redact(data),
             content_type=response.headers.get("Content-Type", ""),
             retry_after=response.headers.get("Retry-After"),
             elapsed_ms=(time.perf_counter() - started) * 1000,
@@ -162,6 +170,7 @@ class UpstreamClient:
             max_response_bytes=self._max_response_bytes,
             endpoint=endpoint_label(path),
             observer=self.observer,
+            redact=self.redact,
         )
         try:
             yield stream

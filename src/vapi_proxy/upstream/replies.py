@@ -4,7 +4,8 @@ A body the proxy built from a profile is the operator's (docs/api.md "When Vapi 
 400/404/422 for it is a 502 naming only the request id, with a warning log line and a metric for
 the operator; Vapi's 401/403 (the operator's key) a 502 with an error line; Vapi's 429 and 5xx a
 503 with a checked `Retry-After`. Only a refusal whose every message names a body path the caller
-chose (an allowed client variable, the callee) shows Vapi's own reason. The key is never echoed.
+chose (an allowed client variable, the callee) shows Vapi's own reason. The key is never echoed:
+the client (`UpstreamClient.redact`) cut it out of the reply before it gets here.
 """
 
 from __future__ import annotations
@@ -86,14 +87,6 @@ def vapi_message(body: bytes) -> str | list[str] | None:
     if isinstance(message, list) and message and all(isinstance(m, str) for m in message):
         return [m[:_MAX_MESSAGE_CHARS] for m in message[:_MAX_MESSAGES]]
     return None
-
-
-def _redact(message: str | list[str], secret: str) -> str | list[str]:
-    if not secret:
-        return message
-    if isinstance(message, str):
-        return message.replace(secret, "[redacted]")
-    return [m.replace(secret, "[redacted]") for m in message]
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> int | None:
@@ -185,13 +178,12 @@ def judge(
     *,
     request_id: str,
     client_paths: Collection[str] = (),
-    secret: str = "",
     now: datetime | None = None,
 ) -> Verdict:
     """Decide what a non-2xx reply from Vapi becomes (pure: no logging, no metrics)."""
     status = response.status
     message = vapi_message(response.body)
-    detail = _redact(message, secret) if message is not None else None
+    detail = message
     if status in (401, 403):
         return Verdict("key", misconfigured(request_id), detail)
     if status in (408, 429) or status >= 500:
@@ -220,16 +212,16 @@ def _success(response: UpstreamResponse) -> dict[str, Any]:
     return parsed
 
 
-def parse_success(response: UpstreamResponse, secret: str = "") -> dict[str, Any]:
+def parse_success(response: UpstreamResponse) -> dict[str, Any]:
     """The JSON object of a 2xx reply, for the operator's own tools (the console) only.
 
     The reader is the operator, so a refusal is a 502 that carries Vapi's reason (the key
-    redacted); Vapi busy or failing is the usual 503. Routes serving callers use
+    redacted by the client); Vapi busy or failing is the usual 503. Routes serving callers use
     `ReplyReader.read`, which keeps Vapi's text from them.
     """
     if 200 <= response.status < 300:
         return _success(response)
-    verdict = judge(response, request_id="", secret=secret)
+    verdict = judge(response, request_id="")
     if verdict.cause == "busy":
         raise verdict.error
     reason = verdict.detail if isinstance(verdict.detail, str) else "; ".join(verdict.detail or [])
@@ -259,12 +251,10 @@ class ReplyReader:
 
     def __init__(
         self,
-        secret: Callable[[], str],
         profiles: Mapping[str, CompiledProfile],
         observe: Callable[[str, str, str, str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._secret = secret
         self._profiles = profiles
         self.observe = observe
         self._clock = clock
@@ -283,7 +273,6 @@ class ReplyReader:
             response,
             request_id=facts.request_id,
             client_paths=client_paths(compiled, response.endpoint),
-            secret=self._secret(),
             now=self._clock(),
         )
         level, text = _LOG_LINES[verdict.cause]

@@ -10,7 +10,7 @@ broken connection (a reset socket included) a 502 one.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
@@ -29,8 +29,10 @@ class UpstreamStream:
         max_response_bytes: int,
         endpoint: str = "",
         observer: Observer | None = None,
+        redact: Callable[[bytes], bytes] = bytes,
     ) -> None:
         self._response = response
+        self._redact = redact
         self._observer = observer
         self.endpoint = endpoint
         self._started = started
@@ -52,7 +54,7 @@ class UpstreamStream:
             raise UpstreamError("Vapi's reply was larger than the proxy accepts.", maybe_sent=True)
         return UpstreamResponse(
             status=self.status,
-            body=data,
+            body=self._redact(data),
             content_type=self.content_type,
             retry_after=self.retry_after,
             elapsed_ms=(time.perf_counter() - self._started) * 1000,
