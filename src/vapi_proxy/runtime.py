@@ -17,8 +17,7 @@ from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
 from vapi_proxy.limits.registry import create_limiter
 from vapi_proxy.metrics import Metrics
-from vapi_proxy.policy.reply import compile_paths
-from vapi_proxy.policy.webcall import CompiledProfile, compile_profiles
+from vapi_proxy.policy.compiled import CompiledProfile, compile_profiles
 from vapi_proxy.settings import ConfigError, Secrets, Settings
 from vapi_proxy.upstream.client import UpstreamClient
 from vapi_proxy.upstream.replies import ReplyReader
@@ -43,7 +42,6 @@ class Runtime:
     ledger: Ledger
     replies: ReplyReader
     profiles: dict[str, CompiledProfile] = field(default_factory=dict)
-    reply_paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     webhook_server: dict[str, Any] | None = None
     webhooks: WebhookReceiver | None = None
     forwarder: Forwarder | None = None
@@ -108,9 +106,6 @@ class Runtime:
             ledger=ledger,
             replies=ReplyReader(profiles, metrics.observe_refusal),
             profiles=profiles,
-            reply_paths={
-                name: compile_paths(profile.expose) for name, profile in settings.profiles.items()
-            },
             webhook_server=webhook_server,
             webhooks=hooks.receiver,
             forwarder=hooks.forwarder,

@@ -9,8 +9,8 @@ import pytest
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import BadRequestError, ForbiddenError, NotFoundError, ProxyError
 from vapi_proxy.policy.chat import Continuation, plan_chat, read_chat
+from vapi_proxy.policy.compiled import CallContext, compile_profiles
 from vapi_proxy.policy.profiles import Profile
-from vapi_proxy.policy.webcall import CallContext, compile_profiles
 
 ALICE = Identity(subject="alice", method="api_key")
 PROFILES = compile_profiles(

@@ -8,9 +8,9 @@ import pytest
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import BadRequestError, ForbiddenError, ProxyError
+from vapi_proxy.policy.compiled import CallContext, compile_profiles
 from vapi_proxy.policy.phonecall import destination_problem, plan_phone_call, read_phone_call
 from vapi_proxy.policy.profiles import PhoneRules, Profile
-from vapi_proxy.policy.webcall import CallContext, compile_profiles
 
 IDENTITY = Identity(subject="alice", method="api_key")
 

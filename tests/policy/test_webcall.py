@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import BadRequestError, NotFoundError, ProxyError
+from vapi_proxy.policy.compiled import CallContext, compile_profiles
 from vapi_proxy.policy.intake import read_web_call
 from vapi_proxy.policy.profiles import Profile, VariableSpec
 from vapi_proxy.policy.reply import SDK_FIELDS, compile_paths, scrub
 from vapi_proxy.policy.variables import check_variable
-from vapi_proxy.policy.webcall import CallContext, compile_profiles, plan_web_call
+from vapi_proxy.policy.webcall import plan_web_call
 
 ALICE = Identity(subject="alice", method="jwt", tenant="acme", claims={"plan": "pro"})
 CTX = CallContext(ALICE, "req-1", {"url": "https://proxy.example/webhook"})

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vapi_proxy.errors import UpstreamError
+from vapi_proxy.policy.compiled import compile_profile
 from vapi_proxy.policy.profiles import Profile
-from vapi_proxy.policy.webcall import compile_profile
 from vapi_proxy.upstream.client import UpstreamResponse
 from vapi_proxy.upstream.replies import (
     MAX_RETRY_AFTER,

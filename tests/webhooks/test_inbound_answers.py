@@ -10,8 +10,8 @@ from typing import Any
 from vapi_proxy.errors import TooManyRequestsError
 from vapi_proxy.limits.base import AdmissionRequest, Reservation
 from vapi_proxy.metrics import Metrics
+from vapi_proxy.policy.compiled import compile_profiles
 from vapi_proxy.policy.profiles import Profile
-from vapi_proxy.policy.webcall import compile_profiles
 from vapi_proxy.webhooks.config import ForwardSettings, InboundSettings, RespondSettings
 from vapi_proxy.webhooks.forward import Forwarder
 from vapi_proxy.webhooks.inbound import InboundResponder

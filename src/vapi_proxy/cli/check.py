@@ -16,7 +16,7 @@ from vapi_proxy.settings import ConfigError, Settings, load_secrets, load_settin
 
 def describe_profiles(settings: Settings) -> dict[str, Any]:
     """The resolved profiles as `check` prints them (what each name will start)."""
-    from vapi_proxy.policy.webcall import compile_profiles
+    from vapi_proxy.policy.compiled import compile_profiles
 
     out: dict[str, Any] = {}
     for name, compiled in compile_profiles(settings.profiles).items():

@@ -14,14 +14,14 @@ from typing import Any
 
 from vapi_proxy.errors import BadRequestError
 from vapi_proxy.policy.access import check_access
-from vapi_proxy.policy.intake import ClientField, one_profile, read_context
-from vapi_proxy.policy.webcall import (
+from vapi_proxy.policy.compiled import (
     CallContext,
     CompiledProfile,
     check_client_values,
     lookup_profile,
     server_values,
 )
+from vapi_proxy.policy.intake import ClientField, one_profile, read_context
 
 MAX_INPUT_CHARS = 32_000
 """Longest accepted `input` (all message contents together), in characters."""

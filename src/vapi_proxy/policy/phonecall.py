@@ -16,9 +16,7 @@ from typing import Any
 
 from vapi_proxy.errors import BadRequestError, ForbiddenError
 from vapi_proxy.policy.access import check_access
-from vapi_proxy.policy.intake import ClientField, one_profile, read_context
-from vapi_proxy.policy.profiles import DEFAULT_PREMIUM_PREFIXES, PhoneRules
-from vapi_proxy.policy.webcall import (
+from vapi_proxy.policy.compiled import (
     CallContext,
     CompiledProfile,
     PlannedCall,
@@ -26,6 +24,8 @@ from vapi_proxy.policy.webcall import (
     check_client_values,
     lookup_profile,
 )
+from vapi_proxy.policy.intake import ClientField, one_profile, read_context
+from vapi_proxy.policy.profiles import DEFAULT_PREMIUM_PREFIXES, PhoneRules
 
 # ITU-T E.164: a leading +, a non-zero country code digit, at most 15 digits in all. The lower
 # bound of 8 digits keeps out short codes and service numbers.

@@ -34,10 +34,11 @@ from vapi_proxy.errors import (
 )
 from vapi_proxy.ledger.records import CallRecord
 from vapi_proxy.limits.base import AdmissionRequest
+from vapi_proxy.policy.compiled import CallContext, PlannedCall
 from vapi_proxy.policy.intake import read_web_call
 from vapi_proxy.policy.phonecall import plan_phone_call, read_phone_call
 from vapi_proxy.policy.reply import SDK_PATHS, scrub
-from vapi_proxy.policy.webcall import CallContext, PlannedCall, plan_web_call
+from vapi_proxy.policy.webcall import plan_web_call
 from vapi_proxy.routes.query import NO_QUERY, read_query, whole_number
 
 if TYPE_CHECKING:
@@ -167,7 +168,9 @@ def routes(runtime: Runtime) -> list[Route]:
     ttl = settings.idempotency.ttl_seconds
 
     def server_paths(profile: str) -> tuple[tuple[str, ...], ...]:
-        return runtime.reply_paths.get(profile, SDK_PATHS) + _SERVER_PATHS
+        # A call whose profile left the config since is shown with the SDK's fields only.
+        compiled = runtime.profiles.get(profile)
+        return (compiled.reply_paths if compiled is not None else SDK_PATHS) + _SERVER_PATHS
 
     async def create_web_call(
         state: RequestState, identity: Identity, body: Any, attempt: Attempt
@@ -182,7 +185,7 @@ def routes(runtime: Runtime) -> list[Route]:
         status, call = await start_call(
             runtime, state, identity, planned, "/call/web", kind="web", attempt=attempt
         )
-        visible = scrub(call, runtime.reply_paths[planned.profile.name])
+        visible = scrub(call, planned.profile.reply_paths)
         return status, orjson.dumps(visible)
 
     async def create_phone_call(

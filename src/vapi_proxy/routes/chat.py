@@ -29,8 +29,8 @@ from vapi_proxy.edge.middleware import RequestState, request_state
 from vapi_proxy.errors import NotFoundError, UpstreamError, envelope
 from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
+from vapi_proxy.policy.compiled import CallContext
 from vapi_proxy.policy.reply import ChatView
-from vapi_proxy.policy.webcall import CallContext
 from vapi_proxy.routes.calls import authenticate
 from vapi_proxy.routes.query import NO_QUERY, read_query
 from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, run_until_client_leaves

@@ -25,7 +25,7 @@ from vapi_proxy.errors import ProxyError, UpstreamError
 from vapi_proxy.upstream.client import UpstreamResponse
 
 if TYPE_CHECKING:
-    from vapi_proxy.policy.webcall import CompiledProfile
+    from vapi_proxy.policy.compiled import CompiledProfile
 
 logger = logging.getLogger("vapi_proxy.upstream")
 

@@ -22,7 +22,7 @@ from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import AdmissionRequest, Limiter
 from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.access import check_access
-from vapi_proxy.policy.webcall import CallContext, CompiledProfile, build_call_body
+from vapi_proxy.policy.compiled import CallContext, CompiledProfile, build_call_body
 from vapi_proxy.webhooks.config import InboundAction, InboundSettings
 from vapi_proxy.webhooks.forward import DeliveryError, Forwarder
 from vapi_proxy.webhooks.routing import InboundCall, choose

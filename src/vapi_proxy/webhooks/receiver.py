@@ -22,7 +22,7 @@ from vapi_proxy.errors import BadRequestError, UnauthorizedError
 from vapi_proxy.ledger.records import EventOutcome, LedgerEvent
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
-from vapi_proxy.policy.webcall import METADATA_KEY
+from vapi_proxy.policy.compiled import METADATA_KEY
 from vapi_proxy.webhooks.config import WebhookSettings
 from vapi_proxy.webhooks.forward import DeliveryError, Forwarder
 from vapi_proxy.webhooks.inbound import InboundResponder

@@ -11,7 +11,7 @@ from typing import Any
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
 from vapi_proxy.metrics import Metrics
-from vapi_proxy.policy.webcall import CompiledProfile
+from vapi_proxy.policy.compiled import CompiledProfile
 from vapi_proxy.settings import Settings
 from vapi_proxy.webhooks.forward import Forwarder
 from vapi_proxy.webhooks.inbound import InboundResponder
