@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -246,13 +245,3 @@ class Metrics:
             _multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
-
-
-def route_label(path_template: str | None) -> str:
-    """The route template, or `unmatched` so stray paths cannot grow the label set."""
-    return path_template or "unmatched"
-
-
-def bounded(value: str | None, allowed: Iterable[str]) -> str:
-    """`value` if it is one of `allowed` (e.g. configured profile names), else ''."""
-    return value if value is not None and value in allowed else ""

@@ -25,16 +25,12 @@ async def test_concurrent_records_are_all_written_once(ledger: Ledger) -> None:
 
 
 async def test_an_event_that_beat_its_row_becomes_known(ledger: Ledger) -> None:
-    early = await ledger.apply_event(
-        LedgerEvent.from_vapi({"type": "status-update", "status": "ringing", "call": {"id": "c9"}})
-    )
+    ringing = {"type": "status-update", "status": "ringing", "call": {"id": "c9"}}
+    [early] = await ledger.apply_events([(LedgerEvent.from_vapi(ringing), ())])
     assert early.known is False
     assert await ledger.record_call(call_id="c9", identity=ALICE, profile="p") is True
-    later = await ledger.apply_event(
-        LedgerEvent.from_vapi(
-            {"type": "status-update", "status": "in-progress", "call": {"id": "c9"}}
-        )
-    )
+    talking = {"type": "status-update", "status": "in-progress", "call": {"id": "c9"}}
+    [later] = await ledger.apply_events([(LedgerEvent.from_vapi(talking), ())])
     assert later.known is True
     record = await ledger.get_call("c9")
     assert record is not None

@@ -42,17 +42,16 @@ async def seed(url: str) -> None:
             await ledger.record_call(
                 call_id=f"c{i}", identity=ident, profile="p", created_at=T0 + timedelta(days=i)
             )
-            await ledger.apply_event(
-                LedgerEvent.from_vapi(
-                    {
-                        "type": "end-of-call-report",
-                        "call": {"id": f"c{i}"},
-                        "durationSeconds": 90,
-                        "cost": 0.125,
-                        "endedReason": "customer-ended-call",
-                    }
-                )
+            report = LedgerEvent.from_vapi(
+                {
+                    "type": "end-of-call-report",
+                    "call": {"id": f"c{i}"},
+                    "durationSeconds": 90,
+                    "cost": 0.125,
+                    "endedReason": "customer-ended-call",
+                }
             )
+            await ledger.apply_events([(report, ())])
     finally:
         await ledger.aclose()
 

@@ -64,10 +64,10 @@ async def test_record_call_is_idempotent(ledger: Ledger) -> None:
 
 async def test_events_settle_the_call(ledger: Ledger) -> None:
     await ledger.record_call(call_id="c1", identity=ALICE, profile="support", created_at=T0)
-    out = await ledger.apply_event(status("c1", "in-progress", 1_000))
+    out = (await ledger.apply_events([(status("c1", "in-progress", 1_000), ())]))[0]
     assert out.known and not out.duplicate and not out.ended_now
     assert out.call is not None and out.call.status == "in-progress"
-    out = await ledger.apply_event(report("c1"))
+    out = (await ledger.apply_events([(report("c1"), ())]))[0]
     assert out.ended_now
     call = await ledger.get_call("c1")
     assert call is not None
@@ -81,12 +81,14 @@ async def test_events_settle_the_call(ledger: Ledger) -> None:
 
 async def test_out_of_order_report_is_not_reverted(ledger: Ledger) -> None:
     await ledger.record_call(call_id="c1", identity=ALICE, profile="support", created_at=T0)
-    assert (await ledger.apply_event(report("c1"))).ended_now
-    late = await ledger.apply_event(status("c1", "in-progress", 1_000))
+    assert ((await ledger.apply_events([(report("c1"), ())]))[0]).ended_now
+    late = (await ledger.apply_events([(status("c1", "in-progress", 1_000), ())]))[0]
     assert not late.ended_now
-    late = await ledger.apply_event(
-        status("c1", "ended", 8_000, endedReason="assistant-ended-call")
-    )
+    late = (
+        await ledger.apply_events(
+            [(status("c1", "ended", 8_000, endedReason="assistant-ended-call"), ())]
+        )
+    )[0]
     assert not late.ended_now
     call = await ledger.get_call("c1")
     assert call is not None
@@ -95,9 +97,13 @@ async def test_out_of_order_report_is_not_reverted(ledger: Ledger) -> None:
 
 async def test_status_ended_then_report_fills_cost(ledger: Ledger) -> None:
     await ledger.record_call(call_id="c1", identity=ALICE, profile="support", created_at=T0)
-    first = await ledger.apply_event(status("c1", "ended", 5_000, endedReason="silence-timed-out"))
+    first = (
+        await ledger.apply_events(
+            [(status("c1", "ended", 5_000, endedReason="silence-timed-out"), ())]
+        )
+    )[0]
     assert first.ended_now
-    second = await ledger.apply_event(report("c1", endedReason="silence-timed-out"))
+    second = (await ledger.apply_events([(report("c1", endedReason="silence-timed-out"), ())]))[0]
     assert not second.ended_now
     call = await ledger.get_call("c1")
     assert call is not None and call.cost_usd == 0.25 and call.ended_reason == "silence-timed-out"
@@ -105,22 +111,26 @@ async def test_status_ended_then_report_fills_cost(ledger: Ledger) -> None:
 
 async def test_duplicates_are_dropped(ledger: Ledger) -> None:
     await ledger.record_call(call_id="c1", identity=ALICE, profile="support", created_at=T0)
-    assert not (await ledger.apply_event(report("c1"))).duplicate
-    again = await ledger.apply_event(report("c1", cost=99.0))  # same timestamp: same key
+    assert not ((await ledger.apply_events([(report("c1"), ())]))[0]).duplicate
+    again = (await ledger.apply_events([(report("c1", cost=99.0), ())]))[
+        0
+    ]  # same timestamp: same key
     assert again.duplicate and again.known
     call = await ledger.get_call("c1")
     assert call is not None and call.cost_usd == 0.25
     # Explicit keys work too, and concurrent deliveries of one key land once.
     ev = LedgerEvent.from_vapi({"type": "hang", "call": {"id": "c1"}}, dedupe_key="k-1")
-    outs = await asyncio.gather(*(ledger.apply_event(ev) for _ in range(10)))
+    outs = [
+        o[0] for o in await asyncio.gather(*(ledger.apply_events([(ev, ())]) for _ in range(10)))
+    ]
     assert sum(not o.duplicate for o in outs) == 1
 
 
 async def test_unknown_call_events_are_kept_and_flagged(ledger: Ledger) -> None:
-    out = await ledger.apply_event(status("ghost", "in-progress", 1))
+    out = (await ledger.apply_events([(status("ghost", "in-progress", 1), ())]))[0]
     assert (out.known, out.duplicate, out.call) == (False, False, None)
-    assert (await ledger.apply_event(status("ghost", "in-progress", 1))).duplicate
-    no_id = await ledger.apply_event(LedgerEvent.from_vapi({"type": "tool-calls"}))
+    assert ((await ledger.apply_events([(status("ghost", "in-progress", 1), ())]))[0]).duplicate
+    no_id = (await ledger.apply_events([(LedgerEvent.from_vapi({"type": "tool-calls"}), ())]))[0]
     assert not no_id.known
     async with ledger.database.read() as conn:
         import sqlalchemy as sa
@@ -142,7 +152,7 @@ async def test_unknown_call_events_are_kept_and_flagged(ledger: Ledger) -> None:
 
 async def test_payload_is_trimmed(ledger: Ledger) -> None:
     await ledger.record_call(call_id="c1", identity=ALICE, profile="support")
-    await ledger.apply_event(report("c1"))
+    await ledger.apply_events([(report("c1"), ())])
     import sqlalchemy as sa
 
     from vapi_proxy.ledger.schema import call_events
@@ -159,7 +169,7 @@ async def test_usage_sums(ledger: Ledger) -> None:
         await ledger.record_call(
             call_id=f"c{i}", identity=who, profile="support", created_at=T0 + timedelta(days=i)
         )
-        await ledger.apply_event(report(f"c{i}", cost=0.5 * (i + 1)))
+        await ledger.apply_events([(report(f"c{i}", cost=0.5 * (i + 1)), ())])
     await ledger.record_call(
         call_id="chat1", identity=ALICE, profile="support", kind="chat", created_at=T0
     )

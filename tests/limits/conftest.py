@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from limits_helpers import BACKENDS, FakeClock, MakeLimiter, backend_url
 
-from vapi_proxy.limits import ExpiredHook, Limiter, LimitsSettings, create_limiter
+from vapi_proxy.limits import Limiter, LimitsSettings, create_limiter
 
 
 @pytest.fixture
@@ -30,14 +30,10 @@ async def make_limiter(
     made: list[Limiter] = []
     namespace = f"t{uuid.uuid4().hex[:10]}"
 
-    async def make(
-        rules: list[dict[str, Any]], on_expired: ExpiredHook | None = None, **settings: Any
-    ) -> Limiter:
+    async def make(rules: list[dict[str, Any]], **settings: Any) -> Limiter:
         settings.setdefault("backend", backend_url(backend, tmp_path))
         settings.setdefault("namespace", namespace)
-        limiter = create_limiter(
-            LimitsSettings(rules=rules, **settings), clock=clock, on_expired=on_expired
-        )
+        limiter = create_limiter(LimitsSettings(rules=rules, **settings), clock=clock)
         made.append(limiter)
         return limiter
 

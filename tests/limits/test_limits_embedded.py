@@ -139,7 +139,7 @@ async def test_the_ledger_settles_what_a_killed_worker_had_not_written(
     r = await first.reserve(req())
     await first.commit(r, "c1")
     await ledger.record_call(call_id="c1", identity=ALICE, profile="support", reservation_id=r.id)
-    await ledger.apply_event(ended("c1", 120))
+    await ledger.apply_events([(ended("c1", 120), ())])
     await first.settle("c1", duration_seconds=120, cost_usd=0.01)
     store = first.store  # type: ignore[attr-defined]
     store._buffer.clear()  # the kill: nothing buffered reaches the file

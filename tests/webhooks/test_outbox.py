@@ -45,8 +45,8 @@ def event(call_id: str, status: str, stamp: int) -> LedgerEvent:
 
 async def test_outbox_rows_come_with_the_first_delivery_only(ledger: Ledger) -> None:
     item = OutboxItem("ev-1", "http://127.0.0.1:9/events", "status-update", b'{"message":{}}')
-    first = await ledger.apply_event(event("c1", "ended", 1), outbox=[item], received_at=T0)
-    again = await ledger.apply_event(event("c1", "ended", 1), outbox=[item], received_at=T0)
+    first = (await ledger.apply_events([(event("c1", "ended", 1), [item])], received_at=T0))[0]
+    again = (await ledger.apply_events([(event("c1", "ended", 1), [item])], received_at=T0))[0]
     assert (first.duplicate, again.duplicate) == (False, True)
     assert await ledger.outbox_counts() == {"pending": 1}
 
@@ -80,7 +80,7 @@ async def test_an_expired_lease_returns_the_row(ledger: Ledger) -> None:
 
 
 async def test_adopting_a_call_replays_its_stored_events(ledger: Ledger) -> None:
-    await ledger.apply_event(event("lost", "in-progress", 1), received_at=T0)
+    await ledger.apply_events([(event("lost", "in-progress", 1), ())], received_at=T0)
     report = LedgerEvent.from_vapi(
         {
             "type": "end-of-call-report",
@@ -92,7 +92,7 @@ async def test_adopting_a_call_replays_its_stored_events(ledger: Ledger) -> None
             "endedAt": "2026-11-27T12:02:00Z",
         }
     )
-    await ledger.apply_event(report, received_at=T0)
+    await ledger.apply_events([(report, ())], received_at=T0)
     call = await ledger.adopt_call(
         call_id="lost", identity_hash="f" * 16, profile="p", kind="web", created_at=T0
     )
@@ -151,7 +151,9 @@ async def test_a_batch_has_the_same_outcomes_as_one_event_at_a_time(ledger: Ledg
         return out
 
     item = OutboxItem("x", "http://app/x", "status-update", b"{}")
-    singles = [await ledger.apply_event(e, outbox=[item], received_at=T0) for e in renamed("one-")]
+    singles = [
+        (await ledger.apply_events([(e, [item])], received_at=T0))[0] for e in renamed("one-")
+    ]
     batched = await ledger.apply_events([(e, [item]) for e in renamed("batch-")], received_at=T0)
 
     def shape(outcomes: list[object]) -> list[tuple[object, ...]]:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vapi_proxy.auth.identity import Identity
-from vapi_proxy.ledger.batch import CallRowWriter
+from vapi_proxy.ledger.batch import CallRows, GroupCommit
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
 from vapi_proxy.ledger.records import (
@@ -46,7 +46,7 @@ class LedgerSchemaError(RuntimeError):
 class Ledger:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._rows = CallRowWriter(db, self._insert)
+        self._rows = GroupCommit(CallRows(db, self._insert).write)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0) -> Ledger:
@@ -163,48 +163,6 @@ class Ledger:
         async with self._db.read() as conn:
             return [record_from_row(r) for r in await conn.execute(q)]
 
-    async def apply_event(
-        self,
-        event: LedgerEvent,
-        *,
-        received_at: datetime | None = None,
-        outbox: Sequence[OutboxItem] = (),
-    ) -> EventOutcome:
-        """Store the event (once per dedupe key) and move its call forward; `outbox` rows are
-        written in the same transaction, and only for a first delivery."""
-        received = received_at or utc_now()
-        async with self._db.write() as conn:
-            current = None
-            if event.call_id is not None:
-                current = (
-                    await conn.execute(
-                        sa.select(calls).where(calls.c.id == event.call_id).with_for_update()
-                    )
-                ).first()
-            ins = (
-                self._insert(call_events)
-                .values(
-                    call_id=event.call_id,
-                    type=event.type[:64],
-                    status=event.status,
-                    received_at=received,
-                    dedupe_key=event.dedupe_key,
-                    known=current is not None,
-                    payload=trim_payload(event.payload),
-                )
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            )
-            if (await conn.execute(ins)).rowcount != 1:
-                return EventOutcome(
-                    current is not None, True, None if current is None else record_from_row(current)
-                )
-            if outbox:
-                await conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
-            if current is None:
-                return EventOutcome(False, False, None)
-            call, ended_now = await self._settle(conn, record_from_row(current), event, received)
-        return EventOutcome(True, False, call, ended_now)
-
     async def adopt_call(
         self,
         *,
@@ -285,9 +243,11 @@ class Ledger:
         *,
         received_at: datetime | None = None,
     ) -> list[EventOutcome]:
-        """`apply_event` for many events in one transaction and a handful of statements (one
-        read of the calls, one multi-row insert of the events, one batched update per set of
-        changed columns, one outbox insert), with the same outcomes as applying them in order."""
+        """Store each event (once per dedupe key) and move its call forward, all in one
+        transaction and a handful of statements (one read of the calls, one multi-row insert of
+        the events, one batched update per set of changed columns, one outbox insert), with the
+        outcomes of applying them one by one in order. An event's outbox rows are written only
+        for its first delivery."""
         if not items:
             return []
         received = received_at or utc_now()

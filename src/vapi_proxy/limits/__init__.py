@@ -2,7 +2,6 @@
 
 from vapi_proxy.limits.base import (
     AdmissionRequest,
-    ExpiredHook,
     HealthStatus,
     Hold,
     Limiter,
@@ -14,7 +13,6 @@ from vapi_proxy.limits.registry import create_limiter
 
 __all__ = [
     "AdmissionRequest",
-    "ExpiredHook",
     "HealthStatus",
     "Hold",
     "LimitRule",

@@ -7,7 +7,7 @@ then `commit`s it with Vapi's call id or `release`s it, and webhooks `settle` it
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 """Seconds since the epoch; tests pass a fake one instead of sleeping."""
-
-ExpiredHook = Callable[[list[str]], Awaitable[None]]
-"""Called by `expire` with the ids of committed calls whose slots expired without an end, so
-the proxy can ask Vapi (`GET /call/{id}`) how they ended and `settle` them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
 from vapi_proxy.limits.base import (
     AdmissionRequest,
     Clock,
-    ExpiredHook,
     HealthStatus,
     Hold,
     Reservation,
@@ -513,12 +512,10 @@ class StoreLimiter:
         store: LimitStore,
         *,
         clock: Clock,
-        on_expired: ExpiredHook | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._clock = clock
-        self._on_expired = on_expired
 
     @property
     def store(self) -> LimitStore:
@@ -627,14 +624,6 @@ class StoreLimiter:
             freed = await self._store.expire(self._clock() if now is None else now)
         except StoreUnavailableError as exc:
             raise ServiceUnavailableError("Usage limits store is unavailable.") from exc
-        calls = [c for c in freed if c]
-        if calls and self._on_expired is not None:
-            # The hook asks Vapi (GET /call/{id}) how these calls really ended and settles them;
-            # its failure must not stop expiry, which already happened.
-            try:
-                await self._on_expired(calls)
-            except Exception:
-                log.exception("limits: reconciliation hook failed for %d calls", len(calls))
         return len(freed)
 
     async def usage(self, identity: Identity, profile: str | None = None) -> list[RuleUsage]:

@@ -7,7 +7,7 @@ import importlib
 import time
 from typing import TYPE_CHECKING
 
-from vapi_proxy.limits.base import Clock, ExpiredHook, Limiter
+from vapi_proxy.limits.base import Clock, Limiter
 from vapi_proxy.limits.core import StoreLimiter
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ def create_limiter(
     settings: LimitsSettings,
     *,
     clock: Clock = time.time,
-    on_expired: ExpiredHook | None = None,
     database: Database | None = None,
 ) -> Limiter:
     """The limiter for `settings.backend`, chosen by URL scheme.
@@ -58,4 +57,4 @@ def create_limiter(
         store = store_cls(settings, database=database)
     else:
         store = store_cls(settings)
-    return StoreLimiter(settings, store, clock=clock, on_expired=on_expired)
+    return StoreLimiter(settings, store, clock=clock)

@@ -22,7 +22,6 @@ MIN_DURATION_SECONDS = 10
 MAX_DURATION_SECONDS = 43200
 
 TARGET_FIELDS = ("assistant_id", "assistant", "squad_id", "squad", "workflow_id", "workflow")
-TargetKind = Literal["assistant", "squad", "workflow"]
 
 
 class VariableSpec(BaseModel):
@@ -254,11 +253,3 @@ class Profile(BaseModel):
                     + " instead"
                 )
         return self
-
-    @property
-    def target_kind(self) -> TargetKind:
-        if self.assistant_id is not None or self.assistant is not None:
-            return "assistant"
-        if self.squad_id is not None or self.squad is not None:
-            return "squad"
-        return "workflow"

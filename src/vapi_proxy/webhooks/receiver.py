@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from vapi_proxy.errors import BadRequestError, UnauthorizedError
+from vapi_proxy.ledger.batch import GroupCommit
 from vapi_proxy.ledger.records import EventOutcome, LedgerEvent
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
@@ -29,7 +30,6 @@ from vapi_proxy.webhooks.inbound import InboundResponder
 from vapi_proxy.webhooks.privacy import ledger_payload
 from vapi_proxy.webhooks.stats import WebhookStats
 from vapi_proxy.webhooks.verify import VerificationError, WebhookVerifier
-from vapi_proxy.webhooks.writer import EventWriter
 
 logger = logging.getLogger("vapi_proxy.webhooks")
 
@@ -72,7 +72,9 @@ class WebhookReceiver:
         self._forwarder = forwarder
         self._stats = stats
         self._respond_types = frozenset(settings.respond.types)
-        self._writer = EventWriter(ledger)
+        # Deliveries arriving while the ledger writes are applied together in the next
+        # transaction; the write goes ahead even if Vapi hangs up meanwhile.
+        self._writer = GroupCommit(ledger.apply_events, max_batch=128, shield=True)
 
     async def read_verified(
         self, headers: Mapping[str, str], body: bytes, client: str | None, request_id: str
@@ -180,7 +182,7 @@ class WebhookReceiver:
             ),
         )
         outbox = self._forwarder.outbox_items(event_id(event.dedupe_key), event.type, body)
-        outcome = await self._writer.apply(event, outbox)
+        outcome = await self._writer.add((event, outbox))
         if outbox and not outcome.duplicate:
             self._forwarder.notify()
         if outcome.duplicate:
