@@ -161,10 +161,10 @@ async def test_a_webhook_gives_the_ledger_a_control_url_it_lacked(tmp_path: Any)
             }
             return LedgerEvent.from_vapi(message)
 
-        await ledger.apply_event(update("c1", "javascript:alert(1)", 1))
+        await ledger.apply_events([(update("c1", "javascript:alert(1)", 1), ())])
         assert (await ledger.get_call("c1")).control_url is None  # type: ignore[union-attr]
-        await ledger.apply_event(update("c1", "https://vapi/c1/control", 2))
-        await ledger.apply_event(update("c2", "https://other/c2/control", 3))
+        await ledger.apply_events([(update("c1", "https://vapi/c1/control", 2), ())])
+        await ledger.apply_events([(update("c2", "https://other/c2/control", 3), ())])
         assert (await ledger.get_call("c1")).control_url == "https://vapi/c1/control"  # type: ignore[union-attr]
         assert (await ledger.get_call("c2")).control_url == "https://keep/c2/control"  # type: ignore[union-attr]
     finally:
