@@ -22,7 +22,7 @@ from vapi_proxy.policy.reply import (
     RESPONSE_WHOLE,
     ChatView,
 )
-from vapi_proxy.routes.chat import event_filter
+from vapi_proxy.routes.chat import EventFilter
 from vapi_proxy.routes.relay import (
     IdWatcher,
     SseEvents,
@@ -275,7 +275,7 @@ def test_an_error_vapi_reports_mid_stream_reaches_the_client_without_its_text(
         }
     else:
         payload = {"error": {"message": leak, "statusCode": 500}}
-    transform = event_filter(ChatView("coach"), fmt, "rq-7")
+    transform = EventFilter(ChatView("coach"), fmt, "rq-7")
     with caplog.at_level("WARNING", logger="vapi_proxy.chat"):
         shown = transform(payload)
     assert "llm.internal" not in orjson.dumps(shown).decode()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -39,6 +41,7 @@ from vapi_proxy.policy.intake import read_web_call
 from vapi_proxy.policy.phonecall import plan_phone_call, read_phone_call
 from vapi_proxy.policy.reply import SDK_PATHS, scrub
 from vapi_proxy.policy.webcall import plan_web_call
+from vapi_proxy.routes.common import authenticate, json_response, note_upstream
 from vapi_proxy.routes.query import NO_QUERY, read_query, whole_number
 
 if TYPE_CHECKING:
@@ -47,7 +50,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("vapi_proxy.calls")
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_JSON_HEADERS = {"Cache-Control": "no-store"}
 # What a server-side caller sees of its calls beyond the Web SDK's fields (plus `expose`): the
 # state of the call and whom it rang, never the monitor URLs, prompt or org.
 _SERVER_FIELDS = (
@@ -64,20 +66,9 @@ _SERVER_PATHS = tuple(tuple(path.split(".")) for path in _SERVER_FIELDS)
 _CALL_TYPES = {"web": "webCall", "phone": "outboundPhoneCall"}
 _CALL_KINDS = tuple(_CALL_TYPES)
 
-
-async def authenticate(runtime: Runtime, request: Request) -> Identity:
-    client = request.client
-    headers = plain_headers(request.scope)
-    identity = await runtime.auth.authenticate(
-        headers.get("authorization"), client.host if client else "", headers
-    )
-    await runtime.blocks.refuse_blocked(identity)  # the console's blocks: a readable 403
-    return identity
-
-
-def _json(body: bytes, status: int, extra: dict[str, str] | None = None) -> Response:
-    headers = {**_JSON_HEADERS, **(extra or {})}
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+CreateCall = Callable[[RequestState, Identity, Any, Attempt], Awaitable[tuple[int, bytes]]]
+"""Starts the call(s) a creation request asks for (its state, caller, JSON body, idempotency
+attempt); returns the status and the encoded reply."""
 
 
 async def start_call(
@@ -112,8 +103,7 @@ async def start_call(
 
     async def create() -> tuple[int, dict[str, Any]]:
         reply = await runtime.upstream.request("POST", path, orjson.dumps(planned.body))
-        state.upstream_status = reply.status
-        state.upstream_ms = round(reply.elapsed_ms, 3)
+        note_upstream(state, reply)
         call = runtime.replies.read(reply, state)
         if not isinstance(call.get("id"), str) or not call["id"]:
             raise UpstreamError("Vapi's reply had no call id.", maybe_sent=True)
@@ -130,7 +120,7 @@ def _request_hash(body: Any) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _iso(moment: Any) -> str | None:
+def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     text: str = moment.isoformat(timespec="milliseconds")
@@ -160,45 +150,53 @@ def call_view(record: CallRecord) -> dict[str, Any]:
 _LIST_QUERY = {"limit": whole_number(0, 1000)}  # Vapi's range and default (Vapi facts §2.4)
 
 
-def routes(runtime: Runtime) -> list[Route]:
-    settings = runtime.settings
-    ignored = frozenset(settings.intake.ignored_fields)
-    max_bytes = settings.server.max_body_bytes
-    max_depth = settings.server.max_json_depth
-    ttl = settings.idempotency.ttl_seconds
+class CallRoutes:
+    """The call routes over one `Runtime`; each handler is a method."""
 
-    def server_paths(profile: str) -> tuple[tuple[str, ...], ...]:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        settings = runtime.settings
+        self._ignored = frozenset(settings.intake.ignored_fields)
+        self._max_bytes = settings.server.max_body_bytes
+        self._max_depth = settings.server.max_json_depth
+        self._ttl = settings.idempotency.ttl_seconds
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/call/web", self.web_call, methods=["POST"]),
+            Route("/call", self.phone_call, methods=["POST"]),
+            Route("/call", self.list_calls, methods=["GET"]),
+            Route("/call/{id}", self.get_call, methods=["GET"]),
+        ]
+
+    def _server_paths(self, profile: str) -> tuple[tuple[str, ...], ...]:
         # A call whose profile left the config since is shown with the SDK's fields only.
-        compiled = runtime.profiles.get(profile)
+        compiled = self.runtime.profiles.get(profile)
         return (compiled.reply_paths if compiled is not None else SDK_PATHS) + _SERVER_PATHS
 
-    async def create_web_call(
-        state: RequestState, identity: Identity, body: Any, attempt: Attempt
+    def _context(self, identity: Identity, state: RequestState) -> CallContext:
+        return CallContext(identity, state.request_id, self.runtime.webhook_server)
+
+    async def _create_web_call(
+        self, state: RequestState, identity: Identity, body: Any, attempt: Attempt
     ) -> tuple[int, bytes]:
-        intake = read_web_call(body, ignored)
+        runtime = self.runtime
+        intake = read_web_call(body, self._ignored)
         state.profile = intake.profile if intake.profile in runtime.profiles else None
-        planned = plan_web_call(
-            runtime.profiles,
-            intake,
-            CallContext(identity, state.request_id, runtime.webhook_server),
-        )
+        planned = plan_web_call(runtime.profiles, intake, self._context(identity, state))
         status, call = await start_call(
             runtime, state, identity, planned, "/call/web", kind="web", attempt=attempt
         )
-        visible = scrub(call, planned.profile.reply_paths)
-        return status, orjson.dumps(visible)
+        return status, orjson.dumps(scrub(call, planned.profile.reply_paths))
 
-    async def create_phone_call(
-        state: RequestState, identity: Identity, body: Any, attempt: Attempt
+    async def _create_phone_call(
+        self, state: RequestState, identity: Identity, body: Any, attempt: Attempt
     ) -> tuple[int, bytes]:
-        intake = read_phone_call(body, ignored)
+        runtime = self.runtime
+        intake = read_phone_call(body, self._ignored)
         state.profile = intake.profile if intake.profile in runtime.profiles else None
-        plans = plan_phone_call(
-            runtime.profiles,
-            intake,
-            CallContext(identity, state.request_id, runtime.webhook_server),
-        )
-        paths = server_paths(plans[0].profile.name)
+        plans = plan_phone_call(runtime.profiles, intake, self._context(identity, state))
+        paths = self._server_paths(plans[0].profile.name)
         if not intake.batch:
             status, call = await start_call(
                 runtime, state, identity, plans[0], "/call", kind="phone", attempt=attempt
@@ -229,77 +227,76 @@ def routes(runtime: Runtime) -> list[Route]:
             raise first_error
         return 201, orjson.dumps({"results": results, "errors": errors})
 
-    async def idempotent(request: Request, create: Any) -> Response:
+    async def _idempotent(self, request: Request, create: CreateCall) -> Response:
         read_query(request, NO_QUERY)
         state = request_state(request.scope)
-        identity = await authenticate(runtime, request)
+        identity = await authenticate(self.runtime, request)
         state.identity = identity.hashed
-        body = await read_json(request, max_bytes=max_bytes, max_depth=max_depth)
+        body = await read_json(request, max_bytes=self._max_bytes, max_depth=self._max_depth)
         key = plain_headers(request.scope).get("idempotency-key")
         if key is None:
             status, payload = await create(state, identity, body, Attempt())
-            return _json(payload, status)
+            return json_response(payload, status)
         if not _IDEMPOTENCY_KEY.fullmatch(key):
             raise BadRequestError("Idempotency-Key must be 1-255 visible ASCII characters.")
 
         async def run(attempt: Attempt) -> tuple[int, bytes]:
-            result: tuple[int, bytes] = await create(state, identity, body, attempt)
-            return result
+            return await create(state, identity, body, attempt)
 
-        status, payload, replayed = await runtime.admissions.idempotent(
+        status, payload, replayed = await self.runtime.admissions.idempotent(
             key,
             identity.key,
             request_hash=_request_hash(body),
-            ttl_seconds=ttl,
+            ttl_seconds=self._ttl,
             request_id=state.request_id,
             create=run,
         )
-        return _json(payload, status, {"Idempotent-Replayed": "true"} if replayed else None)
+        replay_header = {"Idempotent-Replayed": "true"} if replayed else None
+        return json_response(payload, status, replay_header)
 
-    async def web_call(request: Request) -> Response:
-        return await idempotent(request, create_web_call)
+    async def web_call(self, request: Request) -> Response:
+        return await self._idempotent(request, self._create_web_call)
 
-    async def phone_call(request: Request) -> Response:
-        return await idempotent(request, create_phone_call)
+    async def phone_call(self, request: Request) -> Response:
+        return await self._idempotent(request, self._create_phone_call)
 
-    async def reader(request: Request) -> Identity:
+    async def _reader(self, request: Request) -> Identity:
         state = request_state(request.scope)
-        identity = await authenticate(runtime, request)
+        identity = await authenticate(self.runtime, request)
         state.identity = identity.hashed
         if identity.method == "anonymous":
             # An address is not an owner: whoever shares it could read the calls.
             raise UnauthorizedError("Sign in to read calls.", error="invalid_request")
         return identity
 
-    async def get_call(request: Request) -> Response:
+    async def get_call(self, request: Request) -> Response:
+        runtime = self.runtime
         call_id = request.path_params["id"]
         if call_id == "web":  # `/call/web` is only ever created, never read
             raise MethodNotAllowedError(["POST"])
         read_query(request, NO_QUERY)
         state = request_state(request.scope)
-        identity = await reader(request)
+        identity = await self._reader(request)
         record = await runtime.ledger.get_call(call_id) if len(call_id) <= 128 else None
         # Someone else's call and no call at all look the same, and neither reaches Vapi.
         if record is None or record.identity_key != identity.key or record.kind == "chat":
             raise NotFoundError("Call not found.")
         state.profile = record.profile
         reply = await runtime.upstream.request("GET", f"/call/{call_id}")
-        state.upstream_status = reply.status
-        state.upstream_ms = round(reply.elapsed_ms, 3)
+        note_upstream(state, reply)
         call = runtime.replies.read(reply, state)
-        return _json(orjson.dumps(scrub(call, server_paths(record.profile))), 200)
+        return json_response(orjson.dumps(scrub(call, self._server_paths(record.profile))))
 
-    async def list_calls(request: Request) -> Response:
-        identity = await reader(request)
+    async def list_calls(self, request: Request) -> Response:
+        identity = await self._reader(request)
         limit: int = read_query(request, _LIST_QUERY).get("limit", 100)
         records = []
         if limit:
-            records = await runtime.ledger.list_calls(identity.key, limit=limit, kinds=_CALL_KINDS)
-        return _json(orjson.dumps([call_view(r) for r in records]), 200)
+            records = await self.runtime.ledger.list_calls(
+                identity.key, limit=limit, kinds=_CALL_KINDS
+            )
+        return json_response(orjson.dumps([call_view(r) for r in records]))
 
-    return [
-        Route("/call/web", web_call, methods=["POST"]),
-        Route("/call", phone_call, methods=["POST"]),
-        Route("/call", list_calls, methods=["GET"]),
-        Route("/call/{id}", get_call, methods=["GET"]),
-    ]
+
+def routes(runtime: Runtime) -> list[Route]:
+    return CallRoutes(runtime).routes()

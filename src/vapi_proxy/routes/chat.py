@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,7 +31,7 @@ from vapi_proxy.limits.base import AdmissionRequest
 from vapi_proxy.policy.chat import ChatIntake, Continuation, PlannedChat, plan_chat, read_chat
 from vapi_proxy.policy.compiled import CallContext
 from vapi_proxy.policy.reply import ChatView
-from vapi_proxy.routes.calls import authenticate
+from vapi_proxy.routes.common import authenticate, json_response, note_upstream
 from vapi_proxy.routes.query import NO_QUERY, read_query
 from vapi_proxy.routes.relay import IdWatcher, SseFormat, SseRelay, run_until_client_leaves
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("vapi_proxy.chat")
 
-_JSON_HEADERS = {"Cache-Control": "no-store"}
 PARTIAL_PREFIX = "partial-"
 """Ledger id prefix of a streamed turn whose client left before Vapi sent the chat id."""
 
@@ -75,12 +74,7 @@ class Turn:
 
 
 def _json(payload: Any, status: int) -> Response:
-    return Response(
-        orjson.dumps(payload),
-        status_code=status,
-        media_type="application/json",
-        headers=_JSON_HEADERS,
-    )
+    return json_response(orjson.dumps(payload), status)
 
 
 class _ChatStream:
@@ -126,8 +120,7 @@ class _ChatStream:
         async with runtime.upstream.stream(
             "POST", self.path, self.body, idle_timeout=idle
         ) as upstream:
-            state.upstream_status = upstream.status
-            state.upstream_ms = round(upstream.elapsed_ms, 3)
+            note_upstream(state, upstream)
             if not (200 <= upstream.status < 300 and upstream.is_sse):
                 reply = await upstream.read()
                 chat = runtime.replies.read(reply, state)
@@ -135,51 +128,55 @@ class _ChatStream:
                 visible = self.view.reply(chat, responses=self.fmt == "responses")
                 await _json(visible, reply.status)(scope, receive, send)
                 return
-
-            def on_output() -> None:
-                # Vapi produced output for this turn: from here on it counts.
-                turn.output_seen = True
-
-            async def on_id(watcher: IdWatcher) -> None:
-                if watcher.chat_id is not None:
-                    await turn.record(watcher.chat_id, watcher.session_id)
-
-            async def finish(watcher: IdWatcher, completed: bool) -> None:
-                await asyncio.shield(turn.close(watcher.session_id))
-
             relay = SseRelay(
                 upstream.chunks(),
                 fmt=self.fmt,
-                transform=event_filter(self.view, self.fmt, state.request_id),
+                transform=EventFilter(self.view, self.fmt, state.request_id),
                 max_event_bytes=runtime.settings.vapi.max_response_bytes,
                 request_id=state.request_id,
-                on_id=on_id,
-                finish=finish,
-                on_output=on_output,
+                on_id=self._on_id,
+                finish=self._finish,
+                on_output=self._on_output,
             )
             await relay.run(send)
+
+    def _on_output(self) -> None:
+        # Vapi produced output for this turn: from here on it counts.
+        self.turn.output_seen = True
+
+    async def _on_id(self, watcher: IdWatcher) -> None:
+        if watcher.chat_id is not None:
+            await self.turn.record(watcher.chat_id, watcher.session_id)
+
+    async def _finish(self, watcher: IdWatcher, completed: bool) -> None:
+        await asyncio.shield(self.turn.close(watcher.session_id))
 
 
 _STREAM_FAILED = "Vapi could not finish the reply. Try again later."
 
 
-def event_filter(
-    view: ChatView, fmt: SseFormat, request_id: str
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
+class EventFilter:
     """Each JSON event through the profile's allowlist. An error Vapi reports mid-stream may
     name the operator's model, provider or custom LLM URL: the client gets a plain error event
     in its own format, the operator the original in the log."""
-    responses = fmt == "responses"
 
-    def transform(payload: dict[str, Any]) -> dict[str, Any]:
+    def __init__(self, view: ChatView, fmt: SseFormat, request_id: str) -> None:
+        self.view = view
+        self.responses = fmt == "responses"
+        self.request_id = request_id
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        responses = self.responses
         failed = payload.get("type") == "error" if responses else payload.get("error") is not None
         if failed:
             logger.warning(
                 "Vapi reported an error mid-stream",
-                extra={"fields": {"request_id": request_id, "vapi_event": str(payload)[:1000]}},
+                extra={
+                    "fields": {"request_id": self.request_id, "vapi_event": str(payload)[:1000]}
+                },
             )
             if not responses:
-                return {"error": envelope(502, _STREAM_FAILED, request_id)}
+                return {"error": envelope(502, _STREAM_FAILED, self.request_id)}
             sequence = payload.get("sequence_number")
             return {
                 "type": "error",
@@ -188,9 +185,7 @@ def event_filter(
                 "param": None,
                 "sequence_number": sequence if isinstance(sequence, int) else 0,
             }
-        return view.event(payload, responses=responses)
-
-    return transform
+        return self.view.event(payload, responses=responses)
 
 
 async def record_reply(turn: Turn, chat: dict[str, Any]) -> None:
@@ -204,87 +199,103 @@ async def record_reply(turn: Turn, chat: dict[str, Any]) -> None:
     await turn.record(chat_id, session if isinstance(session, str) else None)
 
 
-def routes(runtime: Runtime) -> list[Route]:
-    settings = runtime.settings
-    ignored = frozenset(settings.intake.ignored_fields)
-    max_bytes = settings.server.max_body_bytes
-    max_depth = settings.server.max_json_depth
-    # What clients see of each profile's replies and events: an allowlist plus its `expose`.
-    views = {name: ChatView(name, p.expose) for name, p in settings.profiles.items()}
+class ChatRoutes:
+    """The chat routes over one `Runtime`: four paths, one handler (`serve`)."""
 
-    async def continuation(identity: Identity, intake: ChatIntake) -> Continuation | None:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        settings = runtime.settings
+        self._ignored = frozenset(settings.intake.ignored_fields)
+        self._max_bytes = settings.server.max_body_bytes
+        self._max_depth = settings.server.max_json_depth
+        # What clients see of each profile's replies and events: an allowlist plus its `expose`.
+        self._views = {name: ChatView(name, p.expose) for name, p in settings.profiles.items()}
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(e.path, e.handle, methods=["POST"])
+            for e in (
+                ChatEndpoint(self, "/chat", web=False, responses=False),
+                ChatEndpoint(self, "/chat/responses", web=False, responses=True),
+                ChatEndpoint(self, "/chat/web", web=True, responses=False),
+                ChatEndpoint(self, "/chat/web/responses", web=True, responses=True),
+            )
+        ]
+
+    async def _continuation(self, identity: Identity, intake: ChatIntake) -> Continuation | None:
         """The continued chat or session, if this identity started it; 404 otherwise (the
         same answer as for an id that never existed, and no request reaches Vapi)."""
+        ledger = self.runtime.ledger
         if intake.previous_chat_id is not None:
-            record = await runtime.ledger.get_call(intake.previous_chat_id)
+            record = await ledger.get_call(intake.previous_chat_id)
             if record is None or record.kind != "chat" or record.identity_key != identity.key:
                 raise NotFoundError("Chat not found.")
             return Continuation(record.profile)
         if intake.session_id is not None:
-            record = await runtime.ledger.session_owner(intake.session_id)
+            record = await ledger.session_owner(intake.session_id)
             if record is None or record.identity_key != identity.key:
                 raise NotFoundError("Session not found.")
             return Continuation(record.profile)
         return None
 
-    def endpoint(path: str, *, web: bool, responses: bool) -> Any:
+    async def serve(
+        self, request: Request, path: str, *, web: bool, responses: bool
+    ) -> Response | _ChatStream:
+        runtime = self.runtime
+        read_query(request, NO_QUERY)
+        state = request_state(request.scope)
+        identity = await authenticate(runtime, request)
+        state.identity = identity.hashed
+        body = await read_json(request, max_bytes=self._max_bytes, max_depth=self._max_depth)
+        intake = read_chat(body, self._ignored, web=web, responses=responses)
+        if intake.profile is not None and intake.profile in runtime.profiles:
+            state.profile = intake.profile
+        found = await self._continuation(identity, intake)
+        planned: PlannedChat = plan_chat(
+            runtime.profiles,
+            intake,
+            CallContext(identity, state.request_id, runtime.webhook_server),
+            found,
+        )
+        name = planned.profile.name
+        state.profile = name
+        admission = await runtime.admissions.admit(
+            AdmissionRequest(identity=identity, profile=name, kind="chat"),
+            record_kind="chat",
+            request_id=state.request_id,
+        )
+        turn = Turn(admission, state)
+        payload = orjson.dumps(planned.body)
         fmt: SseFormat = "responses" if responses else "chat"
+        if planned.stream:
+            return _ChatStream(runtime, turn, path, payload, fmt, self._views[name])
 
-        async def chat(request: Request) -> Any:
-            read_query(request, NO_QUERY)
-            state = request_state(request.scope)
-            identity = await authenticate(runtime, request)
-            state.identity = identity.hashed
-            body = await read_json(request, max_bytes=max_bytes, max_depth=max_depth)
-            intake = read_chat(body, ignored, web=web, responses=responses)
-            if intake.profile is not None and intake.profile in runtime.profiles:
-                state.profile = intake.profile
-            found = await continuation(identity, intake)
-            planned: PlannedChat = plan_chat(
-                runtime.profiles,
-                intake,
-                CallContext(identity, state.request_id, runtime.webhook_server),
-                found,
-            )
-            name = planned.profile.name
-            state.profile = name
-            admission = await runtime.admissions.admit(
-                AdmissionRequest(identity=identity, profile=name, kind="chat"),
-                record_kind="chat",
-                request_id=state.request_id,
-            )
-            turn = Turn(admission, state)
-            payload = orjson.dumps(planned.body)
-            if planned.stream:
-                return _ChatStream(runtime, turn, path, payload, fmt, views[name])
+        async def create() -> tuple[int, dict[str, Any]]:
+            reply = await runtime.upstream.request("POST", path, payload)
+            note_upstream(state, reply)
+            chat_reply = runtime.replies.read(reply, state)
+            await record_reply(turn, chat_reply)
+            return reply.status, chat_reply
 
-            async def create() -> tuple[int, dict[str, Any]]:
-                reply = await runtime.upstream.request("POST", path, payload)
-                state.upstream_status = reply.status
-                state.upstream_ms = round(reply.elapsed_ms, 3)
-                chat_reply = runtime.replies.read(reply, state)
-                await record_reply(turn, chat_reply)
-                return reply.status, chat_reply
+        try:
+            status, chat_reply = await admission.send(create)
+        finally:
+            await asyncio.shield(turn.close())
+        return _json(self._views[name].reply(chat_reply, responses=responses), status)
 
-            try:
-                status, chat_reply = await admission.send(create)
-            finally:
-                await asyncio.shield(turn.close())
-            return _json(views[name].reply(chat_reply, responses=responses), status)
 
-        return chat
+@dataclass(frozen=True, slots=True)
+class ChatEndpoint:
+    """One chat path: which body it reads (web, responses) and where it goes at Vapi."""
 
-    return [
-        Route("/chat", endpoint("/chat", web=False, responses=False), methods=["POST"]),
-        Route(
-            "/chat/responses",
-            endpoint("/chat/responses", web=False, responses=True),
-            methods=["POST"],
-        ),
-        Route("/chat/web", endpoint("/chat/web", web=True, responses=False), methods=["POST"]),
-        Route(
-            "/chat/web/responses",
-            endpoint("/chat/web/responses", web=True, responses=True),
-            methods=["POST"],
-        ),
-    ]
+    chat: ChatRoutes
+    path: str
+    web: bool
+    responses: bool
+
+    async def handle(self, request: Request) -> Response | _ChatStream:
+        return await self.chat.serve(request, self.path, web=self.web, responses=self.responses)
+
+
+def routes(runtime: Runtime) -> list[Route]:
+    return ChatRoutes(runtime).routes()

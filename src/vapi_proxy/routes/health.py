@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vapi_proxy.routes.metrics import internal_client_check
+from vapi_proxy.routes.common import internal_client_check
 
 if TYPE_CHECKING:
     from vapi_proxy.runtime import Runtime
@@ -28,12 +28,23 @@ async def healthz(request: Request) -> Response:
     return Response(_OK, media_type="application/json", headers=_HEADERS)
 
 
-def routes(runtime: Runtime) -> list[Route]:
-    internal = internal_client_check(
-        runtime.settings.metrics.allowed_networks, runtime.auth.client_address
-    )
+class HealthRoutes:
+    """`/healthz` and `/readyz` over one `Runtime`."""
 
-    async def readyz(request: Request) -> Response:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._internal = internal_client_check(
+            runtime.settings.metrics.allowed_networks, runtime.auth.client_address
+        )
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+        ]
+
+    async def readyz(self, request: Request) -> Response:
+        runtime = self.runtime
         checks: dict[str, Any] = {"config": {"ok": True, "profiles": len(runtime.profiles)}}
         # Alongside the store checks, so a probe still answers within a few seconds.
         auth = asyncio.ensure_future(runtime.auth.health(CHECK_TIMEOUT))
@@ -58,7 +69,7 @@ def routes(runtime: Runtime) -> list[Route]:
         limits_ok = checks["limits"]["ok"] or checks["limits"].get("failure_mode") == "open"
         ready = checks["ledger"]["ok"] and limits_ok and checks["auth"]["ok"]
         report: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
-        if internal(request):
+        if self._internal(request):
             report["checks"] = checks
         body = orjson.dumps(report)
         return Response(
@@ -68,7 +79,6 @@ def routes(runtime: Runtime) -> list[Route]:
             headers=_HEADERS,
         )
 
-    return [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-    ]
+
+def routes(runtime: Runtime) -> list[Route]:
+    return HealthRoutes(runtime).routes()

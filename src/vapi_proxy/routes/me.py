@@ -15,62 +15,67 @@ from starlette.routing import Route
 from vapi_proxy.console.limits_view import remaining
 from vapi_proxy.console.queries import UsageFilter, totals
 from vapi_proxy.console.store import iso
-from vapi_proxy.edge.middleware import plain_headers, request_state
+from vapi_proxy.edge.middleware import request_state
 from vapi_proxy.errors import NotFoundError
 from vapi_proxy.ledger.records import utc_now
+from vapi_proxy.routes.common import identify, json_response
 from vapi_proxy.routes.query import read_query
 
 if TYPE_CHECKING:
     from vapi_proxy.runtime import Runtime
 
 
-def routes(runtime: Runtime) -> list[Route]:
-    def profile_name(name: str, raw: str) -> str:
-        if raw not in runtime.profiles:
+class MyUsageRoute:
+    """`GET /me/usage` over one `Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def _profile_name(self, name: str, raw: str) -> str:
+        if raw not in self.runtime.profiles:
             raise NotFoundError(f"No profile named '{raw[:64]}'.")
         return raw
 
-    async def my_usage(request: Request) -> Response:
+    async def my_usage(self, request: Request) -> Response:
+        runtime = self.runtime
         state = request_state(request.scope)
-        headers = plain_headers(request.scope)
-        client = request.client
-        # Not routes.calls.authenticate: a blocked user may still see that (and why) they are.
-        identity = await runtime.auth.authenticate(
-            headers.get("authorization"), client.host if client else "", headers
-        )
+        # Not `authenticate`: a blocked user may still see that (and why) they are.
+        identity = await identify(runtime, request)
         state.identity = identity.hashed
-        query = read_query(request, {"profile": profile_name})
+        query = read_query(request, {"profile": self._profile_name})
         profile = query.get("profile")
         now = utc_now()
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         month = day.replace(day=1)
-        db = runtime.ledger.database
-
-        async def since(start: datetime) -> dict[str, object]:
-            flt = UsageFilter(
-                since=start,
-                until=now + timedelta(seconds=1),
-                bucket="day",
-                identity=identity.key,
-                profile=profile,
-            )
-            return await totals(db, flt)
-
+        usage = {
+            "today": await self._totals(identity.key, profile, day, now),
+            "thisMonth": await self._totals(identity.key, profile, month, now),
+        }
         block = await runtime.blocks.find(identity.key)
         payload = {
             "identity": identity.key,
             "tenant": identity.tenant,
             "profile": profile,
-            "usage": {"today": await since(day), "thisMonth": await since(month)},
+            "usage": usage,
             "limits": await remaining(runtime.limiter, identity, profile),
             "blocked": None
             if block is None
             else {"reason": block.reason, "expiresAt": iso(block.expires_at)},
         }
-        return Response(
-            orjson.dumps(payload),
-            media_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
+        return json_response(orjson.dumps(payload))
 
-    return [Route("/me/usage", my_usage, methods=["GET"])]
+    async def _totals(
+        self, identity_key: str, profile: str | None, start: datetime, now: datetime
+    ) -> dict[str, object]:
+        flt = UsageFilter(
+            since=start,
+            until=now + timedelta(seconds=1),
+            bucket="day",
+            identity=identity_key,
+            profile=profile,
+        )
+        return await totals(self.runtime.ledger.database, flt)
+
+
+def routes(runtime: Runtime) -> list[Route]:
+    return [Route("/me/usage", MyUsageRoute(runtime).my_usage, methods=["GET"])]

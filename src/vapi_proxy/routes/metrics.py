@@ -8,9 +8,7 @@ With `metrics.port` the text is served on that port instead (cli.py) and kept fr
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -18,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vapi_proxy.edge.client_address import ClientAddressResolver
 from vapi_proxy.errors import NotFoundError
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.metrics import CONTENT_TYPE
+from vapi_proxy.routes.common import internal_client_check
 
 if TYPE_CHECKING:
     from vapi_proxy.runtime import Runtime
@@ -32,22 +30,6 @@ _LIVE = ("queued", "ringing", "in-progress", "forwarding")
 
 REFRESH_SECONDS = 5.0
 """How often, with `metrics.port`, the values read at scrape time on the main port are taken."""
-
-
-def internal_client_check(
-    allowed_networks: list[str], client_address: ClientAddressResolver
-) -> Callable[[Request], bool]:
-    """Whether a request's client (the TCP peer, or the client a trusted balancer relayed) is on
-    one of the networks allowed to see operator data (metrics, readiness details). A public
-    client relayed by a balancer on a private network is public."""
-    networks = [ipaddress.ip_network(n) for n in allowed_networks]
-
-    def internal(request: Request) -> bool:
-        if request.client is None:
-            return False
-        return client_address.is_in(request.client.host, request.headers, networks)
-
-    return internal
 
 
 async def refresh(runtime: Runtime) -> None:
@@ -78,16 +60,27 @@ async def live_calls(runtime: Runtime) -> int:
         return int((await conn.execute(query)).scalar_one())
 
 
+class MetricsRoute:
+    """`GET {metrics.path}` over one `Runtime`, for clients on the allowed networks."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._settings = runtime.settings.metrics
+        self._allowed = internal_client_check(
+            self._settings.allowed_networks, runtime.auth.client_address
+        )
+
+    def routes(self) -> list[Route]:
+        if not self._settings.enabled:
+            return []
+        return [Route(self._settings.path, self.metrics, methods=["GET"])]
+
+    async def metrics(self, request: Request) -> Response:
+        if not self._allowed(request):
+            raise NotFoundError(f"Cannot GET {self._settings.path}: no such route.")
+        await refresh(self.runtime)
+        return Response(self.runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+
 def routes(runtime: Runtime) -> list[Route]:
-    settings = runtime.settings.metrics
-    if not settings.enabled:
-        return []
-    allowed = internal_client_check(settings.allowed_networks, runtime.auth.client_address)
-
-    async def metrics(request: Request) -> Response:
-        if not allowed(request):
-            raise NotFoundError(f"Cannot GET {settings.path}: no such route.")
-        await refresh(runtime)
-        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
-
-    return [Route(settings.path, metrics, methods=["GET"])]
+    return MetricsRoute(runtime).routes()
