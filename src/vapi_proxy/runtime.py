@@ -73,7 +73,8 @@ class Runtime:
         )
         metrics = Metrics()
         upstream.observer = metrics.observe_upstream
-        webhook_server = webhook_setup.webhook_server(settings)
+        url = webhook_setup.webhook_url(settings.public_url, settings.webhook_path)
+        webhook_server = webhook_setup.webhook_server(settings.webhooks, url)
         try:
             ledger = Ledger.from_url(settings.ledger.url, timeout=settings.ledger.timeout_seconds)
             # Limits in the ledger's own database share its engine and writer: two engines on
@@ -87,7 +88,8 @@ class Runtime:
             raise ConfigError([f"limits.backend or ledger.url: {exc}"]) from None
         profiles = compile_profiles(settings.profiles)
         hooks = webhook_setup.build(
-            settings,
+            settings.webhooks,
+            url=url or settings.webhook_path,
             profiles=profiles,
             limiter=limiter,
             ledger=ledger,

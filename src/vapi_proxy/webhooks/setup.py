@@ -1,5 +1,6 @@
-"""Wire the webhook parts from `Settings` for the `Runtime`: the `server` object the proxy puts
-on every call it creates, and the receiver with its verifier, responder and forwarder."""
+"""Wire the webhook parts for the `Runtime`: the `server` object the proxy puts on every call it
+creates, and the receiver with its verifier, responder and forwarder. Takes the `webhooks:`
+section and the URL, not the whole `Settings` (which imports this package's config)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.limits.base import Limiter
 from vapi_proxy.metrics import Metrics
 from vapi_proxy.policy.compiled import CompiledProfile
-from vapi_proxy.settings import Settings
+from vapi_proxy.webhooks.config import WebhookSettings
 from vapi_proxy.webhooks.forward import Forwarder
 from vapi_proxy.webhooks.inbound import InboundResponder
 from vapi_proxy.webhooks.receiver import WebhookReceiver
@@ -20,19 +21,18 @@ from vapi_proxy.webhooks.stats import WebhookStats
 from vapi_proxy.webhooks.verify import WebhookVerifier, server_headers
 
 
-def webhook_url(settings: Settings) -> str | None:
-    if settings.public_url is None:
+def webhook_url(public_url: str | None, path: str) -> str | None:
+    """Where Vapi delivers: `public_url` + the webhook path (None without a public URL)."""
+    if public_url is None:
         return None
-    return settings.public_url + settings.webhook_path
+    return public_url + path
 
 
-def webhook_server(settings: Settings) -> dict[str, Any] | None:
-    """Vapi's `Server` object for calls the proxy creates: URL from `public_url`, the Vapi
+def webhook_server(hooks: WebhookSettings, url: str | None) -> dict[str, Any] | None:
+    """Vapi's `Server` object for calls the proxy creates: the webhook URL, the Vapi
     credential by id, and any secret headers the verifiers ask to send."""
-    url = webhook_url(settings)
     if url is None:
         return None
-    hooks = settings.webhooks
     server: dict[str, Any] = {"url": url}
     if hooks.vapi_credential_id is not None:
         server["credentialId"] = hooks.vapi_credential_id
@@ -52,8 +52,9 @@ class WebhookParts:
 
 
 def build(
-    settings: Settings,
+    hooks: WebhookSettings,
     *,
+    url: str,
     profiles: Mapping[str, CompiledProfile],
     limiter: Limiter,
     ledger: Ledger,
@@ -63,12 +64,11 @@ def build(
 ) -> WebhookParts:
     # Cross-section problems (rule profiles, respond.url) were refused when the settings were
     # validated (settings.webhook_problems).
-    hooks = settings.webhooks
     stats = WebhookStats()
     forwarder = Forwarder(hooks.forward, hooks.respond, ledger, stats, clock=clock)
     verifier = WebhookVerifier(
         hooks.verify,
-        url=webhook_url(settings) or settings.webhook_path,
+        url=url,
         allow_unverified=hooks.allow_unverified,
         clock=clock,
     )
