@@ -52,7 +52,7 @@ def test_serve_without_a_key_says_how_to_try_the_sandbox(tmp_path: Path) -> None
 def test_serve_says_where_it_listens_and_reload_reports_the_outcome(
     tmp_path: Path, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.serving import serve_process
+    from tests.support.serving import serve_process
 
     config = tmp_path / "proxy.yaml"
     good = (

@@ -9,7 +9,7 @@ import httpx
 import yaml
 
 from tests.conftest import base_config
-from tests.serving import serve_process
+from tests.support.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import free_port

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 from tests.conftest import SAVED_ASSISTANT_ID
-from tests.serving import serve_process
+from tests.support.serving import serve_process
 
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.sandbox import (

@@ -24,8 +24,8 @@ import yaml
 from pydantic import SecretStr
 
 from tests.conftest import SAVED_ASSISTANT_ID
-from tests.conftest_services import fresh_postgres_database, redis_url
-from tests.serving import serve_process
+from tests.support.services import fresh_postgres_database, redis_url
+from tests.support.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.sandbox import (
