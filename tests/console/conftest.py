@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest_services import fresh_postgres_database
+from tests.support.services import fresh_postgres_database
 from tests.webhooks.conftest import (  # noqa: F401  (fixtures, used by name)
     clock,
     hook_sandbox,

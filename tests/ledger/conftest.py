@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.support.services import fresh_postgres_database
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest_services
-
-from conftest_services import fresh_postgres_database
 from vapi_proxy.ledger.store import Ledger
 
 

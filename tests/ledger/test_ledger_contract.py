@@ -284,7 +284,7 @@ async def test_health_when_unreachable(tmp_path: Any) -> None:
 
 
 async def test_health_when_postgres_is_unreachable() -> None:
-    from conftest_services import closed_port
+    from tests.support.services import closed_port
 
     store = Ledger.from_url(f"postgresql://postgres@127.0.0.1:{closed_port()}/x", timeout=1.0)
     try:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest_services
+from tests.support.services import postgres_url, redis_url
 
-from conftest_services import postgres_url, redis_url
 from vapi_proxy.limits import Limiter
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis"]

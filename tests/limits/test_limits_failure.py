@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from limits_helpers import FakeClock
+from tests.support.services import closed_port
 
-from conftest_services import closed_port
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ServiceUnavailableError
 from vapi_proxy.limits import AdmissionRequest, LimitsSettings, create_limiter

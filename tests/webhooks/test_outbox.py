@@ -3,16 +3,13 @@ claimed with a lease, retried, delivered or parked; adoption of an attributed ca
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest_services
-
-from conftest_services import fresh_postgres_database
+from tests.support.services import fresh_postgres_database
 from vapi_proxy.ledger.records import LedgerEvent, OutboxItem
 from vapi_proxy.ledger.store import Ledger
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PG_ENV = "VAPI_PROXY_TEST_POSTGRES_URL"
 REDIS_ENV = "VAPI_PROXY_TEST_REDIS_URL"
 
