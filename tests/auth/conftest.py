@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from auth_helpers import Clock, JwksServer, SigningKey, make_key, settings
+from tests.support.auth import Clock, JwksServer, SigningKey, make_key, settings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

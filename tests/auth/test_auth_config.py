@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auth_helpers import SigningKey, make_key
+from tests.support.auth import SigningKey, make_key
 from pydantic import BaseModel, ValidationError
 
 from vapi_proxy.auth import config as auth_config

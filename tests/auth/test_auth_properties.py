@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 import pytest
-from auth_helpers import AUDIENCE, claims, make_key, settings
+from tests.support.auth import AUDIENCE, claims, make_key, settings
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st

@@ -12,7 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
-from auth_helpers import AUDIENCE, ISSUER, SigningKey, claims, make_key
+from tests.support.auth import AUDIENCE, ISSUER, SigningKey, claims, make_key
 
 from vapi_proxy.errors import UnauthorizedError
 
