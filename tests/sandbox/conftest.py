@@ -10,7 +10,7 @@ import pytest
 from vapi_proxy.sandbox import RunningSandbox, run_sandbox
 from vapi_proxy.testing import ServerThread
 
-from .helpers import Receiver, base_settings
+from tests.support.sandbox import Receiver, base_settings
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, run_sandbox
 
-from .helpers import ASSISTANT_ID, base_settings, private, public
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 
 
 @pytest.mark.parametrize(

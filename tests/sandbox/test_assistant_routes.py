@@ -6,7 +6,7 @@ import httpx
 
 from vapi_proxy.sandbox import RunningSandbox
 
-from .helpers import ASSISTANT_ID, private
+from tests.support.sandbox import ASSISTANT_ID, private
 
 
 def test_assistants(sim: RunningSandbox, client: httpx.Client) -> None:

@@ -14,7 +14,7 @@ import pytest
 from vapi_proxy.sandbox import RunningSandbox, TokenRestrictions, run_sandbox
 from vapi_proxy.sandbox.errors import INVALID_KEY
 
-from .helpers import ASSISTANT_ID, base_settings, private, public
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 
 INVALID = {"message": INVALID_KEY, "error": "Unauthorized", "statusCode": 401}
 

@@ -13,7 +13,7 @@ from vapi_proxy.sandbox import ManualClock, RunningSandbox, run_sandbox
 from vapi_proxy.sandbox.call_routes import NO_ASSISTANT
 from vapi_proxy.sandbox.settings import LifecycleSettings
 
-from .helpers import ASSISTANT_ID, NUMBER_ID, base_settings, private, public
+from tests.support.sandbox import ASSISTANT_ID, NUMBER_ID, base_settings, private, public
 
 
 def web_call(sb: RunningSandbox, client: httpx.Client, body: dict[str, Any]) -> httpx.Response:

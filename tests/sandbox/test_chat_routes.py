@@ -13,7 +13,7 @@ import pytest
 from vapi_proxy.sandbox import RunningSandbox, run_sandbox
 from vapi_proxy.sandbox.settings import ChatSettings
 
-from .helpers import ASSISTANT_ID, base_settings, private, public
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 
 
 def sse_events(text: str) -> list[dict[str, Any]]:

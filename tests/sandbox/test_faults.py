@@ -11,7 +11,7 @@ import pytest
 
 from vapi_proxy.sandbox import FaultSpec, RunningSandbox, run_sandbox
 
-from .helpers import ASSISTANT_ID, base_settings, private, public
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 
 WEB = {"assistantId": ASSISTANT_ID}
 

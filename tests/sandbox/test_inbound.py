@@ -11,7 +11,7 @@ import pytest
 from vapi_proxy.sandbox import RunningSandbox, ServerConfig, run_sandbox
 from vapi_proxy.sandbox.settings import LifecycleSettings
 
-from .helpers import ASSISTANT_ID, INBOUND_NUMBER_ID, NUMBER_ID, Receiver, base_settings
+from tests.support.sandbox import ASSISTANT_ID, INBOUND_NUMBER_ID, NUMBER_ID, Receiver, base_settings
 
 SLOW = LifecycleSettings(ringing_after=100, in_progress_after=100, duration=100)
 

@@ -8,7 +8,7 @@ from vapi import Vapi
 
 from vapi_proxy.sandbox import RunningSandbox
 
-from .helpers import ASSISTANT_ID, NUMBER_ID
+from tests.support.sandbox import ASSISTANT_ID, NUMBER_ID
 
 
 def test_vapi_server_sdk_calls_and_chats(sim: RunningSandbox, client: httpx.Client) -> None:

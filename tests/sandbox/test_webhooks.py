@@ -23,7 +23,7 @@ from vapi_proxy.sandbox import (
 )
 from vapi_proxy.sandbox.settings import LifecycleSettings
 
-from .helpers import ASSISTANT_ID, NUMBER_ID, Receiver, base_settings, private, public, wait_until
+from tests.support.sandbox import ASSISTANT_ID, NUMBER_ID, Receiver, base_settings, private, public, wait_until
 
 LIFECYCLE = LifecycleSettings(ringing_after=1, in_progress_after=2, duration=10)
 
