@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.clients.support import (
+from tests.support.clients import (
     HTTP,
     PHONE_ID,
     clear_requests,

@@ -22,7 +22,7 @@ import pytest
 from vapi import Vapi
 from vapi.core.api_error import ApiError
 
-from tests.clients.support import (
+from tests.support.clients import (
     HTTP,
     clear_requests,
     phone_profiles,

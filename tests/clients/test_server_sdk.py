@@ -8,7 +8,7 @@ import pytest
 from vapi import Vapi
 from vapi.core.api_error import ApiError
 
-from tests.clients.support import HTTP, phone_profiles, proxy_for, seed_phone_number
+from tests.support.clients import HTTP, phone_profiles, proxy_for, seed_phone_number
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

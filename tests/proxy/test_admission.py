@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.clients.support import HTTP, bearer, observed_sandbox, proxy_for, wait_until
+from tests.support.clients import HTTP, bearer, observed_sandbox, proxy_for, wait_until
 from tests.conftest import ProxyFactory
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post, upstream_bodies

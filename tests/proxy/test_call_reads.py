@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.clients.support import (
+from tests.support.clients import (
     HTTP,
     bearer,
     clear_requests,

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from tests.clients.support import (
+from tests.support.clients import (
     HTTP,
     ObservedSandbox,
     bearer,

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients.support import (
+from tests.support.clients import (
     HTTP,
     PHONE_ID,
     bearer,

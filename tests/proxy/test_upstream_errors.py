@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients.support import PHONE_ID, bearer, seed_phone_number
+from tests.support.clients import PHONE_ID, bearer, seed_phone_number
 from tests.conftest import SAVED_ASSISTANT_ID, TRANSIENT_ASSISTANT, ProxyFactory
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_metrics import sample
