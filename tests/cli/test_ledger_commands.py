@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.support import run_cli
+from tests.support.cli import run_cli
 
 
 def test_db_upgrade_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:

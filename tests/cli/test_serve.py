@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.support import run_cli
+from tests.support.cli import run_cli
 from tests.conftest import SAVED_ASSISTANT_ID
 from vapi_proxy.cli import main
 from vapi_proxy.sandbox import RunningSandbox
