@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.console.support import admin_proxy
+from tests.support.console import admin_proxy
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post
 from vapi_proxy.auth.api_key import generate_key

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.console.support import signed_in
+from tests.support.console import signed_in
 from tests.proxy.test_edge import assert_envelope
 from tests.webhooks.conftest import (
     HookProxyFactory,

@@ -8,7 +8,7 @@ import re
 import httpx
 
 from tests.conftest import ProxyFactory
-from tests.console.support import admin_proxy
+from tests.support.console import admin_proxy
 from tests.proxy.test_edge import assert_envelope
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.routes.admin import ASSETS

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.console.support import admin_proxy
+from tests.support.console import admin_proxy
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_web_call import post
 from tests.support.services import fresh_postgres_database
