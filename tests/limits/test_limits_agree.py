@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from limits_helpers import BACKENDS, FakeClock, backend_url
+from tests.support.limits import BACKENDS, FakeClock, backend_url
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import TooManyRequestsError

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from limits_helpers import FakeClock, MakeLimiter
+from tests.support.limits import FakeClock, MakeLimiter
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import TooManyRequestsError

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from limits_helpers import FakeClock
+from tests.support.limits import FakeClock
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import TooManyRequestsError

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from limits_helpers import FakeClock
+from tests.support.limits import FakeClock
 from tests.support.services import closed_port
 
 from vapi_proxy.auth.identity import Identity

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from burst_worker import run
-from limits_helpers import SHARED_BACKENDS, backend_url
+from tests.support.limits import SHARED_BACKENDS, backend_url
 
 
 @pytest.fixture(scope="module")
