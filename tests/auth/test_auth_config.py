@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.auth import SigningKey, make_key
 from pydantic import BaseModel, ValidationError
+from tests.support.auth import SigningKey, make_key
 
 from vapi_proxy.auth import config as auth_config
 from vapi_proxy.auth.api_key import generate_key, hash_key

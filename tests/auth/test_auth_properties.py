@@ -10,10 +10,10 @@ from typing import Any
 
 import jwt
 import pytest
-from tests.support.auth import AUDIENCE, claims, make_key, settings
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from tests.support.auth import AUDIENCE, claims, make_key, settings
 
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.auth.chain import AuthChain

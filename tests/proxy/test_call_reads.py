@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.proxy.test_edge import assert_envelope
 from tests.support.clients import (
     HTTP,
     bearer,
@@ -15,7 +16,6 @@ from tests.support.clients import (
     seed_phone_number,
     upstream_requests,
 )
-from tests.proxy.test_edge import assert_envelope
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

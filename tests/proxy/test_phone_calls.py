@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import SAVED_ASSISTANT_ID, ProxyFactory
 from tests.support.clients import (
     HTTP,
     PHONE_ID,
@@ -19,7 +20,6 @@ from tests.support.clients import (
     seed_phone_number,
     upstream_requests,
 )
-from tests.conftest import SAVED_ASSISTANT_ID, ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

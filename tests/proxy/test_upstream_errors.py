@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.clients import PHONE_ID, bearer, seed_phone_number
 from tests.conftest import SAVED_ASSISTANT_ID, TRANSIENT_ASSISTANT, ProxyFactory
 from tests.proxy.test_edge import assert_envelope
 from tests.proxy.test_metrics import sample
 from tests.proxy.test_web_call import post, upstream_bodies
+from tests.support.clients import PHONE_ID, bearer, seed_phone_number
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread, free_port
 

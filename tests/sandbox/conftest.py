@@ -7,10 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.support.sandbox import Receiver, base_settings
 from vapi_proxy.sandbox import RunningSandbox, run_sandbox
 from vapi_proxy.testing import ServerThread
-
-from tests.support.sandbox import Receiver, base_settings
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, run_sandbox
-
 from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
+from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, run_sandbox
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from vapi_proxy.sandbox import RunningSandbox
-
 from tests.support.sandbox import ASSISTANT_ID, private
+from vapi_proxy.sandbox import RunningSandbox
 
 
 def test_assistants(sim: RunningSandbox, client: httpx.Client) -> None:

@@ -11,10 +11,9 @@ import httpx
 import jwt
 import pytest
 
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 from vapi_proxy.sandbox import RunningSandbox, TokenRestrictions, run_sandbox
 from vapi_proxy.sandbox.errors import INVALID_KEY
-
-from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 
 INVALID = {"message": INVALID_KEY, "error": "Unauthorized", "statusCode": 401}
 

@@ -9,11 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.sandbox import ASSISTANT_ID, NUMBER_ID, base_settings, private, public
 from vapi_proxy.sandbox import ManualClock, RunningSandbox, run_sandbox
 from vapi_proxy.sandbox.call_routes import NO_ASSISTANT
 from vapi_proxy.sandbox.settings import LifecycleSettings
-
-from tests.support.sandbox import ASSISTANT_ID, NUMBER_ID, base_settings, private, public
 
 
 def web_call(sb: RunningSandbox, client: httpx.Client, body: dict[str, Any]) -> httpx.Response:

@@ -10,10 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 from vapi_proxy.sandbox import RunningSandbox, run_sandbox
 from vapi_proxy.sandbox.settings import ChatSettings
-
-from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
 
 
 def sse_events(text: str) -> list[dict[str, Any]]:

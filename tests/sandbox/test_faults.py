@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from vapi_proxy.sandbox import FaultSpec, RunningSandbox, run_sandbox
-
 from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
+from vapi_proxy.sandbox import FaultSpec, RunningSandbox, run_sandbox
 
 WEB = {"assistantId": ASSISTANT_ID}
 

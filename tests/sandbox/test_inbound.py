@@ -8,10 +8,15 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.sandbox import (
+    ASSISTANT_ID,
+    INBOUND_NUMBER_ID,
+    NUMBER_ID,
+    Receiver,
+    base_settings,
+)
 from vapi_proxy.sandbox import RunningSandbox, ServerConfig, run_sandbox
 from vapi_proxy.sandbox.settings import LifecycleSettings
-
-from tests.support.sandbox import ASSISTANT_ID, INBOUND_NUMBER_ID, NUMBER_ID, Receiver, base_settings
 
 SLOW = LifecycleSettings(ringing_after=100, in_progress_after=100, duration=100)
 

@@ -6,9 +6,8 @@ import httpx
 import openai
 from vapi import Vapi
 
-from vapi_proxy.sandbox import RunningSandbox
-
 from tests.support.sandbox import ASSISTANT_ID, NUMBER_ID
+from vapi_proxy.sandbox import RunningSandbox
 
 
 def test_vapi_server_sdk_calls_and_chats(sim: RunningSandbox, client: httpx.Client) -> None:

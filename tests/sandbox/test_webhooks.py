@@ -11,6 +11,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from tests.support.sandbox import (
+    ASSISTANT_ID,
+    NUMBER_ID,
+    Receiver,
+    base_settings,
+    private,
+    public,
+    wait_until,
+)
 from vapi_proxy.sandbox import (
     BearerCredential,
     HmacCredential,
@@ -22,8 +31,6 @@ from vapi_proxy.sandbox import (
     run_sandbox,
 )
 from vapi_proxy.sandbox.settings import LifecycleSettings
-
-from tests.support.sandbox import ASSISTANT_ID, NUMBER_ID, Receiver, base_settings, private, public, wait_until
 
 LIFECYCLE = LifecycleSettings(ringing_after=1, in_progress_after=2, duration=10)
 

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.support.services import postgres_url, redis_url
-
 from vapi_proxy.limits import Limiter
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis"]
