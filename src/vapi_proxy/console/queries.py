@@ -1,6 +1,12 @@
 """The console's usage queries over the ledger: totals per hour or day, per profile and per
-identity, within a time range and filters. Each is one indexed, grouped query; the buckets are
-cut by the database (SQLite text prefixes, PostgreSQL `date_trunc` in UTC)."""
+identity, within a time range and filters.
+
+The whole UTC hours of a range are read from `usage_hourly` (hourly totals per identity,
+profile and tenant that triggers keep in step with `calls`, migration 0007), so the time no
+longer grows with the calls in the range; only the partial hours at its two ends are summed from
+the calls themselves (the covering usage index). Both parts are grouped by the database and
+added up here; the buckets are cut by the database (text prefixes of the hour, PostgreSQL
+`date_trunc` in UTC for the raw calls)."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import sqlalchemy as sa
 
 from vapi_proxy.auth.identity import parse_identity_key
 from vapi_proxy.ledger.engine import Database
-from vapi_proxy.ledger.schema import call_events, calls, webhook_outbox
+from vapi_proxy.ledger.schema import call_events, calls, usage_hourly, webhook_outbox
 
 Bucket = Literal["hour", "day"]
 BUCKET_SIZES: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -29,8 +35,11 @@ class UsageFilter:
     tenant: str | None = None
     identity: str | None = None
 
-    def where(self, query: Any) -> Any:
-        query = query.where(calls.c.created_at >= self.since, calls.c.created_at < self.until)
+    def where(self, query: Any, start: datetime | None = None, end: datetime | None = None) -> Any:
+        """The filters on raw calls, created in [start, end) (default: the whole range)."""
+        start = self.since if start is None else start
+        end = self.until if end is None else end
+        query = query.where(calls.c.created_at >= start, calls.c.created_at < end)
         if self.profile is not None:
             query = query.where(calls.c.profile == self.profile)
         if self.tenant is not None:
@@ -71,13 +80,14 @@ def _measures() -> list[Any]:
     ]
 
 
-def _totals(row: Any) -> dict[str, Any]:
-    return {
-        "calls": int(row.calls),
-        "chats": int(row.chats),
-        "minutes": round(float(row.seconds) / 60, 2),
-        "costUsd": round(float(row.cost), 4),
-    }
+def _rollup_measures() -> list[Any]:
+    u = usage_hourly.c
+    return [
+        sa.func.sum(u.calls).label("calls"),
+        sa.func.sum(u.chats).label("chats"),
+        sa.func.sum(u.seconds).label("seconds"),
+        sa.func.sum(u.cost_usd).label("cost"),
+    ]
 
 
 def _bucket_expr(db: Database, bucket: Bucket) -> Any:
@@ -96,69 +106,154 @@ def _bucket_start(text: str, bucket: Bucket) -> datetime:
     return datetime.strptime(text[:13], "%Y-%m-%d %H").replace(tzinfo=UTC)
 
 
+def _hour_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H")
+
+
+Dim = Literal["bucket", "profile", "identity"]
+
+
+@dataclass(slots=True)
+class _Sums:
+    calls: int = 0
+    chats: int = 0
+    seconds: float = 0.0
+    cost: float = 0.0
+    tenant: str | None = None
+
+    def add(self, row: Any) -> None:
+        self.calls += int(row.calls or 0)
+        self.chats += int(row.chats or 0)
+        self.seconds += float(row.seconds or 0.0)
+        self.cost += float(row.cost or 0.0)
+
+
+def _split(flt: UsageFilter) -> tuple[list[tuple[datetime, datetime]], tuple[str, str] | None]:
+    """The range's partial hours at either end (read from the calls) and its whole hours (read
+    from the hourly totals, as 'YYYY-MM-DD HH' bounds), or the whole range as calls when it
+    holds no whole hour."""
+    since, until = flt.since.astimezone(UTC), flt.until.astimezone(UTC)
+    first = floor(since, "hour")
+    if first < since:
+        first += timedelta(hours=1)
+    last = floor(until, "hour")
+    if first >= last:
+        return ([(since, until)] if since < until else []), None
+    edges = [(a, b) for a, b in ((since, first), (last, until)) if a < b]
+    return edges, (_hour_text(first), _hour_text(last))
+
+
+def _raw_query(db: Database, flt: UsageFilter, dims: tuple[Dim, ...], span: Any) -> Any:
+    # The identity is grouped by an expression rather than the bare column: otherwise SQLite
+    # walks the whole (identity_key, created_at) index to skip a sort instead of scanning just
+    # the time range of the usage index.
+    who = calls.c.identity_key.concat("")
+    columns: dict[Dim, Any] = {
+        "bucket": _bucket_expr(db, flt.bucket).label("bucket"),
+        "profile": calls.c.profile.label("profile"),
+        "identity": who.label("identity_key"),
+    }
+    keys = [columns[d] for d in dims]
+    extra = [sa.func.max(calls.c.tenant).label("tenant")] if "identity" in dims else []
+    query = flt.where(sa.select(*keys, *extra, *_measures()).select_from(calls), *span)
+    return query.group_by(*keys) if keys else query
+
+
+def _rollup_query(flt: UsageFilter, dims: tuple[Dim, ...], hours: tuple[str, str]) -> Any:
+    u = usage_hourly.c
+    columns: dict[Dim, Any] = {
+        "bucket": sa.func.substr(u.hour, 1, 13 if flt.bucket == "hour" else 10).label("bucket"),
+        "profile": u.profile.label("profile"),
+        "identity": u.identity_key.label("identity_key"),
+    }
+    keys = [columns[d] for d in dims]
+    extra = [sa.func.max(u.tenant).label("tenant")] if "identity" in dims else []
+    query = sa.select(*keys, *extra, *_rollup_measures()).where(
+        u.hour >= hours[0], u.hour < hours[1]
+    )
+    if flt.profile is not None:
+        query = query.where(u.profile == flt.profile)
+    if flt.tenant is not None:
+        query = query.where(u.tenant == flt.tenant)
+    if flt.identity is not None:
+        query = query.where(u.identity_key == flt.identity)
+    return query.group_by(*keys) if keys else query
+
+
+async def _grouped(
+    db: Database, flt: UsageFilter, dims: tuple[Dim, ...]
+) -> dict[tuple[Any, ...], _Sums]:
+    """Totals per combination of `dims` over the range: the hourly totals for its whole hours
+    plus the calls of its partial hours, added up. Groups without a call are left out (as a
+    grouped query over the calls would)."""
+    edges, hours = _split(flt)
+    queries = [_raw_query(db, flt, dims, span) for span in edges]
+    if hours is not None:
+        queries.append(_rollup_query(flt, dims, hours))
+    found: dict[tuple[Any, ...], _Sums] = {}
+    async with db.read() as conn:
+        for query in queries:
+            for row in await conn.execute(query):
+                key = tuple(
+                    _bucket_start(row.bucket, flt.bucket)
+                    if d == "bucket"
+                    else getattr(row, "identity_key" if d == "identity" else d)
+                    for d in dims
+                )
+                sums = found.setdefault(key, _Sums())
+                sums.add(row)
+                if "identity" in dims and row.tenant:  # '' is the hourly table's "none"
+                    sums.tenant = (
+                        row.tenant if sums.tenant is None else max(sums.tenant, row.tenant)
+                    )
+    if not dims and not found:
+        found[()] = _Sums()
+    return {k: v for k, v in found.items() if v.calls or v.chats or not dims}
+
+
+def _totals(row: Any) -> dict[str, Any]:
+    return {
+        "calls": int(row.calls),
+        "chats": int(row.chats),
+        "minutes": round(float(row.seconds) / 60, 2) + 0.0,  # + 0.0: never "-0.0"
+        "costUsd": round(float(row.cost), 4) + 0.0,
+    }
+
+
+def _rank(sums: _Sums) -> tuple[float, float, int]:
+    return (-sums.cost, -sums.seconds, -sums.calls)
+
+
 async def usage_series(db: Database, flt: UsageFilter) -> list[dict[str, Any]]:
     """One point per bucket from `since` to `until`, empty buckets included."""
-    key = _bucket_expr(db, flt.bucket).label("bucket")
-    query = flt.where(sa.select(key, *_measures()).select_from(calls)).group_by(key)
-    async with db.read() as conn:
-        rows = (await conn.execute(query)).all()
-    found = {_bucket_start(row.bucket, flt.bucket): _totals(row) for row in rows}
-    empty = {"calls": 0, "chats": 0, "minutes": 0.0, "costUsd": 0.0}
-    step = BUCKET_SIZES[flt.bucket]
-    points = []
-    moment = floor(flt.since, flt.bucket)
-    while moment < flt.until:
-        points.append({"t": _iso(moment), **found.get(moment, empty)})
-        moment += step
-    return points
+    found = {key[0]: _totals(s) for key, s in (await _grouped(db, flt, ("bucket",))).items()}
+    return _fill(flt, found)
 
 
 async def by_profile(db: Database, flt: UsageFilter) -> list[dict[str, Any]]:
-    query = flt.where(sa.select(calls.c.profile, *_measures()).select_from(calls)).group_by(
-        calls.c.profile
-    )
-    async with db.read() as conn:
-        rows = (await conn.execute(query)).all()
-    items = [{"profile": row.profile, **_totals(row)} for row in rows]
+    groups = await _grouped(db, flt, ("profile",))
+    items = [{"profile": key[0], **_totals(s)} for key, s in groups.items()]
     return sorted(items, key=lambda i: (-i["costUsd"], -i["minutes"], -i["calls"], i["profile"]))
 
 
 async def top_identities(db: Database, flt: UsageFilter, *, limit: int) -> list[dict[str, Any]]:
     """The identities with the most cost (then minutes, then calls) in the range."""
-    # Only columns of the usage index (no table lookups), grouped by an expression rather than
-    # the bare column: otherwise SQLite walks the whole (identity_key, created_at) index to skip
-    # a sort, instead of scanning just the time range.
-    who = calls.c.identity_key.concat("")
-    query = (
-        flt.where(
-            sa.select(
-                who.label("identity_key"),
-                sa.func.max(calls.c.tenant).label("tenant"),
-                *_measures(),
-            ).select_from(calls)
-        )
-        .group_by(who)
-        .order_by(sa.desc("cost"), sa.desc("seconds"), sa.desc("calls"), who)
-        .limit(limit)
-    )
-    async with db.read() as conn:
-        rows = (await conn.execute(query)).all()
-    return [
-        {
-            "identity": row.identity_key,
-            "method": parse_identity_key(row.identity_key)[0],
-            "tenant": row.tenant,
-            **_totals(row),
-        }
-        for row in rows
-    ]
+    groups = await _grouped(db, flt, ("identity",))
+    ranked = sorted(groups.items(), key=lambda kv: (*_rank(kv[1]), kv[0][0]))[:limit]
+    return [_user(key[0], sums) for key, sums in ranked]
+
+
+def _user(name: str, sums: _Sums) -> dict[str, Any]:
+    return {
+        "identity": name,
+        "method": parse_identity_key(name)[0],
+        "tenant": sums.tenant,
+        **_totals(sums),
+    }
 
 
 async def totals(db: Database, flt: UsageFilter) -> dict[str, Any]:
-    query = flt.where(sa.select(*_measures()).select_from(calls))
-    async with db.read() as conn:
-        row = (await conn.execute(query)).one()
-    return _totals(row)
+    return _totals((await _grouped(db, flt, ())).get((), _Sums()))
 
 
 async def webhook_health(db: Database, *, since: datetime, now: datetime) -> dict[str, Any]:
@@ -233,79 +328,36 @@ def _origin(url: str) -> str:
 
 
 async def overview(db: Database, flt: UsageFilter, *, top: int) -> dict[str, Any]:
-    """Totals, the series, the per-profile breakdown and the top identities in two scans of the
-    usage index (run side by side) instead of four: one grouped by bucket, one by identity and
-    profile; totals and the profile table are summed from those here."""
-    key = _bucket_expr(db, flt.bucket).label("bucket")
-    by_bucket = flt.where(sa.select(key, *_measures()).select_from(calls)).group_by(key)
-    who = calls.c.identity_key.concat("")  # see top_identities: keep SQLite on the range scan
-    by_who = flt.where(
-        sa.select(
-            who.label("identity_key"),
-            calls.c.profile,
-            sa.func.max(calls.c.tenant).label("tenant"),
-            *_measures(),
-        ).select_from(calls)
-    ).group_by(who, calls.c.profile)
-
-    async def rows(query: Any) -> list[Any]:
-        async with db.read() as conn:
-            return list((await conn.execute(query)).all())
-
-    bucket_rows, who_rows = await asyncio.gather(rows(by_bucket), rows(by_who))
-    zero = {"calls": 0, "chats": 0, "seconds": 0.0, "cost": 0.0}
-
-    def add(into: dict[str, Any], row: Any) -> None:
-        into["calls"] += int(row.calls)
-        into["chats"] += int(row.chats)
-        into["seconds"] += float(row.seconds)
-        into["cost"] += float(row.cost)
-
-    def view(sums: dict[str, Any]) -> dict[str, Any]:
-        return _totals(_Sums(sums["calls"], sums["chats"], sums["seconds"], sums["cost"]))
-
-    total = dict(zero)
+    """Totals, the series, the per-profile breakdown and the top identities from two groupings
+    (run side by side) instead of four: one by bucket, one by identity and profile; totals and
+    the profile table are summed from those here."""
+    by_bucket, by_who = await asyncio.gather(
+        _grouped(db, flt, ("bucket",)), _grouped(db, flt, ("identity", "profile"))
+    )
+    total = _Sums()
     found: dict[datetime, dict[str, Any]] = {}
-    for row in bucket_rows:
-        add(total, row)
-        found[_bucket_start(row.bucket, flt.bucket)] = _totals(row)
-    profiles: dict[str, dict[str, Any]] = {}
-    users: dict[str, dict[str, Any]] = {}
-    tenants: dict[str, str | None] = {}
-    for row in who_rows:
-        add(profiles.setdefault(row.profile, dict(zero)), row)
-        add(users.setdefault(row.identity_key, dict(zero)), row)
-        tenants[row.identity_key] = tenants.get(row.identity_key) or row.tenant
+    for key, sums in by_bucket.items():
+        total.add(sums)
+        found[key[0]] = _totals(sums)
+    profiles: dict[str, _Sums] = {}
+    users: dict[str, _Sums] = {}
+    for (name, profile), sums in by_who.items():
+        profiles.setdefault(profile, _Sums()).add(sums)
+        user = users.setdefault(name, _Sums())
+        user.add(sums)
+        if sums.tenant is not None:
+            user.tenant = sums.tenant if user.tenant is None else max(user.tenant, sums.tenant)
     profile_items = sorted(
-        ({"profile": name, **view(s)} for name, s in profiles.items()),
+        ({"profile": name, **_totals(s)} for name, s in profiles.items()),
         key=lambda i: (-i["costUsd"], -i["minutes"], -i["calls"], i["profile"]),
     )
-    ranked = sorted(
-        users.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["seconds"], -kv[1]["calls"], kv[0])
-    )[:top]
-    top_items = [
-        {
-            "identity": name,
-            "method": parse_identity_key(name)[0],
-            "tenant": tenants.get(name),
-            **view(sums),
-        }
-        for name, sums in ranked
-    ]
+    ranked = sorted(users.items(), key=lambda kv: (*_rank(kv[1]), kv[0]))[:top]
     return {
-        "totals": view(total),
+        "totals": _totals(total),
         "series": _fill(flt, found),
         "profiles": profile_items,
-        "topUsers": top_items,
+        "topUsers": [_user(name, sums) for name, sums in ranked],
     }
-
-
-@dataclass(frozen=True, slots=True)
-class _Sums:
-    calls: int
-    chats: int
-    seconds: float
-    cost: float
 
 
 def _fill(flt: UsageFilter, found: dict[datetime, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The ledger's tables as SQLAlchemy Core metadata: calls, the events that changed them,
-idempotency keys, the outbox of webhook events to forward, and the operator console's sessions,
-audit trail and identity blocks. Migrations in `migrations/versions/` must produce exactly this."""
+hourly usage totals, idempotency keys, the outbox of webhook events to forward, and the operator
+console's sessions, audit trail and identity blocks. Migrations in `migrations/versions/` must
+produce exactly this."""
 
 from __future__ import annotations
 
@@ -91,6 +92,23 @@ calls = sa.Table(
     sa.Index(None, "status", "created_at"),
     # The embedded limiter finds the calls of its open reservations at start (limits/embedded).
     sa.Index(None, "reservation_id"),
+)
+
+# Hourly usage totals for the console's queries (console/queries.py), kept by triggers on
+# `calls` that migration 0007 creates: every insert, settle or correction of a call moves its
+# share in the same transaction. `tenant` is '' for calls without one (it is part of the key).
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    sa.Column("hour", sa.String(13), primary_key=True, comment="UTC 'YYYY-MM-DD HH'"),
+    sa.Column("identity_key", sa.String(512), primary_key=True),
+    sa.Column("profile", sa.String(256), primary_key=True),
+    sa.Column("tenant", sa.String(256), primary_key=True, comment="'' for no tenant"),
+    sa.Column("calls", sa.Integer, nullable=False, comment="calls other than chats"),
+    sa.Column("chats", sa.Integer, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 call_events = sa.Table(
