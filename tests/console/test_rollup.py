@@ -82,7 +82,7 @@ async def _write_random_calls(ledger: Ledger, rng: random.Random, tag: str) -> N
     assert not await record(ids[0])  # a retry changes nothing
     # Webhooks that beat their call's row: stored unknown, the call recorded afterwards.
     for i in range(3):
-        await ledger.apply_event(_event(rng, f"{tag}-late{i}", f"{tag}-late{i}-e"))
+        await ledger.apply_events([(_event(rng, f"{tag}-late{i}", f"{tag}-late{i}-e"), ())])
         assert await record(f"{tag}-late{i}")
         ids.append(f"{tag}-late{i}")
     keys: list[str] = []
@@ -91,17 +91,16 @@ async def _write_random_calls(ledger: Ledger, rng: random.Random, tag: str) -> N
         # Now and then a duplicate delivery of an earlier event (same dedupe key).
         key = rng.choice(keys) if keys and rng.random() < 0.1 else f"{tag}-e{step}"
         keys.append(key)
-        if rng.random() < 0.5:
-            await ledger.apply_event(_event(rng, call_id, key))
-        else:
-            batch = [(_event(rng, call_id, key), ())]
-            batch += [(_event(rng, rng.choice(ids), f"{key}-b{j}"), ()) for j in range(3)]
-            await ledger.apply_events(batch)
+        # One event alone, or a batch of several (one transaction, the same call maybe twice).
+        batch = [(_event(rng, call_id, key), ())]
+        batch += [
+            (_event(rng, rng.choice(ids), f"{key}-b{j}"), ()) for j in range(rng.randrange(4))
+        ]
+        await ledger.apply_events(batch)
     # Calls known only from their webhooks, adopted later (their events replayed).
     for i in range(2):
         call_id = f"{tag}-adopt{i}"
-        await ledger.apply_event(_event(rng, call_id, f"{call_id}-e0"))
-        await ledger.apply_event(_event(rng, call_id, f"{call_id}-e1"))
+        await ledger.apply_events([(_event(rng, call_id, f"{call_id}-e{n}"), ()) for n in range(2)])
         adopted = await ledger.adopt_call(
             call_id=call_id,
             identity_hash=f"{i:032x}",
@@ -270,7 +269,7 @@ async def test_a_settle_that_changes_cost_twice_counts_it_once(db_url: str) -> N
                 duration_seconds=seconds,
                 cost_usd=cost,
             )
-            await ledger.apply_event(event)
+            await ledger.apply_events([(event, ())])
         table = await _hourly_table(db)
         assert table == {("2026-11-03 05", "api_key:ann", "support", ""): (1, 0, 30.0, 0.5)}
         whole = UsageFilter(BASE, BASE + timedelta(days=1), "hour")
