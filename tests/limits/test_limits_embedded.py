@@ -262,3 +262,22 @@ async def test_upgrade_carries_the_sql_stores_counts_over(tmp_path: Path, clock:
         await limiter.reserve(req(worst_case_seconds=60))
     await limiter.aclose()
     await db.aclose()
+
+
+async def test_a_limits_file_of_its_own_writes_commits_and_settlements_at_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """With no ledger rows beside it to fall back on, nothing waits in the buffer: a process
+    killed right after a settle leaves it on file."""
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    first = create_limiter(LimitsSettings(backend=url, rules=RULES), clock=clock)
+    r = await first.reserve(req())
+    await first.commit(r, "c1")
+    await first.settle("c1", duration_seconds=60, cost_usd=None)
+    assert first.store._buffer == []  # type: ignore[attr-defined]
+    # The kill: the store is dropped without closing.
+    first.store._db.detach(first.store)  # type: ignore[attr-defined]
+    second = create_limiter(LimitsSettings(backend=url, rules=RULES), clock=clock)
+    assert await used(second) == {"rate": 1, "quota": 1, "minutes": 1, "concurrency": 0}
+    await second.aclose()
+    await first.store._db.aclose()  # type: ignore[attr-defined]

@@ -120,6 +120,9 @@ class EmbeddedStore:
         self._flushing: asyncio.Task[None] | None = None
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        # In the ledger's file the call and event rows are the durable record of commits and
+        # settlements; in a file of its own they must be written before the caller moves on.
+        self._beside_ledger = True
         self._db.attach(self)
 
     # --- the database's companion: buffered entries ride on any write ----------------------
@@ -274,7 +277,8 @@ class EmbeddedStore:
                     write_snapshot(conn, namespace, state, now)
         with self._lock:
             self._reload(conn)
-            if inspector.has_table("calls"):
+            self._beside_ledger = inspector.has_table("calls")
+            if self._beside_ledger:
                 entries = self._reconcile(conn, now)
                 if entries:
                     self._append(conn, entries)
@@ -382,9 +386,16 @@ class EmbeddedStore:
 
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
         with self._lock:
-            if self._state.commit(rid, call_id):
+            changed = self._state.commit(rid, call_id)
+            if changed:
                 self._buffered(["c", rid, call_id])
-        self._schedule_flush()
+        await self._settled_or_scheduled(changed)
+
+    async def _settled_or_scheduled(self, changed: bool) -> None:
+        if changed and not self._beside_ledger:
+            await self._write(lambda conn: None)
+        else:
+            self._schedule_flush()
 
     async def release(self, rid: str, *, now: float) -> None:
         with self._lock:
@@ -400,9 +411,10 @@ class EmbeddedStore:
     ) -> None:
         await self._ensure_or_unavailable(now)
         with self._lock:
-            if self._state.settle(call_id, actual_ms, actual_micro_usd, now):
+            changed = self._state.settle(call_id, actual_ms, actual_micro_usd, now)
+            if changed:
                 self._buffered(["s", call_id, actual_ms, actual_micro_usd, now])
-        self._schedule_flush()
+        await self._settled_or_scheduled(changed)
 
     async def expire(self, now: float) -> list[str | None]:
         await self._ensure_or_unavailable(now)
