@@ -62,6 +62,30 @@ def test_multi_stage_on_pinned_slim_bases() -> None:
         assert re.match(r"3\.11", tag), f"the project targets Python 3.11: {image}"
 
 
+def test_base_images_are_pinned_by_digest() -> None:
+    # A tag moves; a digest is the same bytes on every rebuild (scripts/pin-base-image).
+    images = [i.args.split()[0] for i in instructions() if i.keyword == "FROM"]
+    for image in images:
+        assert re.fullmatch(r"python:[^@]+@sha256:[0-9a-f]{64}", image), image
+    assert len(set(images)) == 1, "build and run on the same base"
+
+
+def test_image_installs_exactly_the_hash_checked_lock() -> None:
+    runs = [i.args for i in instructions() if i.keyword == "RUN"]
+    build = [r for r in runs if "pip wheel" in r and "requirements/runtime.txt" in r]
+    assert build and "--require-hashes" in build[0]
+    install = [r for r in final_stage_runs() if "pip install" in r]
+    assert install, "the runtime stage installs the wheels"
+    text = install[0]
+    assert "--require-hashes" in text and "--no-index" in text
+    # The project is installed without resolving anything: its dependencies are the lock's.
+    assert "--no-deps" in text and "pip check" in text
+
+
+def final_stage_runs() -> list[str]:
+    return [i.args for i in final_stage(instructions()) if i.keyword == "RUN"]
+
+
 def test_runtime_stage_runs_as_a_numeric_non_root_user() -> None:
     users = [i for i in final_stage(instructions()) if i.keyword == "USER"]
     assert users, "the runtime stage must switch away from root"
@@ -114,7 +138,7 @@ def test_dockerignore_admits_only_what_the_wheel_is_built_from() -> None:
     ]
     assert patterns[0] == "*", "start from nothing and allow back what the build needs"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "src"}
+    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "src", "requirements/runtime.txt"}
     # Whatever the Dockerfile copies must be in the context, and must exist.
     for item in instructions():
         if item.keyword == "COPY" and "--from=" not in item.args:
