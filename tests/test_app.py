@@ -6,8 +6,7 @@ import httpx
 import pytest
 
 from tests.conftest import APP_ORIGIN
-from tests.proxy.test_edge import assert_envelope
-from tests.proxy.test_web_call import post
+from tests.support.http import assert_envelope, post
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

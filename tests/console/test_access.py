@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.proxy.test_edge import assert_envelope
 from tests.support.console import admin_proxy, admin_routes, signed_in
+from tests.support.http import assert_envelope
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.testing import ServerThread
 

@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.proxy.test_edge import assert_envelope
-from tests.proxy.test_web_call import post
 from tests.support.console import admin_proxy
+from tests.support.http import assert_envelope, post
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.console.blocks import BlockedError, BlockList

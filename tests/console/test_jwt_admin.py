@@ -11,7 +11,7 @@ import httpx
 import jwt
 
 from tests.conftest import ProxyFactory
-from tests.proxy.test_edge import assert_envelope
+from tests.support.http import assert_envelope
 
 ISSUER = "https://idp.console.test/"
 SECRET = "console-test-shared-secret-of-32-bytes!!"

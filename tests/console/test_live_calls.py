@@ -10,8 +10,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.proxy.test_edge import assert_envelope
 from tests.support.console import signed_in
+from tests.support.http import assert_envelope
 from tests.webhooks.conftest import (
     HookProxyFactory,
     on_server,

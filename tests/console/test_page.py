@@ -8,8 +8,8 @@ import re
 import httpx
 
 from tests.conftest import ProxyFactory
-from tests.proxy.test_edge import assert_envelope
 from tests.support.console import admin_proxy
+from tests.support.http import assert_envelope
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.routes.admin import ASSETS
 

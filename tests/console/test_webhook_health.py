@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.console.test_live_calls import _proxy, _status
-from tests.proxy.test_edge import assert_envelope
+from tests.support.http import assert_envelope
 from tests.webhooks.conftest import HookProxyFactory, on_server, runtime, start_web_call, wait_for
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.ledger.records import OutboxItem

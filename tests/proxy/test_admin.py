@@ -8,8 +8,7 @@ import httpx
 import yaml
 
 from tests.conftest import ProxyFactory
-from tests.proxy.test_edge import assert_envelope
-from tests.proxy.test_web_call import post
+from tests.support.http import assert_envelope, post
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.cli import main
 

@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.proxy.test_edge import assert_envelope
-from tests.proxy.test_web_call import post, upstream_bodies
 from tests.support.clients import HTTP, bearer, observed_sandbox, proxy_for, wait_until
+from tests.support.http import assert_envelope, post, upstream_bodies
 from vapi_proxy.admission import Admission, Admissions, Attempt, Created, Outcome
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.edge.middleware import RequestState

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.proxy.test_edge import assert_envelope
 from tests.support.clients import (
     HTTP,
     bearer,
@@ -16,6 +15,7 @@ from tests.support.clients import (
     seed_phone_number,
     upstream_requests,
 )
+from tests.support.http import assert_envelope
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

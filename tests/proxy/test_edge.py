@@ -11,24 +11,11 @@ import httpx
 import pytest
 
 from tests.conftest import APP_ORIGIN, ProxyFactory
-from tests.proxy.test_web_call import post, upstream_bodies
+from tests.support.http import assert_envelope, post, upstream_bodies
 from tests.webhooks.conftest import wait_for
 from vapi_proxy.logs import JsonFormatter
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
-
-ENVELOPE_KEYS = {"message", "error", "statusCode", "requestId"}
-
-
-def assert_envelope(reply: httpx.Response, status: int) -> dict[str, object]:
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"].startswith("application/json")
-    body = reply.json()
-    assert set(body) == ENVELOPE_KEYS
-    assert body["statusCode"] == status
-    assert body["requestId"] == reply.headers["x-request-id"]
-    assert "Traceback" not in reply.text
-    return body
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from tests.conftest import ProxyFactory, base_config
-from tests.proxy.test_web_call import post
+from tests.support.http import post
 from vapi_proxy.settings import ConfigError, parse_settings
 
 ISSUER_A = "https://a.idp.example/"

@@ -16,10 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import SAVED_ASSISTANT_ID, TRANSIENT_ASSISTANT, ProxyFactory
-from tests.proxy.test_edge import assert_envelope
-from tests.proxy.test_metrics import sample
-from tests.proxy.test_web_call import post, upstream_bodies
 from tests.support.clients import PHONE_ID, bearer, seed_phone_number
+from tests.support.http import assert_envelope, post, sample, upstream_bodies
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread, free_port
 

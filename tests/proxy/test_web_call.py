@@ -12,29 +12,9 @@ import httpx
 import pytest
 
 from tests.conftest import SAVED_ASSISTANT_ID, ProxyFactory
+from tests.support.http import post, upstream_bodies
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
-
-
-def post(
-    server: ServerThread,
-    body: Any,
-    token: str | None,
-    *,
-    path: str = "/call/web",
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    sent = {"Content-Type": "application/json"}
-    if token:
-        sent["Authorization"] = f"Bearer {token}"
-    sent.update(headers or {})
-    content = body if isinstance(body, bytes) else httpx.Request("POST", "/", json=body).content
-    return httpx.post(server.url + path, content=content, headers=sent, timeout=10)
-
-
-def upstream_bodies(sandbox: RunningSandbox) -> list[dict[str, Any]]:
-    log = httpx.get(sandbox.url + "/__sandbox/requests", timeout=5).json()
-    return [entry for entry in log if entry["path"] == "/call/web"]
 
 
 @pytest.fixture(autouse=True)
