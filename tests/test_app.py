@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import APP_ORIGIN
 from tests.support.http import assert_envelope, post
+from tests.support.proxy import APP_ORIGIN
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import SAVED_ASSISTANT_ID
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.auth.identity import identity_key
 from vapi_proxy.cli import main
 from vapi_proxy.configcheck import lint

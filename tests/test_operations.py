@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SAVED_ASSISTANT_ID
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from tests.support.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.cli import main

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SAVED_ASSISTANT_ID
 from tests.support.cli import run_cli
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.cli import main
 from vapi_proxy.sandbox import RunningSandbox
 

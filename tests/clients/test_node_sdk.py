@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SAVED_ASSISTANT_ID
 from tests.support.clients import (
     HTTP,
     PHONE_ID,
@@ -25,6 +24,7 @@ from tests.support.clients import (
     seed_phone_number,
     upstream_requests,
 )
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

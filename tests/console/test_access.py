@@ -8,9 +8,9 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import ProxyFactory
 from tests.support.console import admin_proxy, admin_routes, signed_in
 from tests.support.http import assert_envelope
+from tests.support.proxy import ProxyFactory
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.testing import ServerThread
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.conftest import base_config
+from tests.support.proxy import base_config
 from tests.support.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.sandbox import RunningSandbox

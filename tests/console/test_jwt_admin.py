@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import jwt
 
-from tests.conftest import ProxyFactory
 from tests.support.http import assert_envelope
+from tests.support.proxy import ProxyFactory
 
 ISSUER = "https://idp.console.test/"
 SECRET = "console-test-shared-secret-of-32-bytes!!"

@@ -7,9 +7,9 @@ import re
 
 import httpx
 
-from tests.conftest import ProxyFactory
 from tests.support.console import admin_proxy
 from tests.support.http import assert_envelope
+from tests.support.proxy import ProxyFactory
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.routes.admin import ASSETS
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ProxyFactory
 from tests.support.console import admin_proxy
 from tests.support.http import assert_envelope, post
+from tests.support.proxy import ProxyFactory
 from tests.support.services import fresh_postgres_database
 from vapi_proxy.auth.api_key import generate_key
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ProxyFactory
 from tests.support.console import admin_proxy
 from tests.support.http import assert_envelope, post
+from tests.support.proxy import ProxyFactory
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.console.limits_view import identity_from_ledger

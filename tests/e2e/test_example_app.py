@@ -15,8 +15,8 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from tests.conftest import SAVED_ASSISTANT_ID
 from tests.e2e.conftest import EXAMPLE_DIR, BrowserDriver, off_loopback_violations, page_url
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.app import create_app
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.settings import Secrets, load_settings, parse_settings

@@ -20,8 +20,8 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import APP_ORIGIN, SAVED_ASSISTANT_ID, ProxyFactory, base_config
 from tests.e2e.conftest import BrowserDriver, off_loopback_violations, page_tried, page_url
+from tests.support.proxy import APP_ORIGIN, SAVED_ASSISTANT_ID, ProxyFactory, base_config
 from vapi_proxy.app import create_app
 from vapi_proxy.logs import ACCESS_LOGGER
 from vapi_proxy.sandbox import RunningSandbox

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 from pydantic import SecretStr
-from tests.conftest import SAVED_ASSISTANT_ID
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from tests.support.serving import serve_process
 
 from vapi_proxy.auth.api_key import generate_key, hash_key

@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.conftest import ProxyFactory
 from tests.support.http import assert_envelope, post
+from tests.support.proxy import ProxyFactory
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.cli import main
 

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.conftest import ProxyFactory
 from tests.support.clients import HTTP, bearer, observed_sandbox, proxy_for, wait_until
 from tests.support.http import assert_envelope, post, upstream_bodies
+from tests.support.proxy import ProxyFactory
 from vapi_proxy.admission import Admission, Admissions, Attempt, Created, Outcome
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.edge.middleware import RequestState

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import SAVED_ASSISTANT_ID
 from tests.support.clients import HTTP, bearer, clear_requests, proxy_for, upstream_requests
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

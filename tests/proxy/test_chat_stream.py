@@ -16,7 +16,6 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import SAVED_ASSISTANT_ID
 from tests.support.clients import (
     HTTP,
     ObservedSandbox,
@@ -26,6 +25,7 @@ from tests.support.clients import (
     wait_for,
     wait_until,
 )
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.testing import ServerThread
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import APP_ORIGIN, ProxyFactory
 from tests.support.http import assert_envelope, post, upstream_bodies
+from tests.support.proxy import APP_ORIGIN, ProxyFactory
 from tests.webhooks.conftest import wait_for
 from vapi_proxy.logs import JsonFormatter
 from vapi_proxy.sandbox import RunningSandbox

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import ProxyFactory
+from tests.support.proxy import ProxyFactory
 from vapi_proxy.testing import ServerThread
 
 

@@ -14,8 +14,8 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import ProxyFactory, base_config
 from tests.support.http import post
+from tests.support.proxy import ProxyFactory, base_config
 from vapi_proxy.settings import ConfigError, parse_settings
 
 ISSUER_A = "https://a.idp.example/"

@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ProxyFactory
 from tests.support.http import post, sample
+from tests.support.proxy import ProxyFactory
 
 
 def limited(config: dict[str, Any]) -> None:

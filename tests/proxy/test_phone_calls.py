@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SAVED_ASSISTANT_ID, ProxyFactory
 from tests.support.clients import (
     HTTP,
     PHONE_ID,
@@ -20,6 +19,7 @@ from tests.support.clients import (
     seed_phone_number,
     upstream_requests,
 )
+from tests.support.proxy import SAVED_ASSISTANT_ID, ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from tests.conftest import SAVED_ASSISTANT_ID
+from tests.support.proxy import SAVED_ASSISTANT_ID
 from tests.support.services import fresh_postgres_database, redis_url
 from tests.support.serving import serve_process
 from vapi_proxy.auth.api_key import generate_key, hash_key

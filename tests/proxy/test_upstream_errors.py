@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SAVED_ASSISTANT_ID, TRANSIENT_ASSISTANT, ProxyFactory
 from tests.support.clients import PHONE_ID, bearer, seed_phone_number
 from tests.support.http import assert_envelope, post, sample, upstream_bodies
+from tests.support.proxy import SAVED_ASSISTANT_ID, TRANSIENT_ASSISTANT, ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread, free_port
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SAVED_ASSISTANT_ID, ProxyFactory
 from tests.support.http import post, upstream_bodies
+from tests.support.proxy import SAVED_ASSISTANT_ID, ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 

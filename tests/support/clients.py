@@ -15,7 +15,7 @@ import httpx
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.conftest import SAVED_ASSISTANT_ID, base_config
+from tests.support.proxy import SAVED_ASSISTANT_ID, base_config
 from vapi_proxy.app import create_app
 from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, SeededAssistant, SeededPhoneNumber
 from vapi_proxy.sandbox import create_app as create_sandbox_app

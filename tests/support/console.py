@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from starlette.routing import Route
 
-from tests.conftest import ProxyFactory
+from tests.support.proxy import ProxyFactory
 from vapi_proxy.auth.api_key import hash_key
 from vapi_proxy.testing import ServerThread
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import base_config
+from tests.support.proxy import base_config
 from vapi_proxy.app import create_app
 from vapi_proxy.sandbox import (
     BearerCredential,
