@@ -12,13 +12,7 @@ import sqlalchemy as sa
 
 from tests.support.console import signed_in
 from tests.support.http import assert_envelope
-from tests.webhooks.conftest import (
-    HookProxyFactory,
-    on_server,
-    runtime,
-    start_web_call,
-    wait_for,
-)
+from tests.support.webhooks import HookProxyFactory, on_server, runtime, start_web_call, wait_for
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.sandbox import ManualClock, RunningSandbox

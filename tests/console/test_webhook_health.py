@@ -9,7 +9,7 @@ import httpx
 
 from tests.console.test_live_calls import _proxy, _status
 from tests.support.http import assert_envelope
-from tests.webhooks.conftest import HookProxyFactory, on_server, runtime, start_web_call, wait_for
+from tests.support.webhooks import HookProxyFactory, on_server, runtime, start_web_call, wait_for
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.ledger.records import OutboxItem
 from vapi_proxy.sandbox import ManualClock

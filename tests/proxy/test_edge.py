@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.http import assert_envelope, post, upstream_bodies
 from tests.support.proxy import APP_ORIGIN, ProxyFactory
-from tests.webhooks.conftest import wait_for
+from tests.support.webhooks import wait_for
 from vapi_proxy.logs import JsonFormatter
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread

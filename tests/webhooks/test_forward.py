@@ -13,8 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.webhooks.app_stub import AppStub
-from tests.webhooks.conftest import (
+from tests.support.webhooks import (
     HookProxyFactory,
     Keys,
     on_server,
@@ -22,6 +21,7 @@ from tests.webhooks.conftest import (
     start_web_call,
     wait_for,
 )
+from tests.webhooks.app_stub import AppStub
 from vapi_proxy.sandbox import ManualClock
 from vapi_proxy.testing import ServerThread, free_port
 from vapi_proxy.webhooks.forward import verify_signature

@@ -10,16 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.webhooks.app_stub import AppStub
-from tests.webhooks.conftest import (
+from tests.support.proxy import SAVED_ASSISTANT_ID
+from tests.support.webhooks import (
     INBOUND_NUMBER_ID,
-    SAVED_ASSISTANT_ID,
     HookProxyFactory,
     Keys,
     on_server,
     runtime,
     wait_for,
 )
+from tests.webhooks.app_stub import AppStub
 from vapi_proxy.sandbox import ManualClock, RunningSandbox
 from vapi_proxy.testing import ServerThread
 from vapi_proxy.webhooks.forward import verify_signature

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from tests.webhooks.conftest import (
+from tests.support.webhooks import (
     VERIFIERS,
     HookProxyFactory,
     Keys,
