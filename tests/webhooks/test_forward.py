@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.support.app_stub import AppStub
 from tests.support.webhooks import (
     HookProxyFactory,
     Keys,
@@ -21,7 +22,6 @@ from tests.support.webhooks import (
     start_web_call,
     wait_for,
 )
-from tests.webhooks.app_stub import AppStub
 from vapi_proxy.sandbox import ManualClock
 from vapi_proxy.testing import ServerThread, free_port
 from vapi_proxy.webhooks.forward import verify_signature

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.app_stub import AppStub
 from tests.support.proxy import SAVED_ASSISTANT_ID
 from tests.support.webhooks import (
     INBOUND_NUMBER_ID,
@@ -19,7 +20,6 @@ from tests.support.webhooks import (
     runtime,
     wait_for,
 )
-from tests.webhooks.app_stub import AppStub
 from vapi_proxy.sandbox import ManualClock, RunningSandbox
 from vapi_proxy.testing import ServerThread
 from vapi_proxy.webhooks.forward import verify_signature
