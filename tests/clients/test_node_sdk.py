@@ -8,15 +8,11 @@ installed by scripts/clients-setup). Each test asserts both sides: what the simu
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.clients import (
-    HTTP,
     PHONE_ID,
     clear_requests,
     phone_profiles,
@@ -24,13 +20,11 @@ from tests.support.clients import (
     seed_phone_number,
     upstream_requests,
 )
+from tests.support.node import run_node, sandbox_calls
 from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
 
-NODE_DIR = Path(__file__).parent / "node"
-DRIVER = NODE_DIR / "sdk.mjs"
-SDK_VERSION = "2.0.1"
 PRIVATE_KEY_SEEN = "Bearer [redacted: private-key]"
 # Fields of Vapi's Call (as the simulator holds it) the proxy keeps on the server (docs/api.md,
 # `POST /call`): monitor URLs, the org, the real assistant and its overrides (server variables,
@@ -43,32 +37,6 @@ SERVER_ONLY = (
     "phoneCallProvider",
     "phoneCallProviderId",
 )
-
-
-def run_node(proxy_url: str, token: str, steps: list[dict[str, Any]], timeout: float = 20.0) -> Any:
-    """Run the SDK steps in node (bounded) and return its per-step results."""
-    package = NODE_DIR / "node_modules" / "@vapi-ai" / "server-sdk" / "package.json"
-    # Never a skip: a machine without the pinned SDK is a broken setup.
-    assert package.is_file(), f"{package} is missing: run scripts/clients-setup"
-    version = json.loads(package.read_text())["version"]
-    assert version == SDK_VERSION, f"@vapi-ai/server-sdk is {version}: run scripts/clients-setup"
-    plan = {"baseUrl": proxy_url, "token": token, "steps": steps}
-    done = subprocess.run(
-        ["node", str(DRIVER), json.dumps(plan)],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def sandbox_calls(sandbox: RunningSandbox, number: str) -> list[dict[str, Any]]:
-    """The calls the simulator created to `number`."""
-    calls = HTTP.get(f"{sandbox.url}/__sandbox/calls").json()
-    return [c for c in calls if (c.get("customer") or {}).get("number") == number]
 
 
 @pytest.fixture(scope="module")

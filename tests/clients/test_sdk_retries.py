@@ -22,7 +22,6 @@ import pytest
 from vapi import Vapi
 from vapi.core.api_error import ApiError
 
-from tests.clients.test_node_sdk import run_node, sandbox_calls
 from tests.support.clients import (
     HTTP,
     clear_requests,
@@ -31,6 +30,7 @@ from tests.support.clients import (
     seed_phone_number,
     upstream_requests,
 )
+from tests.support.node import run_node, sandbox_calls
 from tests.support.proxy import ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
