@@ -10,10 +10,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.support.console import signed_in
+from tests.support.console import hook_proxy_with_admin, ledger_status, signed_in
 from tests.support.http import assert_envelope
 from tests.support.webhooks import HookProxyFactory, on_server, runtime, start_web_call, wait_for
-from vapi_proxy.auth.api_key import generate_key, hash_key
+from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.sandbox import ManualClock, RunningSandbox
 from vapi_proxy.testing import ServerThread
@@ -22,18 +22,6 @@ from vapi_proxy.testing import ServerThread
 @pytest.fixture(scope="module")
 def admin_key() -> str:
     return generate_key()
-
-
-def _proxy(make_hook_proxy: HookProxyFactory, admin_key: str) -> ServerThread:
-    def patch(config: dict[str, Any]) -> None:
-        config["admin"] = {"key_hashes": [hash_key(admin_key)]}
-
-    return make_hook_proxy("hmac", patch)
-
-
-def _status(server: ServerThread, call_id: str) -> str | None:
-    record = on_server(server, runtime(server).ledger.get_call(call_id))
-    return None if record is None else record.status
 
 
 def _stored_control_url(server: ServerThread, call_id: str) -> str | None:
@@ -53,7 +41,7 @@ def test_a_live_call_is_listed_and_ended_from_the_console(
     admin_key: str,
     user_key: str,
 ) -> None:
-    server = _proxy(make_hook_proxy, admin_key)
+    server = hook_proxy_with_admin(make_hook_proxy, admin_key)
     reply = start_web_call(server, user_key)
     assert reply.status_code == 201, reply.text
     call_id = reply.json()["id"]
@@ -61,7 +49,7 @@ def test_a_live_call_is_listed_and_ended_from_the_console(
     url = _stored_control_url(server, call_id)
     assert url is not None and url.endswith(f"/{call_id}/control")
     clock.advance(3)
-    wait_for(lambda: _status(server, call_id) == "in-progress")
+    wait_for(lambda: ledger_status(server, call_id) == "in-progress")
 
     client, csrf = signed_in(server, admin_key)
     try:
@@ -80,7 +68,7 @@ def test_a_live_call_is_listed_and_ended_from_the_console(
         assert ended.status_code == 202, ended.text
         assert "control" not in ended.text
         # The simulator's end-of-call webhook settles the call in the ledger.
-        wait_for(lambda: _status(server, call_id) == "ended")
+        wait_for(lambda: ledger_status(server, call_id) == "ended")
         record = on_server(server, runtime(server).ledger.get_call(call_id))
         assert record.ended_reason == "assistant-ended-call"
         live_ids = [c["id"] for c in client.get("/admin/api/calls/live").json()["items"]]
@@ -112,11 +100,11 @@ def test_blocking_with_end_calls_ends_the_identitys_live_calls(
     user_key: str,
     other_key: str,
 ) -> None:
-    server = _proxy(make_hook_proxy, admin_key)
+    server = hook_proxy_with_admin(make_hook_proxy, admin_key)
     alice = start_web_call(server, user_key).json()["id"]
     bob = start_web_call(server, other_key, profile="support").json()["id"]
     clock.advance(3)
-    wait_for(lambda: _status(server, alice) == "in-progress")
+    wait_for(lambda: ledger_status(server, alice) == "in-progress")
     made = httpx.post(
         server.url + "/admin/api/blocks",
         json={"identity": "api_key:alice", "reason": "Abuse", "endCalls": True},
@@ -124,8 +112,8 @@ def test_blocking_with_end_calls_ends_the_identitys_live_calls(
     )
     assert made.status_code == 201, made.text
     assert made.json()["endedCalls"] == [alice]
-    wait_for(lambda: _status(server, alice) == "ended")
-    assert _status(server, bob) != "ended"
+    wait_for(lambda: ledger_status(server, alice) == "ended")
+    assert ledger_status(server, bob) != "ended"
     refused = start_web_call(server, user_key)
     assert_envelope(refused, 403)
 

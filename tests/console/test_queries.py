@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.console.test_usage import DAY, ROWS
+from tests.support.console import DAY, ROWS
 from vapi_proxy.console.queries import (
     UsageFilter,
     by_profile,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.console import admin_proxy
+from tests.support.console import DAY, ROWS, admin_proxy, usage_row
 from tests.support.http import assert_envelope, post
 from tests.support.proxy import ProxyFactory
 from vapi_proxy.auth.api_key import generate_key
@@ -22,32 +22,10 @@ from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.testing import ServerThread
 
-DAY = datetime(2026, 11, 3, tzinfo=UTC)
-
 
 @pytest.fixture(scope="module")
 def admin_key() -> str:
     return generate_key()
-
-
-def _row(call_id: str, at: datetime, identity: str, profile: str, **extra: Any) -> dict[str, Any]:
-    method, _, _subject = identity.partition(":")
-    row = {
-        "id": call_id,
-        "kind": "web",
-        "identity_key": identity,
-        "identity_hash": "h",
-        "auth_method": method,
-        "tenant": None,
-        "profile": profile,
-        "created_at": at,
-        "updated_at": at,
-        "status": "ended",
-        "duration_seconds": 60.0,
-        "cost_usd": 0.5,
-    }
-    row.update(extra)
-    return row
 
 
 def seed(server: ServerThread, rows: list[dict[str, Any]]) -> None:
@@ -59,39 +37,6 @@ def seed(server: ServerThread, rows: list[dict[str, Any]]) -> None:
 
     assert server.loop is not None
     asyncio.run_coroutine_threadsafe(insert(), server.loop).result(timeout=10)
-
-
-ROWS = [
-    _row("c1", DAY + timedelta(hours=9, minutes=5), "api_key:alice", "sales-coach"),
-    _row(
-        "c2",
-        DAY + timedelta(hours=9, minutes=50),
-        "api_key:alice",
-        "support",
-        duration_seconds=120.0,
-        cost_usd=1.25,
-    ),
-    _row(
-        "c3",
-        DAY + timedelta(hours=11),
-        "api_key:bob",
-        "support",
-        tenant="acme",
-        duration_seconds=30.0,
-        cost_usd=0.1,
-    ),
-    _row(
-        "c4",
-        DAY + timedelta(hours=11, minutes=1),
-        "api_key:bob",
-        "support",
-        kind="chat",
-        tenant="acme",
-        duration_seconds=None,
-        cost_usd=0.01,
-    ),
-    _row("old", DAY - timedelta(days=3), "api_key:alice", "sales-coach"),
-]
 
 
 def _get(server: ServerThread, admin_key: str, path: str, **params: str) -> httpx.Response:
@@ -168,7 +113,9 @@ def test_top_users_show_what_is_left_under_their_limits(
 
 def test_csv_export_is_what_is_shown(make_proxy: ProxyFactory, admin_key: str) -> None:
     server = admin_proxy(make_proxy, admin_key)
-    evil = _row("c9", DAY + timedelta(hours=9), "=HYPERLINK(1)", "support", auth_method="api_key")
+    evil = usage_row(
+        "c9", DAY + timedelta(hours=9), "=HYPERLINK(1)", "support", auth_method="api_key"
+    )
     seed(server, [*ROWS, evil])
     window = {"since": "2026-11-03T08:00:00Z", "until": "2026-11-03T12:00:00Z"}
     reply = _get(server, admin_key, "/admin/api/usage.csv", **window)
@@ -227,7 +174,7 @@ def test_me_usage_shows_my_usage_and_what_is_left(
     seed(
         server,
         [
-            _row(
+            usage_row(
                 "earlier",
                 utc_now() - timedelta(seconds=5),
                 "api_key:alice",

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.console.test_live_calls import _proxy, _status
+from tests.support.console import hook_proxy_with_admin, ledger_status
 from tests.support.http import assert_envelope
 from tests.support.webhooks import HookProxyFactory, on_server, runtime, start_web_call, wait_for
 from vapi_proxy.auth.api_key import generate_key
@@ -19,11 +19,11 @@ def test_events_failures_and_outbox(
     make_hook_proxy: HookProxyFactory, clock: ManualClock, user_key: str
 ) -> None:
     admin_key = generate_key()
-    server = _proxy(make_hook_proxy, admin_key)
+    server = hook_proxy_with_admin(make_hook_proxy, admin_key)
     admin = {"Authorization": f"Bearer {admin_key}"}
     call_id = start_web_call(server, user_key).json()["id"]
     clock.advance(40)
-    wait_for(lambda: _status(server, call_id) == "ended")
+    wait_for(lambda: ledger_status(server, call_id) == "ended")
     forged = httpx.post(
         server.url + "/webhook",
         json={"message": {"type": "status-update", "status": "ended"}},
