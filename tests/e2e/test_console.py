@@ -27,8 +27,14 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.e2e.conftest import CHROMIUM_MAY_TRY, E2E_DIR, BrowserDriver
-from tests.e2e.test_web_sdk import events_named, progress, start_in_page
+from tests.support.browser import (
+    CHROMIUM_MAY_TRY,
+    E2E_DIR,
+    BrowserDriver,
+    events_named,
+    progress,
+    start_in_page,
+)
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.testing import ServerThread, free_port
 

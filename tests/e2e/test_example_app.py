@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from tests.e2e.conftest import EXAMPLE_DIR, BrowserDriver, off_loopback_violations, page_url
+from tests.support.browser import EXAMPLE_DIR, BrowserDriver, off_loopback_violations, page_url
 from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.app import create_app
 from vapi_proxy.sandbox import RunningSandbox

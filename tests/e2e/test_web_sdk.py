@@ -20,7 +20,13 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
-from tests.e2e.conftest import BrowserDriver, off_loopback_violations, page_tried, page_url
+from tests.support.browser import (
+    BrowserDriver,
+    events_named,
+    page_tried,
+    progress,
+    start_in_page,
+)
 from tests.support.proxy import APP_ORIGIN, SAVED_ASSISTANT_ID, ProxyFactory, base_config
 from vapi_proxy.app import create_app
 from vapi_proxy.logs import ACCESS_LOGGER
@@ -91,36 +97,6 @@ def proxy_for_page(
     yield start
     for server in started.values():
         server.stop()
-
-
-def start_in_page(
-    browser: BrowserDriver,
-    page_server: ServerThread,
-    base_url: str,
-    *,
-    token: str,
-    profile: str,
-    form: str,
-    variables: dict[str, Any] | None = None,
-    overrides: dict[str, Any] | None = None,
-    until: str = "settled",
-    timeout: float = 15.0,
-) -> dict[str, Any]:
-    params = {"proxy": base_url, "token": token, "profile": profile, "form": form}
-    params["variables"] = json.dumps(variables or {})
-    params["overrides"] = json.dumps(overrides or {})
-    result = browser.run(page_url(page_server, **params), until=until, timeout=timeout)
-    assert "driverError" not in result, result
-    assert off_loopback_violations(result) == [], "tried to leave 127.0.0.1 (refused)"
-    return result
-
-
-def events_named(result: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return [event["payload"] for event in result["events"] if event["name"] == name]
-
-
-def progress(result: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(p["stage"], p["status"]) for p in events_named(result, "call-start-progress")]
 
 
 def proxy_posts(result: dict[str, Any]) -> list[str]:
