@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from tests.support.clients import phone_profiles, proxy_for, seed_phone_number
 from tests.support.proxy import SAVED_ASSISTANT_ID, ProxyFactory, base_config
 from vapi_proxy.app import create_app
 from vapi_proxy.auth.api_key import generate_key
@@ -78,3 +79,18 @@ def make_proxy(
 @pytest.fixture
 def proxy(make_proxy: ProxyFactory) -> ServerThread:
     return make_proxy()
+
+
+@pytest.fixture(scope="module")
+def phone_proxy(
+    sandbox: RunningSandbox,
+    user_key: str,
+    other_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerThread]:
+    """A proxy with the phone profiles (`phone_profiles`) in front of the simulator, whose phone
+    number is seeded; one per test module."""
+    seed_phone_number(sandbox)
+    folder = str(tmp_path_factory.mktemp("phone"))
+    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
+        yield proxy

@@ -8,16 +8,10 @@ installed by scripts/clients-setup). Each test asserts both sides: what the simu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from tests.support.clients import (
     PHONE_ID,
     clear_requests,
-    phone_profiles,
-    proxy_for,
-    seed_phone_number,
     upstream_requests,
 )
 from tests.support.node import run_node, sandbox_calls
@@ -39,27 +33,14 @@ SERVER_ONLY = (
 )
 
 
-@pytest.fixture(scope="module")
-def node_proxy(
-    sandbox: RunningSandbox,
-    user_key: str,
-    other_key: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerThread]:
-    seed_phone_number(sandbox)
-    folder = str(tmp_path_factory.mktemp("node-sdk"))
-    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
-        yield proxy
-
-
 def test_calls_create_get_and_list(
-    node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     clear_requests(sandbox)
     number = "+14155550191"
     create = {"assistantId": "outbound", "customer": {"number": number, "name": "Ada"}}
     created, got, listed = run_node(
-        node_proxy.url,
+        phone_proxy.url,
         user_key,
         [
             {"op": "calls.create", "args": create},
@@ -97,11 +78,11 @@ def test_calls_create_get_and_list(
 
 
 def test_refusals_reach_the_sdk_as_errors(
-    node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
 ) -> None:
     clear_requests(sandbox)
     refused, unknown = run_node(
-        node_proxy.url,
+        phone_proxy.url,
         user_key,
         [
             {
@@ -117,10 +98,10 @@ def test_refusals_reach_the_sdk_as_errors(
     assert upstream_requests(sandbox, "/call") == []
 
 
-def test_chats_create(node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str) -> None:
+def test_chats_create(phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str) -> None:
     clear_requests(sandbox)
     (chat,) = run_node(
-        node_proxy.url,
+        phone_proxy.url,
         user_key,
         [{"op": "chats.create", "args": {"assistantId": "sales-coach", "input": "hello node"}}],
     )
@@ -134,11 +115,11 @@ def test_chats_create(node_proxy: ServerThread, sandbox: RunningSandbox, user_ke
 
 
 def test_fetch_passthrough_starts_a_web_call(
-    node_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     clear_requests(sandbox)
     (web,) = run_node(
-        node_proxy.url,
+        phone_proxy.url,
         user_key,
         [{"op": "fetch", "args": {"path": "/call/web", "body": {"assistantId": "sales-coach"}}}],
     )

@@ -26,7 +26,6 @@ from tests.support.clients import (
     HTTP,
     clear_requests,
     phone_profiles,
-    proxy_for,
     seed_phone_number,
     upstream_requests,
 )
@@ -34,19 +33,6 @@ from tests.support.node import run_node, sandbox_calls
 from tests.support.proxy import ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
-
-
-@pytest.fixture(scope="module")
-def retry_proxy(
-    sandbox: RunningSandbox,
-    user_key: str,
-    other_key: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerThread]:
-    seed_phone_number(sandbox)
-    folder = str(tmp_path_factory.mktemp("sdk-retries"))
-    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
-        yield proxy
 
 
 @pytest.fixture(autouse=True)
@@ -100,11 +86,11 @@ def node_create(
 
 @pytest.mark.parametrize("status", [500, 503])
 def test_python_sdk_retries_a_vapi_5xx_and_one_call_exists(
-    retry_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, status: int
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, status: int
 ) -> None:
     number = f"+1415555{status}1"
     fault(sandbox, action="status", status=status, count=1)
-    call = python_create(retry_proxy, user_key, number)
+    call = python_create(phone_proxy, user_key, number)
     # Attempt 1: Vapi's 5xx (the proxy answered 503); attempt 2 created the call.
     assert len(creations(sandbox)) == 2
     created = sandbox_calls(sandbox, number)
@@ -113,26 +99,26 @@ def test_python_sdk_retries_a_vapi_5xx_and_one_call_exists(
 
 @pytest.mark.parametrize("status", [500, 503])
 def test_node_sdk_retries_a_vapi_5xx_and_one_call_exists(
-    retry_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, status: int
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, status: int
 ) -> None:
     number = f"+1415555{status}2"
     fault(sandbox, action="status", status=status, count=1)
-    result = node_create(retry_proxy, user_key, number)
+    result = node_create(phone_proxy, user_key, number)
     assert result["ok"], result
     assert len(creations(sandbox)) == 2
     assert [c["id"] for c in sandbox_calls(sandbox, number)] == [result["value"]["id"]]
 
 
 def test_a_5xx_releases_the_idempotency_key_so_the_retry_creates_the_call(
-    retry_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     number = "+14155550601"
     key = f"retry-{uuid.uuid4()}"
     fault(sandbox, action="status", status=503, count=1)
-    first = node_create(retry_proxy, user_key, number, key)
+    first = node_create(phone_proxy, user_key, number, key)
     assert first["ok"] and first["replayed"] is None, first
     # The same key later: the stored result, no new creation.
-    again = node_create(retry_proxy, user_key, number, key)
+    again = node_create(phone_proxy, user_key, number, key)
     assert again["ok"] and again["replayed"] == "true"
     assert again["value"]["id"] == first["value"]["id"]
     assert len(creations(sandbox)) == 2
@@ -143,11 +129,11 @@ def test_a_5xx_releases_the_idempotency_key_so_the_retry_creates_the_call(
 
 
 def test_python_sdk_without_a_key_asks_vapi_again_after_an_ambiguous_failure(
-    retry_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     number = "+14155550602"
     fault(sandbox, action="drop-after-body", count=1)
-    call = python_create(retry_proxy, user_key, number)
+    call = python_create(phone_proxy, user_key, number)
     # Both attempts reached Vapi. The simulator created nothing for the dropped one, but a
     # real Vapi may have: that would be a second call the caller never hears of.
     assert len(creations(sandbox)) == 2
@@ -155,23 +141,23 @@ def test_python_sdk_without_a_key_asks_vapi_again_after_an_ambiguous_failure(
 
 
 def test_node_sdk_without_a_key_asks_vapi_again_after_an_ambiguous_failure(
-    retry_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     number = "+14155550603"
     fault(sandbox, action="drop-after-body", count=1)
-    result = node_create(retry_proxy, user_key, number)
+    result = node_create(phone_proxy, user_key, number)
     assert result["ok"], result
     assert len(creations(sandbox)) == 2
     assert [c["id"] for c in sandbox_calls(sandbox, number)] == [result["value"]["id"]]
 
 
 def test_python_sdk_with_a_key_never_asks_vapi_twice(
-    retry_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     number = "+14155550604"
     fault(sandbox, action="drop-after-body", count=1)
     with pytest.raises(ApiError) as caught:
-        python_create(retry_proxy, user_key, number, f"retry-{uuid.uuid4()}")
+        python_create(phone_proxy, user_key, number, f"retry-{uuid.uuid4()}")
     # The SDK tried three times; the proxy asked Vapi once and replayed its 502 twice.
     assert caught.value.status_code == 502
     assert (caught.value.headers or {}).get("idempotent-replayed") == "true"
@@ -181,11 +167,11 @@ def test_python_sdk_with_a_key_never_asks_vapi_twice(
 
 
 def test_node_sdk_with_a_key_never_asks_vapi_twice(
-    retry_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     number = "+14155550605"
     fault(sandbox, action="drop-after-body", count=1)
-    result = node_create(retry_proxy, user_key, number, f"retry-{uuid.uuid4()}")
+    result = node_create(phone_proxy, user_key, number, f"retry-{uuid.uuid4()}")
     assert not result["ok"] and result["status"] == 502, result
     assert result["replayed"] == "true"
     assert "connection to Vapi failed" in result["body"]["message"]

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from vapi import Vapi
 from vapi.core.api_error import ApiError
 
-from tests.support.clients import HTTP, phone_profiles, proxy_for, seed_phone_number
-from vapi_proxy.sandbox import RunningSandbox
+from tests.support.clients import HTTP
 from vapi_proxy.testing import ServerThread
-
-
-@pytest.fixture(scope="module")
-def sdk_proxy(
-    sandbox: RunningSandbox,
-    user_key: str,
-    other_key: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerThread]:
-    seed_phone_number(sandbox)
-    folder = str(tmp_path_factory.mktemp("sdk"))
-    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
-        yield proxy
 
 
 def _client(proxy: ServerThread, key: str) -> Vapi:
@@ -31,8 +15,8 @@ def _client(proxy: ServerThread, key: str) -> Vapi:
     return Vapi(token=key, base_url=proxy.url, httpx_client=HTTP)
 
 
-def test_calls_create_and_get(sdk_proxy: ServerThread, user_key: str) -> None:
-    vapi = _client(sdk_proxy, user_key)
+def test_calls_create_and_get(phone_proxy: ServerThread, user_key: str) -> None:
+    vapi = _client(phone_proxy, user_key)
     call = vapi.calls.create(assistant_id="outbound", customer={"number": "+14155550188"})
     assert call.id and call.type == "outboundPhoneCall"
     assert call.customer is not None and call.customer.number == "+14155550188"
@@ -40,34 +24,34 @@ def test_calls_create_and_get(sdk_proxy: ServerThread, user_key: str) -> None:
     assert again.id == call.id and again.status in {"queued", "ringing", "in-progress"}
 
 
-def test_a_call_outside_the_allowlist_is_refused(sdk_proxy: ServerThread, user_key: str) -> None:
-    vapi = _client(sdk_proxy, user_key)
+def test_a_call_outside_the_allowlist_is_refused(phone_proxy: ServerThread, user_key: str) -> None:
+    vapi = _client(phone_proxy, user_key)
     with pytest.raises(ApiError) as caught:
         vapi.calls.create(assistant_id="outbound", customer={"number": "+33612345678"})
     assert caught.value.status_code == 403
 
 
 def test_another_users_call_is_not_found(
-    sdk_proxy: ServerThread, user_key: str, other_key: str
+    phone_proxy: ServerThread, user_key: str, other_key: str
 ) -> None:
-    call = _client(sdk_proxy, user_key).calls.create(
+    call = _client(phone_proxy, user_key).calls.create(
         assistant_id="outbound", customer={"number": "+14155550189"}
     )
     with pytest.raises(ApiError) as caught:
-        _client(sdk_proxy, other_key).calls.get(call.id)
+        _client(phone_proxy, other_key).calls.get(call.id)
     assert caught.value.status_code == 404
 
 
-def test_chats_create_and_continue(sdk_proxy: ServerThread, user_key: str) -> None:
-    vapi = _client(sdk_proxy, user_key)
+def test_chats_create_and_continue(phone_proxy: ServerThread, user_key: str) -> None:
+    vapi = _client(phone_proxy, user_key)
     chat = vapi.chats.create(assistant_id="sales-coach", input="hello sdk")
     assert chat.output is not None and chat.output[0].content == "You said: hello sdk"
     more = vapi.chats.create(previous_chat_id=chat.id, input="and again")
     assert more.output is not None and more.output[0].content == "You said: and again"
 
 
-def test_chats_create_response(sdk_proxy: ServerThread, user_key: str) -> None:
-    vapi = _client(sdk_proxy, user_key)
+def test_chats_create_response(phone_proxy: ServerThread, user_key: str) -> None:
+    vapi = _client(phone_proxy, user_key)
     # The SDK reads the reply as JSON: it must ask for `stream=False` (the endpoint streams by
     # default, as Vapi's does).
     response = vapi.chats.create_response(assistant_id="support", input="hi", stream=False)

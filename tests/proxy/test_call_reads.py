@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.support.clients import (
     HTTP,
     bearer,
     clear_requests,
-    phone_profiles,
-    proxy_for,
-    seed_phone_number,
     upstream_requests,
 )
 from tests.support.http import assert_envelope
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
-
-
-@pytest.fixture(scope="module")
-def reads_proxy(
-    sandbox: RunningSandbox,
-    user_key: str,
-    other_key: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerThread]:
-    seed_phone_number(sandbox)
-    folder = str(tmp_path_factory.mktemp("reads"))
-    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
-        yield proxy
 
 
 def _web_call(proxy: ServerThread, key: str, profile: str = "sales-coach") -> str:
@@ -41,10 +23,10 @@ def _web_call(proxy: ServerThread, key: str, profile: str = "sales-coach") -> st
 
 
 def test_the_creator_reads_its_call_scrubbed(
-    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
-    call_id = _web_call(reads_proxy, user_key)
-    reply = HTTP.get(f"{reads_proxy.url}/call/{call_id}", headers=bearer(user_key))
+    call_id = _web_call(phone_proxy, user_key)
+    reply = HTTP.get(f"{phone_proxy.url}/call/{call_id}", headers=bearer(user_key))
     assert reply.status_code == 200, reply.text
     call = reply.json()
     assert call["id"] == call_id and call["type"] == "webCall"
@@ -53,34 +35,34 @@ def test_the_creator_reads_its_call_scrubbed(
 
 
 def test_another_users_call_is_404_and_reaches_no_upstream(
-    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
 ) -> None:
-    call_id = _web_call(reads_proxy, other_key, "support")
+    call_id = _web_call(phone_proxy, other_key, "support")
     clear_requests(sandbox)
-    theirs = HTTP.get(f"{reads_proxy.url}/call/{call_id}", headers=bearer(user_key))
-    unknown = HTTP.get(f"{reads_proxy.url}/call/{'0' * 36}", headers=bearer(user_key))
+    theirs = HTTP.get(f"{phone_proxy.url}/call/{call_id}", headers=bearer(user_key))
+    unknown = HTTP.get(f"{phone_proxy.url}/call/{'0' * 36}", headers=bearer(user_key))
     assert theirs.status_code == unknown.status_code == 404
     assert theirs.json()["message"] == unknown.json()["message"]
     assert upstream_requests(sandbox) == []
 
 
-def test_reads_need_a_credential(reads_proxy: ServerThread) -> None:
-    assert HTTP.get(f"{reads_proxy.url}/call/x").status_code == 401
-    assert HTTP.get(f"{reads_proxy.url}/call").status_code == 401
+def test_reads_need_a_credential(phone_proxy: ServerThread) -> None:
+    assert HTTP.get(f"{phone_proxy.url}/call/x").status_code == 401
+    assert HTTP.get(f"{phone_proxy.url}/call").status_code == 401
 
 
 def test_the_list_holds_only_the_callers_calls_newest_first(
-    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str, other_key: str
 ) -> None:
-    mine = [_web_call(reads_proxy, user_key) for _ in range(3)]
+    mine = [_web_call(phone_proxy, user_key) for _ in range(3)]
     phone = HTTP.post(
-        f"{reads_proxy.url}/call",
+        f"{phone_proxy.url}/call",
         json={"assistantId": "outbound", "customer": {"number": "+14155550177"}},
         headers=bearer(user_key),
     ).json()["id"]
-    theirs = _web_call(reads_proxy, other_key, "support")
+    theirs = _web_call(phone_proxy, other_key, "support")
     clear_requests(sandbox)
-    listed = HTTP.get(f"{reads_proxy.url}/call", headers=bearer(user_key)).json()
+    listed = HTTP.get(f"{phone_proxy.url}/call", headers=bearer(user_key)).json()
     ids = [c["id"] for c in listed]
     assert ids[:4] == [phone, *reversed(mine)]
     assert theirs not in ids
@@ -89,11 +71,11 @@ def test_the_list_holds_only_the_callers_calls_newest_first(
     assert by_id[mine[0]] | {"status": "queued"} == by_id[mine[0]]
     assert by_id[mine[0]]["assistantId"] == "sales-coach"
     assert upstream_requests(sandbox) == []  # the list is the ledger's, Vapi is not asked
-    two = HTTP.get(f"{reads_proxy.url}/call?limit=2", headers=bearer(user_key)).json()
+    two = HTTP.get(f"{phone_proxy.url}/call?limit=2", headers=bearer(user_key)).json()
     assert [c["id"] for c in two] == ids[:2]
-    assert HTTP.get(f"{reads_proxy.url}/call?limit=0", headers=bearer(user_key)).json() == []
+    assert HTTP.get(f"{phone_proxy.url}/call?limit=0", headers=bearer(user_key)).json() == []
     for bad in ("1001", "-1", "x"):
-        refused = HTTP.get(f"{reads_proxy.url}/call?limit={bad}", headers=bearer(user_key))
+        refused = HTTP.get(f"{phone_proxy.url}/call?limit={bad}", headers=bearer(user_key))
         assert refused.status_code == 400
 
 
@@ -111,15 +93,15 @@ def test_the_list_holds_only_the_callers_calls_newest_first(
     ],
 )
 def test_a_bad_limit_is_a_400_naming_it(
-    reads_proxy: ServerThread, user_key: str, query: str
+    phone_proxy: ServerThread, user_key: str, query: str
 ) -> None:
-    reply = HTTP.get(f"{reads_proxy.url}/call?{query}", headers=bearer(user_key))
+    reply = HTTP.get(f"{phone_proxy.url}/call?{query}", headers=bearer(user_key))
     body = assert_envelope(reply, 400)
     assert "'limit'" in str(body["message"])
 
 
 def test_unknown_query_parameters_are_refused_on_every_route(
-    reads_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
+    phone_proxy: ServerThread, sandbox: RunningSandbox, user_key: str
 ) -> None:
     clear_requests(sandbox)
     for method, path in (
@@ -134,7 +116,7 @@ def test_unknown_query_parameters_are_refused_on_every_route(
     ):
         reply = HTTP.request(
             method,
-            reads_proxy.url + path,
+            phone_proxy.url + path,
             json={"assistantId": "sales-coach"},
             headers=bearer(user_key),
         )

@@ -3,7 +3,6 @@ callee, checked against the profile's destinations; refusals never reach Vapi.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,26 +14,12 @@ from tests.support.clients import (
     bearer,
     clear_requests,
     phone_profiles,
-    proxy_for,
     seed_phone_number,
     upstream_requests,
 )
 from tests.support.proxy import SAVED_ASSISTANT_ID, ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
 from vapi_proxy.testing import ServerThread
-
-
-@pytest.fixture(scope="module")
-def phone_proxy(
-    sandbox: RunningSandbox,
-    user_key: str,
-    other_key: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerThread]:
-    seed_phone_number(sandbox)
-    folder = str(tmp_path_factory.mktemp("phone"))
-    with proxy_for(sandbox, user_key, other_key, folder, phone_profiles) as proxy:
-        yield proxy
 
 
 def _call(proxy: ServerThread, key: str, body: dict[str, Any], **headers: str) -> httpx.Response:
