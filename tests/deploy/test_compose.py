@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.configs import check, with_secrets_in
-from tests.deploy.dockerfile import final_stage, instructions
-from tests.deploy.manifests import DEPLOY, ROOT, compose
+from tests.support.deploy_configs import check, with_secrets_in
+from tests.support.dockerfile import final_stage, instructions
+from tests.support.manifests import DEPLOY, ROOT, compose
 from vapi_proxy.cli import build_parser
 from vapi_proxy.cli.serve import uvicorn_kwargs
 from vapi_proxy.settings import Settings

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.dockerfile import DOCKERFILE, DOCKERIGNORE, ROOT, final_stage, instructions
-from tests.deploy.manifests import deployment
+from tests.support.dockerfile import DOCKERFILE, DOCKERIGNORE, ROOT, final_stage, instructions
+from tests.support.manifests import deployment
 
 # The container's start-up command (compared as text here; nothing binds to 0.0.0.0 in tests).
 SERVE = ["serve", "--config", "/etc/vapi-proxy/proxy.yaml", "--host", "0.0.0.0", "--port", "8080"]  # noqa: S104

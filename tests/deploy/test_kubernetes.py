@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.configs import check, with_secrets_in
-from tests.deploy.dockerfile import final_stage, instructions
-from tests.deploy.manifests import (
+from tests.support.deploy_configs import check, with_secrets_in
+from tests.support.dockerfile import final_stage, instructions
+from tests.support.manifests import (
     KUSTOMIZATION,
     SECRET_TEMPLATE,
     deployment,

@@ -27,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.deploy.configs import VAPI_PROXY, clean_environment
-from tests.deploy.dockerfile import final_stage, instructions
-from tests.deploy.manifests import DEPLOY, compose
+from tests.support.deploy_configs import VAPI_PROXY, clean_environment
+from tests.support.dockerfile import final_stage, instructions
+from tests.support.manifests import DEPLOY, compose
 from vapi_proxy.testing import ServerThread, free_port
 
 HOST = "127.0.0.1"
