@@ -11,9 +11,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ProxyFactory
-from tests.deploy.dockerfile import ROOT
-from tests.proxy.test_web_call import post
+from tests.support.dockerfile import ROOT
+from tests.support.http import post
+from tests.support.proxy import ProxyFactory
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "vapi-proxy.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
