@@ -2,7 +2,8 @@
 [--backend sqlite|postgres|both] [--postgres-url URL] [--repeat K]`.
 
 A benchmark, not a test. For each backend it fills a fresh ledger (migrated by Alembic, so the
-console's indexes are the shipped ones) with N calls (default 1,000,000) spread over 90 days,
+console's indexes, and the triggers that keep the hourly usage totals as rows are inserted, are
+the shipped ones) with N calls (default 1,000,000) spread over 90 days,
 2,000 identities, 6 profiles and 20 tenants, plus 200 live calls, a tenth as many webhook
 events, an outbox backlog and 5,000 audit rows; then starts the real proxy app on loopback and
 times each console request over real HTTP (the first answer is a warm-up and not counted; then
