@@ -197,26 +197,43 @@ def expect_demo(body: dict[str, Any], client: dict[str, Any]) -> None:
 
 
 FORMS = [
-    # id, profile, page form, client variables, what Vapi must receive
-    ("string", "sales-coach", "string", {}, expect_sales_coach),
+    # id, profile, page form, client variables, assistantOverrides, what Vapi must receive
+    ("string", "sales-coach", "string", {}, {}, expect_sales_coach),
     (
         "assistant-overrides-variables",
         "sales-coach",
         "string",
         {"firstName": "Jo", "language": "de"},
+        {},
         expect_sales_coach,
     ),
-    ("object-assistant-type", "sales-coach", "object", {"firstName": "Ann"}, expect_sales_coach),
-    ("transient-object", "support", "object", {}, expect_support),
-    ("squad-id", "team", "squad", {}, expect_squad),
-    ("squad-object", "team", "squad-object", {}, expect_squad),
-    ("workflow-id", "flow", "workflow", {}, expect_workflow),
-    ("workflow-object", "flow", "workflow-object", {}, expect_workflow),
+    (
+        "object-assistant-type",
+        "sales-coach",
+        "object",
+        {"firstName": "Ann"},
+        {},
+        expect_sales_coach,
+    ),
+    # start({assistantType, firstName}, {variableValues: {language}}), non-ASCII included.
+    (
+        "object-and-overrides-variables",
+        "sales-coach",
+        "object",
+        {"firstName": "Zoë 🎙"},
+        {"variableValues": {"language": "fr"}},
+        expect_sales_coach,
+    ),
+    ("transient-object", "support", "object", {}, {}, expect_support),
+    ("squad-id", "team", "squad", {}, {}, expect_squad),
+    ("squad-object", "team", "squad-object", {}, {}, expect_squad),
+    ("workflow-id", "flow", "workflow", {}, {}, expect_workflow),
+    ("workflow-object", "flow", "workflow-object", {}, {}, expect_workflow),
 ]
 
 
 @pytest.mark.parametrize(
-    ("profile", "form", "variables", "expect"),
+    ("profile", "form", "variables", "overrides", "expect"),
     [pytest.param(*case[1:], id=case[0]) for case in FORMS],
 )
 def test_every_start_form_reaches_vapi_as_the_profile_body(
@@ -228,6 +245,7 @@ def test_every_start_form_reaches_vapi_as_the_profile_body(
     profile: str,
     form: str,
     variables: dict[str, Any],
+    overrides: dict[str, Any],
     expect: Callable[[dict[str, Any], dict[str, Any]], None],
 ) -> None:
     proxy = proxy_for_page()
@@ -239,12 +257,14 @@ def test_every_start_form_reaches_vapi_as_the_profile_body(
         profile=profile,
         form=form,
         variables=variables,
+        overrides=overrides,
         until="daily-join",
     )
     assert_joining_daily(result)
     assert proxy_posts(result) == [proxy.url + "/call/web"]
     assert all(r["authorization"] for r in result["requests"] if r["method"] == "POST")
-    expect(the_one_upstream_call(sandbox, user_key), variables)
+    client = {**variables, **overrides.get("variableValues", {})}
+    expect(the_one_upstream_call(sandbox, user_key), client)
 
 
 @pytest.mark.parametrize(
@@ -750,31 +770,6 @@ def test_the_sdk_reads_the_voice_provider_of_a_transient_assistant(
     ]
     assert created["metadata"]["voiceProvider"] == "vapi"
     assert the_reply_the_page_got(result)["assistant"] == {"voice": {"provider": "vapi"}}
-
-
-def test_variables_in_the_object_and_in_assistant_overrides_together(
-    browser: BrowserDriver,
-    page_server: ServerThread,
-    proxy_for_page: Callable[..., ServerThread],
-    sandbox: RunningSandbox,
-    user_key: str,
-) -> None:
-    """start({assistantType, firstName}, {variableValues: {language}}), non-ASCII included."""
-    proxy = proxy_for_page()
-    result = start_in_page(
-        browser,
-        page_server,
-        proxy.url,
-        token=user_key,
-        profile="sales-coach",
-        form="object",
-        variables={"firstName": "Zoë 🎙"},
-        overrides={"variableValues": {"language": "fr"}},
-        until="daily-join",
-    )
-    assert_joining_daily(result)
-    body = the_one_upstream_call(sandbox, user_key)
-    expect_sales_coach(body, {"firstName": "Zoë 🎙", "language": "fr"})
 
 
 def test_an_exhausted_quota_reaches_the_app_as_a_readable_message(
