@@ -1,4 +1,5 @@
-"""Shared by the limits tests (conftest.py is not importable by name when several exist)."""
+"""The limits tests' helpers: the backends every contract runs on, their URLs, a fake clock and
+the type of the limiter factory."""
 
 from __future__ import annotations
 
