@@ -10,8 +10,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from tests.support.auth import Clock, JwksServer, SigningKey, make_key, settings
 
+from tests.support.auth import Clock, JwksServer, SigningKey, make_key, settings
 from vapi_proxy.auth.chain import AuthChain
 from vapi_proxy.testing import ServerThread
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
-from tests.support.auth import SigningKey, make_key
 
+from tests.support.auth import SigningKey, make_key
 from vapi_proxy.auth import config as auth_config
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.auth.config import AuthSettings, JwtMethod

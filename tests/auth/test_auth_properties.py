@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from tests.support.auth import AUDIENCE, claims, make_key, settings
 
+from tests.support.auth import AUDIENCE, claims, make_key, settings
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.auth.chain import AuthChain
 from vapi_proxy.errors import UnauthorizedError

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.support.auth import AUDIENCE, ISSUER, SigningKey, claims
 
+from tests.support.auth import AUDIENCE, ISSUER, SigningKey, claims
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.errors import UnauthorizedError
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.support.auth import AUDIENCE, ISSUER, Clock, JwksServer, SigningKey, claims, make_key
 
+from tests.support.auth import AUDIENCE, ISSUER, Clock, JwksServer, SigningKey, claims, make_key
 from vapi_proxy.auth.jwks import MAX_STALE_SECONDS, JwksError, parse_jwks
 from vapi_proxy.errors import ServiceUnavailableError, UnauthorizedError
 from vapi_proxy.testing import free_port

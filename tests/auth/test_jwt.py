@@ -12,8 +12,8 @@ from typing import Any
 
 import jwt
 import pytest
-from tests.support.auth import AUDIENCE, ISSUER, SigningKey, claims, make_key
 
+from tests.support.auth import AUDIENCE, ISSUER, SigningKey, claims, make_key
 from vapi_proxy.errors import UnauthorizedError
 
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.support.services import fresh_postgres_database
 
+from tests.support.services import fresh_postgres_database
 from vapi_proxy.ledger.store import Ledger
 
 

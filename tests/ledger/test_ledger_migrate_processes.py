@@ -6,8 +6,8 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
-from tests.support.services import fresh_postgres_database
 
+from tests.support.services import fresh_postgres_database
 from vapi_proxy.ledger.migrate import head_revision, upgrade
 
 

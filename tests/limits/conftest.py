@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.limits import BACKENDS, FakeClock, MakeLimiter, backend_url
 
+from tests.support.limits import BACKENDS, FakeClock, MakeLimiter, backend_url
 from vapi_proxy.limits import Limiter, LimitsSettings, create_limiter
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.support.limits import BACKENDS, FakeClock, backend_url
 
+from tests.support.limits import BACKENDS, FakeClock, backend_url
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import TooManyRequestsError
 from vapi_proxy.limits import AdmissionRequest, LimitsSettings, Reservation, create_limiter

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from tests.support.limits import FakeClock, MakeLimiter
 
+from tests.support.limits import FakeClock, MakeLimiter
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import TooManyRequestsError
 from vapi_proxy.limits import AdmissionRequest, Limiter, Reservation

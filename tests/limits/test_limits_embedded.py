@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from tests.support.limits import FakeClock
 
+from tests.support.limits import FakeClock
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import TooManyRequestsError
 from vapi_proxy.ledger import Ledger, LedgerEvent, upgrade_async

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.support.limits import FakeClock
 from tests.support.services import closed_port
-
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ServiceUnavailableError
 from vapi_proxy.limits import AdmissionRequest, LimitsSettings, create_limiter

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.support.burst_worker import run
 from tests.support.limits import SHARED_BACKENDS, backend_url
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import yaml
 from pydantic import SecretStr
+
 from tests.support.proxy import SAVED_ASSISTANT_ID
 from tests.support.serving import serve_process
-
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.sandbox import (
     BearerCredential,
