@@ -166,9 +166,13 @@ def test_serve_sandbox_with_the_users_own_config_closes_the_webhook_loop(tmp_pat
         assert httpx.post(f"{sandbox}/__sandbox/calls/{calls[0]}/end").status_code < 300
         reports: list[dict[str, Any]] = []
         deadline = time.monotonic() + 30
-        while not reports and time.monotonic() < deadline:
+        # The log lists a delivery as soon as it is sent; its responseStatus arrives with the
+        # proxy's answer, so wait until every delivery has one.
+        while time.monotonic() < deadline:
             log = httpx.get(f"{sandbox}/__sandbox/webhooks").json()
             reports = [d for d in log if d.get("type") == "end-of-call-report"]
+            if reports and all(d.get("responseStatus") is not None for d in log):
+                break
             time.sleep(0.2)
         assert reports and all(d.get("responseStatus") == 200 for d in log), log
         again = httpx.post(url, json=jwt_body, headers=jwt_headers)
