@@ -22,7 +22,9 @@ pytestmark = pytest.mark.skipif(
 def _lint(src: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache", str(ROOT / "pyproject.toml")],
+        # `--config`, not the positional path: import-linter 2.16 (the declared floor) takes only
+        # the option; 2.17 takes both (the option deprecated, still supported).
+        [str(LINT_IMPORTS), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
         cwd=cwd,
         env=env,
         capture_output=True,
