@@ -38,6 +38,16 @@ DEFAULT_BASE_URL = "https://api.vapi.ai"
 ENV_PREFIX = "VAPI_PROXY__"
 
 
+def _check_networks(values: list[str]) -> list[str]:
+    """Each value must be an IP network (`10.0.0.0/8`, `::1/128`): `allowed_networks` settings."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network ({exc})") from None
+    return values
+
+
 class ConfigError(Exception):
     """The configuration is invalid; `problems` lists each one as `path: reason`."""
 
@@ -209,12 +219,7 @@ class MetricsSettings(StrictModel):
     @field_validator("allowed_networks")
     @classmethod
     def _networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not a network ({exc})") from None
-        return values
+        return _check_networks(values)
 
     @field_validator("path")
     @classmethod
@@ -294,12 +299,7 @@ class AdminSettings(StrictModel):
     @field_validator("allowed_networks")
     @classmethod
     def _admin_networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not a network ({exc})") from None
-        return values
+        return _check_networks(values)
 
 
 class Settings(StrictModel):
