@@ -22,6 +22,7 @@ from vapi_proxy.cli.common import (
     url_host,
     validate_for_serve,
 )
+from vapi_proxy.cli.drain import DrainingHttpToolsProtocol
 from vapi_proxy.cli.metrics import metrics_directory, serve_metrics_port
 from vapi_proxy.cli.reload import reload_status_path
 from vapi_proxy.cli.supervisor import Supervisor
@@ -38,6 +39,9 @@ def uvicorn_kwargs(args: argparse.Namespace, settings: Settings) -> dict[str, An
         "server_header": False,
         "proxy_headers": False,  # the proxy's own trusted_proxies decide, not uvicorn
         "timeout_graceful_shutdown": settings.server.drain_seconds,
+        # A reload or stop answers a request already on its way over a kept-alive connection
+        # instead of resetting it (cli/drain.py).
+        "http": DrainingHttpToolsProtocol,
     }
 
 
