@@ -20,10 +20,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.support.proxy import SAVED_ASSISTANT_ID
+from tests.support.services import closed_port
 from vapi_proxy.auth.identity import identity_key
 from vapi_proxy.cli import main
 from vapi_proxy.configcheck import lint
-from vapi_proxy.sandbox import RunningSandbox
+from vapi_proxy.sandbox import (
+    RunningSandbox,
+    SandboxSettings,
+    SeededSquad,
+    SeededWorkflow,
+    run_sandbox,
+)
 from vapi_proxy.settings import parse_settings
 from vapi_proxy.testing import ServerThread
 
@@ -319,3 +326,102 @@ def test_check_online_names_a_wrong_key_and_an_unreachable_jwks(
     assert "error: auth.methods[0].jwks_url: cannot fetch" in err
     assert "error: auth.methods[0].issuer: the provider calls itself" in err
     assert "error: VAPI_API_KEY: Vapi refused the key" in err
+
+
+# --- squads and workflows (issue 15) ---------------------------------------------------------
+
+SQUAD_ID = "7b1d3c8f-6c2e-4d9f-8b81-2c3d4e5f6a71"
+WORKFLOW_ID = "7b1d3c8f-6c2e-4d9f-8b81-2c3d4e5f6a72"
+NOBODYS_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="module")
+def org_with_squads() -> Iterator[RunningSandbox]:
+    """A simulated Vapi org holding one saved squad and one saved workflow."""
+    settings = SandboxSettings(
+        squads=[SeededSquad(id=SQUAD_ID, name="Front desk", members=[{"assistantId": "a"}])],
+        workflows=[SeededWorkflow(id=WORKFLOW_ID, name="Intake")],
+    )
+    with run_sandbox(settings) as running:
+        yield running
+
+
+def squad_config(base_url: str) -> dict[str, Any]:
+    return {
+        "vapi": {"base_url": base_url},
+        "cors": {"allow_origins": ["http://127.0.0.1:5173"]},
+        "auth": {"methods": [{"type": "anonymous"}]},
+        "profiles": {
+            "desk": {"squad_id": SQUAD_ID},
+            "intake": {"workflow_id": WORKFLOW_ID},
+            "lost_squad": {"squad_id": NOBODYS_ID},
+            "lost_flow": {"workflow_id": NOBODYS_ID},
+        },
+    }
+
+
+def test_check_online_confirms_squads_and_workflows_and_names_the_missing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    org_with_squads: RunningSandbox,
+) -> None:
+    monkeypatch.setenv("VAPI_API_KEY", org_with_squads.settings.private_key.get_secret_value())
+    assert run_check(tmp_path, squad_config(org_with_squads.url), "--online")[0] == 2
+    captured = capsys.readouterr()
+    assert f"ok: profiles.desk.squad_id: squad {SQUAD_ID} exists" in captured.out
+    assert f"ok: profiles.intake.workflow_id: workflow {WORKFLOW_ID} exists" in captured.out
+    assert f"error: profiles.lost_squad.squad_id: Vapi has no squad '{NOBODYS_ID}' (404)" in (
+        captured.err
+    )
+    assert f"error: profiles.lost_flow.workflow_id: Vapi has no workflow '{NOBODYS_ID}' (404)" in (
+        captured.err
+    )
+    # The ids were asked of Vapi by kind, each once.
+    asked = [r["path"] for r in org_with_squads.state.requests.entries() if r["method"] == "GET"]
+    for path in (f"/squad/{SQUAD_ID}", f"/workflow/{WORKFLOW_ID}", f"/squad/{NOBODYS_ID}"):
+        assert asked.count(path) == 1, asked
+
+
+def test_check_online_passes_when_every_squad_and_workflow_exists(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    org_with_squads: RunningSandbox,
+) -> None:
+    monkeypatch.setenv("VAPI_API_KEY", org_with_squads.settings.private_key.get_secret_value())
+    raw = squad_config(org_with_squads.url)
+    del raw["profiles"]["lost_squad"], raw["profiles"]["lost_flow"]
+    assert run_check(tmp_path, raw, "--online")[0] == 0
+    assert "0 error(s)" in capsys.readouterr().err
+
+
+def test_check_online_with_a_refused_key_does_not_call_the_squads_missing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    org_with_squads: RunningSandbox,
+) -> None:
+    """A key Vapi refuses (the public one) is named; the ids are not reported missing, since
+    Vapi was never asked about them with a key it accepts."""
+    monkeypatch.setenv("VAPI_API_KEY", org_with_squads.settings.public_key.get_secret_value())
+    assert run_check(tmp_path, squad_config(org_with_squads.url), "--online")[0] == 2
+    captured = capsys.readouterr()
+    assert "error: VAPI_API_KEY: Vapi refused the key (401)" in captured.err
+    assert "squad_id" not in captured.out + captured.err
+    assert "workflow_id" not in captured.out + captured.err
+    assert org_with_squads.settings.public_key.get_secret_value() not in captured.out + (
+        captured.err
+    )
+
+
+def test_check_online_with_vapi_unreachable_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAPI_API_KEY", "0" * 8 + "-dummy-key")
+    base = f"http://127.0.0.1:{closed_port()}"
+    assert run_check(tmp_path, squad_config(base), "--online")[0] == 2
+    captured = capsys.readouterr()
+    assert f"error: vapi.base_url: cannot reach {base}" in captured.err
+    assert "squad_id" not in captured.out + captured.err
+    assert "Traceback" not in captured.out + captured.err

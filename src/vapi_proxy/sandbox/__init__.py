@@ -21,6 +21,8 @@ from .settings import (
     SandboxSettings,
     SeededAssistant,
     SeededPhoneNumber,
+    SeededSquad,
+    SeededWorkflow,
     ServerConfig,
     TokenRestrictions,
 )
@@ -57,6 +59,8 @@ __all__ = [
     "SandboxState",
     "SeededAssistant",
     "SeededPhoneNumber",
+    "SeededSquad",
+    "SeededWorkflow",
     "ServerConfig",
     "SystemClock",
     "TokenRestrictions",

@@ -17,7 +17,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from . import admin, assistant_routes, call_routes, chat_routes
+from . import admin, assistant_routes, call_routes, chat_routes, squad_routes
 from .asgi import Message, Receive, Request, Scope, Send, drop_connection, send_json
 from .auth import Caller
 from .clock import Clock
@@ -48,6 +48,9 @@ ROUTES = [
     Route("POST", "/assistant", assistant_routes.create_assistant),
     Route("GET", "/assistant", assistant_routes.list_assistants),
     Route("GET", "/assistant/{id}", assistant_routes.get_assistant),
+    Route("GET", "/squad", squad_routes.list_squads),
+    Route("GET", "/squad/{id}", squad_routes.get_squad),
+    Route("GET", "/workflow/{id}", squad_routes.get_workflow),
     Route("POST", "/chat", chat_routes.create_chat),
     Route("POST", "/chat/responses", chat_routes.create_response),
     Route("POST", "/chat/web", chat_routes.create_web_chat),

@@ -97,6 +97,29 @@ class SeededAssistant(BaseModel):
     name: str | None = Field(None, description="Display name.")
 
 
+class SeededSquad(BaseModel):
+    """A saved squad (`GET /squad/{id}`); any other Vapi squad fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="The squadId clients use.")
+    name: str | None = Field(None, description="Display name.")
+    members: list[dict[str, Any]] = Field(
+        default_factory=list, description="The squad's members, as Vapi's `SquadMemberDTO`s."
+    )
+
+
+class SeededWorkflow(BaseModel):
+    """A saved workflow (`GET /workflow/{id}`); any other Vapi workflow fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="The workflowId clients use.")
+    name: str = Field("Workflow", description="Display name (required in Vapi's `Workflow`).")
+    nodes: list[dict[str, Any]] = Field(default_factory=list, description="The workflow's nodes.")
+    edges: list[dict[str, Any]] = Field(default_factory=list, description="The workflow's edges.")
+
+
 class SeededPhoneNumber(_Model):
     """A phone number of the simulated org, usable as `phoneNumberId`."""
 
@@ -178,6 +201,8 @@ class SandboxSettings(_Model):
         False, description="Treat any unknown assistantId as a blank saved assistant."
     )
     assistants: list[SeededAssistant] = Field(default_factory=list, description="Saved assistants.")
+    squads: list[SeededSquad] = Field(default_factory=list, description="Saved squads.")
+    workflows: list[SeededWorkflow] = Field(default_factory=list, description="Saved workflows.")
     phone_numbers: list[SeededPhoneNumber] = Field(
         default_factory=list, description="Phone numbers of the org."
     )

@@ -31,7 +31,8 @@ def uuid7() -> str:
 
 
 class SandboxState:
-    """The simulated org: keys, assistants, numbers, calls, chats, logs and faults."""
+    """The simulated org: keys, assistants, squads, workflows, numbers, calls, chats, logs and
+    faults."""
 
     def __init__(
         self,
@@ -51,6 +52,15 @@ class SandboxState:
             self.assistants[seeded.id] = self._assistant_object(
                 seeded.model_dump(exclude_none=True), seeded.id
             )
+        # Squads and workflows are only read back (`GET /squad/{id}`, `GET /workflow/{id}`).
+        self.squads: dict[str, dict[str, Any]] = {
+            seeded.id: self._assistant_object(seeded.model_dump(exclude_none=True), seeded.id)
+            for seeded in settings.squads
+        }
+        self.workflows: dict[str, dict[str, Any]] = {
+            seeded.id: self._assistant_object(seeded.model_dump(exclude_none=True), seeded.id)
+            for seeded in settings.workflows
+        }
         self.phone_numbers: dict[str, dict[str, Any]] = {}
         for number in settings.phone_numbers:
             entry = number.model_dump(exclude_none=True, mode="json")
@@ -64,11 +74,12 @@ class SandboxState:
             enabled=settings.request_log_enabled, size=settings.request_log_size
         )
 
-    def _assistant_object(self, config: dict[str, Any], assistant_id: str) -> dict[str, Any]:
+    def _assistant_object(self, config: dict[str, Any], object_id: str) -> dict[str, Any]:
+        """A saved object as Vapi returns it: the config plus id, org and timestamps."""
         now = iso(self.clock.now())
         return {
             **config,
-            "id": assistant_id,
+            "id": object_id,
             "orgId": self.settings.org_id,
             "createdAt": now,
             "updatedAt": now,
