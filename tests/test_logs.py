@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from vapi_proxy.logs import ConsoleFormatter, JsonFormatter, RedactingFilter
+from vapi_proxy.logs import ConsoleFormatter, JsonFormatter, RedactingFilter, log_trace_ids
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
 
@@ -237,3 +237,24 @@ def test_a_plain_alphanumeric_secret_is_still_redacted() -> None:
     # Plain letters-and-digits values skip the patterns, never the configured secrets.
     assert RedactingFilter(["s3cr3tValue42"]).scrub("s3cr3tValue42") == "[redacted]"
     assert SCRUB("3f2a9c1e0b7d4a5f0000000000000001") == "3f2a9c1e0b7d4a5f0000000000000001"
+
+
+# -- trace ids (set by vapi_proxy.tracing when tracing is on) ---------------------------------
+
+
+def test_trace_ids_are_added_only_while_a_source_gives_them() -> None:
+    ids: list[tuple[str, str] | None] = [("a" * 32, "b" * 16)]
+    console = logging.makeLogRecord({"msg": "hello", "levelname": "INFO", "name": "t"})
+    try:
+        log_trace_ids(lambda: ids[0])
+        line = emit(RedactingFilter(), "inside", request_id="r1")
+        assert (line["trace_id"], line["span_id"]) == ("a" * 32, "b" * 16)
+        assert (
+            ConsoleFormatter().format(console).endswith(f"trace_id={'a' * 32} span_id={'b' * 16}")
+        )
+        ids[0] = None  # outside any trace
+        assert "trace_id" not in emit(RedactingFilter(), "outside")
+        assert "trace_id" not in ConsoleFormatter().format(console)
+    finally:
+        log_trace_ids(None)
+    assert "trace_id" not in emit(RedactingFilter(), "off")

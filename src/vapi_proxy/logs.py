@@ -10,12 +10,31 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 ACCESS_LOGGER = "vapi_proxy.access"
+
+TraceIds = Callable[[], tuple[str, str] | None]
+"""The current (trace id, span id) in hex, or None outside a trace."""
+_trace_ids: TraceIds | None = None
+
+
+def log_trace_ids(source: TraceIds | None) -> None:
+    """Add `trace_id` and `span_id` from `source` to every line written while a trace is
+    current (`vapi_proxy.tracing` installs it when tracing is on; None: no trace ids, and no
+    work per line beyond one check)."""
+    global _trace_ids  # one hook for every formatter in the process
+    _trace_ids = source
+
+
+def _with_trace_ids(entry: dict[str, Any]) -> None:
+    if _trace_ids is not None:
+        ids = _trace_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
 
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -135,6 +154,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # Read as the line is written: handlers here are synchronous, in the logging task.
+        _with_trace_ids(entry)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
@@ -156,6 +177,10 @@ class ConsoleFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             base += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        ids: dict[str, Any] = {}
+        _with_trace_ids(ids)
+        if ids:
+            base += f" trace_id={ids['trace_id']} span_id={ids['span_id']}"
         base = base.translate(_ONE_LINE)
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)

@@ -4,10 +4,11 @@ routes (which import this module, never `app.py`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vapi_proxy.admission import Admissions
 from vapi_proxy.auth.chain import AuthChain
@@ -26,8 +27,15 @@ from vapi_proxy.webhooks.forward import Forwarder
 from vapi_proxy.webhooks.receiver import WebhookReceiver
 from vapi_proxy.webhooks.stats import WebhookStats
 
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    # Imported at run time only when tracing is on: without it nothing imports OpenTelemetry.
+    from vapi_proxy.tracing import Tracing
+
 logger = logging.getLogger("vapi_proxy.runtime")
 OUTBOX_KEEP_DAYS = 7
+_NO_SPAN = contextlib.nullcontext()
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Runtime:
     forwarder: Forwarder | None = None
     webhook_stats: WebhookStats = field(default_factory=WebhookStats)
     metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing | None = None
+    """Set when `tracing.enabled`: the components above are then traced in place."""
     blocks: BlockList = field(init=False)
     admissions: Admissions = field(init=False)
 
@@ -99,6 +109,13 @@ class Runtime:
         auth = AuthChain.from_settings(settings.auth)
         # Auth and webhook events reach the metrics as they happen, in this worker.
         metrics.listen(auth.stats, hooks.stats)
+        tracing = None
+        if settings.tracing.enabled:
+            from vapi_proxy import tracing as otel  # here: only when tracing is on
+
+            tracing = otel.install(
+                settings.tracing, auth=auth, limiter=limiter, ledger=ledger, upstream=upstream
+            )
         return cls(
             settings=settings,
             secrets=secrets,
@@ -113,7 +130,22 @@ class Runtime:
             forwarder=hooks.forwarder,
             webhook_stats=hooks.stats,
             metrics=metrics,
+            tracing=tracing,
         )
+
+    def instrument(self, app: ASGIApp) -> ASGIApp:
+        """`app` with one server span per request when tracing is on; `app` itself otherwise
+        (the untraced path gains nothing per request)."""
+        if self.tracing is None:
+            return app
+        traced = self.tracing.wrap_app(app)
+        traced.runtime = self  # type: ignore[attr-defined]
+        return traced
+
+    def span(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        """A span named `name` under the request's for a step that is a function rather than a
+        component (the policy): a shared no-op when tracing is off."""
+        return _NO_SPAN if self.tracing is None else self.tracing.span(name)
 
     async def start(self) -> None:
         await self.ledger.start(
@@ -132,6 +164,8 @@ class Runtime:
         await self.upstream.aclose()
         await self.limiter.aclose()
         await self.ledger.aclose()
+        if self.tracing is not None:
+            await self.tracing.aclose()
 
     async def maintain(self, interval: float = 30.0) -> None:
         """Background upkeep: free slots of calls that never reported their end, drop expired

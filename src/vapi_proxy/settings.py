@@ -302,6 +302,37 @@ class AdminSettings(StrictModel):
         return _check_networks(values)
 
 
+class TracingSettings(StrictModel):
+    enabled: bool = Field(
+        default=False,
+        description="OpenTelemetry traces: one server span per request with auth, limits, Vapi "
+        "and ledger spans under it, and `trace_id`/`span_id` in the JSON logs. Needs the `otel` "
+        "extra (`pip install 'vapi-proxy[otel]'`); the exporter, endpoint, sampler and service "
+        "name come from the standard `OTEL_*` variables (docs/deployment.md). Off: nothing of "
+        "OpenTelemetry is imported.",
+    )
+    accept_traceparent: Literal["never", "trusted_proxies", "always"] = Field(
+        default="never",
+        description="Whether a request's W3C `traceparent` (and the other `OTEL_PROPAGATORS` "
+        "headers) continues the caller's trace: `never` starts a new trace for every request, "
+        "so a browser cannot choose trace ids or force sampling; `trusted_proxies` only when the "
+        "TCP peer is one of `auth.trusted_proxies` (a balancer or gateway that traces); `always` "
+        "for a proxy that no untrusted client can reach.",
+    )
+
+    @field_validator("enabled")
+    @classmethod
+    def _installed(cls, value: bool) -> bool:
+        if value:
+            try:
+                import opentelemetry.sdk.trace  # noqa: F401 (imported only when enabled)
+            except ImportError:
+                raise ValueError(
+                    "tracing needs the OpenTelemetry packages: pip install 'vapi-proxy[otel]'"
+                ) from None
+        return value
+
+
 class Settings(StrictModel):
     """Everything the proxy runs on, validated. Built once at start-up and passed down."""
 
@@ -349,6 +380,10 @@ class Settings(StrictModel):
     idempotency: IdempotencySettings = Field(
         default_factory=IdempotencySettings,
         description="Replays of call creations that carry an `Idempotency-Key` header.",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry tracing (off unless enabled; docs/deployment.md).",
     )
     profiles: dict[str, Profile] = Field(
         default_factory=dict, description="Named profiles a client may start."
