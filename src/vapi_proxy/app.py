@@ -71,7 +71,7 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
         client_address=runtime.auth.client_address,
     )
     app.runtime = runtime  # type: ignore[attr-defined]
-    return app
+    return runtime.instrument(app)  # one server span per request when tracing is on
 
 
 def app_from_environment() -> ASGIApp:
