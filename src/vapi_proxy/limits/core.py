@@ -6,11 +6,13 @@ the plan to a `LimitStore` that checks and takes it atomically, and turns shortf
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-import uuid
+import os
+import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
@@ -91,10 +93,12 @@ class Shortfall:
 class Plan:
     counters: tuple[CounterCheck, ...]
     slots: tuple[SlotCheck, ...]
+    holds: tuple[Hold, ...] = field(init=False, repr=False, compare=False)
+    """Every hold, counters first (computed once: each store and the reservation read it)."""
 
-    @property
-    def holds(self) -> tuple[Hold, ...]:
-        return tuple(c.hold for c in self.counters) + tuple(s.hold for s in self.slots)
+    def __post_init__(self) -> None:
+        holds = tuple(c.hold for c in self.counters) + tuple(s.hold for s in self.slots)
+        object.__setattr__(self, "holds", holds)
 
 
 class LimitStore(Protocol):
@@ -268,85 +272,250 @@ def sliding_wait(check: CounterCheck, values: Mapping[str, int], now: float) -> 
 def make_plan(
     settings: LimitsSettings, rules: Sequence[LimitRule], req: AdmissionRequest, now: float
 ) -> Plan:
-    zone = settings.zone
-    ns = settings.namespace
-    counters: list[CounterCheck] = []
-    slots: list[SlotCheck] = []
-    worst_ms = max(0, round(req.worst_case_seconds * MS_PER_SECOND))
-    est_micro = max(0, round((req.estimated_cost_usd or 0.0) * MICRO_USD))
+    """The counters and slots `req` touches under `rules` at `now` (uncached: the limiter
+    keeps a `Planner`, which compiles the rules once)."""
+    return Planner(settings).plan(rules, req, now)
 
-    for rule in rules:
-        base = f"{ns}:{rule.name}:{scope_key(rule, req)}:{req.kind}"
 
-        def counter(
-            what: Literal["rate", "quota", "minutes", "usd"],
-            period: Period,
-            limit: int,
-            amount: int,
-            fit: bool,
-            rule: LimitRule = rule,
-            base: str = base,
-        ) -> None:
-            prefix = f"{base}:{what}:{period}:"
-            if period in _FIXED:
-                k, size = sliding_buckets(now, period)
-                window = tuple(f"{prefix}{k - i}" for i in range(SLIDING_BUCKETS, 0, -1))
-                hold = Hold(rule.name, what, f"{prefix}{k}", amount)
-                end = (k + SLIDING_BUCKETS + 1) * size
-                # Rate buckets are never trued up by a settle: a short margin suffices.
-                ttl = end - now + _FIXED[period]
-                counters.append(
-                    CounterCheck(hold, limit, fit, period, end, ttl, rule, window, size)
-                )
-                return
-            wid, end = calendar_window(now, zone, period)
-            hold = Hold(rule.name, what, f"{prefix}{wid}", amount)
-            ttl = end - now + COUNTER_MARGIN_SECONDS
-            counters.append(CounterCheck(hold, limit, fit, period, end, ttl, rule))
+# --- the compiled rule set ---------------------------------------------------------------------
 
-        if rule.rate is not None:
-            r = rule.rate
-            rates: list[tuple[Period, int | None]] = [
-                ("second", r.per_second),
-                ("minute", r.per_minute),
-                ("hour", r.per_hour),
-            ]
-            for period, limit in rates:
-                if limit is not None:
-                    counter("rate", period, limit, 1, True)
-        if rule.quota is not None:
-            quotas: list[tuple[Period, int | None]] = [
-                ("day", rule.quota.per_day),
-                ("month", rule.quota.per_month),
-            ]
-            for period, limit in quotas:
-                if limit is not None:
-                    counter("quota", period, limit, 1, True)
-        if rule.budget is not None:
-            b = rule.budget
-            minutes: list[tuple[Period, float | None]] = [
-                ("day", b.minutes_per_day),
-                ("month", b.minutes_per_month),
-            ]
-            for period, cap in minutes:
-                if cap is not None:
-                    limit_ms = round(cap * 60 * MS_PER_SECOND)
-                    counter("minutes", period, limit_ms, worst_ms, b.admit_worst_case)
-            dollars: list[tuple[Period, float | None]] = [
-                ("day", b.usd_per_day),
-                ("month", b.usd_per_month),
-            ]
-            for period, cap in dollars:
-                if cap is not None:
-                    limit_micro = round(cap * MICRO_USD)
-                    counter("usd", period, limit_micro, est_micro, b.admit_worst_case)
-        if rule.concurrency is not None:
-            slots.append(
-                SlotCheck(
-                    Hold(rule.name, "concurrency", f"{base}:slots", 1), rule.concurrency, rule
-                )
-            )
-    return Plan(tuple(counters), tuple(slots))
+CACHE_ENTRIES = 4096
+"""Bound of each of the planner's caches (rule selections, identity keys); the oldest entry
+goes first when one is full."""
+
+_ONE, _MS, _MICRO = 0, 1, 2  # what a counter's amount is: 1, the worst case, the estimate
+
+
+@dataclass(frozen=True, slots=True)
+class _CounterSpec:
+    what: Literal["rate", "quota", "minutes", "usd"]
+    period: Period
+    limit: int
+    amount: int
+    """_ONE, _MS or _MICRO."""
+    fit: bool
+    segment: str
+    """The key's middle: `:what:period:`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleSpec:
+    rule: LimitRule
+    counters: tuple[_CounterSpec, ...]
+    concurrency: int | None
+
+
+def _compile(rule: LimitRule) -> _RuleSpec:
+    """A rule's counters in plan order, with their limits in the units the stores count."""
+    specs: list[_CounterSpec] = []
+
+    def add(what: Any, period: Period, limit: int | None, amount: int, fit: bool) -> None:
+        if limit is not None:
+            specs.append(_CounterSpec(what, period, limit, amount, fit, f":{what}:{period}:"))
+
+    if rule.rate is not None:
+        add("rate", "second", rule.rate.per_second, _ONE, True)
+        add("rate", "minute", rule.rate.per_minute, _ONE, True)
+        add("rate", "hour", rule.rate.per_hour, _ONE, True)
+    if rule.quota is not None:
+        add("quota", "day", rule.quota.per_day, _ONE, True)
+        add("quota", "month", rule.quota.per_month, _ONE, True)
+    if rule.budget is not None:
+        b = rule.budget
+
+        def ms(cap: float | None) -> int | None:
+            return None if cap is None else round(cap * 60 * MS_PER_SECOND)
+
+        def micro(cap: float | None) -> int | None:
+            return None if cap is None else round(cap * MICRO_USD)
+
+        add("minutes", "day", ms(b.minutes_per_day), _MS, b.admit_worst_case)
+        add("minutes", "month", ms(b.minutes_per_month), _MS, b.admit_worst_case)
+        add("usd", "day", micro(b.usd_per_day), _MICRO, b.admit_worst_case)
+        add("usd", "month", micro(b.usd_per_month), _MICRO, b.admit_worst_case)
+    return _RuleSpec(rule, tuple(specs), rule.concurrency)
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_ENTRIES:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
+class Planner:
+    """`applicable_rules` and `make_plan` for one `LimitsSettings`, with what does not change
+    per request done once:
+
+    - each rule compiled to its counters once;
+    - the rules a request matches cached by what decides the match (kind, and the profile,
+      method, tenant and claim conditions only when some rule looks at them), bounded;
+    - calendar windows cached for the current second, and rate windows' bucket names for the
+      current bucket: a window never changes inside either (day and month boundaries and time
+      zone changes fall on whole seconds), so the cache is never stale across a boundary.
+    """
+
+    def __init__(self, settings: LimitsSettings) -> None:
+        self._ns = settings.namespace
+        self._zone = settings.zone
+        self._rules = tuple(settings.rules)
+        self._specs: dict[int, _RuleSpec] = {id(r): _compile(r) for r in self._rules}
+        matches = [r.match for r in self._rules]
+        self._by_profile = any(m.profiles is not None for m in matches)
+        self._by_method = any(m.methods is not None for m in matches)
+        self._by_tenant = any(m.tenants is not None for m in matches)
+        self._claims = tuple(
+            (path, accepted) for m in matches for path, accepted in (m.claims or {}).items()
+        )
+        self._selected: dict[tuple[Any, ...], tuple[LimitRule, ...]] = {}
+        self._keys: dict[tuple[str, str, str | None], str] = {}
+        # period → (second, window id, end); period → (bucket, earlier suffixes, suffix, end)
+        self._calendar: dict[str, tuple[int, str, float]] = {}
+        self._sliding: dict[str, tuple[int, tuple[str, ...], str, float]] = {}
+
+    @property
+    def rules(self) -> tuple[LimitRule, ...]:
+        return self._rules
+
+    def select(self, req: AdmissionRequest, *, any_profile: bool = False) -> tuple[LimitRule, ...]:
+        """`applicable_rules(settings.rules, req, any_profile=...)`, cached."""
+        if not self._rules:
+            return ()
+        ident = req.identity
+        sig: tuple[Any, ...] = (
+            req.kind,
+            any_profile,
+            req.profile if self._by_profile else None,
+            ident.method if self._by_method else None,
+            ident.tenant if self._by_tenant else None,
+        )
+        if self._claims:
+            claims = ident.claims
+            sig += tuple(claim_matches(lookup(claims, p), ok) for p, ok in self._claims)
+        chosen = self._selected.get(sig)
+        if chosen is None:
+            chosen = tuple(applicable_rules(self._rules, req, any_profile=any_profile))
+            _bounded_put(self._selected, sig, chosen)
+        return chosen
+
+    def _spec(self, rule: LimitRule) -> _RuleSpec:
+        spec = self._specs.get(id(rule))
+        if spec is None or spec.rule is not rule:  # a rule from elsewhere (tests, make_plan)
+            spec = _compile(rule)
+        return spec
+
+    def _identity_key(self, ident: Identity) -> str:
+        sig = (ident.method, ident.subject, ident.issuer)
+        key = self._keys.get(sig)
+        if key is None:
+            key = ident.key
+            _bounded_put(self._keys, sig, key)
+        return key
+
+    def _scope(self, rule: LimitRule, req: AdmissionRequest) -> str:
+        """`scope_key`, with the identity key cached."""
+        scope = rule.scope
+        if scope == "profile":
+            return f"p={req.profile}"
+        if scope == "global":
+            key = "*"
+        elif scope == "tenant" and req.identity.tenant is not None:
+            key = f"t={req.identity.tenant}"
+        else:  # identity, or a tenant scope without a tenant
+            key = f"i={self._identity_key(req.identity)}"
+        if rule.per_profile:
+            key += f"|p={req.profile}"
+        return key
+
+    def calendar(self, period: Period, now: float) -> tuple[str, float]:
+        """`calendar_window(now, zone, period)`, cached for the current second."""
+        second = math.floor(now)
+        hit = self._calendar.get(period)
+        # 0.999999: `fromtimestamp` rounds to the microsecond, so a time a hair before the
+        # next second may already read as that second.
+        if hit is not None and hit[0] == second and now < second + 0.999999 and now < hit[2]:
+            return hit[1], hit[2]
+        wid, end = calendar_window(now, self._zone, period)
+        if now < second + 0.999999 and now < end:
+            self._calendar[period] = (second, wid, end)
+        return wid, end
+
+    def sliding(self, period: Period, now: float) -> tuple[int, tuple[str, ...], str, float]:
+        """(bucket index, the earlier buckets' key suffixes oldest first, the current one's,
+        when the current bucket leaves the window), cached for the current bucket."""
+        k, size = sliding_buckets(now, period)
+        hit = self._sliding.get(period)
+        if hit is not None and hit[0] == k:
+            return hit
+        earlier = tuple(str(k - i) for i in range(SLIDING_BUCKETS, 0, -1))
+        made = (k, earlier, str(k), (k + SLIDING_BUCKETS + 1) * size)
+        self._sliding[period] = made
+        return made
+
+    def plan(self, rules: Sequence[LimitRule], req: AdmissionRequest, now: float) -> Plan:
+        counters: list[CounterCheck] = []
+        slots: list[SlotCheck] = []
+        amounts = (
+            1,
+            max(0, round(req.worst_case_seconds * MS_PER_SECOND)),
+            max(0, round((req.estimated_cost_usd or 0.0) * MICRO_USD)),
+        )
+        tail = f":{req.kind}"
+        for rule in rules:
+            spec = self._spec(rule)
+            base = f"{self._ns}:{rule.name}:{self._scope(rule, req)}{tail}"
+            for c in spec.counters:
+                prefix = base + c.segment
+                period = c.period
+                fixed = _FIXED.get(period)
+                if fixed is not None:
+                    _, earlier, current, end = self.sliding(period, now)
+                    hold = Hold(rule.name, c.what, prefix + current, amounts[c.amount])
+                    # Rate buckets are never trued up by a settle: a short margin suffices.
+                    counters.append(
+                        CounterCheck(
+                            hold,
+                            c.limit,
+                            c.fit,
+                            period,
+                            end,
+                            end - now + fixed,
+                            rule,
+                            tuple(map(prefix.__add__, earlier)),
+                            fixed / SLIDING_BUCKETS,
+                        )
+                    )
+                else:
+                    wid, end = self.calendar(period, now)
+                    hold = Hold(rule.name, c.what, prefix + wid, amounts[c.amount])
+                    ttl = end - now + COUNTER_MARGIN_SECONDS
+                    counters.append(CounterCheck(hold, c.limit, c.fit, period, end, ttl, rule))
+            if spec.concurrency is not None:
+                hold = Hold(rule.name, "concurrency", base + ":slots", 1)
+                slots.append(SlotCheck(hold, spec.concurrency, rule))
+        return Plan(tuple(counters), tuple(slots))
+
+
+# --- reservation ids ---------------------------------------------------------------------------
+
+
+class _Ids:
+    """Unique reservation ids without a random draw per request: 20 random hex digits drawn
+    per process (again after a fork) and a 12-digit counter, 32 hex digits like a UUID's."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._prefix = secrets.token_hex(10)
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count) & 0xFFFFFFFFFFFF:012x}"
+
+
+new_reservation_id = _Ids()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=new_reservation_id.reset)
 
 
 # --- refusal text ------------------------------------------------------------------------------
@@ -516,6 +685,8 @@ class StoreLimiter:
         self._settings = settings
         self._store = store
         self._clock = clock
+        self._planner = Planner(settings)
+        self._grace = settings.grace_seconds
 
     @property
     def store(self) -> LimitStore:
@@ -526,12 +697,12 @@ class StoreLimiter:
 
     async def reserve(self, req: AdmissionRequest) -> Reservation:
         now = req.now if req.now is not None else self._clock()
-        rules = applicable_rules(self._settings.rules, req)
-        rid = uuid.uuid4().hex
-        expires_at = now + max(0.0, req.worst_case_seconds) + self._settings.grace_seconds
+        rules = self._planner.select(req)
+        rid = new_reservation_id()
+        expires_at = now + max(0.0, req.worst_case_seconds) + self._grace
         if not rules:
             return Reservation(rid, (), expires_at)
-        plan = make_plan(self._settings, rules, req, now)
+        plan = self._planner.plan(rules, req, now)
         try:
             shortfalls = await self._store.reserve(
                 rid,
@@ -631,9 +802,9 @@ class StoreLimiter:
         plans: list[tuple[Kind, Plan]] = []
         for kind in ("call", "chat"):
             req = AdmissionRequest(identity=identity, profile=profile or "", kind=kind)
-            rules = applicable_rules(self._settings.rules, req, any_profile=profile is None)
+            rules = self._planner.select(req, any_profile=profile is None)
             if rules:
-                plans.append((kind, make_plan(self._settings, rules, req, now)))
+                plans.append((kind, self._planner.plan(rules, req, now)))
         keys = [k for _, plan in plans for c in plan.counters for k in (*c.window, c.hold.key)]
         slot_keys = [s.hold.key for _, plan in plans for s in plan.slots]
         if not keys and not slot_keys:

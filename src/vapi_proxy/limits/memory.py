@@ -8,16 +8,18 @@ nothing survives a restart and nothing is shared between workers. The embedded s
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from vapi_proxy.limits.base import Hold
 from vapi_proxy.limits.config import LimitsSettings
-from vapi_proxy.limits.core import SETTLEABLE, Plan, Shortfall, counted, true_up
+from vapi_proxy.limits.core import SETTLEABLE, CounterCheck, Plan, Shortfall, true_up
 
 # States a reservation moves through; only live ones hold a concurrency slot.
 LIVE = ("pending", "committed")
+_RECORD, _COUNTER, _SLOT = 0, 1, 2  # what a `CounterState._reclaim` entry is about
 
 
 @dataclass(slots=True)
@@ -34,39 +36,91 @@ class _Record:
 class CounterState:
     """Counters (key → value, valid until), concurrency slots (key → reservation → expiry) and
     reservation records. Every change is a function of its arguments, `now` included, so
-    replaying the same operations rebuilds the same state whenever it is done."""
+    replaying the same operations rebuilds the same state whenever it is done.
+
+    What expires is found through two heaps ordered by time (reservations by expiry for `due`,
+    and everything `gc` forgets), so neither scans what has not expired yet. Heap entries are
+    hints, checked against the state when they come up: a stale one is dropped or pushed back
+    with the current time."""
 
     def __init__(self) -> None:
         self.counters: dict[str, tuple[int, float]] = {}
         self.slots: dict[str, dict[str, float]] = {}
         self.records: dict[str, _Record] = {}
         self.calls: dict[str, str] = {}
+        self._due: list[tuple[float, str]] = []
+        """(expires_at, reservation id) of every reservation taken."""
+        self._reclaim: list[tuple[float, int, str, str]] = []
+        """(when, what, key, reservation id): a record (_RECORD) at its expiry, which frees its
+        expired slots and, at `keep_until`, the record; a counter (_COUNTER) at its end; a slot
+        (_SLOT) with no record behind it (loaded from a snapshot)."""
 
     def value(self, key: str, now: float) -> int:
         value, until = self.counters.get(key, (0, 0.0))
         return value if until > now else 0
 
+    def _counted(self, c: CounterCheck, now: float) -> int:
+        """`counted(c, values)` read straight from the counters."""
+        get = self.counters.get
+        entry = get(c.hold.key)
+        cur = entry[0] if entry is not None and entry[1] > now else 0
+        for key in c.window:
+            entry = get(key)
+            if entry is not None and entry[1] > now:
+                cur += entry[0]
+        return cur
+
     def check(self, plan: Plan, now: float) -> list[Shortfall]:
         short: list[Shortfall] = []
         for i, c in enumerate(plan.counters):
-            if c.window:
-                cur = counted(c, {k: self.value(k, now) for k in (*c.window, c.hold.key)})
-            else:
-                cur = self.value(c.hold.key, now)
-            ok = cur + c.hold.amount <= c.limit if c.fit else cur < c.limit
-            if not ok:
+            cur = self._counted(c, now)
+            if not (cur + c.hold.amount <= c.limit if c.fit else cur < c.limit):
                 short.append(Shortfall(i, cur))
-        for j, s in enumerate(plan.slots):
-            live = self.slots.setdefault(s.hold.key, {})
-            if len(live) >= s.limit:
+        if plan.slots:
+            base = len(plan.counters)
+            for j, s in enumerate(plan.slots):
+                live = self.slots.get(s.hold.key)
+                if live is None:
+                    if s.limit <= 0:
+                        short.append(Shortfall(base + j, 0, None))
+                    continue
+                if len(live) < s.limit:
+                    continue
                 # Prune expired slots only when they could matter: O(1) in the common case.
                 for r in [r for r, t in live.items() if t <= now]:
                     del live[r]
-            if len(live) >= s.limit:
-                short.append(
-                    Shortfall(len(plan.counters) + j, len(live), min(live.values(), default=None))
-                )
+                if len(live) >= s.limit:
+                    short.append(Shortfall(base + j, len(live), min(live.values(), default=None)))
         return short
+
+    def reserve(
+        self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
+    ) -> list[Shortfall]:
+        """`check`, then (nothing short) `take` what the plan holds, counters valid for their
+        `ttl` from `now`. No I/O, no await: atomic for the caller."""
+        short = self.check(plan, now)
+        if short:
+            return short
+        for c in plan.counters:
+            self._add(c.hold.key, c.hold.amount, now + c.ttl, now)
+        slot_keys = tuple(s.hold.key for s in plan.slots)
+        for key in slot_keys:
+            self.slots.setdefault(key, {})[rid] = expires_at
+        self._record(rid, _Record(plan.holds, expires_at, keep_until, slot_keys=slot_keys))
+        return []
+
+    def _add(self, key: str, amount: int, until: float, now: float) -> None:
+        entry = self.counters.get(key)
+        if entry is None or entry[1] <= now:
+            self.counters[key] = (amount, until)
+            heapq.heappush(self._reclaim, (until, _COUNTER, key, ""))
+        else:
+            self.counters[key] = (entry[0] + amount, max(entry[1], until))
+
+    def _record(self, rid: str, rec: _Record) -> None:
+        self.records[rid] = rec
+        heapq.heappush(self._due, (rec.expires_at, rid))
+        heapq.heappush(self._reclaim, (rec.expires_at, _RECORD, rid, ""))
 
     def take(
         self,
@@ -84,14 +138,9 @@ class CounterState:
             if h.what == "concurrency":
                 self.slots.setdefault(h.key, {})[rid] = expires_at
                 slot_keys.append(h.key)
-                continue
-            value, until = self.counters.get(h.key, (0, 0.0))
-            if until <= now:
-                value, until = 0, 0.0
-            self.counters[h.key] = (value + h.amount, max(until, untils[h.key]))
-        self.records[rid] = _Record(
-            tuple(holds), expires_at, keep_until, slot_keys=tuple(slot_keys)
-        )
+            else:
+                self._add(h.key, h.amount, untils[h.key], now)
+        self._record(rid, _Record(tuple(holds), expires_at, keep_until, slot_keys=tuple(slot_keys)))
 
     def commit(self, rid: str, call_id: str) -> bool:
         rec = self.records.get(rid)
@@ -103,7 +152,11 @@ class CounterState:
 
     def _free_slots(self, rid: str, rec: _Record) -> None:
         for key in rec.slot_keys:
-            self.slots.get(key, {}).pop(rid, None)
+            live = self.slots.get(key)
+            if live is not None:
+                live.pop(rid, None)
+                if not live:
+                    del self.slots[key]
 
     def _adjust(self, key: str, delta: int, now: float) -> None:
         if key in self.counters and self.counters[key][1] > now:
@@ -147,8 +200,17 @@ class CounterState:
             del self.calls[rec.call_id]
 
     def due(self, now: float) -> list[str]:
-        """Live reservations past their expiry."""
-        return [r for r, rec in self.records.items() if rec.state in LIVE and rec.expires_at <= now]
+        """Live reservations past their expiry (changes nothing: `mark_expired` does)."""
+        heap, records = self._due, self.records
+        found: dict[str, float] = {}
+        while heap and heap[0][0] <= now:
+            at, rid = heapq.heappop(heap)
+            rec = records.get(rid)
+            if rec is not None and rec.state in LIVE and rec.expires_at <= now:
+                found[rid] = at
+        for rid, at in found.items():  # back until `mark_expired` has changed their state
+            heapq.heappush(heap, (at, rid))
+        return list(found)
 
     def mark_expired(self, rids: Iterable[str]) -> list[str | None]:
         """Free the slots of these reservations (those still live); their call ids."""
@@ -162,18 +224,40 @@ class CounterState:
         return freed
 
     def gc(self, now: float) -> None:
-        """Forget what can no longer matter (old records, counters past their window)."""
-        for rid, rec in list(self.records.items()):
-            if rec.keep_until <= now:
-                del self.records[rid]
-                if rec.call_id is not None:
-                    self.calls.pop(rec.call_id, None)
-        for key, (_, until) in list(self.counters.items()):
-            if until <= now:
-                del self.counters[key]
-        for key, live in list(self.slots.items()):
-            for r in [r for r, t in live.items() if t <= now]:
-                del live[r]
+        """Forget what can no longer matter (old records, counters past their window, expired
+        slots): only what the heap says is due, never a scan of the rest."""
+        heap, records, counters = self._reclaim, self.records, self.counters
+        while heap and heap[0][0] <= now:
+            _, what, key, rid = heapq.heappop(heap)
+            if what == _COUNTER:
+                entry = counters.get(key)
+                if entry is not None:
+                    if entry[1] <= now:
+                        del counters[key]
+                    else:  # extended since: look again then
+                        heapq.heappush(heap, (entry[1], _COUNTER, key, ""))
+            elif what == _RECORD:
+                rec = records.get(key)
+                if rec is None:
+                    continue
+                self._prune_slots(key, rec.slot_keys, now)
+                if rec.keep_until <= now:
+                    del records[key]
+                    if rec.call_id is not None:
+                        self.calls.pop(rec.call_id, None)
+                else:
+                    heapq.heappush(heap, (max(rec.keep_until, rec.expires_at), _RECORD, key, ""))
+            else:
+                self._prune_slots(rid, (key,), now)
+
+    def _prune_slots(self, rid: str, keys: Iterable[str], now: float) -> None:
+        for key in keys:
+            live = self.slots.get(key)
+            if live is None:
+                continue
+            t = live.get(rid)
+            if t is not None and t <= now:
+                del live[rid]
             if not live:
                 del self.slots[key]
 
@@ -214,6 +298,10 @@ class CounterState:
         self.slots = {k: {r: float(t) for r, t in v.items()} for k, v in data["slots"].items()}
         self.records = {}
         self.calls = {}
+        self._due = []
+        self._reclaim = [(u, _COUNTER, k, "") for k, (_, u) in self.counters.items()]
+        self._reclaim += [(t, _SLOT, k, r) for k, v in self.slots.items() for r, t in v.items()]
+        heapq.heapify(self._reclaim)
         for rid, fields in data["records"].items():
             self.load_record(rid, *fields)
 
@@ -229,7 +317,7 @@ class CounterState:
     ) -> None:
         hs = tuple(Hold(rule, what, key, int(amount)) for rule, what, key, amount in holds)
         slot_keys = tuple(h.key for h in hs if h.what == "concurrency")
-        self.records[rid] = _Record(hs, expires_at, keep_until, state, call_id, applied, slot_keys)
+        self._record(rid, _Record(hs, expires_at, keep_until, state, call_id, applied, slot_keys))
         if call_id is not None:
             self.calls[call_id] = rid
 
@@ -243,15 +331,8 @@ class MemoryStore:
     async def reserve(
         self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
     ) -> list[Shortfall]:
-        # No await from here to the end: asyncio cannot interleave another reserve.
-        short = self.state.check(plan, now)
-        if short:
-            return short
-        untils = {c.hold.key: now + c.ttl for c in plan.counters}
-        self.state.take(
-            rid, plan.holds, untils, now=now, expires_at=expires_at, keep_until=keep_until
-        )
-        return []
+        # No await in here: asyncio cannot interleave another reserve.
+        return self.state.reserve(rid, plan, now=now, expires_at=expires_at, keep_until=keep_until)
 
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
         self.state.commit(rid, call_id)
