@@ -5,9 +5,6 @@ an error event the client understands."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import statistics
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,11 +22,13 @@ from tests.support.clients import (
     wait_for,
     wait_until,
 )
-from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.ledger.schema import calls
 from vapi_proxy.testing import ServerThread
 
 DELAY = 0.05  # the simulator's pause between deltas
+# How long a test waits for something before it fails instead of hanging: a test timeout,
+# never a speed claim, and shorter than the simulator's 30 s stalls it is judged against.
+HANG_GUARD = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -55,44 +54,75 @@ def _fault(slow: ObservedSandbox, **spec: Any) -> None:
     assert reply.status_code == 201, reply.text
 
 
-def _timed_events(
-    url: str, key: str, body: dict[str, Any]
-) -> tuple[float, list[tuple[float, bytes]]]:
-    """POST and read the SSE reply; (seconds to the response headers, [(arrival, line)])."""
-    started = time.perf_counter()
-    arrivals: list[tuple[float, bytes]] = []
+@pytest.fixture(scope="module")
+def patient_proxy(
+    slow: ObservedSandbox, user_key: str, other_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    """A proxy with the default 30 s idle timeout: within a test, only Vapi or the client end
+    its streams."""
+    folder = str(tmp_path_factory.mktemp("patient-stream"))
+    with proxy_for(slow.sandbox, user_key, other_key, folder) as proxy:
+        yield proxy
+
+
+def _events(url: str, key: str, body: dict[str, Any]) -> list[bytes]:
+    """POST and read the whole SSE reply; its `data:` lines."""
     with HTTP.stream("POST", url, json=body, headers=bearer(key)) as reply:
         assert reply.status_code == 200, reply.read()
-        headers_at = time.perf_counter() - started
-        for line in reply.iter_lines():
+        return [line.encode() for line in reply.iter_lines() if line.startswith("data:")]
+
+
+@pytest.mark.parametrize("sent", [1, 3])
+@pytest.mark.parametrize("path", ["/chat", "/chat/responses"])
+async def test_each_event_reaches_the_client_while_vapi_is_still_sending(
+    slow: ObservedSandbox, patient_proxy: ServerThread, user_key: str, path: str, sent: int
+) -> None:
+    """Vapi sends `sent` events and then holds its stream open (30 s): the client has every
+    one of them while Vapi's stream is still open, so the proxy passed each on as it came
+    instead of gathering the reply. How soon is the benchmark's job (bench/stream_bench.py)."""
+    _fault(slow, path=path, action="stall-stream", after_events=sent, stall_seconds=30)
+    before = _upstream_chat_keys(slow)
+    text = "x" * 40  # "You said: " + 40 chars = 7 deltas of 8
+    got: list[str] = []
+    # The client's read timeout is a hang guard (a proxy that gathers the reply would hold
+    # these events until the stall ends), below the stall so such a proxy fails here.
+    async with (
+        httpx.AsyncClient(timeout=HANG_GUARD) as client,
+        client.stream(
+            "POST",
+            patient_proxy.url + path,
+            json={"assistantId": "sales-coach", "input": text, "stream": True},
+            headers=bearer(user_key),
+        ) as reply,
+    ):
+        assert reply.status_code == 200
+        async for line in reply.aiter_lines():
             if line.startswith("data:"):
-                arrivals.append((time.perf_counter() - started, line.encode()))
-    return headers_at, arrivals
+                got.append(line)
+                if len(got) == sent:
+                    break
+        (key,) = _upstream_chat_keys(slow) - before
+        # Vapi has not finished (or been cut off): these events came through while it sends.
+        assert key not in slow.log.finished
+        assert key not in slow.log.disconnected
+    payloads = [orjson.loads(line[5:]) for line in got]
+    # In the order sent, unchanged: the first deltas of the reply.
+    assert "".join(p["delta"] for p in payloads) == ("You said: " + text)[: 8 * sent]
 
 
-def test_events_arrive_as_sent_and_the_first_as_fast_as_direct(
+def test_a_whole_stream_arrives_in_order(
     slow: ObservedSandbox, stream_proxy: ServerThread, user_key: str
 ) -> None:
-    text = "x" * 40  # "You said: " + 40 chars = 7 deltas of 8, 50 ms apart
-    direct_key = slow.sandbox.settings.private_key.get_secret_value()
-    direct_body = {"assistantId": SAVED_ASSISTANT_ID, "input": text, "stream": True}
-    proxy_body = {"assistantId": "sales-coach", "input": text, "stream": True}
-    direct_first, proxy_first = [], []
-    for _ in range(5):
-        _, direct = _timed_events(f"{slow.sandbox.url}/chat", direct_key, direct_body)
-        _, proxied = _timed_events(f"{stream_proxy.url}/chat", user_key, proxy_body)
-        direct_first.append(direct[0][0])
-        proxy_first.append(proxied[0][0])
-        deltas = [t for t, line in proxied if line != b"data: [DONE]"]
-        assert len(deltas) == 7
-        gaps = [b - a for a, b in itertools.pairwise(deltas)]
-        # Every event arrives when it is sent, not all at the end: the deltas are spread over
-        # the time the simulator took to send them, spaced like it spaced them (a scheduling
-        # hiccup on a loaded machine may bunch one pair).
-        assert deltas[-1] - deltas[0] > 6 * DELAY * 0.8, deltas
-        assert sum(gap > DELAY * 0.6 for gap in gaps) >= 5, gaps
-    # Loopback medians; the benchmark measures the real margin (bench/stream_bench.py).
-    assert statistics.median(proxy_first) < statistics.median(direct_first) + 0.02
+    text = "x" * 40
+    events = _events(
+        f"{stream_proxy.url}/chat",
+        user_key,
+        {"assistantId": "sales-coach", "input": text, "stream": True},
+    )
+    assert events[-1] == b"data: [DONE]"
+    deltas = [orjson.loads(line[5:])["delta"] for line in events[:-1]]
+    assert len(deltas) == 7
+    assert "".join(deltas) == "You said: " + text
 
 
 def _upstream_chat_keys(slow: ObservedSandbox) -> set[str]:
@@ -100,15 +130,17 @@ def _upstream_chat_keys(slow: ObservedSandbox) -> set[str]:
 
 
 async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(
-    slow: ObservedSandbox, stream_proxy: ServerThread, user_key: str
+    slow: ObservedSandbox, patient_proxy: ServerThread, user_key: str
 ) -> None:
-    _fault(slow, path="/chat", action="stall-stream", after_events=1, stall_seconds=30)
+    # The patient proxy's idle timeout (30 s) cannot end this stream within the test: only
+    # the client's leaving can.
+    _fault(slow, path="/chat", action="stall-stream", after_events=1, stall_seconds=60)
     before = _upstream_chat_keys(slow)
     async with (
-        httpx.AsyncClient(timeout=5) as client,
+        httpx.AsyncClient(timeout=HANG_GUARD) as client,
         client.stream(
             "POST",
-            f"{stream_proxy.url}/chat",
+            f"{patient_proxy.url}/chat",
             json={"assistantId": "sales-coach", "input": "leave early", "stream": True},
             headers=bearer(user_key),
         ) as reply,
@@ -116,12 +148,11 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(
         async for line in reply.aiter_lines():
             if line.startswith("data:"):
                 break  # one event seen; the client goes away
-    left_at = time.monotonic()
     (key,) = _upstream_chat_keys(slow) - before
-    assert await wait_for(lambda: key in slow.log.finished, timeout=3)
+    assert await wait_for(lambda: key in slow.log.finished, timeout=HANG_GUARD)
+    # Neither the simulator's stall (60 s) nor the proxy's idle timeout (30 s) has run out:
+    # the proxy closed Vapi's stream because the client left (a disconnect the simulator saw).
     assert key in slow.log.disconnected
-    # The simulator would have stalled 30 s: it was released by the proxy closing the stream.
-    assert slow.log.disconnected[key] - left_at < 1.0
 
 
 async def test_a_client_leaving_before_vapi_answers_closes_the_upstream_request(
@@ -160,15 +191,14 @@ def test_a_stalled_upstream_ends_the_stream_with_an_error_event(
 ) -> None:
     _fault(slow, path=path, action="stall-stream", after_events=2, stall_seconds=10)
     before = _upstream_chat_keys(slow)
-    started = time.perf_counter()
-    _, events = _timed_events(
+    # The idle timeout (0.5 s) ends it, not the stall (10 s): the stream has only the two
+    # events and the error, and the proxy, not the simulator, let go of Vapi's stream.
+    events = _events(
         stream_proxy.url + path,
         user_key,
         {"assistantId": "sales-coach", "input": "stall me please", "stream": True},
     )
-    elapsed = time.perf_counter() - started
-    assert elapsed < 3, elapsed  # the idle timeout is 0.5 s
-    payloads = [orjson.loads(line[5:]) for _, line in events]
+    payloads = [orjson.loads(line[5:]) for line in events]
     assert len(payloads) == 3
     last = payloads[-1]
     if path == "/chat":
@@ -177,8 +207,9 @@ def test_a_stalled_upstream_ends_the_stream_with_an_error_event(
         assert last["type"] == "error" and last["code"] == "upstream_timeout"
         assert last["sequence_number"] == 2
     (key,) = _upstream_chat_keys(slow) - before
-    # The proxy let go of the stalled stream (the simulator would have held it 10 s).
-    assert wait_until(lambda: key in slow.log.disconnected, timeout=3)
+    # The proxy let go of the stalled stream (the simulator would have ended it after 10 s
+    # without seeing a disconnect).
+    assert wait_until(lambda: key in slow.log.disconnected, timeout=HANG_GUARD)
 
 
 def test_a_refusal_from_vapi_before_the_stream_is_the_json_envelope(
