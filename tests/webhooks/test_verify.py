@@ -295,3 +295,71 @@ def test_the_apps_forward_signature_check_reads_plain_digits_only(stamp: str) ->
     mac = sign(secret, BODY, int(NOW)).split("v1=")[1]
     assert verify_signature([secret], f"t={int(NOW)},v1={mac}", BODY, now=NOW)
     assert not verify_signature([secret], f"t={stamp},v1={mac}", BODY, now=NOW)
+
+
+def vapi_signed(payload_format: str, body: bytes, stamp: str, message_id: str) -> bytes:
+    """What a signer following Vapi's `payloadFormat` signs, written out independently of the
+    verifier: placeholders replaced in the text, the body put where the first `{body}` was."""
+    text = (
+        payload_format.replace("{timestamp}", stamp)
+        .replace("{method}", "POST")
+        .replace("{url}", URL)
+        .replace("{svix-id}", message_id)
+    )
+    head, found, tail = text.partition("{body}")
+    return head.encode() + body + tail.encode() if found else text.encode()
+
+
+@pytest.mark.parametrize(
+    "payload_format",
+    [
+        "{timestamp}.{body}",
+        "{body}",
+        "{timestamp}",
+        "{method} {url}\n{timestamp}\n{body}",
+        "{svix-id}.{timestamp}.{method}.{url}.{body}",
+        "v1:{body}:{timestamp}:{svix-id}",  # fields after the body
+        "{timestamp}{timestamp}.{body}",  # a field twice
+        "{body}|{body}",  # only the first {body} is the body; the second is text
+        "plain text, no fields",
+    ],
+)
+def test_hmac_signs_exactly_the_configured_payload_with_every_secret(
+    tmp_path: Path, payload_format: str
+) -> None:
+    old, new = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    v = verifier(
+        tmp_path,
+        [
+            {
+                "type": "hmac",
+                "payload_format": payload_format,
+                "message_id_header": "svix-id",
+                "secret_env": "HOOK_OLD",
+                "secret_file": secret_file(tmp_path, new),
+            }
+        ],
+        environ={"HOOK_OLD": old},
+    )
+    stamp, message_id = str(int(NOW)), "msg_2f9"
+    data = vapi_signed(payload_format, BODY, stamp, message_id)
+    for key in (old, new):  # rotation: either secret proves the delivery
+        headers = {"x-signature": sig(key.encode(), data), "x-timestamp": stamp}
+        verified = v.verify({**headers, "svix-id": message_id}, BODY)
+        assert verified.kind == "hmac"
+        assert verified.message_id == (message_id if "{svix-id}" in payload_format else None)
+    headers = {"x-signature": sig(old.encode(), data), "x-timestamp": stamp}
+    # A signature over anything else is refused: another body (when the body is signed),
+    # another time, another message id (when they are signed), another secret.
+    wrong: list[tuple[dict[str, str], bytes]] = [
+        ({**headers, "x-signature": sig(b"not-a-configured-secret", data)}, BODY),
+    ]
+    if "{body}" in payload_format:
+        wrong.append((headers, BODY.replace(b"ended", b"ended ")))
+    if "{timestamp}" in payload_format:
+        wrong.append(({**headers, "x-timestamp": str(int(NOW) - 1)}, BODY))
+    if "{svix-id}" in payload_format:
+        wrong.append(({**headers, "svix-id": "msg_other"}, BODY))
+    for bad_headers, body in wrong:
+        with pytest.raises(VerificationError, match="hmac_mismatch"):
+            v.verify({"svix-id": message_id, **bad_headers}, body)

@@ -135,6 +135,8 @@ class WebhookReceiver:
 
     async def _queue(self, event_id: str, mtype: str, body: bytes) -> None:
         """Forward copies of a request type; a failure here must not cost Vapi its answer."""
+        if not self._forwarder.enabled:
+            return
         items = self._forwarder.outbox_items(event_id, mtype, body)
         if not items:
             return
@@ -181,7 +183,12 @@ class WebhookReceiver:
                 recording_urls=self.settings.store_recording_urls,
             ),
         )
-        outbox = self._forwarder.outbox_items(event_id(event.dedupe_key), event.type, body)
+        # Forwarding off (the default): no event id to hash, no rows to build.
+        outbox = (
+            self._forwarder.outbox_items(event_id(event.dedupe_key), event.type, body)
+            if self._forwarder.enabled
+            else []
+        )
         outcome = await self._writer.add((event, outbox))
         if outbox and not outcome.duplicate:
             self._forwarder.notify()
