@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
-from vapi_proxy.sandbox import RunningSandbox, run_sandbox
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public, wait_until
+from vapi_proxy.sandbox import ManualClock, RunningSandbox, run_sandbox
 from vapi_proxy.sandbox.settings import ChatSettings
 
 
@@ -172,20 +170,28 @@ def test_list_chats_is_paginated(sim: RunningSandbox, client: httpx.Client) -> N
 
 
 def test_stream_events_are_spaced_by_the_configured_delay(client: httpx.Client) -> None:
+    """On a manual clock: after each delta the simulator waits for exactly the configured
+    delay on its clock, and the next delta comes only once the clock has moved that far."""
+    clock = ManualClock(start=1_800_000_000.0)
     settings = base_settings(chat=ChatSettings(chunk_chars=4, stream_delay_seconds=0.1))
-    with run_sandbox(settings) as sb:
+    with run_sandbox(settings, clock=clock) as sb:
         body = {"assistantId": ASSISTANT_ID, "input": "abcdefgh", "stream": True}
-        arrivals = []
+        events: list[str] = []
         with client.stream("POST", sb.url + "/chat", json=body, headers=private(sb)) as resp:
-            for line in resp.iter_lines():
-                if line.startswith("data: "):
-                    arrivals.append(time.monotonic())
-    assert len(arrivals) == 6  # "You said: abcdefgh" in 4-char deltas = 5, plus [DONE]
-    # Five 0.1 s pauses. Scheduling jitter on a busy machine can shorten one gap (a late event
-    # followed by a punctual one), so require most gaps, and the whole span, to show them.
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert sum(gap >= 0.05 for gap in gaps) >= 4, gaps
-    assert arrivals[-1] - arrivals[0] >= 0.4
+            lines = (line for line in resp.iter_lines() if line.startswith("data: "))
+            events.append(next(lines))
+            # "You said: abcdefgh" in 4-char deltas = 5, plus [DONE]: four pauses between the
+            # deltas and one before [DONE].
+            for _ in range(5):
+                due = clock.now() + 0.1
+                # Raises if the simulator never waits for exactly that (10 s: a hang guard).
+                wait_until(lambda due=due: clock.pending() == [pytest.approx(due)], timeout=10)
+                clock.advance(0.1)
+                events.append(next(lines))
+            assert next(lines, None) is None
+    assert events[-1] == "data: [DONE]"
+    deltas = [json.loads(e[6:])["delta"] for e in events[:-1]]
+    assert deltas == ["You ", "said", ": ab", "cdef", "gh"]
 
 
 def test_chat_store_is_bounded(client: httpx.Client) -> None:

@@ -46,3 +46,17 @@ def test_advance_after_the_loop_closed_is_harmless() -> None:
     finally:
         loop.close()
     clock.advance(5)  # must not raise "Event loop is closed"
+
+
+async def test_pending_lists_the_times_waited_for() -> None:
+    clock = ManualClock(start=0.0)
+    late = asyncio.ensure_future(clock.sleep_until(5.0))
+    soon = asyncio.ensure_future(clock.sleep_until(2.0))
+    await asyncio.sleep(0)
+    assert clock.pending() == [2.0, 5.0]
+    clock.advance(2.0)
+    await asyncio.wait_for(soon, timeout=1)
+    assert clock.pending() == [5.0]
+    late.cancel()  # a waiter that gave up is no longer waiting
+    await asyncio.sleep(0)
+    assert clock.pending() == []

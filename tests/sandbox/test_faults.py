@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public
-from vapi_proxy.sandbox import FaultSpec, RunningSandbox, run_sandbox
+from tests.support.sandbox import ASSISTANT_ID, base_settings, private, public, wait_until
+from vapi_proxy.sandbox import FaultSpec, ManualClock, RunningSandbox, run_sandbox
 
 WEB = {"assistantId": ASSISTANT_ID}
 
@@ -98,12 +98,19 @@ def test_dropped_connection(
     assert (dropped["body"] is None) == (action == "drop-before-body")
 
 
-def test_latency(fresh: RunningSandbox, client: httpx.Client) -> None:
-    add(fresh, client, path="/call/web", latency_seconds=0.3, count=1)
-    started = time.monotonic()
-    resp = client.post(fresh.url + "/call/web", json=WEB, headers=public(fresh))
-    assert resp.status_code == 201
-    assert time.monotonic() - started >= 0.3
+def test_latency(client: httpx.Client) -> None:
+    """On a manual clock: the reply waits for exactly the injected latency on the simulator's
+    clock, and comes once the clock has moved that far."""
+    clock = ManualClock(start=1_800_000_000.0)
+    with run_sandbox(base_settings(), clock=clock) as sb, ThreadPoolExecutor(1) as pool:
+        add(sb, client, path="/call/web", latency_seconds=0.3, count=1)
+        reply = pool.submit(client.post, sb.url + "/call/web", json=WEB, headers=public(sb))
+        due = clock.now() + 0.3
+        # Raises if the simulator never waits for exactly that (10 s: a hang guard).
+        wait_until(lambda: clock.pending() == [pytest.approx(due)], timeout=10)
+        assert not reply.done()
+        clock.advance(0.3)
+        assert reply.result(timeout=10).status_code == 201
 
 
 def read_stream(

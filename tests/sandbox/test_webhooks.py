@@ -244,6 +244,8 @@ def test_server_timeout_is_respected(receiver: tuple[Receiver, str], client: htt
         phone_call(sb, client)
         wait_until(lambda: any(d["error"] for d in sb.state.webhooks.log), timeout=5)
         delivery = client.get(sb.url + "/__sandbox/webhooks").json()[0]
+    # The server's own timeoutSeconds (1 s, not the 20 s default) cut the delivery before the
+    # receiver answered (it takes 1.5 s): no status, no reply, and the error names the limit.
     assert delivery["error"] == "timeout after 1.0s"
     assert delivery["responseStatus"] is None
-    assert 0.9 <= delivery["elapsedSeconds"] < 5  # generous: the box may be busy
+    assert delivery["response"] is None

@@ -6,7 +6,6 @@ logging, then the handler, rendering any `VapiError` in Vapi's NestJS shape.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -148,7 +147,7 @@ class Dispatcher:
                 refusal = exc
         if fault is not None and fault.action == "drop-before-body":
             self._record(request, path, None, caller)
-            await asyncio.sleep(fault.latency_seconds)
+            await self._pause(fault.latency_seconds)
             await self._drop(request)
             return
         await request.read()
@@ -186,10 +185,15 @@ class Dispatcher:
                 request.method, path, query, request.headers, body, kind, self.state.clock.now()
             )
 
+    async def _pause(self, seconds: float) -> None:
+        """An injected latency, on the simulator's clock (a `ManualClock` test moves it)."""
+        clock = self.state.clock
+        await clock.sleep_until(clock.now() + seconds)
+
     async def _fault(self, fault: FaultSpec, request: Request, send: Send) -> bool:
         """Apply a fault once the body is in; True when it has answered (or killed) the request."""
         if fault.latency_seconds:
-            await asyncio.sleep(fault.latency_seconds)
+            await self._pause(fault.latency_seconds)
         if fault.action == "drop-after-body":
             return await self._drop(request)
         if fault.action == "status":

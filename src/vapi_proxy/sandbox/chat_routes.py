@@ -117,7 +117,8 @@ async def _stream(ctx: Context, events: AsyncIterator[bytes]) -> None:
                 await _stall(ctx, fault.stall_seconds)
                 return
         if sent and delay:
-            await asyncio.sleep(delay)
+            clock = ctx.state.clock
+            await clock.sleep_until(clock.now() + delay)
         await ctx.send({"type": "http.response.body", "body": event, "more_body": True})
         sent += 1
     await ctx.send({"type": "http.response.body", "body": b""})

@@ -1,7 +1,7 @@
 """Time for the simulator: the wall clock, or a manual one tests move by hand.
 
-Call status is derived from `now()` when read; webhook drivers wait with `sleep_until`, so a
-`ManualClock` drives the whole lifecycle without real sleeps.
+Call status is derived from `now()` when read; webhook drivers and the pauses between streamed
+chat deltas wait with `sleep_until`, so a `ManualClock` drives them without real sleeps.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class ManualClock:
 
     def now(self) -> float:
         return self._now
+
+    def pending(self) -> list[float]:
+        """The times someone is waiting for, soonest first: what a test advances to."""
+        with self._lock:
+            return sorted(when for when, _, fut in self._waiters if not fut.done())
 
     def advance(self, seconds: float) -> None:
         with self._lock:
