@@ -156,33 +156,48 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(
 
 
 async def test_a_client_leaving_before_vapi_answers_closes_the_upstream_request(
-    slow: ObservedSandbox,
-    user_key: str,
-    other_key: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    slow: ObservedSandbox, patient_proxy: ServerThread, user_key: str
 ) -> None:
-    folder = str(tmp_path_factory.mktemp("patient"))
-    # A proxy with the default 30 s idle timeout: only the client's leaving can end this.
-    with proxy_for(slow.sandbox, user_key, other_key, folder) as proxy:
-        # The simulator takes 15 s before answering at all (no headers yet).
-        _fault(slow, path="/chat", action="none", latency_seconds=15)
-        before = _upstream_chat_keys(slow)
-        # The client gives up after 2 s: long enough for the proxy to have asked the simulator
-        # even on a busy machine, far shorter than the simulator's delay.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=2)) as client:
-            with pytest.raises(httpx.ReadTimeout):
-                await client.post(
-                    f"{proxy.url}/chat",
-                    json={"assistantId": "sales-coach", "input": "too slow", "stream": True},
-                    headers=bearer(user_key),
-                )
-            assert await wait_for(lambda: len(_upstream_chat_keys(slow) - before) == 1)
-            held = slow.open_connections()
-        # The client gave up and its connection closed; the proxy drops the upstream request
-        # at once, long before the simulator would have answered.
-        assert await wait_for(lambda: slow.open_connections() < held, timeout=5)
-        (key,) = _upstream_chat_keys(slow) - before
-        assert key not in slow.log.finished
+    # The simulator takes 60 s before answering at all (no headers yet), and the patient
+    # proxy's idle timeout is 30 s: only the client's leaving can end this within the test.
+    _fault(slow, path="/chat", action="none", latency_seconds=60)
+    before = _upstream_chat_keys(slow)
+    async with httpx.AsyncClient(timeout=HANG_GUARD) as client:
+        asking = asyncio.create_task(
+            client.post(
+                f"{patient_proxy.url}/chat",
+                json={"assistantId": "sales-coach", "input": "too slow", "stream": True},
+                headers=bearer(user_key),
+            )
+        )
+        # The client gives up once the proxy has asked the simulator (not after a guessed
+        # delay, which a busy machine could outlast before the proxy even asked).
+        assert await wait_for(
+            lambda: len(_upstream_chat_keys(slow) - before) == 1, timeout=HANG_GUARD
+        )
+        (waiting,) = _unanswered_chats(slow)  # the simulator's side of that request
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+    # The client's connection closed; the proxy closed the connection of its upstream request,
+    # which the simulator had not answered.
+    assert await wait_for(lambda: waiting.disconnected, timeout=HANG_GUARD)
+    assert not waiting.response_complete
+    (key,) = _upstream_chat_keys(slow) - before
+    assert key not in slow.log.finished
+
+
+def _unanswered_chats(slow: ObservedSandbox) -> list[Any]:
+    """uvicorn's request cycles in the simulator for `/chat` not answered, on open connections."""
+    connections = slow.server._server.server_state.connections
+    return [
+        c.cycle
+        for c in connections
+        if c.cycle is not None
+        and c.scope["path"] == "/chat"
+        and not c.cycle.response_complete
+        and not c.cycle.disconnected
+    ]
 
 
 @pytest.mark.parametrize("path", ["/chat", "/chat/responses"])
@@ -280,7 +295,7 @@ async def test_a_client_leaving_mid_stream_is_served_a_counted_recorded_turn(
         body = {"assistantId": "sales-coach" if signed_in else "demo", "input": "free ride?"}
         body["stream"] = True
         async with (
-            httpx.AsyncClient(timeout=5) as client,
+            httpx.AsyncClient(timeout=HANG_GUARD) as client,
             client.stream("POST", proxy.url + path, json=body, headers=headers) as reply,
         ):
             assert reply.status_code == 200
@@ -288,7 +303,7 @@ async def test_a_client_leaving_mid_stream_is_served_a_counted_recorded_turn(
                 if line.startswith("data:"):
                     break
         # The turn is in the ledger with what is known, and it used up the quota.
-        assert await wait_for(lambda: len(_ledger_rows(proxy, "leaver-1")) == 1, timeout=5)
+        assert await wait_for(lambda: len(_ledger_rows(proxy, "leaver-1")) == 1, timeout=HANG_GUARD)
         (row,) = _ledger_rows(proxy, "leaver-1")
         assert row.kind == "chat"
         assert row.profile == body["assistantId"]
@@ -329,13 +344,13 @@ async def test_a_turn_vapi_accepted_but_sent_nothing_for_keeps_its_reservation(
         headers = {**bearer(user_key), "X-Request-ID": "silent-1"}
         body = {"assistantId": "sales-coach", "input": "anyone there?", "stream": True}
         async with (
-            httpx.AsyncClient(timeout=5) as client,
+            httpx.AsyncClient(timeout=HANG_GUARD) as client,
             client.stream("POST", proxy.url + "/chat/responses", json=body, headers=headers) as r,
         ):
             assert r.status_code == 200  # the headers came; the client leaves without an event
         # The proxy has let go of the turn (it closed its stream from Vapi) before asking again.
         (key,) = _upstream_chat_keys(slow) - before
-        assert await wait_for(lambda: key in slow.log.disconnected, timeout=5)
+        assert await wait_for(lambda: key in slow.log.disconnected, timeout=HANG_GUARD)
         assert _ledger_rows(proxy, "silent-1") == []
         again = HTTP.post(proxy.url + "/chat/responses", json=body, headers=bearer(user_key))
         assert again.status_code == 429, again.text
