@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -145,7 +145,7 @@ SETTLEABLE = ("pending", "committed", "expired", "ended")
 
 
 def true_up(
-    holds: Sequence[Sequence[Any]], applied: str, actual_ms: int | None, actual_micro: int | None
+    holds: Iterable[Sequence[Any]], applied: str, actual_ms: int | None, actual_micro: int | None
 ) -> tuple[dict[str, int], str, bool]:
     """Counter deltas replacing held worst cases with actuals, each metric at most once.
 
@@ -156,13 +156,20 @@ def true_up(
     given = {"minutes": actual_ms, "usd": actual_micro}
     deltas: dict[str, int] = {}
     now_applied = set(applied)
+    if actual_ms is not None:
+        now_applied.add("m")
+    if actual_micro is not None:
+        now_applied.add("u")
+    done = True
     for what, key, amount in holds:
-        actual = given.get(what)
+        if what not in given:
+            continue
+        actual = given[what]
         if actual is not None and what[0] not in applied:
             deltas[key] = deltas.get(key, 0) + actual - int(amount)
-    now_applied |= {what[0] for what, value in given.items() if value is not None}
-    needed = {what[0] for what, _, _ in holds if what in given}
-    return deltas, "".join(sorted(now_applied)), needed <= now_applied
+        if what[0] not in now_applied:
+            done = False
+    return deltas, "".join(sorted(now_applied)), done
 
 
 # --- which rules apply -------------------------------------------------------------------------

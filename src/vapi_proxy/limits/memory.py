@@ -181,7 +181,7 @@ class CounterState:
         rec = self.records.get(rid) if rid is not None else None
         if rid is None or rec is None or rec.state not in SETTLEABLE:
             return False
-        holds = [(h.what, h.key, h.amount) for h in rec.holds]
+        holds = ((h.what, h.key, h.amount) for h in rec.holds)
         deltas, rec.applied, done = true_up(holds, rec.applied, actual_ms, actual_micro_usd)
         for key, delta in deltas.items():
             self._adjust(key, delta, now)
