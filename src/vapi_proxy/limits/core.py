@@ -93,12 +93,14 @@ class Shortfall:
 class Plan:
     counters: tuple[CounterCheck, ...]
     slots: tuple[SlotCheck, ...]
-    holds: tuple[Hold, ...] = field(init=False, repr=False, compare=False)
-    """Every hold, counters first (computed once: each store and the reservation read it)."""
+    holds: tuple[Hold, ...] = field(default=(), repr=False, compare=False)
+    """Every hold, counters first (computed once: each store and the reservation read it);
+    the planner passes them in, anyone else leaves them out."""
 
     def __post_init__(self) -> None:
-        holds = tuple(c.hold for c in self.counters) + tuple(s.hold for s in self.slots)
-        object.__setattr__(self, "holds", holds)
+        if not self.holds and (self.counters or self.slots):
+            holds = tuple(c.hold for c in self.counters) + tuple(s.hold for s in self.slots)
+            object.__setattr__(self, "holds", holds)
 
 
 class LimitStore(Protocol):
@@ -499,7 +501,9 @@ class Planner:
             if spec.concurrency is not None:
                 hold = Hold(rule.name, "concurrency", base + ":slots", 1)
                 slots.append(SlotCheck(hold, spec.concurrency, rule))
-        return Plan(tuple(counters), tuple(slots))
+        holds = [c.hold for c in counters]
+        holds += [s.hold for s in slots]
+        return Plan(tuple(counters), tuple(slots), tuple(holds))
 
 
 # --- reservation ids ---------------------------------------------------------------------------
