@@ -77,8 +77,11 @@ async def chain_factory(clock: Clock) -> AsyncIterator[Any]:
     """Builds started chains from method dicts and closes them after the test."""
     chains: list[AuthChain] = []
 
-    async def build(*methods: dict[str, Any], **kwargs: Any) -> AuthChain:
-        chain = AuthChain.from_settings(settings(*methods, **kwargs), clock=clock)
+    async def build(*methods: dict[str, Any], now: Clock | None = None, **kwargs: Any) -> AuthChain:
+        """`now`: a wall clock the token times are held to (default: the real one)."""
+        chain = AuthChain.from_settings(
+            settings(*methods, **kwargs), clock=clock, **({"now": now} if now else {})
+        )
         await chain.start()
         chains.append(chain)
         return chain

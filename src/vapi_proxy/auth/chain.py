@@ -59,9 +59,14 @@ class AuthChain:
 
     @classmethod
     def from_settings(
-        cls, settings: AuthSettings, *, clock: Callable[[], float] = time.monotonic
+        cls,
+        settings: AuthSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
     ) -> AuthChain:
-        """`clock` (monotonic seconds) drives JWKS cache ages, so tests need not sleep."""
+        """`clock` (monotonic seconds) drives JWKS cache ages and `now` (the wall clock) is what
+        token times are held to, so tests need not sleep."""
         stats = AuthStats()
         jwt_methods = [m for m in settings.methods if isinstance(m, JwtMethod)]
         authenticators: list[Authenticator] = []
@@ -82,7 +87,7 @@ class AuthChain:
                     )
                     caches.append(cache)
                 authenticators.append(
-                    JwtAuthenticator(method, jwks=cache, exclusive=len(jwt_methods) == 1)
+                    JwtAuthenticator(method, jwks=cache, exclusive=len(jwt_methods) == 1, now=now)
                 )
                 source = "jwks" if cache else "secret" if method.secret else "public_key"
                 described.append(({"type": "jwt", "issuer": method.issuer, "keys": source}, cache))

@@ -130,6 +130,14 @@ class JwtMethod(StrictModel):
     max_token_bytes: int = Field(
         8192, ge=256, le=65536, description="Tokens longer than this are refused unparsed."
     )
+    token_cache_size: int = Field(
+        4096,
+        ge=0,
+        le=1_000_000,
+        description="How many verified tokens (by hash) are remembered, least recently used "
+        "out, so a reused token skips its signature check; each entry ends at the token's `exp` "
+        "and when the JWKS set changes. 0 turns the cache off.",
+    )
 
     _secret: SecretStr | None = PrivateAttr(None)
     _public_key: Any = PrivateAttr(None)

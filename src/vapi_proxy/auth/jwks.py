@@ -112,6 +112,9 @@ class JwksCache:
         self._stats = stats
         self._clock = clock
         self._keys: dict[str | None, JwkKey] = {}
+        self._document: bytes | None = None
+        self.generation = 0
+        """Bumped whenever a fetch changes the key set, so caches built on its keys can tell."""
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._last_failed = False
@@ -200,14 +203,20 @@ class JwksCache:
     async def _fetch_and_store(self) -> None:
         self._stats.jwks_fetches += 1
         try:
-            keys = parse_jwks(await self._fetch())
+            document = await self._fetch()
+            # The same document again (the usual refresh) keeps the parsed keys, and with them
+            # the identities of tokens they verified (auth/token_cache.py).
+            keys = self._keys if document == self._document else parse_jwks(document)
         except (JwksError, aiohttp.ClientError, TimeoutError) as exc:
             self._stats.jwks_fetch_failures += 1
             self._last_failed = True
             self._last_error = str(exc) or type(exc).__name__
             log.warning("JWKS fetch from %s failed: %s", self.url, exc or type(exc).__name__)
         else:
-            self._keys = keys
+            if keys is not self._keys:
+                self._keys = keys
+                self._document = document
+                self.generation += 1
             self._fetched_at = self._clock()
             self._last_failed = False
             self._stats.jwks_refreshes += 1

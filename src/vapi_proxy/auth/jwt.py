@@ -10,6 +10,7 @@ Refusals are precise and never contain the token or its claims.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,8 @@ from vapi_proxy.auth.base import AuthFailure, Credential, looks_like_jwt
 from vapi_proxy.auth.claims import MISSING, as_strings, lookup
 from vapi_proxy.auth.config import JwtMethod
 from vapi_proxy.auth.identity import Identity
-from vapi_proxy.auth.jwks import JwksCache
+from vapi_proxy.auth.jwks import JwkKey, JwksCache
+from vapi_proxy.auth.token_cache import VerifiedToken, VerifiedTokenCache
 
 _ALGORITHMS: dict[str, Algorithm] = get_default_algorithms()
 _BASE64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -52,6 +54,10 @@ class JwtAuthenticator:
         """`exclusive` is False when other jwt methods exist: tokens are then routed by `iss`.
         `now` is the wall clock (seconds since the epoch) that `exp`/`nbf`/`iat` are held to."""
         self._method = method
+        self.cache = (
+            VerifiedTokenCache(method.token_cache_size) if method.token_cache_size else None
+        )
+        self._generation = jwks.generation if jwks is not None else 0
         self._jwks = jwks
         self._exclusive = exclusive or method.issuer is None
         self._now = now
@@ -80,6 +86,13 @@ class JwtAuthenticator:
         if len(token) > method.max_token_bytes:
             raise AuthFailure("oversized", "Token is too large")
         raw = token.encode("ascii", "replace")
+        cache = self.cache
+        digest = b""
+        if cache is not None:
+            digest = hashlib.sha256(raw).digest()
+            entry = cache.get(digest)
+            if entry is not None and (identity := await self._reuse(cache, digest, entry)):
+                return identity
         header_b64, payload_b64, signature_b64 = raw.split(b".")
         header = _json_object(header_b64)
         claims = _json_object(payload_b64)
@@ -91,17 +104,59 @@ class JwtAuthenticator:
         if "crit" in header:
             # RFC 7515 §4.1.11: extensions we do not implement must make the token invalid.
             raise AuthFailure("malformed", "Token uses unsupported critical header parameters")
-        key = await self._key(header.get("kid"), alg)
+        kid = header.get("kid")
+        jwk = await self._key(kid, alg)
         signature = _b64decode(signature_b64)
         signing_input = raw[: len(header_b64) + 1 + len(payload_b64)]
+        key = self._static_key if jwk is None else jwk.key
         if not self._algorithms[alg].verify(signing_input, key, signature):
             raise AuthFailure("bad_signature", "Token signature is invalid")
         self._check_claims(claims)
-        return self._identity(claims)
+        identity = self._identity(claims)
+        if cache is not None and "exp" in claims:  # no `exp`, no end: such tokens are not kept
+            if self._jwks is not None and self._jwks.generation != self._generation:
+                self._generation = self._jwks.generation
+                cache.clear()  # verified with a key set that is gone
+            times = [claims[name] for name in ("nbf", "iat") if name in claims]
+            not_before = max(times) if times else None
+            cache.put(digest, VerifiedToken(identity, claims["exp"], not_before, kid, jwk))
+        return identity
 
-    async def _key(self, kid: Any, alg: str) -> Any:
+    async def _reuse(
+        self, cache: VerifiedTokenCache, digest: bytes, entry: VerifiedToken
+    ) -> Identity | None:
+        """The cached identity if the token would still pass now, else None (verify afresh).
+
+        The time checks are `_check_claims`'s own, with the same leeway. A JWKS method asks its
+        key set for the token's `kid` as an uncached request would (refresh when due, stale-key
+        bound, unknown kid: the same refusals) and reuses the entry only if that is still the
+        very key that verified the token."""
+        now = self._now()
+        leeway = self._method.leeway_seconds
+        if entry.expires <= now - leeway or (
+            entry.not_before is not None and entry.not_before > now + leeway
+        ):
+            cache.drop(digest)
+            return None
+        jwks = self._jwks
+        if jwks is not None:
+            jwk = await jwks.get(entry.kid)
+            if jwks.generation != self._generation:
+                # The key set changed (a key dropped, rotated or added): nothing verified with
+                # the old set is reused, whatever its kid.
+                self._generation = jwks.generation
+                cache.clear()
+                return None
+            if jwk is not entry.key:
+                cache.drop(digest)
+                return None
+        cache.hits += 1
+        return entry.identity
+
+    async def _key(self, kid: Any, alg: str) -> JwkKey | None:
+        """The JWK for a JWKS method (None: the configured PEM key or secret is used)."""
         if self._static_key is not None:
-            return self._static_key
+            return None
         if kid is not None and not isinstance(kid, str):
             raise _malformed()
         if self._jwks is None:  # ruled out in __init__; keeps the type checker honest
@@ -109,7 +164,7 @@ class JwtAuthenticator:
         jwk = await self._jwks.get(kid)
         if not jwk.fits(alg):
             raise AuthFailure("algorithm", "Token algorithm does not match its signing key")
-        return jwk.key
+        return jwk
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         """RFC 7519 §4.1, with `leeway` for clock skew; only after the signature is good."""
