@@ -154,9 +154,10 @@ async def test_a_key_dropped_from_the_jwks_ends_its_tokens(
     clock.advance(31)
     assert (await chain.authenticate("Bearer " + new_key.sign(token_claims()), "::1")).subject
     assert jwks.fetches == 2
+    assert len(cache_of(chain)) == 1  # the set changed: emptied, then the new token stored
     with pytest.raises(UnauthorizedError, match="key id the issuer does not list"):
         await chain.authenticate(revoked, "::1")
-    # The set changed, so the cache was emptied: the kept key's token is verified afresh, once.
+    # The kept key's token is verified afresh, once.
     hits = cache_of(chain).hits
     assert (await chain.authenticate(kept, "::1")).subject == "user-2"
     assert cache_of(chain).hits == hits
@@ -264,14 +265,16 @@ async def test_the_cache_is_bounded_least_recently_used_out(
     assert cache_of(chain).hits == hits + 1
     await chain.authenticate(tokens[0], "::1")  # evicted by the flood: verified afresh
     assert cache_of(chain).hits == hits + 1
+    # Least recently used, not first stored, goes first.
     chain = await chain_factory(pem_method(rsa_key, token_cache_size=3), now=wall)
-    for token in tokens[:4]:
+    for token in tokens[:3]:
         await chain.authenticate(token, "::1")
-    await chain.authenticate(tokens[3], "::1")
+    await chain.authenticate(tokens[0], "::1")
+    await chain.authenticate(tokens[3], "::1")  # evicts tokens[1]
+    await chain.authenticate(tokens[0], "::1")
     await chain.authenticate(tokens[2], "::1")
-    await chain.authenticate(tokens[1], "::1")
     assert cache_of(chain).hits == 3
-    await chain.authenticate(tokens[0], "::1")  # the oldest went first
+    await chain.authenticate(tokens[1], "::1")
     assert cache_of(chain).hits == 3
 
 

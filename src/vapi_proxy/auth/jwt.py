@@ -115,8 +115,10 @@ class JwtAuthenticator:
         identity = self._identity(claims)
         if cache is not None and "exp" in claims:  # no `exp`, no end: such tokens are not kept
             if self._jwks is not None and self._jwks.generation != self._generation:
+                # The key set changed (a key dropped, rotated or added): nothing verified with
+                # the old set is kept, whatever its kid.
                 self._generation = self._jwks.generation
-                cache.clear()  # verified with a key set that is gone
+                cache.clear()
             times = [claims[name] for name in ("nbf", "iat") if name in claims]
             not_before = max(times) if times else None
             cache.put(digest, VerifiedToken(identity, claims["exp"], not_before, kid, jwk))
@@ -138,18 +140,13 @@ class JwtAuthenticator:
         ):
             cache.drop(digest)
             return None
+        # A changed key set holds new key objects (jwks.py keeps them only when the document is
+        # the same), so a refresh that dropped or rotated a key fails this; the next
+        # verification then empties the cache.
         jwks = self._jwks
-        if jwks is not None:
-            jwk = await jwks.get(entry.kid)
-            if jwks.generation != self._generation:
-                # The key set changed (a key dropped, rotated or added): nothing verified with
-                # the old set is reused, whatever its kid.
-                self._generation = jwks.generation
-                cache.clear()
-                return None
-            if jwk is not entry.key:
-                cache.drop(digest)
-                return None
+        if jwks is not None and await jwks.get(entry.kid) is not entry.key:
+            cache.drop(digest)
+            return None
         cache.hits += 1
         return entry.identity
 
