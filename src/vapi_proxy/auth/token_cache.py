@@ -17,6 +17,9 @@ It stays fail closed:
   bound) gives for the token's `kid`;
 - bounded (least recently used out), so a flood of distinct tokens costs one hash, one insert
   and one eviction each: nothing grows and nothing is slower than verifying without a cache.
+
+A hit returns the same `Identity` object (frozen; its claims are read, never written, by every
+consumer) to every request that presents the token.
 """
 
 from __future__ import annotations
