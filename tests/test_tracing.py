@@ -288,14 +288,34 @@ def test_an_incoming_traceparent_is_continued_only_where_allowed(
         assert server.parent is None
 
 
+def test_a_request_the_sampler_drops_records_no_span(
+    make_proxy: ProxyFactory, spans: InMemorySpanExporter, user_key: str
+) -> None:
+    proxy = make_proxy(traced(accept_traceparent="always"))
+    dropped = f"00-{INCOMING_TRACE}-{INCOMING_SPAN}-00"  # the caller did not sample it
+    body = {"assistantId": "sales-coach"}
+    reply = post(proxy, body, user_key, headers={"traceparent": dropped})
+    assert reply.status_code == 201
+    sampled = post(proxy, body, user_key)
+    server, *rest = request_trace(spans, sampled.headers["x-request-id"])
+    assert "ledger record_call" in children(server, rest)
+    finished = spans.get_finished_spans()
+    assert all(format(s.context.trace_id, "032x") != INCOMING_TRACE for s in finished if s.context)
+    assert not [s for s in finished if s.parent is None and s.kind is not SpanKind.SERVER]
+
+
 def test_a_step_span_marks_a_refusal_raised_in_it(
     make_proxy: ProxyFactory, spans: InMemorySpanExporter
 ) -> None:
     proxy = make_proxy(traced())
     runtime = proxy.app.runtime
-    with pytest.raises(ProxyError), runtime.span("policy"):
+    with runtime.span("policy") as outside:  # outside any request: no span of its own
+        assert not outside.is_recording()
+    request = trace.get_tracer("test").start_as_current_span("request")
+    with request, pytest.raises(ProxyError), runtime.span("policy"):
         raise ProxyError("Profile 'x' is not allowed.", status_code=403)
     (policy,) = [s for s in spans.get_finished_spans() if s.name == "policy"]
+    assert policy.parent is not None
     assert policy.status.status_code is StatusCode.ERROR
     assert policy.status.description == "Profile 'x' is not allowed."
     assert attrs(policy)["vapi_proxy.refusal.status_code"] == 403

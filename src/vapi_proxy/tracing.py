@@ -144,6 +144,11 @@ def tracer_provider(environ: Mapping[str, str] | None = None) -> TracerProvider:
     return provider
 
 
+def recording() -> bool:
+    """Whether the current span records (a sampled request): the wrappers add spans only then."""
+    return trace.get_current_span().is_recording()
+
+
 def current_ids() -> tuple[str, str] | None:
     """The current span's (trace id, span id) in hex, for the logs."""
     context = trace.get_current_span().get_span_context()
@@ -194,7 +199,15 @@ class Tracing:
         attributes: Mapping[str, Any] | None = None,
         context: Context | None = None,
     ) -> Iterator[Span]:
-        """A span around a step; an exception leaving it marks it failed (`mark_failed`)."""
+        """A span around a step; an exception leaving it marks it failed (`mark_failed`).
+
+        A step's span is made only under a recording one (a sampled request): a request the
+        sampler dropped, or work outside any request, costs no span per step."""
+        if context is None:
+            current = trace.get_current_span()
+            if not current.is_recording():
+                yield current
+                return
         with self.tracer.start_as_current_span(
             name,
             context=context,
@@ -216,6 +229,8 @@ class Tracing:
 
         @functools.wraps(inner)
         async def traced(*args: Any, **kwargs: Any) -> Any:
+            if not recording():
+                return await inner(*args, **kwargs)
             with span(name, attributes=attributes):
                 return await inner(*args, **kwargs)
 
@@ -232,6 +247,8 @@ class Tracing:
             headers: Mapping[str, str] | None = None,
         ) -> Identity:
             server = trace.get_current_span()
+            if not server.is_recording():
+                return await inner(authorization, client_host, headers)
             with span("auth") as current:
                 identity = await inner(authorization, client_host, headers)
                 current.set_attribute("vapi_proxy.identity.kind", identity.method)
@@ -246,6 +263,8 @@ class Tracing:
 
         @functools.wraps(inner)
         async def reserve(req: AdmissionRequest) -> Reservation:
+            if not recording():
+                return await inner(req)
             attributes = {"vapi_proxy.profile": req.profile or "", "vapi_proxy.kind": req.kind}
             with tracer_span("limits reserve", attributes=attributes) as span:
                 try:
@@ -293,6 +312,8 @@ class Tracing:
         async def traced_request(
             method: str, path: str, body: bytes | None = None
         ) -> UpstreamResponse:
+            if not recording():
+                return await request(method, path, body)
             name = f"{method} {endpoint_label(path)}"
             with span(name, kind=SpanKind.CLIENT, attributes=attributes(method, path)) as current:
                 reply = await request(method, path, body)
