@@ -106,21 +106,27 @@ async def test_a_commit_rides_on_the_call_row(ledger: Ledger, clock: FakeClock) 
     limiter = embedded(ledger, clock)
     r = await limiter.reserve(req())
     writes = 0
-    run_write = ledger.database.run_write
+    db = ledger.database
+    originals = {name: getattr(db, name) for name in ("run_write", "run_raw", "add")}
 
-    async def counting(fn: Any) -> Any:
-        nonlocal writes
-        writes += 1
-        return await run_write(fn)
+    def counting(original: Any) -> Any:
+        def count(*args: Any) -> Any:
+            nonlocal writes
+            writes += 1
+            return original(*args)
 
-    ledger.database.run_write = counting  # type: ignore[method-assign]
+        return count
+
+    for name, original in originals.items():
+        setattr(db, name, counting(original))
     try:
         await limiter.commit(r, "c1")
         await ledger.record_call(
             call_id="c1", identity=ALICE, profile="support", reservation_id=r.id
         )
     finally:
-        ledger.database.run_write = run_write  # type: ignore[method-assign]
+        for name, original in originals.items():
+            setattr(db, name, original)
     assert writes == 1
     async with ledger.database.read() as conn:
         entries = [

@@ -2,29 +2,67 @@
 
 Every created call must be in the ledger before its reply (docs/architecture.md, step 7), and
 every webhook event before its answer, but one transaction per request costs several hand-offs
-to the database thread or round trips to PostgreSQL. Here each request queues its item and
-awaits its own result; one drainer hands the queue to a batch function in one go (call rows:
-one multi-row INSERT … ON CONFLICT DO NOTHING RETURNING id; webhook events:
-`Ledger.apply_events`), so under load many items share one commit and when idle an item is
-written at once. The one writer for both.
+to the database thread or round trips to PostgreSQL. So each request queues its item and awaits
+its own result, and whatever queued meanwhile is written in one go:
+
+- call rows on SQLite: `CallRows`, a batch kind of the database's writer thread (engine.py):
+  one prepared `INSERT … ON CONFLICT DO NOTHING` through `executemany`, in the writer's next
+  transaction, no SQLAlchemy;
+- call rows on PostgreSQL: `PgCallRows` behind a `GroupCommit`: one statement per batch on a
+  dedicated asyncpg connection (arrays through `unnest`, prepared once), its own transaction;
+- webhook events: `GroupCommit` over `Ledger.apply_events`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import make_url
 
-from vapi_proxy.ledger.engine import Database
-from vapi_proxy.ledger.schema import call_events, calls
+from vapi_proxy.ledger.engine import Batch, Database
 
 MAX_BATCH = 256
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+CALL_COLUMNS = (
+    "id", "kind", "identity_key", "identity_hash", "auth_method", "tenant", "profile",
+    "request_id", "created_at", "status", "max_duration_seconds", "reservation_id", "updated_at",
+    "session_id", "control_url",
+)  # fmt: skip
+"""The order of a call row's values (`Ledger.record_call` builds them)."""
+_INSERT = (
+    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) "  # noqa: S608 - constants only
+    f"VALUES ({', '.join('?' * len(CALL_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+# Events that beat their call's row (the webhook raced our reply) now count.
+_KNOWN = "UPDATE call_events SET known = 1 WHERE call_id = ? AND known = 0"
+_PG_TYPES = {"created_at": "timestamptz", "updated_at": "timestamptz",
+             "max_duration_seconds": "float8"}  # fmt: skip
+_PG_INSERT = (
+    f"WITH new AS (INSERT INTO calls ({', '.join(CALL_COLUMNS)}) "  # noqa: S608 - constants only
+    "SELECT * FROM unnest("
+    + ", ".join(f"${i}::{_PG_TYPES.get(c, 'text')}[]" for i, c in enumerate(CALL_COLUMNS, 1))
+    + ") ON CONFLICT (id) DO NOTHING RETURNING id), "
+    "known AS (UPDATE call_events SET known = true "
+    "WHERE call_id IN (SELECT id FROM new) AND known = false) "
+    "SELECT id FROM new"
+)
+
+
+def sqlite_time(value: datetime) -> str:
+    """A timestamp as the ledger's `UTCDateTime` stores it on SQLite (SQLAlchemy's format)."""
+    if value.tzinfo is None:
+        raise ValueError("ledger timestamps must be timezone-aware")
+    v = value.astimezone(UTC)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    )
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -74,37 +112,73 @@ class GroupCommit(Generic[Item, Result]):
             self._drainer = None
 
 
-class CallRows:
-    """The batch function for call rows: `write(rows)` answers, per row, whether it was new."""
+def _created(rows: Sequence[tuple[Any, ...]], inserted: set[str]) -> list[bool]:
+    """Per row, whether it created its call: only the first of same-id rows in a batch did."""
+    created = []
+    for row in rows:
+        created.append(row[0] in inserted)
+        inserted.discard(row[0])
+    return created
 
-    def __init__(self, db: Database, insert: Callable[[sa.Table], Any]) -> None:
-        self._db = db
-        # Built once: the multi-row insert's compiled form is cached per batch shape.
-        self._insert = (
-            insert(calls).on_conflict_do_nothing(index_elements=["id"]).returning(calls.c.id)
-        )
 
-    async def write(self, rows: list[dict[str, Any]]) -> list[bool]:
-        inserted = await self._db.run_write(functools.partial(self._write, rows=rows))
-        created = []
+class CallRows(Batch[tuple[Any, ...], bool]):
+    """Call rows on SQLite, written on the database's writer thread: per row, whether it was new."""
+
+    def write(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
+        # Duplicate ids inside one batch (a retry racing its original): the first wins.
+        unique: dict[str, tuple[Any, ...]] = {}
         for row in rows:
-            created.append(row["id"] in inserted)
-            # Only the first of several same-id rows in a batch created it.
-            inserted.discard(row["id"])
-        return created
-
-    def _write(self, conn: Connection, *, rows: list[dict[str, Any]]) -> set[str]:
-        # Duplicate ids inside one batch (a retry racing its original) would make one
-        # statement conflict with itself: the first wins, the rest are plain conflicts.
-        unique: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            unique.setdefault(row["id"], row)
-        inserted = {r[0] for r in conn.execute(self._insert, list(unique.values()))}
+            unique.setdefault(row[0], row)
+        fresh = list(unique.values())
+        conn.execute("SAVEPOINT call_rows")
+        if conn.executemany(_INSERT, fresh).rowcount == len(fresh):
+            inserted = set(unique)
+        else:
+            # Some were recorded before (retries): which ones, row by row (rare).
+            conn.execute("ROLLBACK TO call_rows")
+            inserted = {row[0] for row in fresh if conn.execute(_INSERT, row).rowcount == 1}
+        conn.execute("RELEASE call_rows")
         if inserted:
-            # Events that beat their call's row (the webhook raced our reply) now count.
-            conn.execute(
-                call_events.update()
-                .where(call_events.c.call_id.in_(inserted), call_events.c.known.is_(False))
-                .values(known=True)
-            )
-        return inserted
+            conn.executemany(_KNOWN, [(call_id,) for call_id in inserted])
+        return _created(rows, inserted)
+
+
+class PgCallRows:
+    """Call rows on PostgreSQL: one statement per batch on a connection of its own."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: Any = None  # an asyncpg connection, opened on first use
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            import asyncpg  # type: ignore[import-untyped]
+
+            engine = self._db.engine
+            _, kwargs = engine.dialect.create_connect_args(make_url(self._db.url))
+            kwargs.pop("prepared_statement_cache_size", None)
+            kwargs.pop("prepared_statement_name_func", None)
+            kwargs.setdefault("timeout", max(10.0, self._db.timeout))
+            kwargs["command_timeout"] = self._db.timeout
+            self._conn = await asyncpg.connect(**kwargs)
+        return self._conn
+
+    async def write(self, rows: list[tuple[Any, ...]]) -> list[bool]:
+        unique: dict[str, tuple[Any, ...]] = {}
+        for row in rows:
+            unique.setdefault(row[0], row)
+        columns = [list(values) for values in zip(*unique.values(), strict=True)]
+        conn = await self._connection()
+        try:
+            inserted = {r[0] for r in await conn.fetch(_PG_INSERT, *columns)}
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or conn.is_closed():
+                conn.terminate()  # cancelled mid-statement: its state is unknown
+                self._conn = None
+            raise
+        return _created(rows, inserted)
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close()

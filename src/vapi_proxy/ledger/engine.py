@@ -1,24 +1,40 @@
-"""One async SQLAlchemy engine over SQLite (WAL) or PostgreSQL, shared by the ledger and limits.
+"""One async SQLAlchemy engine over SQLite (WAL) or PostgreSQL, shared by the ledger and limits;
+on SQLite, one writer thread that owns the process's write connection.
 
 SQLite writers take the database lock up front (`BEGIN IMMEDIATE`) so a read-then-write is atomic
-across processes, and an in-process lock queues them so waiting happens on the event loop, not in
-SQLite's busy handler.
+across processes. Every write of the request path (call rows, webhook events, limit
+reservations) goes to the writer: one thread, one stdlib `sqlite3` connection (its statements
+prepared once, in sqlite3's statement cache), fed from the event loop through a queue. Each
+transaction takes everything queued since the last one (group commit): the items of each batch
+kind in one `executemany`, each other write in a savepoint, one `COMMIT`, then one wake-up of
+the event loop for all of them. Writes that need SQLAlchemy (schema checks, the SQL limits store)
+run on the same thread and connection. `write()` (the async engine: the console, migrations)
+pauses the writer for its transaction, so the process's writers queue in-process and never in
+SQLite's busy handler, which sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+log = logging.getLogger(__name__)
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -42,7 +58,7 @@ class Companion(Protocol):
     """State written with whatever transaction comes next (the embedded limiter's buffered
     commits and settlements ride on the ledger's writes): one write, not two."""
 
-    def flush(self, conn: Connection) -> object:
+    def flush(self, conn: sqlite3.Connection) -> object:
         """Inside a write transaction: write what is pending; returns a token for `restore`."""
         ...
 
@@ -57,6 +73,262 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # a malformed URL is not worth a crash in a log line
         return "<database url>"
+
+
+class Batch(Generic[Item, Result]):
+    """A kind of write queued item by item (`Database.add`) and written many at a time on the
+    SQLite writer thread: `write` answers one result per item, in order."""
+
+    def write(self, conn: sqlite3.Connection, items: list[Item]) -> Sequence[Result]:
+        raise NotImplementedError
+
+    def failed(self, items: list[Item]) -> None:
+        """The transaction that wrote `items` did not commit (called on the writer thread)."""
+
+
+_RAW, _SA, _PAUSE, _CLOSE = "raw", "sa", "pause", "close"
+
+
+class _Job:
+    __slots__ = ("future", "item", "kind", "loop")
+
+    def __init__(
+        self, kind: object, item: Any, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.kind = kind
+        self.item = item
+        self.future = future
+        self.loop = loop
+
+
+class _Borrowed:
+    """The writer's connection as SQLAlchemy sees it: the writer owns the transaction, so
+    SQLAlchemy's commit, rollback and close are no-ops."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def raw_connection(conn: Connection) -> sqlite3.Connection:
+    """The stdlib connection under a SQLAlchemy connection that `Database.run_write` gave."""
+    return cast(sqlite3.Connection, conn.connection.driver_connection)
+
+
+def _wrap(error: BaseException) -> BaseException:
+    """sqlite3's errors as SQLAlchemy's (what callers of the engine catch)."""
+    if isinstance(error, sqlite3.Error):
+        return exc.DBAPIError.instance(None, None, error, sqlite3.Error)
+    return error
+
+
+class _Writer:
+    """The thread that owns a process's SQLite write connection (see the module docstring)."""
+
+    def __init__(self, path: str, busy_ms: int, companions: list[Companion]) -> None:
+        self._path = path
+        self._busy_ms = busy_ms
+        self._companions = companions
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._conn: sqlite3.Connection | None = None
+        self._sa: Engine | None = None
+        self.thread = threading.Thread(target=self._run, name="vapi-proxy-sqlite", daemon=True)
+        self.thread.start()
+
+    def submit(self, kind: object, item: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Job(kind, item, future, loop))
+        return future
+
+    # --- on the writer thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            jobs = [q.get()]
+            while not q.empty():
+                jobs.append(q.get_nowait())
+            writes: list[_Job] = []
+            for job in jobs:
+                if job.kind is _PAUSE or job.kind is _CLOSE:
+                    if writes:
+                        self._transaction(writes)
+                        writes = []
+                    if job.kind is _CLOSE:
+                        self._close()
+                        self._deliver([(job, None, None)])
+                        return
+                    self._deliver([(job, None, None)])
+                    job.item.wait()  # the paused writer's resume event
+                else:
+                    writes.append(job)
+            if writes:
+                self._transaction(writes)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+            _pragmas(conn, self._busy_ms)
+            self._conn = conn
+        return self._conn
+
+    def _sa_engine(self, conn: sqlite3.Connection) -> Engine:
+        if self._sa is None:
+            borrowed = _Borrowed(conn)
+            self._sa = create_engine("sqlite://", creator=lambda: borrowed, poolclass=StaticPool)
+        return self._sa
+
+    def _transaction(self, jobs: list[_Job]) -> None:
+        groups: dict[object, list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.kind if isinstance(job.kind, Batch) else job, []).append(job)
+        tokens: list[tuple[Companion, object]] = []
+        done: list[tuple[list[_Job], Sequence[Any]]] = []
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            tokens = [(c, c.flush(conn)) for c in list(self._companions)]
+        except BaseException as error:
+            self._abort(tokens, [], list(groups.values()), error)
+            return
+        nested = len(groups) > 1
+        failures: list[tuple[list[_Job], BaseException]] = []
+        ordered = list(groups.values())
+        for i, group in enumerate(ordered):
+            try:
+                if nested:
+                    conn.execute("SAVEPOINT job")
+                results = self._run_group(conn, group)
+                if nested:
+                    conn.execute("RELEASE job")
+                done.append((group, results))
+            except BaseException as error:
+                if not nested or not _undo_savepoint(conn):
+                    self._abort(tokens, done, ordered[i:], error)
+                    self._fail(failures)
+                    return
+                self._failed(group)
+                failures.append((group, error))
+        try:
+            conn.execute("COMMIT")
+        except BaseException as error:
+            self._abort(tokens, done, [], error)
+            self._fail(failures)
+            return
+        out: list[tuple[_Job, Any, BaseException | None]] = []
+        for group, results in done:
+            out.extend((job, result, None) for job, result in zip(group, results, strict=True))
+        self._deliver(out)
+        self._fail(failures)
+
+    def _fail(self, failures: list[tuple[list[_Job], BaseException]]) -> None:
+        """Jobs whose own savepoint failed (their batch's `failed` has been called)."""
+        if failures:
+            self._deliver([(job, None, _wrap(e)) for group, e in failures for job in group])
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> Sequence[Any]:
+        kind = group[0].kind
+        if isinstance(kind, Batch):
+            return kind.write(conn, [job.item for job in group])
+        if kind is _RAW:
+            return [group[0].item(conn)]
+        with self._sa_engine(conn).connect() as sa_conn:
+            return [group[0].item(sa_conn)]
+
+    def _abort(
+        self,
+        tokens: list[tuple[Companion, object]],
+        done: list[tuple[list[_Job], Sequence[Any]]],
+        rest: list[list[_Job]],
+        error: BaseException,
+    ) -> None:
+        """The whole transaction failed: roll back, give the companions their state back, and
+        fail every job in it."""
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("sqlite writer: rollback failed", exc_info=True)
+        for companion, token in tokens:
+            companion.restore(token)
+        wrapped = _wrap(error)
+        out: list[tuple[_Job, Any, BaseException | None]] = []
+        for group in [g for g, _ in done] + rest:
+            self._failed(group)
+            out.extend((job, None, wrapped) for job in group)
+        self._deliver(out)
+
+    @staticmethod
+    def _failed(group: list[_Job]) -> None:
+        kind = group[0].kind
+        if isinstance(kind, Batch):
+            try:
+                kind.failed([job.item for job in group])
+            except Exception:
+                log.exception("sqlite writer: undoing a failed batch failed")
+
+    @staticmethod
+    def _deliver(out: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]]
+        by_loop = {}
+        for entry in out:
+            by_loop.setdefault(entry[0].loop, []).append(entry)
+        for loop, entries in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that event loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, entries)
+
+    def _close(self) -> None:
+        if self._sa is not None:
+            self._sa.dispose()
+            self._sa = None
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                log.warning("sqlite writer: close failed", exc_info=True)
+            self._conn = None
+
+
+def _undo_savepoint(conn: sqlite3.Connection) -> bool:
+    """Roll back to the last savepoint; False if the transaction itself is gone."""
+    if not conn.in_transaction:
+        return False
+    try:
+        conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def _settle(entries: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, result, error in entries:
+        future = job.future
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 class Database:
@@ -82,9 +354,8 @@ class Database:
             # turn load into 503s.
             kwargs["pool_timeout"] = max(30.0, timeout)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
-        self._timeout = timeout
-        self._sync: Engine | None = None
-        self._writer: ThreadPoolExecutor | None = None
+        self.timeout = timeout
+        self._writer: _Writer | None = None
         self._companions: list[Companion] = []
         if self.dialect == "sqlite":
             _sqlite_discipline(self.engine.sync_engine, int(timeout * 1000))
@@ -96,14 +367,6 @@ class Database:
     def detach(self, companion: Companion) -> None:
         if companion in self._companions:
             self._companions.remove(companion)
-
-    def _flush(self, conn: Connection) -> list[tuple[Companion, object]]:
-        return [(c, c.flush(conn)) for c in list(self._companions)]
-
-    @staticmethod
-    def _restore(tokens: list[tuple[Companion, object]]) -> None:
-        for companion, token in tokens:
-            companion.restore(token)
 
     def check_reachable(self) -> None:
         """Raise OSError early when a SQLite file cannot be opened (its folder is missing or
@@ -117,23 +380,29 @@ class Database:
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             raise FileNotFoundError(f"SQLite folder {folder!r} is missing or not writable")
 
+    def _sqlite_writer(self) -> _Writer:
+        if self._writer is None:
+            path = make_url(self.url).database or ":memory:"
+            self._writer = _Writer(path, int(self.timeout * 1000), self._companions)
+        return self._writer
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that may write: serialised in-process on SQLite, committed on exit."""
+        """A transaction that may write, on the async engine, committed on exit (SQLite: with the
+        writer paused). The request path's writes use `run_write`, `run_raw` and `add`."""
         if self.dialect != "sqlite":
             async with self.engine.begin() as conn:
                 yield conn
             return
         async with self._write_lock:
-            tokens: list[tuple[Companion, object]] = []
+            resume = threading.Event()
             try:
+                if self._writer is not None:
+                    await self._writer.submit(_PAUSE, resume)
                 async with self.engine.begin() as conn:
-                    if self._companions:
-                        tokens = await conn.run_sync(self._flush)
                     yield conn
-            except BaseException:
-                self._restore(tokens)
-                raise
+            finally:
+                resume.set()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -145,42 +414,46 @@ class Database:
 
     async def run_write(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` in one write transaction, committed when it returns, rolled back if it
-        raises. SQLite: the whole transaction runs on one writer thread with the stdlib driver
-        (one hop off the event loop instead of one per statement, and writes queue in-process);
+        raises. SQLite: on the writer thread, in a savepoint of its next transaction;
         PostgreSQL: on the async engine."""
         if self.dialect != "sqlite":
             async with self.engine.begin() as conn:
                 return await conn.run_sync(fn)
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="vapi-proxy-sqlite")
-        # The same in-process lock as `write()`: writes through either path queue here, never
-        # in SQLite's busy handler (which sleeps up to 100 ms between tries).
-        async with self._write_lock:
-            loop = asyncio.get_running_loop()
-            tokens: list[tuple[Companion, object]] = []
-            try:
-                return await loop.run_in_executor(self._writer, self._sync_tx, fn, tokens)
-            except BaseException:
-                self._restore(tokens)
-                raise
+        result: T = await self._sqlite_writer().submit(_SA, fn)
+        return result
 
-    def _sync_tx(self, fn: Callable[[Connection], T], tokens: list[tuple[Companion, object]]) -> T:
-        if self._sync is None:
-            sync_url = make_url(self.url).set(drivername="sqlite")
-            self._sync = create_engine(sync_url, connect_args={"timeout": self._timeout})
-            _sqlite_discipline(self._sync, int(self._timeout * 1000))
-        with self._sync.begin() as conn:
-            if self._companions:
-                tokens.extend(self._flush(conn))
-            return fn(conn)
+    async def run_raw(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """SQLite only: `fn` on the writer's stdlib connection, as `run_write` (no SQLAlchemy)."""
+        if self.dialect != "sqlite":
+            raise ValueError("run_raw is for SQLite")
+        result: T = await self._sqlite_writer().submit(_RAW, fn)
+        return result
+
+    def add(self, batch: Batch[Item, Result], item: Item) -> Awaitable[Result]:
+        """SQLite only: queue `item` for `batch`; the answer is its result once committed. The
+        write goes ahead if the waiter is cancelled."""
+        if self.dialect != "sqlite":
+            raise ValueError("batches are for SQLite")
+        return self._sqlite_writer().submit(batch, item)
 
     async def aclose(self) -> None:
         if self._writer is not None:
-            if self._sync is not None:
-                await asyncio.get_running_loop().run_in_executor(self._writer, self._sync.dispose)
-            self._writer.shutdown(wait=True)
-            self._writer = None
+            writer, self._writer = self._writer, None
+            await writer.submit(_CLOSE, None)
+            writer.thread.join(timeout=5)
         await self.engine.dispose()
+
+
+def _pragmas(conn: Any, busy_ms: int) -> None:
+    cur = conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    # Another process's commit empties this connection's page cache (several workers share
+    # the file): mapped pages are re-read without a copy, which measurably cuts the CPU.
+    cur.execute("PRAGMA mmap_size=268435456")
+    cur.close()
 
 
 def _sqlite_discipline(engine: Engine, busy_ms: int) -> None:
@@ -189,15 +462,7 @@ def _sqlite_discipline(engine: Engine, busy_ms: int) -> None:
         # We issue BEGIN ourselves (below); pysqlite's implicit BEGIN is deferred, which lets two
         # processes both read a counter before either writes it.
         dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        # Another process's commit empties this connection's page cache (several workers share
-        # the file): mapped pages are re-read without a copy, which measurably cuts the CPU.
-        cur.execute("PRAGMA mmap_size=268435456")
-        cur.close()
+        _pragmas(dbapi_conn, busy_ms)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

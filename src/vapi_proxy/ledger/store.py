@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vapi_proxy.auth.identity import Identity
-from vapi_proxy.ledger.batch import CallRows, GroupCommit
+from vapi_proxy.ledger.batch import CallRows, GroupCommit, PgCallRows, sqlite_time
 from vapi_proxy.ledger.engine import Database, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
 from vapi_proxy.ledger.records import (
@@ -46,7 +46,10 @@ class LedgerSchemaError(RuntimeError):
 class Ledger:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._rows = GroupCommit(CallRows(db, self._insert).write)
+        self._sqlite = db.dialect == "sqlite"
+        self._rows = CallRows()
+        self._pg_rows = None if self._sqlite else PgCallRows(db)
+        self._pg_commit = None if self._pg_rows is None else GroupCommit(self._pg_rows.write)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0) -> Ledger:
@@ -76,6 +79,8 @@ class Ledger:
             )
 
     async def aclose(self) -> None:
+        if self._pg_rows is not None:
+            await self._pg_rows.aclose()
         await self._db.aclose()
 
     async def health(self) -> LedgerHealth:
@@ -109,24 +114,27 @@ class Ledger:
         `control_url` (Vapi's `monitor.controlUrl`) stays server-side: the console ends calls
         with it."""
         now = created_at or utc_now()
-        row = {
-            "id": call_id,
-            "kind": kind,
-            "identity_key": identity.key,
-            "identity_hash": identity.hashed,
-            "auth_method": identity.method,
-            "tenant": identity.tenant,
-            "profile": profile,
-            "request_id": request_id,
-            "created_at": now,
-            "status": status,
-            "max_duration_seconds": max_duration_seconds,
-            "reservation_id": reservation_id,
-            "updated_at": now,
-            "session_id": session_id,
-            "control_url": control_url if control_url and len(control_url) <= 2048 else None,
-        }
-        return await self._rows.add(row)
+        stamp: Any = sqlite_time(now) if self._sqlite else now
+        row = (
+            call_id,
+            kind,
+            identity.key,
+            identity.hashed,
+            identity.method,
+            identity.tenant,
+            profile,
+            request_id,
+            stamp,
+            status,
+            max_duration_seconds,
+            reservation_id,
+            stamp,
+            session_id,
+            control_url if control_url and len(control_url) <= 2048 else None,
+        )
+        if self._pg_commit is not None:
+            return await self._pg_commit.add(row)
+        return await self._db.add(self._rows, row)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         async with self._db.read() as conn:
@@ -216,26 +224,29 @@ class Ledger:
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        async with self._db.write() as conn:
-            if (await conn.execute(stmt)).rowcount != 1:
+
+        def tx(conn: Connection) -> CallRecord | None:
+            if conn.execute(stmt).rowcount != 1:
                 return None
-            events = await conn.execute(
+            events = conn.execute(
                 sa.select(call_events.c.dedupe_key, call_events.c.payload)
                 .where(call_events.c.call_id == call_id)
                 .order_by(call_events.c.id)
             )
-            row = (await conn.execute(sa.select(calls).where(calls.c.id == call_id))).one()
+            row = (conn.execute(sa.select(calls).where(calls.c.id == call_id))).one()
             call = record_from_row(row)
             for dedupe_key, payload in list(events):
                 if isinstance(payload, Mapping):
                     replay = LedgerEvent.from_vapi(payload, dedupe_key=dedupe_key)
-                    call, _ = await self._settle(conn, call, replay, now)
-            await conn.execute(
+                    call, _ = self._settle(conn, call, replay, now)
+            conn.execute(
                 call_events.update()
                 .where(call_events.c.call_id == call_id, call_events.c.known.is_(False))
                 .values(known=True)
             )
-        return call
+            return call
+
+        return await self._db.run_write(tx)
 
     async def apply_events(
         self,
@@ -252,12 +263,11 @@ class Ledger:
             return []
         received = received_at or utc_now()
         ids = sorted({e.call_id for e, _ in items if e.call_id is not None})
-        async with self._db.write() as conn:
+
+        def tx(conn: Connection) -> list[EventOutcome]:
             current: dict[str, CallRecord] = {}
             if ids:
-                rows = await conn.execute(
-                    sa.select(calls).where(calls.c.id.in_(ids)).with_for_update()
-                )
+                rows = conn.execute(sa.select(calls).where(calls.c.id.in_(ids)).with_for_update())
                 current = {row.id: record_from_row(row) for row in rows}
             values = [
                 {
@@ -278,7 +288,7 @@ class Ledger:
                 .on_conflict_do_nothing(index_elements=["dedupe_key"])
                 .returning(call_events.c.dedupe_key)
             )
-            fresh = set((await conn.execute(ins, values)).scalars())
+            fresh = set(conn.execute(ins, values).scalars())
             outcomes: list[EventOutcome] = []
             changed: dict[str, dict[str, Any]] = {}
             outbox: list[OutboxItem] = []
@@ -311,18 +321,22 @@ class Ledger:
                     .where(calls.c.id == sa.bindparam("b_id"))
                     .values({k: sa.bindparam(f"b_{k}") for k in columns})
                 )
-                await conn.execute(stmt, params)
+                conn.execute(stmt, params)
             if outbox:
-                await conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
-        return outcomes
+                conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
+            return outcomes
 
-    async def _settle(
-        self, conn: AsyncConnection, call: CallRecord, event: LedgerEvent, now: datetime
+        # One hop to the SQLite writer (or one transaction on PostgreSQL) for the whole batch.
+        return await self._db.run_write(tx)
+
+    @staticmethod
+    def _settle(
+        conn: Connection, call: CallRecord, event: LedgerEvent, now: datetime
     ) -> tuple[CallRecord, bool]:
         changes = _changes(call, event, now)
         if not changes:
             return call, False
-        await conn.execute(calls.update().where(calls.c.id == call.id).values(**changes))
+        conn.execute(calls.update().where(calls.c.id == call.id).values(**changes))
         merged = {name: getattr(call, name) for name in CALL_FIELDS} | changes
         return CallRecord(**merged), changes.get("status") == "ended"
 
@@ -387,10 +401,11 @@ class Ledger:
             .on_conflict_do_nothing(index_elements=["key", "identity_key"])
         )
         where = (idempotency_keys.c.key == key) & (idempotency_keys.c.identity_key == identity_key)
-        async with self._db.write() as conn:
-            if (await conn.execute(ins)).rowcount == 1:
+
+        def tx(conn: Connection) -> IdempotencyResult | Any:
+            if conn.execute(ins).rowcount == 1:
                 return IdempotencyResult("claimed")
-            taken = await conn.execute(
+            taken = conn.execute(
                 idempotency_keys.update()
                 .where(where, idempotency_keys.c.expires_at <= now)
                 .values(
@@ -404,7 +419,11 @@ class Ledger:
             )
             if taken.rowcount == 1:
                 return IdempotencyResult("claimed")
-            row = (await conn.execute(sa.select(idempotency_keys).where(where))).one()
+            return conn.execute(sa.select(idempotency_keys).where(where)).one()
+
+        row = await self._db.run_write(tx)
+        if isinstance(row, IdempotencyResult):
+            return row
         if request_hash is not None and row.request_hash not in (None, request_hash):
             return IdempotencyResult("mismatch")
         if row.state == "completed":
@@ -414,8 +433,8 @@ class Ledger:
     async def idempotency_complete(
         self, key: str, identity_key: str, *, status: int, body: bytes
     ) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
+        def tx(conn: Connection) -> None:
+            conn.execute(
                 idempotency_keys.update()
                 .where(
                     idempotency_keys.c.key == key, idempotency_keys.c.identity_key == identity_key
@@ -423,16 +442,21 @@ class Ledger:
                 .values(state="completed", response_status=status, response_body=body)
             )
 
+        await self._db.run_write(tx)
+
     async def idempotency_abandon(self, key: str, identity_key: str) -> None:
         """The first request failed before reaching Vapi: let a retry try again."""
-        async with self._db.write() as conn:
-            await conn.execute(
+
+        def tx(conn: Connection) -> None:
+            conn.execute(
                 idempotency_keys.delete().where(
                     idempotency_keys.c.key == key,
                     idempotency_keys.c.identity_key == identity_key,
                     idempotency_keys.c.state == "in_progress",
                 )
             )
+
+        await self._db.run_write(tx)
 
     async def idempotency_get(
         self, key: str, identity_key: str, *, now: datetime | None = None
@@ -455,18 +479,15 @@ class Ledger:
         return IdempotencyResult("in_progress")
 
     async def idempotency_purge(self, *, now: datetime | None = None) -> int:
-        async with self._db.write() as conn:
-            res = await conn.execute(
-                idempotency_keys.delete().where(idempotency_keys.c.expires_at <= (now or utc_now()))
-            )
-        return int(res.rowcount)
+        stmt = idempotency_keys.delete().where(idempotency_keys.c.expires_at <= (now or utc_now()))
+        return await self._db.run_write(lambda conn: int(conn.execute(stmt).rowcount))
 
     # --- webhook outbox --------------------------------------------------------------------
 
     async def outbox_add(self, items: Sequence[OutboxItem], *, now: datetime | None = None) -> None:
         if items:
-            async with self._db.write() as conn:
-                await conn.execute(webhook_outbox.insert(), _outbox_rows(items, now or utc_now()))
+            rows = _outbox_rows(items, now or utc_now())
+            await self._db.run_write(lambda conn: conn.execute(webhook_outbox.insert(), rows))
 
     async def outbox_claim(
         self, *, limit: int, lease_seconds: float, now: datetime | None = None
@@ -481,11 +502,12 @@ class Ledger:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        async with self._db.write() as conn:
-            rows = list(await conn.execute(q))
+
+        def tx(conn: Connection) -> list[Any]:
+            rows = list(conn.execute(q))
             if not rows:
                 return []
-            await conn.execute(
+            conn.execute(
                 webhook_outbox.update()
                 .where(webhook_outbox.c.id.in_([r.id for r in rows]))
                 .values(
@@ -493,18 +515,21 @@ class Ledger:
                     next_attempt_at=now + timedelta(seconds=lease_seconds),
                 )
             )
+            return rows
+
+        rows = await self._db.run_write(tx)
         return [
             OutboxEntry(r.id, r.event_id, r.target, r.type, r.body, r.attempts + 1, r.created_at)
             for r in rows
         ]
 
     async def outbox_delivered(self, entry_id: int, *, now: datetime | None = None) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                webhook_outbox.update()
-                .where(webhook_outbox.c.id == entry_id)
-                .values(state="delivered", delivered_at=now or utc_now(), last_error=None)
-            )
+        stmt = (
+            webhook_outbox.update()
+            .where(webhook_outbox.c.id == entry_id)
+            .values(state="delivered", delivered_at=now or utc_now(), last_error=None)
+        )
+        await self._db.run_write(lambda conn: conn.execute(stmt))
 
     async def outbox_failed(self, entry_id: int, *, error: str, retry_at: datetime | None) -> None:
         """Record a failed attempt: retry at `retry_at`, or park the row (kept, not retried)
@@ -514,10 +539,8 @@ class Ledger:
             values["state"] = "parked"
         else:
             values["next_attempt_at"] = retry_at
-        async with self._db.write() as conn:
-            await conn.execute(
-                webhook_outbox.update().where(webhook_outbox.c.id == entry_id).values(**values)
-            )
+        stmt = webhook_outbox.update().where(webhook_outbox.c.id == entry_id).values(**values)
+        await self._db.run_write(lambda conn: conn.execute(stmt))
 
     async def outbox_counts(self) -> dict[str, int]:
         """Rows per state (`pending`, `delivered`, `parked`)."""
@@ -527,13 +550,10 @@ class Ledger:
 
     async def outbox_purge(self, *, before: datetime) -> int:
         """Forget delivered rows older than `before`."""
-        async with self._db.write() as conn:
-            res = await conn.execute(
-                webhook_outbox.delete().where(
-                    webhook_outbox.c.state == "delivered", webhook_outbox.c.delivered_at < before
-                )
-            )
-        return int(res.rowcount)
+        stmt = webhook_outbox.delete().where(
+            webhook_outbox.c.state == "delivered", webhook_outbox.c.delivered_at < before
+        )
+        return await self._db.run_write(lambda conn: int(conn.execute(stmt).rowcount))
 
 
 def _changes(call: CallRecord, event: LedgerEvent, now: datetime) -> dict[str, Any]:

@@ -29,19 +29,18 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from vapi_proxy.ledger.engine import Database, async_url, redact
+from vapi_proxy.ledger.engine import Batch, Database, async_url, raw_connection, redact
 from vapi_proxy.ledger.schema import limit_log, limit_state
 from vapi_proxy.limits.base import Hold
 from vapi_proxy.limits.config import LimitsSettings
@@ -72,6 +71,13 @@ _INSERT = (
 _INSERT_AT = "INSERT INTO limit_log (namespace, seq, writer, entry) VALUES (?, ?, ?, ?)"
 _SINCE = "SELECT seq, writer, entry FROM limit_log WHERE namespace = ? AND seq > ? ORDER BY seq"
 _LAST = "SELECT coalesce(max(seq), 0) FROM limit_log WHERE namespace = ?"
+_STATE = "SELECT seq, state FROM limit_state WHERE namespace = ?"
+_SNAPSHOT = (
+    "INSERT INTO limit_state (namespace, seq, state, written_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (namespace) DO UPDATE SET seq = excluded.seq, state = excluded.state, "
+    "written_at = excluded.written_at"
+)
+_TRIM = "DELETE FROM limit_log WHERE namespace = ? AND seq < ?"
 
 
 @dataclass(slots=True)
@@ -81,7 +87,20 @@ class _Ask:
     now: float
     expires_at: float
     keep_until: float
-    future: asyncio.Future[list[Shortfall]]
+
+
+class _Reserves(Batch[_Ask, list[Shortfall]]):
+    """Reservations, a batch kind of the database's writer: those queued meanwhile share one
+    transaction (with the ledger's call rows, when they queued too)."""
+
+    def __init__(self, store: EmbeddedStore) -> None:
+        self._store = store
+
+    def write(self, conn: sqlite3.Connection, items: list[_Ask]) -> list[list[Shortfall]]:
+        return self._store._reserve(conn, items)
+
+    def failed(self, items: list[_Ask]) -> None:
+        self._store._undo(items)
 
 
 def _dumps(entry: list[Any]) -> str:
@@ -114,8 +133,7 @@ class EmbeddedStore:
         # thread (reserve, catching up); one lock keeps each change whole.
         self._lock = threading.Lock()
         self._buffer: list[list[Any]] = []
-        self._asks: list[_Ask] = []
-        self._draining = False
+        self._reserves = _Reserves(self)
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._ready = False
@@ -127,7 +145,7 @@ class EmbeddedStore:
 
     # --- the database's companion: buffered entries ride on any write ----------------------
 
-    def flush(self, conn: Connection) -> object:
+    def flush(self, conn: sqlite3.Connection) -> object:
         with self._lock:
             entries, self._buffer = self._buffer, []
         if entries:
@@ -160,22 +178,20 @@ class EmbeddedStore:
     async def _flush_now(self) -> None:
         """A write with nothing of its own, so the buffer (written by the hook) is durable."""
         try:
-            await self._db.run_write(lambda conn: None)
+            await self._db.run_raw(_nothing)
         except Exception:  # restored by the hook; the next write or timer tries again
             self._schedule_flush()
 
     # --- the log ---------------------------------------------------------------------------
 
-    def _append(self, conn: Connection, entries: Sequence[list[Any]]) -> None:
-        conn.exec_driver_sql(
-            _INSERT, [(self._ns, self._ns, self._writer, _dumps(e)) for e in entries]
-        )
+    def _append(self, conn: sqlite3.Connection, entries: Sequence[list[Any]]) -> None:
+        conn.executemany(_INSERT, [(self._ns, self._ns, self._writer, _dumps(e)) for e in entries])
 
-    def _append_next(self, conn: Connection, entries: Sequence[list[Any]]) -> None:
+    def _append_next(self, conn: sqlite3.Connection, entries: Sequence[list[Any]]) -> None:
         """Append after the last entry, which this process has just read (holding the lock,
         caught up, inside the transaction that holds SQLite's write lock)."""
         first = self._seq + 1
-        conn.exec_driver_sql(
+        conn.executemany(
             _INSERT_AT,
             [(self._ns, first + i, self._writer, _dumps(e)) for i, e in enumerate(entries)],
         )
@@ -202,10 +218,10 @@ class EmbeddedStore:
             st.mark_expired(e[1])
             st.gc(e[2])
 
-    def _catch_up(self, conn: Connection) -> None:
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
         """Apply what other workers logged since; reload the snapshot after a gap. Holds the
         lock; inside a transaction."""
-        rows = conn.exec_driver_sql(_SINCE, (self._ns, self._seq)).fetchall()
+        rows = conn.execute(_SINCE, (self._ns, self._seq)).fetchall()
         if rows and rows[0][0] != self._seq + 1:
             self._reload(conn)
             return
@@ -214,42 +230,27 @@ class EmbeddedStore:
                 self._apply(json.loads(entry))
             self._seq = seq
 
-    def _reload(self, conn: Connection) -> None:
+    def _reload(self, conn: sqlite3.Connection) -> None:
         self._state = CounterState()
         self._seq = 0
-        row = conn.execute(
-            sa.select(limit_state.c.seq, limit_state.c.state).where(
-                limit_state.c.namespace == self._ns
-            )
-        ).first()
+        row = conn.execute(_STATE, (self._ns,)).fetchone()
         if row is not None:
-            self._state.load(json.loads(row.state))
-            self._seq = self._snapshot_seq = int(row.seq)
-        for seq, _, entry in conn.exec_driver_sql(_SINCE, (self._ns, self._seq)):
+            self._state.load(json.loads(row[1]))
+            self._seq = self._snapshot_seq = int(row[0])
+        for seq, _, entry in conn.execute(_SINCE, (self._ns, self._seq)).fetchall():
             self._apply(json.loads(entry))  # this process's entries too: the state is new
             self._seq = seq
         for entry in self._buffer:  # applied here, not yet written
             self._apply(entry)
 
-    def _snapshot(self, conn: Connection, now: float) -> None:
+    def _snapshot(self, conn: sqlite3.Connection, now: float) -> None:
         """Fold the log into a snapshot (holding the lock, caught up, buffer written)."""
-        self._seq = int(conn.exec_driver_sql(_LAST, (self._ns,)).scalar_one())
+        self._seq = int(conn.execute(_LAST, (self._ns,)).fetchone()[0])
         state = json.dumps(self._state.dump(), separators=(",", ":"))
-        upsert = sqlite_insert(limit_state).values(
-            namespace=self._ns, seq=self._seq, state=state, written_at=now
-        )
-        conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=["namespace"],
-                set_={"seq": upsert.excluded.seq, "state": upsert.excluded.state,
-                      "written_at": upsert.excluded.written_at},
-            )
-        )  # fmt: skip
+        conn.execute(_SNAPSHOT, (self._ns, self._seq, state, now))
         # Keep the last entry: the next one is numbered after it, and a worker that is behind
         # sees the gap and reloads.
-        conn.execute(
-            limit_log.delete().where(limit_log.c.namespace == self._ns, limit_log.c.seq < self._seq)
-        )
+        conn.execute(_TRIM, (self._ns, self._seq))
         self._snapshot_seq = self._seq
         self._snapshot_at = time.monotonic()
 
@@ -276,12 +277,12 @@ class EmbeddedStore:
                 for namespace, state in legacy_states(conn).items():
                     write_snapshot(conn, namespace, state, now)
         with self._lock:
-            self._reload(conn)
+            self._reload(raw_connection(conn))
             self._beside_ledger = inspector.has_table("calls")
             if self._beside_ledger:
                 entries = self._reconcile(conn, now)
                 if entries:
-                    self._append(conn, entries)
+                    self._append(raw_connection(conn), entries)
 
     def _reconcile(self, conn: Connection, now: float) -> list[list[Any]]:
         """Commits and settlements the ledger has and the log may not (a worker killed before
@@ -320,35 +321,12 @@ class EmbeddedStore:
         self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
     ) -> list[Shortfall]:
         await self._ensure_or_unavailable(now)
-        future: asyncio.Future[list[Shortfall]] = asyncio.get_running_loop().create_future()
-        self._asks.append(_Ask(rid, plan, now, expires_at, keep_until, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
         try:
-            while self._asks:
-                batch, self._asks = self._asks[:MAX_BATCH], self._asks[MAX_BATCH:]
-                try:
-                    results = await self._db.run_write(partial(self._reserve, batch=batch))
-                except BaseException as exc:
-                    self._undo(batch)
-                    error = _unavailable(exc)
-                    for ask in batch:
-                        if not ask.future.done():
-                            ask.future.set_exception(error)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for ask, short in zip(batch, results, strict=True):
-                    if not ask.future.done():
-                        ask.future.set_result(short)
-        finally:
-            self._draining = False
+            return await self._db.add(self._reserves, _Ask(rid, plan, now, expires_at, keep_until))
+        except _DOWN as exc:
+            raise _unavailable(exc) from exc
 
-    def _reserve(self, conn: Connection, *, batch: Sequence[_Ask]) -> list[list[Shortfall]]:
+    def _reserve(self, conn: sqlite3.Connection, batch: Sequence[_Ask]) -> list[list[Shortfall]]:
         results: list[list[Shortfall]] = []
         entries: list[list[Any]] = []
         with self._lock:
@@ -393,7 +371,7 @@ class EmbeddedStore:
 
     async def _settled_or_scheduled(self, changed: bool) -> None:
         if changed and not self._beside_ledger:
-            await self._write(lambda conn: None)
+            await self._write(_nothing)
         else:
             self._schedule_flush()
 
@@ -404,7 +382,7 @@ class EmbeddedStore:
                 self._buffered(["x", rid, now])
         if changed:
             # Durable before the caller moves on: a lost release would keep the quota taken.
-            await self._write(lambda conn: None)
+            await self._write(_nothing)
 
     async def settle(
         self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
@@ -419,7 +397,7 @@ class EmbeddedStore:
     async def expire(self, now: float) -> list[str | None]:
         await self._ensure_or_unavailable(now)
 
-        def tx(conn: Connection) -> list[str | None]:
+        def tx(conn: sqlite3.Connection) -> list[str | None]:
             with self._lock:
                 self._catch_up(conn)
                 due = self._state.due(now)
@@ -438,7 +416,9 @@ class EmbeddedStore:
     ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
         await self._ensure_or_unavailable(now)
 
-        def tx(conn: Connection) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
+        def tx(
+            conn: sqlite3.Connection,
+        ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
             with self._lock:
                 self._catch_up(conn)
                 return self._state.peek(keys, slot_keys, now)
@@ -448,7 +428,7 @@ class EmbeddedStore:
     async def ping(self) -> None:
         # The readiness probe: the first one rebuilds the counters, before any caller waits.
         await self._ensure_or_unavailable(time.time())
-        await self._write(lambda conn: conn.exec_driver_sql("SELECT 1"))
+        await self._write(lambda conn: conn.execute("SELECT 1"))
 
     async def aclose(self) -> None:
         if self._flush_timer is not None:
@@ -456,7 +436,7 @@ class EmbeddedStore:
             self._flush_timer = None
         if self._buffer:
             try:
-                await self._db.run_write(lambda conn: None)
+                await self._db.run_raw(_nothing)
             except Exception as exc:  # the ledger rows still say what the buffer did
                 log.warning("limits: buffered entries not written at close: %s", exc)
         self._db.detach(self)
@@ -469,14 +449,18 @@ class EmbeddedStore:
         except _DOWN as exc:
             raise _unavailable(exc) from exc
 
-    async def _write(self, fn: Callable[[Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return await self._db.run_write(fn)
+            return await self._db.run_raw(fn)
         except _DOWN as exc:
             raise _unavailable(exc) from exc
 
 
-_DOWN = (sa.exc.SQLAlchemyError, OSError, TimeoutError)
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A write of nothing of its own: the transaction writes the buffered entries."""
+
+
+_DOWN = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
 
 
 def _unavailable(exc: BaseException) -> BaseException:
