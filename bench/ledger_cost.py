@@ -1,10 +1,12 @@
 """What one ledger write costs, split into its parts: `python -m bench.ledger_cost [N]`.
 
-In-process, on a fresh SQLite ledger in a temp dir, N sequential writes each (default 400):
-the ledger's `record_call` as it is, the same two statements in one `Database.run_write` hop,
-the same without a hop, a prepared INSERT through the stdlib driver (inline, one hop, and 16
-rows per hop and commit). CPU is the whole process (all threads). Uses the ledger's private
-parts to build the alternatives, so it may need updating when the ledger changes.
+In-process, on a fresh SQLite ledger in a temp dir, N writes each (default 400): the ledger's
+`record_call` as it is (the writer thread, one prepared `executemany` per group commit), one at a
+time and 16 at a time; the same row through SQLAlchemy Core on the same writer (`run_write`: what
+the ledger did before); a prepared INSERT through the stdlib driver on the event loop (inline,
+the floor), on a thread pool (one hop each), and 16 rows per hop and commit. CPU is the whole
+process (all threads). Uses the ledger's private parts to build the alternatives, so it may need
+updating when the ledger changes.
 """
 
 from __future__ import annotations
@@ -58,10 +60,17 @@ async def main_async(folder: str, n: int) -> None:
     kw: dict[str, Any] = {"identity": IDENTITY, "profile": "p", "kind": "web", "request_id": "r",
                           "max_duration_seconds": 300.0, "reservation_id": "x"}  # fmt: skip
     await _time(
-        "record_call as it is (async engine, aiosqlite)",
+        "record_call as it is (writer thread, executemany), 1 at a time",
         n,
         lambda: ledger.record_call(call_id=str(uuid.uuid4()), **kw),
     )
+
+    async def sixteen() -> None:
+        await asyncio.gather(
+            *(ledger.record_call(call_id=str(uuid.uuid4()), **kw) for _ in range(16))
+        )
+
+    await _time("record_call as it is, 16 at a time (group commit)", max(1, n // 16), sixteen, 16)
 
     def statements() -> Callable[[Any], None]:
         cid, now, i = str(uuid.uuid4()), records.utc_now(), IDENTITY
@@ -96,12 +105,11 @@ async def main_async(folder: str, n: int) -> None:
 
         return tx
 
-    await _time("same statements, one run_write hop", n, lambda: db.run_write(statements()))
-
-    async def inline_sa() -> None:
-        db._sync_tx(statements())
-
-    await _time("same statements, no hop (blocks the loop)", n, inline_sa)
+    await _time(
+        "SQLAlchemy Core statements on the writer (run_write, the old way)",
+        n,
+        lambda: db.run_write(statements()),
+    )
     raw = sqlite3.connect(f"{folder}/ledger.db", isolation_level=None, check_same_thread=False)
     raw.execute("PRAGMA journal_mode=WAL")
     raw.execute("PRAGMA synchronous=NORMAL")

@@ -3,6 +3,7 @@ settlements ride on the ledger's writes, and an upgrade carries the SQL store's 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 
 from tests.support.limits import FakeClock
 from vapi_proxy.auth.identity import Identity
-from vapi_proxy.errors import TooManyRequestsError
+from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
 from vapi_proxy.ledger import Ledger, LedgerEvent, upgrade_async
 from vapi_proxy.ledger.engine import Database
 from vapi_proxy.limits import AdmissionRequest, Limiter, LimitsSettings, create_limiter
@@ -287,3 +288,33 @@ async def test_a_limits_file_of_its_own_writes_commits_and_settlements_at_once(
     assert await used(second) == {"rate": 1, "quota": 1, "minutes": 1, "concurrency": 0}
     await second.aclose()
     await first.store._db.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_reservation_whose_transaction_fails_takes_nothing(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """A reservation shares the writer's transaction with other writes: when that transaction
+    fails at COMMIT, what the reservation took in memory is given back."""
+    limiter = embedded(ledger, clock, [{**RULES[0], "failure_mode": "closed"}])
+    await limiter.health()  # counters rebuilt before the writer is paused
+    db = ledger.database
+    # A deferred foreign key is checked at COMMIT: a way to make the whole transaction fail.
+    await db.run_raw(
+        lambda conn: conn.execute(
+            "CREATE TABLE orphans (parent TEXT REFERENCES calls (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    )
+    async with db.write():  # the writer waits: both writes below land in one transaction
+        ask = asyncio.ensure_future(limiter.reserve(req()))
+        orphan = asyncio.ensure_future(
+            db.run_raw(lambda conn: conn.execute("INSERT INTO orphans VALUES ('nobody')"))
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+    with pytest.raises(ServiceUnavailableError):  # the rule fails closed
+        await ask
+    with pytest.raises(sa.exc.IntegrityError):
+        await orphan
+    assert await used(limiter) == {"rate": 0, "quota": 0, "minutes": 0, "concurrency": 0}
+    await limiter.reserve(req())  # concurrency 1: free again
+    await limiter.aclose()

@@ -154,12 +154,17 @@ class _Writer:
 
     # --- on the writer thread --------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _next(self) -> list[_Job]:
+        """Wait for work (a profile shows this thread idle here), then take all that queued."""
         q = self._queue
+        jobs = [q.get()]
+        while not q.empty():
+            jobs.append(q.get_nowait())
+        return jobs
+
+    def _run(self) -> None:
         while True:
-            jobs = [q.get()]
-            while not q.empty():
-                jobs.append(q.get_nowait())
+            jobs = self._next()
             writes: list[_Job] = []
             for job in jobs:
                 if job.kind is _PAUSE or job.kind is _CLOSE:
