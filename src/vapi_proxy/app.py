@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
 from vapi_proxy.edge.middleware import CorsPolicy, EdgeMiddleware
+from vapi_proxy.edge.routing import FastRouter
 from vapi_proxy.logs import configure_logging
 from vapi_proxy.routes import admin, calls, chat, health, me, metrics, webhook
 from vapi_proxy.runtime import Runtime
@@ -59,7 +60,8 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
     router = Router(routes=route_list, lifespan=lifespan, redirect_slashes=False)
     profile_names = frozenset(settings.profiles)
     app = EdgeMiddleware(
-        router,
+        # Fixed paths by one dict lookup; the router for the rest (and every 404/405).
+        FastRouter(router),
         cors=CorsPolicy(settings.cors.allow_origins, settings.cors.max_age_seconds),
         path_prefix=settings.server.path_prefix,
         access_log=settings.logging.access_log,
