@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from vapi_proxy.edge.middleware import plain_headers
 from vapi_proxy.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -43,14 +43,27 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise BadRequestError("Content-Length is not a number.")
         if len(declared) > 18 or int(declared) > max_bytes:
             raise PayloadTooLargeError(f"The request body is larger than {max_bytes} bytes.")
+    # ASGI's receive() directly (what `Request.stream()` does, without an async generator).
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(f"The request body is larger than {max_bytes} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLargeError(
+                        f"The request body is larger than {max_bytes} bytes."
+                    )
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:

@@ -19,7 +19,31 @@ if TYPE_CHECKING:
     from vapi_proxy.upstream.client import UpstreamResponse
     from vapi_proxy.upstream.stream import UpstreamStream
 
-NO_STORE = {"Cache-Control": "no-store"}
+_JSON_HEADERS = ((b"cache-control", b"no-store"),)
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+class JsonReply(Response):
+    """An encoded JSON body that no cache keeps: Starlette's `Response` with its headers built
+    directly (its `init_headers` re-encodes a header mapping and scans it on every request)."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, body: bytes, status: int = 200, extra: Mapping[str, str] | None = None
+    ) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body
+        headers = list(_JSON_HEADERS)
+        if extra:
+            headers.extend(
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()
+            )
+        if status >= 200 and status not in (204, 304):
+            headers.append((b"content-length", str(len(body)).encode()))
+        headers.append(_JSON_TYPE)
+        self.raw_headers = headers
 
 
 async def identify(runtime: Runtime, request: Request) -> Identity:
@@ -42,8 +66,7 @@ def json_response(
     body: bytes, status: int = 200, extra: Mapping[str, str] | None = None
 ) -> Response:
     """An encoded JSON body that no cache keeps."""
-    headers = {**NO_STORE, **(extra or {})}
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return JsonReply(body, status, extra)
 
 
 def note_upstream(state: RequestState, reply: UpstreamResponse | UpstreamStream) -> None:

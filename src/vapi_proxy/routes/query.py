@@ -46,6 +46,8 @@ def read_query(request: Request, parsers: Mapping[str, Parser]) -> dict[str, Any
     (e.g. Vapi's `assistantId` on `GET /call`) must not look as if it had been applied.
     """
     values: dict[str, Any] = {}
+    if not request.scope.get("query_string"):
+        return values  # most requests: no need to parse anything
     for name, raw in request.query_params.multi_items():
         parser = parsers.get(name)
         if parser is None:
