@@ -53,18 +53,19 @@ class RequestState:
 class _RequestIds:
     """Request ids need to be unique, not secret: a random per-process prefix and a counter
     are as good as uuid4 here without a getrandom() call per request (visible in the profile).
-    The prefix is renewed in a forked child, so pre-forking servers never repeat an id."""
+    The prefix is renewed in a forked child (at the fork, not by asking `os.getpid()` per
+    request: a system call, and a slow one on some hosts), so pre-forking servers never repeat
+    an id."""
 
     def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix = uuid.uuid4().hex[:16]
         self._counter = itertools.count(1)
 
     def next(self) -> str:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._prefix = uuid.uuid4().hex[:16]
-            self._counter = itertools.count(1)
         return f"{self._prefix}{next(self._counter):016x}"
 
 
@@ -179,40 +180,42 @@ class EdgeMiddleware:
 
         origin_ok = origin is not None and self.cors.allows(origin.decode("latin-1"))
         cors_headers: list[tuple[bytes, bytes]] = []
+        # Added to the app's response headers: the request id, then CORS.
+        added: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id.encode())]
         if origin is not None:
             cors_headers.append((b"vary", b"Origin"))
             if origin_ok:
                 cors_headers.append(
                     (b"access-control-allow-origin", self.cors.allow_origin_value(origin))
                 )
+                added.append((b"access-control-expose-headers", EXPOSE_HEADERS))
+            added.extend(cors_headers)
 
+        metrics = self.metrics
         duration: Any = None
+        started_response = False
 
         def count() -> None:
             # As the response starts (or at the end if none did): a scrape sent after the client
             # read its reply must already see the request.
             nonlocal duration
-            if self.metrics is None or duration is not None:
+            if metrics is None or duration is not None:
                 return
             if method == "OPTIONS" and preflight_method is not None:
                 route = "preflight"
             else:
                 route = self.route_paths.get(scope.get("endpoint"), "unmatched")
-            duration = self.metrics.count_request(
+            duration = metrics.count_request(
                 route, method, status, self.profile_label(state.profile)
             )
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 count()
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                if origin_ok:
-                    headers.append((b"access-control-expose-headers", EXPOSE_HEADERS))
-                headers.extend(cors_headers)
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", ()), *added]}
             await send(message)
 
         try:
@@ -230,7 +233,13 @@ class EdgeMiddleware:
                     request_id,
                 )
             else:
-                await self._call_app(scope, receive, send_wrapper, request_id)
+                try:
+                    await self.app(scope, receive, send_wrapper)
+                except Exception as exc:
+                    refusal = self._refusal(exc, scope, request_id)
+                    if started_response:
+                        raise
+                    await self._error(send_wrapper, refusal, request_id)
         finally:
             count()
             if duration is not None:
@@ -253,37 +262,18 @@ class EdgeMiddleware:
                     },
                 )
 
-    async def _call_app(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except ProxyError as exc:
+    def _refusal(self, exc: Exception, scope: Scope, request_id: str) -> ProxyError:
+        """What the client is told of a failure (if its response has not started yet); a
+        limit's refusal is counted and an unexpected error logged either way."""
+        if isinstance(exc, ProxyError):
             if isinstance(exc, TooManyRequestsError) and exc.limit and self.metrics is not None:
                 kind = "chat" if scope["path"].startswith("/chat") else "call"
                 self.metrics.limit_refusals.labels(exc.limit, kind).inc()
-            if started:
-                raise
-            await self._error(send, exc, request_id)
-        except HTTPException as exc:
-            if started:
-                raise
-            await self._error(send, _from_http_exception(exc, scope), request_id)
-        except Exception:
-            logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
-            if started:
-                raise
-            await self._error(
-                send,
-                ProxyError(f"Internal error. Quote request id {request_id} when reporting it."),
-                request_id,
-            )
+            return exc
+        if isinstance(exc, HTTPException):
+            return _from_http_exception(exc, scope)
+        logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+        return ProxyError(f"Internal error. Quote request id {request_id} when reporting it.")
 
     async def _preflight(
         self,
