@@ -223,3 +223,14 @@ def test_whatever_a_client_writes_the_balancers_hop_wins(
     assert ClientAddressResolver(TRUSTED).resolve("10.0.0.2", headers) == str(
         ipaddress.ip_address(real)
     )
+
+
+def test_a_remembered_peer_still_reads_each_requests_header() -> None:
+    # Peers are remembered (parsing is the cost); what a trusted one relays is read every time.
+    resolver = ClientAddressResolver([ipaddress.ip_network("10.0.0.0/8")])
+    assert resolver.resolve("10.0.0.5", {"x-forwarded-for": "203.0.113.7"}) == "203.0.113.7"
+    assert resolver.resolve("10.0.0.5", {"x-forwarded-for": "198.51.100.9"}) == "198.51.100.9"
+    assert resolver.resolve("10.0.0.5", {}) == "10.0.0.5"
+    assert resolver.resolve("203.0.113.1", {"x-forwarded-for": "1.2.3.4"}) == "203.0.113.1"
+    assert resolver.resolve("203.0.113.1", {"x-forwarded-for": "1.2.3.4"}) == "203.0.113.1"
+    assert resolver.resolve("not-an-address", {}) == "not-an-address"

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+_MAX_PEERS = 4096
 UNKNOWN = "unknown"
 """The address reported when the server gives no peer (e.g. a Unix socket)."""
 
@@ -39,6 +40,9 @@ class ClientAddressResolver:
         self.trusted = tuple(trusted)
         self.header = header.lower()
         self._rfc7239 = self.header == "forwarded"
+        # peer → (its normalised text, the address when it is a trusted proxy, else None): the
+        # same few peers ask again and again, and parsing an address is most of the work.
+        self._peers: dict[str, tuple[str, Address | None]] = {}
 
     def resolve(self, peer: str | None, headers: Mapping[str, str]) -> str:
         """The client's address as a normalised string.
@@ -49,14 +53,16 @@ class ClientAddressResolver:
         """
         if not peer:
             return UNKNOWN
-        current = _parse(peer)
-        if current is None:
-            return peer
-        if not self.trusted or not _is_trusted(current, self.trusted):
-            return str(current)
+        known = self._peers.get(peer)
+        if known is None:
+            known = self._learn(peer)
+        text, proxy = known
+        if proxy is None:
+            return text
+        current = proxy
         value = _joined(headers, self.header)
         if not value:
-            return str(current)
+            return text
         hops = _forwarded_for(value) if self._rfc7239 else value.split(",")
         for hop in reversed(hops):
             address = _parse(hop)
@@ -68,6 +74,19 @@ class ClientAddressResolver:
             if not _is_trusted(current, self.trusted):
                 break
         return str(current)
+
+    def _learn(self, peer: str) -> tuple[str, Address | None]:
+        address = _parse(peer)
+        if address is None:
+            known: tuple[str, Address | None] = (peer, None)
+        elif self.trusted and _is_trusted(address, self.trusted):
+            known = (str(address), address)
+        else:
+            known = (str(address), None)
+        if len(self._peers) >= _MAX_PEERS:
+            self._peers.clear()  # bounded: many distinct peers just means parsing again
+        self._peers[peer] = known
+        return known
 
     def is_in(
         self, peer: str | None, headers: Mapping[str, str], networks: Sequence[Network]
