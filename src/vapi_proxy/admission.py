@@ -244,7 +244,7 @@ class Admissions:
 
     def count(self, kind: str, outcome: Outcome) -> None:
         if self.metrics is not None:
-            self.metrics.admissions.labels(kind, outcome.value).inc()
+            self.metrics.count_admission(kind, outcome.value)
 
     def storage_error(
         self, store: str, message: str, admission: Admission, item_id: str | None
