@@ -56,6 +56,7 @@ class UpstreamClient:
         self._pool_size = pool_size
         self._max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._header_cache: dict[tuple[bool, str], tuple[str, dict[str, str]]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -90,33 +91,42 @@ class UpstreamClient:
         return data.replace(key, REDACTED) if key and key in data else data
 
     def _headers(self, has_body: bool, accept: str = "application/json") -> dict[str, str]:
+        key = self._api_key()
+        cached = self._header_cache.get((has_body, accept))
+        if cached is not None and cached[0] == key:
+            return cached[1]
         headers = {
-            "Authorization": f"Bearer {self._api_key()}",
+            "Authorization": f"Bearer {key}",
             "Accept": accept,
             "User-Agent": USER_AGENT,
         }
         if has_body:
             headers["Content-Type"] = "application/json"
+        # Built once per key (it may be rotated): aiohttp copies it into each request.
+        self._header_cache[(has_body, accept)] = (key, headers)
         return headers
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
         """Send one request to Vapi and read its (bounded) reply."""
         started = time.perf_counter()
-        response = await self._send(method, path, body, self._headers(body is not None), started)
-        with mapped_errors(endpoint_label(path), started, self.observer):
+        endpoint = endpoint_label(path)
+        headers = self._headers(body is not None)
+        response = await self._send(method, path, body, headers, started, endpoint=endpoint)
+        with mapped_errors(endpoint, started, self.observer):
             async with response:
                 data = await response.content.read(self._max_response_bytes + 1)
         if len(data) > self._max_response_bytes:
-            self._observe(path, started, "bad_reply")
+            self._observe(endpoint, started, "bad_reply")
             raise UpstreamError("Vapi's reply was larger than the proxy accepts.", maybe_sent=True)
-        self._observe(path, started, status_kind(response.status))
+        self._observe(endpoint, started, status_kind(response.status))
+        reply_headers = response.headers
         return UpstreamResponse(
             status=response.status,
             body=self.redact(data),
-            content_type=response.headers.get("Content-Type", ""),
-            retry_after=response.headers.get("Retry-After"),
+            content_type=reply_headers.get("Content-Type", ""),
+            retry_after=reply_headers.get("Retry-After"),
             elapsed_ms=(time.perf_counter() - started) * 1000,
-            endpoint=endpoint_label(path),
+            endpoint=endpoint,
         )
 
     async def _send(
@@ -127,13 +137,15 @@ class UpstreamClient:
         headers: dict[str, str],
         started: float,
         client_timeout: aiohttp.ClientTimeout | None = None,
+        *,
+        endpoint: str,
     ) -> aiohttp.ClientResponse:
         """Send the request and return the reply with its headers read (the body is not)."""
         kwargs: dict[str, Any] = {"data": body, "headers": headers, "allow_redirects": False}
         if client_timeout is not None:
             kwargs["timeout"] = client_timeout
         url = self.base_url + path
-        with mapped_errors(endpoint_label(path), started, self.observer):
+        with mapped_errors(endpoint, started, self.observer):
             try:
                 return await self.session.request(method, url, **kwargs)
             except aiohttp.ClientConnectorError:
@@ -142,9 +154,9 @@ class UpstreamClient:
                 pass
             return await self.session.request(method, url, **kwargs)
 
-    def _observe(self, path: str, started: float, error: str | None) -> None:
+    def _observe(self, endpoint: str, started: float, error: str | None) -> None:
         if self.observer is not None:
-            self.observer(endpoint_label(path), time.perf_counter() - started, error)
+            self.observer(endpoint, time.perf_counter() - started, error)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -161,14 +173,17 @@ class UpstreamClient:
         )
         headers = self._headers(body is not None, "text/event-stream, application/json")
         started = time.perf_counter()
-        response = await self._send(method, path, body, headers, started, timeout)
+        endpoint = endpoint_label(path)
+        response = await self._send(
+            method, path, body, headers, started, timeout, endpoint=endpoint
+        )
         # Time to the reply's headers: the stream's own length is not Vapi's latency.
-        self._observe(path, started, status_kind(response.status))
+        self._observe(endpoint, started, status_kind(response.status))
         stream = UpstreamStream(
             response,
             started=started,
             max_response_bytes=self._max_response_bytes,
-            endpoint=endpoint_label(path),
+            endpoint=endpoint,
             observer=self.observer,
             redact=self.redact,
         )

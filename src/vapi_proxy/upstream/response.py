@@ -3,11 +3,11 @@ for buffered and streamed requests alike (each failure is told to the metrics ob
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Literal
 
 import aiohttp
@@ -54,37 +54,56 @@ Phase = Literal["request", "body", "stream"]
 after the headers were observed (`body`), or relaying a stream (`stream`: the reply broke off)."""
 
 
-@contextlib.contextmanager
-def mapped_errors(
-    endpoint: str, started: float, observer: Observer | None, phase: Phase = "request"
-) -> Iterator[None]:
-    """aiohttp's (and the socket's) errors become the proxy's 502/504, each observed once."""
-    mid_stream = phase == "stream"
+class mapped_errors:  # lower case: used like the function it replaced
+    """aiohttp's (and the socket's) errors become the proxy's 502/504, each observed once.
 
-    def observe(kind: str) -> None:
-        if observer is not None:
-            seconds = time.perf_counter() - started if phase == "request" else None
-            observer(endpoint, seconds, kind)
+    A class rather than a generator-based context manager: it is entered twice per request."""
 
-    try:
-        yield
-    except aiohttp.ClientConnectorError as exc:
-        observe("connect")
-        raise UpstreamError("Could not reach Vapi. Try again later.") from exc
-    except TimeoutError as exc:
-        observe("timeout")
-        message = (
-            "Vapi stopped sending the reply (timed out)."
-            if mid_stream
-            else "Vapi did not answer in time. Try again later."
-        )
-        raise UpstreamError(message, status_code=504, maybe_sent=True) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        # A reset socket surfaces as a bare OSError (ConnectionResetError) from some reads.
-        observe("disconnect")
-        message = (
-            "The connection to Vapi broke off mid-reply."
-            if mid_stream
-            else "The connection to Vapi failed. Try again later."
-        )
-        raise UpstreamError(message, maybe_sent=True) from exc
+    __slots__ = ("endpoint", "observer", "phase", "started")
+
+    def __init__(
+        self, endpoint: str, started: float, observer: Observer | None, phase: Phase = "request"
+    ) -> None:
+        self.endpoint = endpoint
+        self.started = started
+        self.observer = observer
+        self.phase = phase
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> Literal[False]:
+        if exc is None:
+            return False
+        mid_stream = self.phase == "stream"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            self._observe("connect")
+            raise UpstreamError("Could not reach Vapi. Try again later.") from exc
+        if isinstance(exc, TimeoutError):
+            self._observe("timeout")
+            message = (
+                "Vapi stopped sending the reply (timed out)."
+                if mid_stream
+                else "Vapi did not answer in time. Try again later."
+            )
+            raise UpstreamError(message, status_code=504, maybe_sent=True) from exc
+        if isinstance(exc, (aiohttp.ClientError, OSError)):
+            # A reset socket surfaces as a bare OSError (ConnectionResetError) from some reads.
+            self._observe("disconnect")
+            message = (
+                "The connection to Vapi broke off mid-reply."
+                if mid_stream
+                else "The connection to Vapi failed. Try again later."
+            )
+            raise UpstreamError(message, maybe_sent=True) from exc
+        return False
+
+    def _observe(self, kind: str) -> None:
+        if self.observer is not None:
+            seconds = time.perf_counter() - self.started if self.phase == "request" else None
+            self.observer(self.endpoint, seconds, kind)
