@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
-from starlette.types import Message
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vapi_proxy.edge.routing import FastRouter, fixed_paths
 
@@ -67,3 +68,33 @@ def test_the_endpoint_is_in_the_scope_for_the_metrics_label() -> None:
     app = FastRouter(Router([Route("/x", endpoint, methods=["POST"])]))
     asyncio.run(app(scope, receive, send))
     assert scope["endpoint"] is endpoint
+
+
+def test_a_plain_function_or_a_route_with_middleware_is_left_to_the_router() -> None:
+    def blocking(request: Request) -> Response:
+        return Response("sync")
+
+    class Tag:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            scope["tagged"] = True
+            await self.app(scope, receive, send)
+
+    routes = [
+        Route("/sync", blocking, methods=["GET"]),
+        Route("/tagged", answer("t"), methods=["GET"], middleware=[Middleware(Tag)]),
+        Route("/plain", answer("p"), methods=["GET"]),
+    ]
+    assert set(fixed_paths(routes)) == {"/plain"}
+
+
+def test_an_asgi_app_endpoint_is_called_directly() -> None:
+    class Hook:
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await Response("asgi")(scope, receive, send)
+
+    routes = [Route("/hook", Hook(), methods=["POST"])]
+    assert set(fixed_paths(routes)["/hook"]) == {"POST"}
+    assert call(FastRouter(Router(routes)), "POST", "/hook") == (200, b"asgi")

@@ -13,6 +13,7 @@ request.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,19 @@ class _Direct:
         await response(scope, receive, send)
 
 
+class _DirectApp:
+    """A route whose endpoint is itself an ASGI app (Starlette calls it as it is)."""
+
+    __slots__ = ("endpoint",)
+
+    def __init__(self, endpoint: ASGIApp) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["endpoint"] = self.endpoint
+        await self.endpoint(scope, receive, send)
+
+
 class FastRouter:
     """`Router`, with the fixed paths looked up in one dict first."""
 
@@ -56,16 +70,27 @@ class FastRouter:
         await self.router(scope, receive, send)
 
 
-def fixed_paths(routes: Sequence[BaseRoute]) -> dict[str, dict[str, _Direct]]:
-    """path → method → handler, for every route without path parameters whose handler is a
-    coroutine function, and only for the (path, method) pairs Starlette would give to it: an
-    earlier route that also fully matches the pair keeps it (and the router with it)."""
-    table: dict[str, dict[str, _Direct]] = {}
+def _direct(route: Route) -> _Direct | _DirectApp | None:
+    """How to call the route as Starlette would, or None to leave it to the router: a plain
+    function (Starlette runs it in a thread) or a route with its own middleware."""
+    endpoint = route.endpoint
+    if inspect.isfunction(endpoint) or inspect.ismethod(endpoint):
+        wrapped = getattr(route.app, "__qualname__", "") == "request_response.<locals>.app"
+        return _Direct(endpoint) if wrapped and is_async_callable(endpoint) else None
+    return _DirectApp(endpoint) if route.app is endpoint else None
+
+
+def fixed_paths(routes: Sequence[BaseRoute]) -> dict[str, dict[str, _Direct | _DirectApp]]:
+    """path → method → handler, for every route without path parameters that Starlette would
+    call plainly, and only for the (path, method) pairs Starlette would give to it: an earlier
+    route that also fully matches the pair keeps it (and the router with it)."""
+    table: dict[str, dict[str, _Direct | _DirectApp]] = {}
     for index, route in enumerate(routes):
         if not isinstance(route, Route) or route.param_convertors or route.methods is None:
             continue
-        if not is_async_callable(route.endpoint) or route.app is route.endpoint:
-            continue  # a plain function (run in a thread) or an ASGI app: leave it to the router
+        direct = _direct(route)
+        if direct is None:
+            continue
         for method in sorted(route.methods):
             probe: dict[str, Any] = {
                 "type": "http",
@@ -75,5 +100,5 @@ def fixed_paths(routes: Sequence[BaseRoute]) -> dict[str, dict[str, _Direct]]:
             }
             if any(earlier.matches(probe)[0] is Match.FULL for earlier in routes[:index]):
                 continue
-            table.setdefault(route.path, {}).setdefault(method, _Direct(route.endpoint))
+            table.setdefault(route.path, {}).setdefault(method, direct)
     return table
