@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
@@ -104,7 +105,9 @@ class _Reserves(Batch[_Ask, list[Shortfall]]):
 
 
 def _dumps(entry: list[Any]) -> str:
-    return json.dumps(entry, separators=(",", ":"))
+    # orjson: the same compact JSON as json.dumps(separators=(",", ":")), a few times faster;
+    # every worker writes and reads an entry per admission.
+    return orjson.dumps(entry).decode()
 
 
 class EmbeddedStore:
@@ -227,7 +230,7 @@ class EmbeddedStore:
             return
         for seq, writer, entry in rows:
             if writer != self._writer:  # this process applied its own entries when it made them
-                self._apply(json.loads(entry))
+                self._apply(orjson.loads(entry))
             self._seq = seq
 
     def _reload(self, conn: sqlite3.Connection) -> None:
@@ -238,7 +241,7 @@ class EmbeddedStore:
             self._state.load(json.loads(row[1]))
             self._seq = self._snapshot_seq = int(row[0])
         for seq, _, entry in conn.execute(_SINCE, (self._ns, self._seq)).fetchall():
-            self._apply(json.loads(entry))  # this process's entries too: the state is new
+            self._apply(orjson.loads(entry))  # this process's entries too: the state is new
             self._seq = seq
         for entry in self._buffer:  # applied here, not yet written
             self._apply(entry)
