@@ -294,8 +294,8 @@ async def test_a_reservation_whose_transaction_fails_takes_nothing(
     ledger: Ledger, clock: FakeClock
 ) -> None:
     """A reservation shares the writer's transaction with other writes: when that transaction
-    fails at COMMIT, what the reservation took in memory is given back."""
-    limiter = embedded(ledger, clock, [{**RULES[0], "failure_mode": "closed"}])
+    fails at COMMIT, what each reservation of that transaction took in memory is given back."""
+    limiter = embedded(ledger, clock, [{**TWO[0], "failure_mode": "closed"}])
     await limiter.health()  # counters rebuilt before the writer is paused
     db = ledger.database
     # A deferred foreign key is checked at COMMIT: a way to make the whole transaction fail.
@@ -305,16 +305,18 @@ async def test_a_reservation_whose_transaction_fails_takes_nothing(
         )
     )
     async with db.write():  # the writer waits: both writes below land in one transaction
-        ask = asyncio.ensure_future(limiter.reserve(req()))
+        asks = [asyncio.ensure_future(limiter.reserve(req())) for _ in range(2)]
         orphan = asyncio.ensure_future(
             db.run_raw(lambda conn: conn.execute("INSERT INTO orphans VALUES ('nobody')"))
         )
         for _ in range(5):
             await asyncio.sleep(0)
-    with pytest.raises(ServiceUnavailableError):  # the rule fails closed
-        await ask
+    for ask in asks:
+        with pytest.raises(ServiceUnavailableError):  # the rule fails closed
+            await ask
     with pytest.raises(sa.exc.IntegrityError):
         await orphan
     assert await used(limiter) == {"rate": 0, "quota": 0, "minutes": 0, "concurrency": 0}
-    await limiter.reserve(req())  # concurrency 1: free again
+    for _ in range(2):
+        await limiter.reserve(req())  # concurrency 2: both slots free again
     await limiter.aclose()

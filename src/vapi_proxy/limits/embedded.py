@@ -362,8 +362,7 @@ class EmbeddedStore:
             for ask in batch:
                 rec = self._state.records.get(ask.rid)
                 if rec is not None and rec.state == "pending":
-                    self._state.release(ask.rid, ask.now)
-                    del self._state.records[ask.rid]
+                    self._state.release(ask.rid, ask.now)  # gives back and forgets it
 
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
         with self._lock:
