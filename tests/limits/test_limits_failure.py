@@ -300,3 +300,28 @@ async def test_a_stopped_redis_process_is_refused_within_the_timeout(
             proc.send_signal(signal.SIGCONT)
     finally:
         await limiter.aclose()
+
+
+@pytest.mark.parametrize(("backend", "pool"), [("postgres", 10), ("redis", 64)])
+async def test_a_frozen_store_refuses_a_burst_beyond_the_pool_by_its_deadline(
+    backend: str, pool: int, silent_server: str, clock: FakeClock
+) -> None:
+    """The deadline starts once an operation has a connection, but it still bounds each one:
+    a burst one larger than the pool is refused whole, every reserve by the store's deadline
+    (the last after waiting for the others), none by the long wait for a connection."""
+    url = {
+        "postgres": f"postgresql://postgres@{silent_server}/postgres",
+        "redis": f"redis://{silent_server}/0",
+    }[backend]
+    limiter = create_limiter(settings(url, QUOTA, timeout_seconds=TIMEOUT), clock=clock)
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            results = await asyncio.gather(
+                *(limiter.reserve(REQ) for _ in range(pool + 1)), return_exceptions=True
+            )
+        assert all(isinstance(r, ServiceUnavailableError) for r in results), results
+        for refusal in results:
+            assert isinstance(refusal, BaseException)
+            assert_ended_by_the_stores_deadline(limiter, refusal)
+    finally:
+        await limiter.aclose()

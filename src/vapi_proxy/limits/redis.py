@@ -31,6 +31,12 @@ class _Deadlined(Protocol):
     @property
     def deadline(self) -> float | None: ...
 
+    @property
+    def slots(self) -> asyncio.Semaphore: ...
+
+    @property
+    def queue_timeout(self) -> float: ...
+
 
 S = TypeVar("S", bound=_Deadlined)
 
@@ -172,17 +178,34 @@ def _unavailable(
 ) -> Callable[Concatenate[S, P], Awaitable[R]]:
     """Translate driver and network failures into StoreUnavailableError at one boundary, and
     hold the whole operation (connecting, the command, a reconnect or retry) to the store's
-    deadline: a frozen server must cost `timeout_seconds`, not a multiple of it."""
+    deadline: a frozen server must cost `timeout_seconds`, not a multiple of it.
+
+    The deadline starts once the operation holds one of `slots` (as many as the pool has
+    connections), so it measures the store's answer, not the queue in front of the pool: a
+    burst larger than the pool waits its turn (up to `queue_timeout`, long but finite, so a
+    stuck pool still fails closed) instead of being refused as "store down"."""
 
     @wraps(fn)
     async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await self.slots.acquire()
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"no store connection free within {self.queue_timeout:g} s"
+            ) from exc
         try:
             async with asyncio.timeout(self.deadline):
                 return await fn(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
             raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        finally:
+            self.slots.release()
 
     return wrapper
+
+
+_POOL_CONNECTIONS = 64
 
 
 def _ms(seconds: float) -> int:
@@ -196,8 +219,9 @@ class RedisStore:
         # default pool raises MaxConnectionsError, which would read as "Redis is down").
         self._pool = aioredis.BlockingConnectionPool.from_url(
             settings.backend,
-            max_connections=64,
-            timeout=max(30.0, t),  # queue a burst; each command is still bounded by t
+            max_connections=_POOL_CONNECTIONS,
+            # `slots` already queues a burst (outside the deadline): a connection is free here.
+            timeout=max(30.0, t),
             decode_responses=True,
             socket_timeout=t,
             socket_connect_timeout=t,
@@ -210,7 +234,10 @@ class RedisStore:
         port = self._redis.connection_pool.connection_kwargs.get("port", "?")
         self.name = f"redis ({host}:{port})"
         self._ns = settings.namespace
+        # The deadline starts once a connection is ours (see `_unavailable`).
         self.deadline: float | None = t
+        self.slots = asyncio.Semaphore(_POOL_CONNECTIONS)
+        self.queue_timeout = max(30.0, t)
         self._tag = f"{{{settings.namespace}}}"
         self._reserve = self._redis.register_script(_RESERVE)
         self._commit = self._redis.register_script(_COMMIT)

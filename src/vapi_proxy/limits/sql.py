@@ -162,6 +162,9 @@ BEGIN
 END;
 $$;
 """
+# The engine's pool: `pool_size` 5 plus `max_overflow` 5 (ledger/engine.py). Operations beyond
+# it queue on `SqlStore.slots`, outside the store deadline.
+_POOL_CONNECTIONS = 10
 _SCHEMA_LOCK_ID = 0x7661_7069  # arbitrary, constant: serialises CREATE TABLE across replicas
 
 P = ParamSpec("P")
@@ -172,6 +175,12 @@ class _Deadlined(Protocol):
     @property
     def deadline(self) -> float | None: ...
 
+    @property
+    def slots(self) -> asyncio.Semaphore: ...
+
+    @property
+    def queue_timeout(self) -> float: ...
+
 
 S = TypeVar("S", bound=_Deadlined)
 
@@ -181,10 +190,22 @@ def _unavailable(
 ) -> Callable[Concatenate[S, P], Awaitable[R]]:
     """Translate driver and network failures into StoreUnavailableError at one boundary, and
     hold the whole operation (connecting, the command, a reconnect or retry) to the store's
-    deadline: a frozen server must cost `timeout_seconds`, not a multiple of it."""
+    deadline: a frozen server must cost `timeout_seconds`, not a multiple of it.
+
+    The deadline starts once the operation holds one of `slots` (as many as the pool has
+    connections), so it measures the store's answer, not the queue in front of the pool: a
+    burst larger than the pool waits its turn (up to `queue_timeout`, long but finite, so a
+    stuck pool still fails closed) instead of being refused as "store down"."""
 
     @wraps(fn)
     async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await self.slots.acquire()
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"no store connection free within {self.queue_timeout:g} s"
+            ) from exc
         try:
             async with asyncio.timeout(self.deadline):
                 return await fn(self, *args, **kwargs)
@@ -197,6 +218,8 @@ def _unavailable(
             TimeoutError,
         ) as exc:
             raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        finally:
+            self.slots.release()
 
     return wrapper
 
@@ -217,8 +240,11 @@ class SqlStore:
         if self._db.dialect != "postgresql":
             raise ValueError("the SQL limits store is for PostgreSQL; SQLite has the embedded one")
         self.name = f"{self._db.dialect} ({redact(self._db.url)})"
-        # One deadline over pool wait, connect and statements.
+        # One deadline over connect and statements, started once a connection is ours (see
+        # `_unavailable`): at most as many operations at once as the engine's pool holds.
         self.deadline: float | None = settings.timeout_seconds
+        self.slots = asyncio.Semaphore(_POOL_CONNECTIONS)
+        self.queue_timeout = max(30.0, settings.timeout_seconds)
         self._ns = settings.namespace
         self._ready = False
         self._schema_lock = asyncio.Lock()

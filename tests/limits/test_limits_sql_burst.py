@@ -1,0 +1,124 @@
+"""A burst larger than the store's connection pool queues for a connection and is counted
+exactly: the store deadline (`timeout_seconds`) measures the store's own answer, not the queue
+in front of it. (PostgreSQL and Redis: both stores pool their connections.)
+
+The real server sits behind a loopback proxy that delays every reply by a fixed lag. That
+puts a floor under each operation, so the queue behind the pool is long by construction, not
+by the machine's load: with the pool's connections all busy, the last reserve of the burst
+waits for a connection about twice the deadline, while one reserve takes a fraction of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.limits.test_limits_failure import HANG_GUARD, REQ, WHO
+from tests.support.limits import FakeClock
+from tests.support.services import postgres_url, redis_url
+from vapi_proxy.limits import LimitsSettings, Reservation, create_limiter
+
+TIMEOUT = 1.0  # the store deadline under test
+# (backend, its pool's connections, reserves in the burst, lag added to each reply). A warm
+# PostgreSQL reserve is 3 round trips (BEGIN, the call, COMMIT) and a Redis one is 1, so the
+# last reserve's wait for a connection is at least 600 / 10 * 3 * 0.01 = 1.8 s and
+# 2560 / 64 * 0.05 = 2 s: about twice TIMEOUT, whatever the machine's load. A reserve itself,
+# even one that opens a connection, is a fraction of TIMEOUT.
+CASES = [("postgres", 10, 600, 0.01), ("redis", 64, 2560, 0.05)]
+
+
+@dataclass
+class LaggingProxy:
+    """Forwards loopback TCP to `target`, holding each chunk the server sends for `lag`."""
+
+    target: tuple[str, int]
+    lag: float = 0.0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lag: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if lag and self.lag:
+                    await asyncio.sleep(self.lag)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        s_reader, s_writer = await asyncio.open_connection(*self.target)
+        self.writers += [c_writer, s_writer]
+        for task in (
+            asyncio.create_task(self._pump(c_reader, s_writer, lag=False)),
+            asyncio.create_task(self._pump(s_reader, c_writer, lag=True)),
+        ):
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+async def through_proxy(url: str) -> AsyncIterator[tuple[str, LaggingProxy]]:
+    parts = urlsplit(url)
+    proxy = LaggingProxy((parts.hostname or "127.0.0.1", parts.port or 0))
+    server = await asyncio.start_server(proxy.accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    try:
+        yield urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{port}")), proxy
+    finally:
+        server.close()
+        for writer in proxy.writers:
+            writer.close()
+        for task in list(proxy.tasks):
+            task.cancel()
+        await asyncio.gather(*proxy.tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
+async def lagging(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[str, LaggingProxy, tuple[int, int, float]]]:
+    backend, *case = request.param
+    url = postgres_url() if backend == "postgres" else redis_url()
+    async for proxied, proxy in through_proxy(url):
+        yield proxied, proxy, tuple(case)  # type: ignore[misc]
+
+
+async def test_a_burst_beyond_the_pool_is_admitted_and_counted_exactly(
+    lagging: tuple[str, LaggingProxy, tuple[int, int, float]], clock: FakeClock
+) -> None:
+    url, proxy, (pool, n, lag) = lagging
+    rules = [{"name": "q", "quota": {"per_day": pool + n + 1}}]
+    settings = LimitsSettings(
+        backend=url, namespace=f"b{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=TIMEOUT
+    )
+    limiter = create_limiter(settings, clock=clock)
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            # Tables, scripts and prepared statements in place, connections open, before the
+            # lag starts: the burst then costs round trips, not set-up.
+            await limiter.health()
+            warm = await asyncio.gather(*(limiter.reserve(REQ) for _ in range(pool)))
+            assert not [r for r in warm if r.degraded]
+            proxy.lag = lag
+            results = await asyncio.gather(
+                *(limiter.reserve(REQ) for _ in range(n)), return_exceptions=True
+            )
+            proxy.lag = 0.0
+            others = [r for r in results if not isinstance(r, Reservation)]
+            assert others == [], f"{len(others)} of {n} refused, first: {others[0]!r}"
+            assert not [r for r in results if isinstance(r, Reservation) and r.degraded]
+            usage = {(u.rule, u.what, u.kind): u for u in await limiter.usage(WHO, "support")}
+        assert usage[("q", "quota", "call")].used == pool + n
+    finally:
+        await limiter.aclose()
