@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import os
 import pstats
 import shutil
@@ -135,6 +136,25 @@ def _isolate(runtime: Any, *, upstream: bool, ledger: bool) -> None:
         runtime.ledger.record_call = record_call
 
 
+class _Pauses:
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}
+        self._started = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            elapsed = time.perf_counter() - self._started
+            self.times.setdefault(info["generation"], []).append(elapsed)
+
+
+def _gc_pauses() -> _Pauses:
+    pauses = _Pauses()
+    gc.callbacks.append(pauses.callback)
+    return pauses
+
+
 async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant) -> None:
     from vapi_proxy.app import create_app
     from vapi_proxy.settings import load_secrets, load_settings
@@ -151,6 +171,7 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
         failures = await _drive(app, variant, args.warmup, args.concurrency)
         if failures:
             raise RuntimeError(f"{failures} warm-up requests failed")
+        pauses = _gc_pauses() if args.gc else None
         profiler = cProfile.Profile() if args.profile else None
         n = (args.requests // args.concurrency) * args.concurrency
         runs: list[tuple[float, float]] = []
@@ -169,6 +190,14 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
                 f"{variant.name}: {n} requests at c={args.concurrency}, {failures} failed; "
                 f"CPU {cpu:.0f} µs/req (event loop thread {thread:.0f}), {n / wall:.0f} req/s"
             )
+        if pauses is not None:
+            gc.callbacks.remove(pauses.callback)
+            for generation, times in sorted(pauses.times.items()):
+                times.sort()
+                print(
+                    f"gc generation {generation}: {len(times)} collections, "
+                    f"{sum(times) / n * 1e6:.1f} µs/req, longest {times[-1] * 1000:.2f} ms"
+                )
         if args.repeats > 1:
             cpus = sorted(r[0] for r in runs)
             threads = sorted(r[1] for r in runs)
@@ -197,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--gc", action="store_true", help="time the garbage collector's pauses")
     parser.add_argument("--fake-upstream", action="store_true", help="a canned reply, no I/O")
     parser.add_argument("--no-ledger-write", action="store_true", help="skip `record_call`")
     parser.add_argument(

@@ -69,3 +69,16 @@ def test_the_simulator_does_not_redirect_either(
     )
     assert reply.status_code == 404
     assert "location" not in reply.headers
+
+
+def test_the_start_up_heap_is_frozen_while_serving_and_released_after() -> None:
+    import gc
+
+    from vapi_proxy.app import GC_YOUNG_THRESHOLD, long_lived_heap
+
+    before = gc.get_threshold()
+    with long_lived_heap():
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
@@ -21,6 +22,29 @@ from vapi_proxy.settings import ConfigError, Secrets, Settings, load_secrets, lo
 __all__ = ["Runtime", "app_from_environment", "create_app"]
 
 
+GC_YOUNG_THRESHOLD = 5000
+"""Allocations between collections of the youngest generation (CPython's default is 700)."""
+
+
+@contextlib.contextmanager
+def long_lived_heap() -> Iterator[None]:
+    """While the app serves: what start-up built (modules, config, pools: most of the heap) is
+    moved out of the collector's sight (`gc.freeze()`), and the youngest generation is collected
+    less often. Measured under load (bench/path_cost.py --gc): a full collection walked the
+    whole start-up heap, 100 ms or more every few thousand requests (the p99 stall) and a third
+    of the CPU per request; a request's own objects die by reference counting, so collecting
+    them every 700 allocations found little. Undone when the app stops."""
+    gc.collect()
+    gc.freeze()
+    previous = gc.get_threshold()
+    gc.set_threshold(max(previous[0], GC_YOUNG_THRESHOLD), *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+
+
 def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
     """The proxy as an ASGI app (runs under uvicorn or any ASGI server)."""
     runtime = Runtime.build(settings, secrets)
@@ -28,6 +52,8 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
         await runtime.start()
+        stack = contextlib.ExitStack()
+        stack.enter_context(long_lived_heap())
         tasks = [asyncio.create_task(runtime.maintain())]
         if settings.metrics.enabled and settings.metrics.port is not None:
             tasks.append(asyncio.create_task(metrics.keep_fresh(runtime)))
@@ -43,6 +69,7 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runtime.aclose()
+            stack.close()
 
     route_list: list[BaseRoute] = [
         *health.routes(runtime),
