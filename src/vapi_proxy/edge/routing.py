@@ -59,6 +59,11 @@ class FastRouter:
         self.router = router
         self.fixed = fixed_paths(router.routes)
 
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """The router's routes (what tools and tests that read an app's routes look at)."""
+        return self.router.routes
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
             methods = self.fixed.get(scope["path"])
