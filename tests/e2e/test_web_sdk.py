@@ -676,12 +676,13 @@ def test_vapis_refusals_reach_the_app_as_whose_they_are(
 def test_a_proxy_that_never_answers_cannot_hang_the_suite(
     browser: BrowserDriver, page_server: ServerThread, user_key: str
 ) -> None:
-    """The SDK has no timeout; the driver's bounded wait reports the hang instead of waiting."""
+    """The SDK has no timeout; the driver's bounded wait reports the hang instead of waiting.
+    `done` false is that report; a driver that waited on would fail the case from
+    BrowserDriver's own bounded read (no timing assertion needed here)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as black_hole:
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(8)  # connections are queued, never accepted, never answered
         url = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
-        started = time.monotonic()
         result = start_in_page(
             browser,
             page_server,
@@ -691,7 +692,6 @@ def test_a_proxy_that_never_answers_cannot_hang_the_suite(
             form="string",
             timeout=1,
         )
-    assert time.monotonic() - started < 10
     assert not result["done"]
     assert ("web-call-creation", "started") in progress(result)
     assert ("web-call-creation", "completed") not in progress(result)

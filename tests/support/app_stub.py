@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,12 +13,16 @@ from starlette.types import Receive, Scope, Send
 
 @dataclass
 class AppStub:
-    """ASGI app; `reply` is sent as JSON after `delay` seconds with `status`."""
+    """ASGI app; `reply` is sent as JSON with `status`, once `hold` (when given) is set.
+
+    `hold` is a threading.Event because the stub serves on its own thread (ServerThread): the
+    test sets it, and must set it before the server stops. `answered` counts replies sent."""
 
     status: int = 200
     reply: Any = field(default_factory=dict)
-    delay: float = 0.0
+    hold: threading.Event | None = None
     received: list[dict[str, Any]] = field(default_factory=list)
+    answered: int = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,8 +40,8 @@ class AppStub:
                 "body": body,
             }
         )
-        if self.delay:
-            await asyncio.sleep(self.delay)  # the slowness under test
+        if self.hold is not None:
+            await asyncio.to_thread(self.hold.wait)  # an app that has not answered yet
         payload = orjson.dumps(self.reply)
         await send(
             {
@@ -46,3 +51,4 @@ class AppStub:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+        self.answered += 1
