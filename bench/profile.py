@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         p = procs.free_port()
         proxy = Service(
             variant.name,
-            setups.proxy_command(setups.write_proxy_config(tmp, variant), p, variant.module),
+            setups.proxy_command(
+                setups.write_proxy_config(tmp, variant), p, variant.module, variant.workers
+            ),
             port=p,
             log=RAW / f"profile-proxy-{variant.name}.log",
             cpu=SERVER_CPU,
@@ -193,6 +195,7 @@ PARTS = [
 IDLE_LEAVES = (
     "_worker (concurrent/futures/thread.py",
     "_connection_worker_thread (aiosqlite/core.py",
+    "_Writer._next (vapi_proxy/ledger/engine.py",  # the SQLite writer waiting for work
     "Connection._recv (multiprocessing/connection.py",
     "Connection.poll (multiprocessing/connection.py",
     "main (multiprocessing/resource_tracker.py",

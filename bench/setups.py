@@ -140,6 +140,7 @@ def proxy_variants(
     ledger_limits["auth"] = jwt_auth
     ledger_limits["limits"]["rules"] = GENEROUS_RULES
     ledger_limits_2w = {**ledger_limits, "ledger": {"url": f"sqlite:///{tmp / 'embedded2.db'}"}}
+    auth_only_2w = {**auth_only, "ledger": {"url": f"sqlite:///{tmp / 'jwt2.db'}"}}
 
     variants = [
         Variant("open", "proxy: anonymous, no limit rules", "proxy", headers=plain, config=anon),
@@ -166,6 +167,15 @@ def proxy_variants(
             "proxy",
             headers=bearer,
             config=ledger_limits_2w,
+            workers=2,
+        ),
+        Variant(
+            "jwt-2w",
+            "control: `jwt` (no limit rules) under `serve --workers 2`: what a second worker"
+            " costs without any limits",
+            "proxy",
+            headers=bearer,
+            config=auth_only_2w,
             workers=2,
         ),
     ]
