@@ -35,6 +35,9 @@ def _depth_ok(value: Any, max_depth: int) -> bool:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, at most `max_bytes`. A client that leaves before sending all of it raises
+    Starlette's `ClientDisconnect`, which the edge logs as a 499 (nobody is left to answer).
+    Routes read the body before admission, so such a request has reserved nothing."""
     declared = plain_headers(request.scope).get("content-length")
     if declared is not None:
         # RFC 9110 §8.6: 1*DIGIT. int() also read "+12", " 12", "1_2" and other scripts' digits,

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vapi_proxy.edge.client_address import ClientAddressResolver
@@ -33,6 +34,9 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _SLASHES = re.compile(r"/{2,}")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CLIENT_LEFT = 499
+"""The status logged and counted for a request whose client went away before the proxy could
+answer it (nginx's 499): a 4xx, nobody's server error, and nothing is sent."""
 ALLOW_HEADERS = "authorization, content-type, idempotency-key, x-api-key, x-request-id"
 EXPOSE_HEADERS = b"x-request-id, retry-after"
 
@@ -235,6 +239,16 @@ class EdgeMiddleware:
             else:
                 try:
                     await self.app(scope, receive, send_wrapper)
+                except ClientDisconnect:
+                    # Raised where the body is read (edge/body.py, or Starlette's own reader):
+                    # the client closed its connection mid-request. No one is left to answer,
+                    # and it is not the proxy's failure.
+                    if not started_response:
+                        status = CLIENT_LEFT
+                    logger.debug(
+                        "client left before sending its whole request",
+                        extra={"fields": {"request_id": request_id}},
+                    )
                 except Exception as exc:
                     refusal = self._refusal(exc, scope, request_id)
                     if started_response:
