@@ -92,7 +92,7 @@ def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
         cors=CorsPolicy(settings.cors.allow_origins, settings.cors.max_age_seconds),
         path_prefix=settings.server.path_prefix,
         access_log=settings.logging.access_log,
-        metrics=runtime.metrics,
+        metrics=runtime.counting,
         route_paths={
             route.endpoint: route.path for route in route_list if isinstance(route, Route)
         },

@@ -61,12 +61,18 @@ class Runtime:
     admissions: Admissions = field(init=False)
 
     def __post_init__(self) -> None:
-        self.admissions = Admissions(self.limiter, self.ledger, self.metrics)
+        self.admissions = Admissions(self.limiter, self.ledger, self.counting)
         # The console's identity blocks, checked wherever a call or chat's identity is known.
         self.blocks = BlockList(
             ConsoleStore(self.ledger.database),
             refresh_seconds=self.settings.admin.block_refresh_seconds,
         )
+
+    @property
+    def counting(self) -> Metrics | None:
+        """The metrics to record into, or None when `metrics.enabled` is off: then nothing on
+        the request path touches a metric (no per-request work for a disabled feature)."""
+        return self.metrics if self.settings.metrics.enabled else None
 
     @classmethod
     def build(cls, settings: Settings, secrets: Secrets) -> Runtime:
@@ -82,7 +88,9 @@ class Runtime:
             max_response_bytes=settings.vapi.max_response_bytes,
         )
         metrics = Metrics()
-        upstream.observer = metrics.observe_upstream
+        counting = metrics if settings.metrics.enabled else None
+        if counting is not None:
+            upstream.observer = counting.observe_upstream
         url = webhook_setup.webhook_url(settings.public_url, settings.webhook_path)
         webhook_server = webhook_setup.webhook_server(settings.webhooks, url)
         try:
@@ -104,11 +112,12 @@ class Runtime:
             limiter=limiter,
             ledger=ledger,
             server=webhook_server,
-            metrics=metrics,
+            metrics=counting,
         )
         auth = AuthChain.from_settings(settings.auth)
         # Auth and webhook events reach the metrics as they happen, in this worker.
-        metrics.listen(auth.stats, hooks.stats)
+        if counting is not None:
+            counting.listen(auth.stats, hooks.stats)
         tracing = None
         if settings.tracing.enabled:
             from vapi_proxy import tracing as otel  # here: only when tracing is on
@@ -123,7 +132,7 @@ class Runtime:
             upstream=upstream,
             limiter=limiter,
             ledger=ledger,
-            replies=ReplyReader(profiles, metrics.observe_refusal),
+            replies=ReplyReader(profiles, counting.observe_refusal if counting else None),
             profiles=profiles,
             webhook_server=webhook_server,
             webhooks=hooks.receiver,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.http import post, sample
 from tests.support.proxy import ProxyFactory
+from vapi_proxy.testing import ServerThread
 
 
 def limited(config: dict[str, Any]) -> None:
@@ -70,3 +72,48 @@ def test_a_public_client_relayed_by_the_balancer_is_public(make_proxy: ProxyFact
     # A header the balancer does not write cannot make a public client internal either.
     spoof = {"X-Forwarded-For": "203.0.113.9", "Forwarded": "for=10.2.3.4"}
     assert httpx.get(server.url + "/metrics", headers=spoof).status_code == 404
+
+
+def _samples(server: ServerThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = server.app.runtime.metrics.registry  # the app's own registry, in this process
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+    }
+
+
+def _traffic(server: ServerThread, user_key: str) -> None:
+    assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 201
+    assert post(server, {"assistantId": "sales-coach"}, user_key).status_code == 429
+    assert (
+        post(server, {"assistantId": "sales-coach"}, "wrong-token-abcdefghijkl").status_code == 401
+    )
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_disabled_metrics_are_never_touched(
+    make_proxy: ProxyFactory, user_key: str, enabled: bool
+) -> None:
+    def config(c: dict[str, Any]) -> None:
+        c["limits"] = {"backend": "memory://", "rules": [{"name": "d", "quota": {"per_day": 1}}]}
+        c["metrics"] = {"enabled": enabled}
+
+    server = make_proxy(config)
+    before = _samples(server)
+    _traffic(server, user_key)
+    after = _samples(server)
+    if enabled:
+        text = server.app.runtime.metrics.render().decode()
+        assert sample(text, "vapi_proxy_requests_total", route="/call/web", status="201") == 1
+        assert sample(text, "vapi_proxy_limit_refusals_total", limit="quota", kind="call") == 1
+        assert sample(text, "vapi_proxy_admissions_total", kind="call", outcome="created") == 1
+        assert sample(text, "vapi_proxy_upstream_duration_seconds_count", endpoint="/call/web")
+        assert sample(text, "vapi_proxy_auth_total", result="failure", reason="bad_api_key")
+    else:
+        assert after == before
+        # Including the paths this traffic did not take (Vapi's refusals, streams, webhooks).
+        runtime = server.app.runtime
+        assert runtime.upstream.observer is None and runtime.replies.observe is None
+        assert runtime.admissions.metrics is None and server.app.metrics is None
+        assert httpx.get(server.url + "/metrics").status_code == 404
