@@ -141,10 +141,19 @@ def test_a_web_call_is_one_server_span_with_auth_limits_vapi_and_ledger_under_it
     assert server.status.status_code is StatusCode.UNSET
 
     under = children(server, rest)
-    order = ["auth", "limits reserve", "POST /call/web", "limits commit", "ledger record_call"]
+    order = [
+        "auth",
+        "policy",
+        "limits reserve",
+        "POST /call/web",
+        "limits commit",
+        "ledger record_call",
+    ]
     assert [s.name for s in rest if s.name in order] == order
     assert set(under) >= set(order), sorted(under)
     assert attrs(under["auth"])["vapi_proxy.identity.kind"] == "api_key"
+    # The policy step ends before the limits are asked: it is not the place time is lost.
+    assert under["policy"].end_time <= under["limits reserve"].start_time
     assert attrs(under["limits reserve"]) == {
         "vapi_proxy.profile": "sales-coach",
         "vapi_proxy.kind": "call",
@@ -207,6 +216,24 @@ def test_refusals_mark_the_span_that_refused(
     assert "POST /call/web" not in under  # nothing was sent to Vapi
     assert attrs(server)["http.response.status_code"] == 429
 
+    unknown = post(proxy, {"assistantId": "no-such-profile"}, user_key)
+    body = assert_envelope(unknown, 404)  # an unknown profile, refused by the policy
+    server, *rest = request_trace(spans, unknown.headers["x-request-id"])
+    under = children(server, rest)
+    policy = under["policy"]
+    assert policy.status.status_code is StatusCode.ERROR
+    assert policy.status.description == body["message"]
+    assert attrs(policy)["vapi_proxy.refusal.status_code"] == 404
+    assert "limits reserve" not in under
+
+    # A phone call's policy is its own span too: this profile makes no phone calls.
+    phone = {"assistantId": "sales-coach", "customer": {"number": "+14155550123"}}
+    not_phone = post(proxy, phone, user_key, path="/call")
+    body = assert_envelope(not_phone, 403)
+    server, *rest = request_trace(spans, not_phone.headers["x-request-id"])
+    policy = children(server, rest)["policy"]
+    assert policy.status.description == body["message"]
+
 
 def test_a_streamed_chat_has_its_vapi_span_under_the_request(
     make_proxy: ProxyFactory, spans: InMemorySpanExporter, user_key: str
@@ -221,6 +248,8 @@ def test_a_streamed_chat_has_its_vapi_span_under_the_request(
     server, *rest = request_trace(spans, reply.headers["x-request-id"])
     assert server.name == "POST /chat"
     under = children(server, rest)
+    order = ["auth", "policy", "limits reserve", "POST /chat"]
+    assert [s.name for s in rest if s.name in order] == order
     assert attrs(under["limits reserve"])["vapi_proxy.kind"] == "chat"
     upstream = under["POST /chat"]
     assert upstream.kind is SpanKind.CLIENT

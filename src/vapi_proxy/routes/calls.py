@@ -181,9 +181,10 @@ class CallRoutes:
         self, state: RequestState, identity: Identity, body: Any, attempt: Attempt
     ) -> tuple[int, bytes]:
         runtime = self.runtime
-        intake = read_web_call(body, self._ignored)
-        state.profile = intake.profile if intake.profile in runtime.profiles else None
-        planned = plan_web_call(runtime.profiles, intake, self._context(identity, state))
+        with runtime.span("policy"):
+            intake = read_web_call(body, self._ignored)
+            state.profile = intake.profile if intake.profile in runtime.profiles else None
+            planned = plan_web_call(runtime.profiles, intake, self._context(identity, state))
         status, call = await start_call(
             runtime, state, identity, planned, "/call/web", kind="web", attempt=attempt
         )
@@ -193,9 +194,10 @@ class CallRoutes:
         self, state: RequestState, identity: Identity, body: Any, attempt: Attempt
     ) -> tuple[int, bytes]:
         runtime = self.runtime
-        intake = read_phone_call(body, self._ignored)
-        state.profile = intake.profile if intake.profile in runtime.profiles else None
-        plans = plan_phone_call(runtime.profiles, intake, self._context(identity, state))
+        with runtime.span("policy"):
+            intake = read_phone_call(body, self._ignored)
+            state.profile = intake.profile if intake.profile in runtime.profiles else None
+            plans = plan_phone_call(runtime.profiles, intake, self._context(identity, state))
         paths = self._server_paths(plans[0].profile.name)
         if not intake.batch:
             status, call = await start_call(

@@ -247,16 +247,17 @@ class ChatRoutes:
         identity = await authenticate(runtime, request)
         state.identity = identity.hashed
         body = await read_json(request, max_bytes=self._max_bytes, max_depth=self._max_depth)
-        intake = read_chat(body, self._ignored, web=web, responses=responses)
-        if intake.profile is not None and intake.profile in runtime.profiles:
-            state.profile = intake.profile
-        found = await self._continuation(identity, intake)
-        planned: PlannedChat = plan_chat(
-            runtime.profiles,
-            intake,
-            CallContext(identity, state.request_id, runtime.webhook_server),
-            found,
-        )
+        with runtime.span("policy"):
+            intake = read_chat(body, self._ignored, web=web, responses=responses)
+            if intake.profile is not None and intake.profile in runtime.profiles:
+                state.profile = intake.profile
+            found = await self._continuation(identity, intake)
+            planned: PlannedChat = plan_chat(
+                runtime.profiles,
+                intake,
+                CallContext(identity, state.request_id, runtime.webhook_server),
+                found,
+            )
         name = planned.profile.name
         state.profile = name
         admission = await runtime.admissions.admit(
