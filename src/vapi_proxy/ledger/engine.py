@@ -36,6 +36,11 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 log = logging.getLogger(__name__)
 
+POOL_SIZE = 5
+POOL_OVERFLOW = 5
+"""PostgreSQL: the engine's pool (`pool_size`, `max_overflow`); the ledger and the SQL limits
+store share it when they share a database."""
+
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
@@ -352,13 +357,16 @@ class Database:
             kwargs["connect_args"] = {"timeout": max(10.0, timeout), "command_timeout": timeout}
             # Few connections: transactions are short (limits reserve in one call), and a burst
             # from every replica opening dozens each would only queue inside PostgreSQL.
-            kwargs["pool_size"] = 5
-            kwargs["max_overflow"] = 5
+            kwargs["pool_size"] = POOL_SIZE
+            kwargs["max_overflow"] = POOL_OVERFLOW
             # A burst queues for a pooled connection rather than failing: each statement is
             # still bounded by `command_timeout`, and refusing a burst as "store down" would
             # turn load into 503s.
             kwargs["pool_timeout"] = max(30.0, timeout)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self.pool_connections = 1 if self.dialect == "sqlite" else POOL_SIZE + POOL_OVERFLOW
+        """How many connections the engine holds at most (SQLite: its writes are one at a
+        time); a caller that bounds its own concurrency by the pool sizes it with this."""
         self.timeout = timeout
         self._writer: _Writer | None = None
         self._companions: list[Companion] = []

@@ -162,9 +162,6 @@ BEGIN
 END;
 $$;
 """
-# The engine's pool: `pool_size` 5 plus `max_overflow` 5 (ledger/engine.py). Operations beyond
-# it queue on `SqlStore.slots`, outside the store deadline.
-_POOL_CONNECTIONS = 10
 _SCHEMA_LOCK_ID = 0x7661_7069  # arbitrary, constant: serialises CREATE TABLE across replicas
 
 P = ParamSpec("P")
@@ -243,7 +240,9 @@ class SqlStore:
         # One deadline over connect and statements, started once a connection is ours (see
         # `_unavailable`): at most as many operations at once as the engine's pool holds.
         self.deadline: float | None = settings.timeout_seconds
-        self.slots = asyncio.Semaphore(_POOL_CONNECTIONS)
+        # Beyond the engine's pool (`Database.pool_connections`) operations queue on `slots`,
+        # outside the store deadline.
+        self.slots = asyncio.Semaphore(self._db.pool_connections)
         self.queue_timeout = max(30.0, settings.timeout_seconds)
         self._ns = settings.namespace
         self._ready = False
