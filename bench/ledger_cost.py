@@ -4,7 +4,9 @@ In-process, on a fresh SQLite ledger in a temp dir, N writes each (default 400):
 `record_call` as it is (the writer thread, one prepared `executemany` per group commit), one at a
 time and 16 at a time; the same row through SQLAlchemy Core on the same writer (`run_write`: what
 the ledger did before); a prepared INSERT through the stdlib driver on the event loop (inline,
-the floor), on a thread pool (one hop each), and 16 rows per hop and commit. CPU is the whole
+the floor), on a thread pool (one hop each), and 16 rows per hop and commit; then
+`apply_events` (webhook events) at batches of 1 and 32, split into a cost per batch and per
+event (building the events is not counted). CPU is the whole
 process (all threads). Uses the ledger's private parts to build the alternatives, so it may need
 updating when the ledger changes.
 """
@@ -136,7 +138,48 @@ async def main_async(folder: str, n: int) -> None:
     )
     pool.shutdown()
     raw.close()
+    await _events(ledger, n, kw)
     await ledger.aclose()
+
+
+def _message(call_id: str, seq: int) -> dict[str, Any]:
+    """A status-update as Vapi sends it (a few hundred bytes of JSON)."""
+    return {
+        "type": "status-update",
+        "status": ("ringing", "in-progress")[seq % 2],
+        "timestamp": 1_770_000_000_000 + seq,
+        "call": {"id": call_id, "type": "webCall", "orgId": "org", "assistantId": "a"},
+        "phoneNumber": None,
+        "customer": {"number": "+15550000000"},
+    }
+
+
+async def _events(ledger: Ledger, n: int, kw: dict[str, Any]) -> None:
+    """`apply_events` at batches of 1 and 32 (new status-updates of known calls): its cost per
+    batch and per event, solved from the two."""
+    call_ids = [str(uuid.uuid4()) for _ in range(64)]
+    for call_id in call_ids:
+        await ledger.record_call(call_id=call_id, **kw)
+    seq = iter(range(10**9))
+
+    def batch(size: int) -> list[tuple[records.LedgerEvent, tuple[()]]]:
+        return [
+            (records.LedgerEvent.from_vapi(_message(call_ids[i % 64], next(seq))), ())
+            for i in range(size)
+        ]
+
+    cost: dict[int, float] = {}
+    for size in (1, 32):
+        batches = [batch(size) for _ in range(n + 1)]
+        await ledger.apply_events(batches.pop())
+        cpu = time.process_time()
+        for items in batches:
+            await ledger.apply_events(items)
+        cost[size] = (time.process_time() - cpu) / n * 1e6
+        print(f"{'apply_events, batches of ' + str(size):60} CPU {cost[size]:6.0f} µs per batch")
+    per_event = (cost[32] - cost[1]) / 31
+    print(f"{'apply_events: per batch / per event':60} CPU {cost[1] - per_event:6.0f} µs"
+          f" + {per_event:4.1f} µs per event")  # fmt: skip
 
 
 def main() -> None:

@@ -68,7 +68,9 @@ def sqlite_time(value: datetime) -> str:
 class GroupCommit(Generic[Item, Result]):
     """Queues items and writes them in batches through `write`, which returns one result per
     item, in order. With `shield`, a waiter that is cancelled (its client left) does not cancel
-    its item: the write goes ahead."""
+    its item: the write goes ahead. `turns`: how many times the event loop turns before each
+    batch is taken, so requests already read join it (under load a batch taken at once held one
+    item, the next all the others: each batch costs a transaction)."""
 
     def __init__(
         self,
@@ -76,10 +78,12 @@ class GroupCommit(Generic[Item, Result]):
         *,
         max_batch: int = MAX_BATCH,
         shield: bool = False,
+        turns: int = 0,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
         self._shield = shield
+        self._turns = turns
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -94,6 +98,8 @@ class GroupCommit(Generic[Item, Result]):
     async def _drain(self) -> None:
         try:
             while self._pending:
+                for _ in range(self._turns):
+                    await asyncio.sleep(0)
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:

@@ -118,6 +118,13 @@ def record_from_row(row: Any) -> CallRecord:
     return CallRecord(**{name: m[name] for name in CALL_FIELDS})
 
 
+class _Message:
+    """`LedgerEvent.from_vapi`'s default payload: the message itself."""
+
+
+_MESSAGE = _Message()
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEvent:
     """One webhook message, reduced to what the ledger uses."""
@@ -137,8 +144,15 @@ class LedgerEvent:
     control_url: str | None = None
 
     @classmethod
-    def from_vapi(cls, message: Mapping[str, Any], *, dedupe_key: str | None = None) -> LedgerEvent:
-        """From Vapi's webhook `message` object (status-update, end-of-call-report, …)."""
+    def from_vapi(
+        cls,
+        message: Mapping[str, Any],
+        *,
+        dedupe_key: str | None = None,
+        payload: Mapping[str, Any] | _Message | None = _MESSAGE,
+    ) -> LedgerEvent:
+        """From Vapi's webhook `message` object (status-update, end-of-call-report, …).
+        `payload`: what to store of it (default: the message itself)."""
         mtype = str(message.get("type", "unknown"))
         call = message.get("call") or {}
         call_id = call.get("id") if isinstance(call, Mapping) else None
@@ -170,7 +184,7 @@ class LedgerEvent:
             cost_usd=_amount(message.get("cost")),
             summary=summary if isinstance(summary, str) else None,
             analysis=analysis,
-            payload=message,
+            payload=message if isinstance(payload, _Message) else payload,
             control_url=_control_url(call),
         )
 
@@ -184,19 +198,26 @@ def _control_url(call: Any) -> str | None:
     return None
 
 
-def trim_payload(payload: Mapping[str, Any] | None) -> Any:
-    """Keep the event small: drop bulky fields (transcripts, nested call objects) if needed."""
+def payload_json(payload: Mapping[str, Any] | None) -> bytes:
+    """The event as stored: JSON (orjson's, serialised once), kept small by dropping bulky
+    fields (transcripts, nested call objects) if needed. `None` is JSON `null`, as
+    SQLAlchemy's JSON column stores it."""
     if payload is None:
-        return None
+        return b"null"
     raw = orjson.dumps(payload, default=str)
     if len(raw) <= PAYLOAD_LIMIT:
-        return orjson.loads(raw)
+        return raw
     slim = {k: v for k, v in payload.items() if k not in _TRIM_KEYS}
     slim["_trimmed"] = sorted(k for k in payload if k in _TRIM_KEYS)
     raw = orjson.dumps(slim, default=str)
     if len(raw) <= PAYLOAD_LIMIT:
-        return orjson.loads(raw)
-    return {"_trimmed": "all", "type": payload.get("type"), "bytes": len(raw)}
+        return raw
+    return orjson.dumps({"_trimmed": "all", "type": payload.get("type"), "bytes": len(raw)})
+
+
+def trim_payload(payload: Mapping[str, Any] | None) -> Any:
+    """`payload_json` as a value (what a JSON column reads back)."""
+    return None if payload is None else orjson.loads(payload_json(payload))
 
 
 @dataclass(frozen=True, slots=True)

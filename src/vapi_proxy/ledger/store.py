@@ -8,10 +8,13 @@ deliveries cannot undo an end-of-call-report.
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +35,7 @@ from vapi_proxy.ledger.records import (
     OutboxEntry,
     OutboxItem,
     UsageRow,
+    payload_json,
     record_from_row,
     trim_payload,
     utc_now,
@@ -262,72 +266,60 @@ class Ledger:
         if not items:
             return []
         received = received_at or utc_now()
+        if self._sqlite:
+            # One hop to the writer thread; prepared stdlib statements, no SQLAlchemy.
+            return await self._db.run_raw(lambda conn: _sqlite_apply(conn, items, received))
+        return await self._db.run_write(lambda conn: self._pg_apply(conn, items, received))
+
+    def _pg_apply(
+        self,
+        conn: Connection,
+        items: Sequence[tuple[LedgerEvent, Sequence[OutboxItem]]],
+        received: datetime,
+    ) -> list[EventOutcome]:
+        """`apply_events` on PostgreSQL (SQLAlchemy, one transaction)."""
         ids = sorted({e.call_id for e, _ in items if e.call_id is not None})
-
-        def tx(conn: Connection) -> list[EventOutcome]:
-            current: dict[str, CallRecord] = {}
-            if ids:
-                rows = conn.execute(sa.select(calls).where(calls.c.id.in_(ids)).with_for_update())
-                current = {row.id: record_from_row(row) for row in rows}
-            values = [
-                {
-                    "call_id": e.call_id,
-                    "type": e.type[:64],
-                    "status": e.status,
-                    "received_at": received,
-                    "dedupe_key": e.dedupe_key,
-                    "known": e.call_id in current,
-                    "payload": trim_payload(e.payload),
-                }
-                for e, _ in items
-            ]
-            # One statement shape whatever the batch size, so SQLAlchemy compiles it once
-            # (its "insertmanyvalues" still sends one multi-row INSERT).
-            ins = (
-                self._insert(call_events)
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(call_events.c.dedupe_key)
+        current: dict[str, CallRecord] = {}
+        if ids:
+            rows = conn.execute(sa.select(calls).where(calls.c.id.in_(ids)).with_for_update())
+            current = {row.id: record_from_row(row) for row in rows}
+        values = [
+            {
+                "call_id": e.call_id,
+                "type": e.type[:64],
+                "status": e.status,
+                "received_at": received,
+                "dedupe_key": e.dedupe_key,
+                "known": e.call_id in current,
+                "payload": trim_payload(e.payload),
+            }
+            for e, _ in items
+        ]
+        # One statement shape whatever the batch size, so SQLAlchemy compiles it once
+        # (its "insertmanyvalues" still sends one multi-row INSERT).
+        ins = (
+            self._insert(call_events)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(call_events.c.dedupe_key)
+        )
+        fresh = set(conn.execute(ins, values).scalars())
+        outcomes, changed, outbox = _outcomes(items, current, fresh, received)
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for call_id, changes in changed.items():
+            columns = tuple(sorted(changes))
+            groups.setdefault(columns, []).append(
+                {"b_id": call_id, **{f"b_{k}": v for k, v in changes.items()}}
             )
-            fresh = set(conn.execute(ins, values).scalars())
-            outcomes: list[EventOutcome] = []
-            changed: dict[str, dict[str, Any]] = {}
-            outbox: list[OutboxItem] = []
-            for event, rows_out in items:
-                call = current.get(event.call_id) if event.call_id is not None else None
-                if event.dedupe_key not in fresh:
-                    outcomes.append(EventOutcome(call is not None, True, call))
-                    continue
-                fresh.discard(event.dedupe_key)  # a second copy in this batch is a duplicate
-                outbox.extend(rows_out)
-                if call is None:
-                    outcomes.append(EventOutcome(False, False, None))
-                    continue
-                changes = _changes(call, event, received)
-                if changes:
-                    merged = {name: getattr(call, name) for name in CALL_FIELDS} | changes
-                    current[call.id] = CallRecord(**merged)
-                    changed.setdefault(call.id, {}).update(changes)
-                ended_now = changes.get("status") == "ended"
-                outcomes.append(EventOutcome(True, False, current[call.id], ended_now))
-            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for call_id, changes in changed.items():
-                columns = tuple(sorted(changes))
-                groups.setdefault(columns, []).append(
-                    {"b_id": call_id, **{f"b_{k}": v for k, v in changes.items()}}
-                )
-            for columns, params in groups.items():
-                stmt = (
-                    calls.update()
-                    .where(calls.c.id == sa.bindparam("b_id"))
-                    .values({k: sa.bindparam(f"b_{k}") for k in columns})
-                )
-                conn.execute(stmt, params)
-            if outbox:
-                conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
-            return outcomes
-
-        # One hop to the SQLite writer (or one transaction on PostgreSQL) for the whole batch.
-        return await self._db.run_write(tx)
+        for columns, params in groups.items():
+            stmt = (
+                calls.update()
+                .where(calls.c.id == sa.bindparam("b_id"))
+                .values({k: sa.bindparam(f"b_{k}") for k in columns})
+            )
+            conn.execute(stmt, params)
+        if outbox:
+            conn.execute(webhook_outbox.insert(), _outbox_rows(outbox, received))
+        return outcomes
 
     @staticmethod
     def _settle(
@@ -554,6 +546,125 @@ class Ledger:
             webhook_outbox.c.state == "delivered", webhook_outbox.c.delivered_at < before
         )
         return await self._db.run_write(lambda conn: int(conn.execute(stmt).rowcount))
+
+
+def _outcomes(
+    items: Sequence[tuple[LedgerEvent, Sequence[OutboxItem]]],
+    current: dict[str, CallRecord],
+    fresh: set[str],
+    received: datetime,
+) -> tuple[list[EventOutcome], dict[str, dict[str, Any]], list[OutboxItem]]:
+    """Apply the events one by one, in order: their outcomes, the columns each call changes
+    (`current` is updated), and the outbox rows of first deliveries. `fresh`: the dedupe keys
+    the insert stored (emptied)."""
+    outcomes: list[EventOutcome] = []
+    changed: dict[str, dict[str, Any]] = {}
+    outbox: list[OutboxItem] = []
+    for event, rows_out in items:
+        call = current.get(event.call_id) if event.call_id is not None else None
+        if event.dedupe_key not in fresh:
+            outcomes.append(EventOutcome(call is not None, True, call))
+            continue
+        fresh.discard(event.dedupe_key)  # a second copy in this batch is a duplicate
+        outbox.extend(rows_out)
+        if call is None:
+            outcomes.append(EventOutcome(False, False, None))
+            continue
+        changes = _changes(call, event, received)
+        if changes:
+            call = current[call.id] = dataclasses.replace(call, **changes)
+            changed.setdefault(call.id, {}).update(changes)
+        outcomes.append(EventOutcome(True, False, call, changes.get("status") == "ended"))
+    return outcomes, changed, outbox
+
+
+# SQLite's `apply_events`: stdlib statements on the writer's connection, in the formats
+# SQLAlchemy's column types store (timestamps as `sqlite_time` text, JSON as text).
+_SQL_CALLS = f"SELECT {', '.join(CALL_FIELDS)} FROM calls WHERE id IN "  # noqa: S608 - constants
+_SQL_EVENT = (
+    "INSERT INTO call_events (call_id, type, status, received_at, dedupe_key, known, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING"
+)
+_SQL_OUTBOX = (
+    "INSERT INTO webhook_outbox (event_id, target, type, body, created_at, attempts, "
+    "next_attempt_at, state) VALUES (?, ?, ?, ?, ?, 0, ?, 'pending')"
+)
+_TIME_FIELDS = frozenset({"created_at", "started_at", "ended_at", "updated_at"})
+_TIME_INDEXES = [i for i, name in enumerate(CALL_FIELDS) if name in _TIME_FIELDS]
+_ANALYSIS = CALL_FIELDS.index("analysis")
+_ID_CHUNK = 500  # well under SQLite's bound-parameter limit
+
+
+def _sqlite_record(row: tuple[Any, ...]) -> CallRecord:
+    values = list(row)
+    for i in _TIME_INDEXES:
+        if values[i] is not None:
+            values[i] = datetime.fromisoformat(values[i]).replace(tzinfo=UTC)
+    if values[_ANALYSIS] is not None:
+        values[_ANALYSIS] = orjson.loads(values[_ANALYSIS])
+    return CallRecord(*values)
+
+
+def _sqlite_value(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _TIME_FIELDS:
+        return sqlite_time(value)
+    if name == "analysis":
+        return orjson.dumps(value, default=str).decode()
+    return value
+
+
+def _sqlite_apply(
+    conn: sqlite3.Connection,
+    items: Sequence[tuple[LedgerEvent, Sequence[OutboxItem]]],
+    received: datetime,
+) -> list[EventOutcome]:
+    """`apply_events` on SQLite, inside the writer's transaction (`BEGIN IMMEDIATE` holds the
+    database, so the read of the calls needs no lock)."""
+    ids = list({e.call_id for e, _ in items if e.call_id is not None})
+    current: dict[str, CallRecord] = {}
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        sql = _SQL_CALLS + "(" + ",".join("?" * len(chunk)) + ")"
+        for row in conn.execute(sql, chunk):
+            current[row[0]] = _sqlite_record(row)
+    stamp = sqlite_time(received)
+    insert = conn.execute
+    # Row by row: each insert's rowcount says whether its dedupe key was new.
+    fresh = {
+        e.dedupe_key
+        for e, _ in items
+        if insert(
+            _SQL_EVENT,
+            (
+                e.call_id,
+                e.type[:64],
+                e.status,
+                stamp,
+                e.dedupe_key,
+                e.call_id in current,
+                payload_json(e.payload).decode(),
+            ),
+        ).rowcount
+        == 1
+    }
+    outcomes, changed, outbox = _outcomes(items, current, fresh, received)
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for call_id, changes in changed.items():
+        columns = tuple(sorted(changes))
+        groups.setdefault(columns, []).append(
+            (*(_sqlite_value(k, changes[k]) for k in columns), call_id)
+        )
+    for columns, params in groups.items():
+        sets = ", ".join(f"{k} = ?" for k in columns)
+        conn.executemany(f"UPDATE calls SET {sets} WHERE id = ?", params)  # noqa: S608
+    if outbox:
+        conn.executemany(
+            _SQL_OUTBOX,
+            [(o.event_id, o.target, o.type[:64], o.body, stamp, stamp) for o in outbox],
+        )
+    return outcomes
 
 
 def _changes(call: CallRecord, event: LedgerEvent, now: datetime) -> dict[str, Any]:

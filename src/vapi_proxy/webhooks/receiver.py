@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -74,7 +73,7 @@ class WebhookReceiver:
         self._respond_types = frozenset(settings.respond.types)
         # Deliveries arriving while the ledger writes are applied together in the next
         # transaction; the write goes ahead even if Vapi hangs up meanwhile.
-        self._writer = GroupCommit(ledger.apply_events, max_batch=128, shield=True)
+        self._writer = GroupCommit(ledger.apply_events, max_batch=128, shield=True, turns=3)
 
     async def read_verified(
         self, headers: Mapping[str, str], body: bytes, client: str | None, request_id: str
@@ -173,10 +172,8 @@ class WebhookReceiver:
         """Apply an event to the ledger (once), settle the limits when the call ended, queue
         forwards in the same transaction."""
         event = LedgerEvent.from_vapi(
-            message, dedupe_key=f"msgid:{message_id}" if message_id else None
-        )
-        event = replace(
-            event,
+            message,
+            dedupe_key=f"msgid:{message_id}" if message_id else None,
             payload=ledger_payload(
                 message,
                 transcripts=self.settings.store_transcripts,
