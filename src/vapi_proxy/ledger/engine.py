@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -70,6 +71,19 @@ class Companion(Protocol):
     def restore(self, token: object) -> None:
         """That transaction failed: what `flush` wrote must be written again later."""
         ...
+
+
+class RawJSON(str):
+    """JSON text already serialised (orjson's): a JSON column stores it as it is, where it would
+    serialise any other value again."""
+
+    __slots__ = ()
+
+
+def _json_serializer(value: Any) -> str:
+    """The engine's serialiser for JSON columns: `json.dumps` (SQLAlchemy's default) except
+    for `RawJSON`."""
+    return str.__str__(value) if isinstance(value, RawJSON) else json.dumps(value)
 
 
 def redact(url: str) -> str:
@@ -363,6 +377,7 @@ class Database:
             # still bounded by `command_timeout`, and refusing a burst as "store down" would
             # turn load into 503s.
             kwargs["pool_timeout"] = max(30.0, timeout)
+        kwargs["json_serializer"] = _json_serializer
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self.pool_connections = 1 if self.dialect == "sqlite" else POOL_SIZE + POOL_OVERFLOW
         """How many connections the engine holds at most (SQLite: its writes are one at a

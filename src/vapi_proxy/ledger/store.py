@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.ledger.batch import CallRows, GroupCommit, PgCallRows, sqlite_time
-from vapi_proxy.ledger.engine import Database, redact
+from vapi_proxy.ledger.engine import Database, RawJSON, redact
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
 from vapi_proxy.ledger.records import (
     CALL_FIELDS,
@@ -37,7 +37,6 @@ from vapi_proxy.ledger.records import (
     UsageRow,
     payload_json,
     record_from_row,
-    trim_payload,
     utc_now,
 )
 from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys, webhook_outbox
@@ -291,7 +290,7 @@ class Ledger:
                 "received_at": received,
                 "dedupe_key": e.dedupe_key,
                 "known": e.call_id in current,
-                "payload": trim_payload(e.payload),
+                "payload": RawJSON(payload_json(e.payload).decode()),
             }
             for e, _ in items
         ]
