@@ -8,6 +8,7 @@ the one JSON error envelope for every failure, never a stack trace; one access l
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -254,6 +255,17 @@ class EdgeMiddleware:
                     if started_response:
                         raise
                     await self._error(send_wrapper, refusal, request_id)
+                except asyncio.CancelledError as exc:
+                    # A cancellation nobody asked this task for (a library's own bug, such as
+                    # aiohttp 3.9.0 leaking one into the next request after a timeout) is a
+                    # failure like any other: the envelope, not the server's bare 500 text. A
+                    # real one (shutdown, a cancel scope) propagates.
+                    task = asyncio.current_task()
+                    if started_response or task is None or task.cancelling():
+                        raise
+                    await self._error(
+                        send_wrapper, self._refusal(exc, scope, request_id), request_id
+                    )
         finally:
             count()
             if duration is not None:
@@ -276,7 +288,7 @@ class EdgeMiddleware:
                     },
                 )
 
-    def _refusal(self, exc: Exception, scope: Scope, request_id: str) -> ProxyError:
+    def _refusal(self, exc: BaseException, scope: Scope, request_id: str) -> ProxyError:
         """What the client is told of a failure (if its response has not started yet); a
         limit's refusal is counted and an unexpected error logged either way."""
         if isinstance(exc, ProxyError):
