@@ -293,12 +293,13 @@ def test_every_config_section_is_strict() -> None:
     from vapi_proxy import configbase, settings
     from vapi_proxy.auth import config as auth_config
     from vapi_proxy.limits import config as limits_config
+    from vapi_proxy.policy import access, profiles
     from vapi_proxy.webhooks import config as webhooks_config
 
     passthrough = {webhooks_config.Destination}  # Vapi's own object, checked only for `type`
     models = [
         cls
-        for module in (settings, auth_config, limits_config, webhooks_config)
+        for module in (settings, auth_config, limits_config, webhooks_config, profiles, access)
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if issubclass(cls, BaseModel) and cls.__module__ == module.__name__
     ]

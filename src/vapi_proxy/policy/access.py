@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from vapi_proxy.auth.claims import claim_matches, lookup
 from vapi_proxy.auth.identity import AuthMethod, Identity
+from vapi_proxy.configbase import StrictModel
 from vapi_proxy.errors import ForbiddenError, UnauthorizedError
 
 ClaimValue = str | int | float | bool
 
 
-class AccessRule(BaseModel):
+class AccessRule(StrictModel):
     """Conditions an identity must meet to start a profile; the default admits any signed-in
     caller (JWT or API key) and no anonymous one."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     anonymous: bool = Field(
         default=False,

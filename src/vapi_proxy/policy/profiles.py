@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from vapi_proxy.configbase import StrictModel
 from vapi_proxy.policy.access import AccessRule
 from vapi_proxy.policy.templates import validate_value
 
@@ -24,10 +25,10 @@ MAX_DURATION_SECONDS = 43200
 TARGET_FIELDS = ("assistant_id", "assistant", "squad_id", "squad", "workflow_id", "workflow")
 
 
-class VariableSpec(BaseModel):
+class VariableSpec(StrictModel):
     """How one client-settable variable is checked before it reaches `variableValues`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     type: Literal["string", "integer", "number", "boolean"] = Field(
         default="string", description="JSON type the value must have."
@@ -73,10 +74,9 @@ class VariableSpec(BaseModel):
         return value
 
 
-class FileRef(BaseModel):
+class FileRef(StrictModel):
     """A JSON or YAML file holding a transient assistant/squad/workflow, relative to the config."""
 
-    model_config = ConfigDict(extra="forbid")
     file: str = Field(description="Path of the file, relative to the config file's folder.")
 
 
@@ -117,10 +117,10 @@ DEFAULT_PREMIUM_PREFIXES: tuple[str, ...] = (
 CustomerField = Literal["name", "email", "extension", "externalId"]
 
 
-class PhoneRules(BaseModel):
+class PhoneRules(StrictModel):
     """Where a server-side phone call (`POST /call`) of this profile may ring."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     allowed_prefixes: list[str] = Field(
         default_factory=list,
@@ -155,10 +155,8 @@ class PhoneRules(BaseModel):
         return value
 
 
-class Profile(BaseModel):
+class Profile(StrictModel):
     """One named entry point: what `vapi.start('<name>')` may start, and under which rules."""
-
-    model_config = ConfigDict(extra="forbid")
 
     description: str | None = Field(default=None, description="Free text for operators.")
     assistant_id: str | None = Field(default=None, description="A saved Vapi assistant's id.")
