@@ -1,11 +1,13 @@
 """What every `vapi-proxy` command shares: the exit status for a bad config, how problems are
-printed, where the config path comes from, and the checks `serve` and a reload both make."""
+printed, where the config path comes from, the checks `serve` and a reload both make, and how
+uvicorn runs the proxy (`serve` and `serve --sandbox`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import Any
 
 from vapi_proxy.settings import ConfigError, Settings, load_secrets, load_settings
 
@@ -39,3 +41,22 @@ def validate_for_serve(path: str) -> Settings:
             ]
         )
     return settings
+
+
+def uvicorn_kwargs(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """How uvicorn runs the proxy, for `serve`'s workers and `serve --sandbox` alike."""
+    # Here, not at the top: every command imports this module, and only `serve` runs uvicorn.
+    from vapi_proxy.cli.drain import DrainingHttpToolsProtocol
+
+    return {
+        "host": args.host,
+        "port": args.port,
+        "log_level": settings.logging.level,
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": False,  # the proxy's own trusted_proxies decide, not uvicorn
+        "timeout_graceful_shutdown": settings.server.drain_seconds,
+        # A reload or stop answers a request already on its way over a kept-alive connection
+        # instead of resetting it (cli/drain.py).
+        "http": DrainingHttpToolsProtocol,
+    }

@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
@@ -20,29 +19,14 @@ from vapi_proxy.cli.common import (
     config_path,
     print_problems,
     url_host,
+    uvicorn_kwargs,
     validate_for_serve,
 )
-from vapi_proxy.cli.drain import DrainingHttpToolsProtocol
 from vapi_proxy.cli.metrics import metrics_directory, serve_metrics_port
 from vapi_proxy.cli.reload import reload_status_path
 from vapi_proxy.cli.supervisor import Supervisor
 from vapi_proxy.cli.worker import build_app
-from vapi_proxy.settings import ConfigError, Settings
-
-
-def uvicorn_kwargs(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    return {
-        "host": args.host,
-        "port": args.port,
-        "log_level": settings.logging.level,
-        "access_log": False,
-        "server_header": False,
-        "proxy_headers": False,  # the proxy's own trusted_proxies decide, not uvicorn
-        "timeout_graceful_shutdown": settings.server.drain_seconds,
-        # A reload or stop answers a request already on its way over a kept-alive connection
-        # instead of resetting it (cli/drain.py).
-        "http": DrainingHttpToolsProtocol,
-    }
+from vapi_proxy.settings import ConfigError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -24,8 +24,13 @@ import uvicorn
 from pydantic import SecretStr
 
 from vapi_proxy import __version__
-from vapi_proxy.cli.common import EXIT_CONFIG, config_path, print_problems, url_host
-from vapi_proxy.cli.serve import uvicorn_kwargs
+from vapi_proxy.cli.common import (
+    EXIT_CONFIG,
+    config_path,
+    print_problems,
+    url_host,
+    uvicorn_kwargs,
+)
 from vapi_proxy.settings import (
     ConfigError,
     Secrets,
