@@ -15,14 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.limits import FakeClock
+from tests.support.limits import HANG_GUARD, REQ, WHO, FakeClock
 from tests.support.services import closed_port
-from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ServiceUnavailableError
-from vapi_proxy.limits import AdmissionRequest, LimitsSettings, create_limiter
-
-WHO = Identity(subject="alice", method="jwt")
-REQ = AdmissionRequest(identity=WHO, profile="support", worst_case_seconds=60)
+from vapi_proxy.limits import LimitsSettings, create_limiter
 
 
 def unreachable(backend: str, tmp_path: Path) -> str:
@@ -40,10 +36,6 @@ def settings(url: str, rules: list[dict[str, Any]], **kw: Any) -> LimitsSettings
 
 
 QUOTA = [{"name": "q", "quota": {"per_day": 5}, "concurrency": 2}]
-
-# How long a test waits before failing instead of hanging: a test timeout, never a speed
-# claim (these machines are shared; speed is measured in `python -m bench`).
-HANG_GUARD = 30.0
 
 
 def causes(error: BaseException) -> list[BaseException]:

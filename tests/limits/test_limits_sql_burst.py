@@ -18,8 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.limits.test_limits_failure import HANG_GUARD, REQ, WHO
-from tests.support.limits import FakeClock
+from tests.support.limits import HANG_GUARD, REQ, WHO, FakeClock
 from tests.support.services import postgres_url, redis_url
 from vapi_proxy.limits import LimitsSettings, Reservation, create_limiter
 

@@ -1,5 +1,5 @@
-"""The limits tests' helpers: the backends every contract runs on, their URLs, a fake clock and
-the type of the limiter factory."""
+"""The limits tests' helpers: the backends every contract runs on, their URLs, a fake clock, the
+type of the limiter factory, and the caller and request the failure tests reserve for."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.support.services import postgres_url, redis_url
-from vapi_proxy.limits import Limiter
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.limits import AdmissionRequest, Limiter
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis"]
 SHARED_BACKENDS = ["sqlite", "postgres", "redis"]
@@ -35,3 +36,10 @@ def backend_url(backend: str, tmp_path: Path) -> str:
 
 
 MakeLimiter = Callable[..., Awaitable[Limiter]]
+
+WHO = Identity(subject="alice", method="jwt")
+REQ = AdmissionRequest(identity=WHO, profile="support", worst_case_seconds=60)
+
+# How long a test waits before failing instead of hanging: a test timeout, never a speed
+# claim (these machines are shared; speed is measured in `python -m bench`).
+HANG_GUARD = 30.0
