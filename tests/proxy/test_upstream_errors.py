@@ -72,6 +72,8 @@ def refusal_profiles(config: dict[str, Any]) -> None:
     profiles["ghost"] = {"assistant_id": GHOST_ID, "access": {"anonymous": True}}
     bad = {**TRANSIENT_ASSISTANT, "voicemailDetectionTypo": True}
     profiles["broken"] = {"assistant": bad}
+    # Not tests.support.clients.phone_profiles: its `outbound` lets the caller set only
+    # `customer.name`, and these tests need an `extension` the proxy passes and Vapi refuses.
     profiles["dial"] = {
         "assistant_id": SAVED_ASSISTANT_ID,
         "phone_number_id": PHONE_ID,
