@@ -136,6 +136,22 @@ def test_past_the_action_limit_a_block_or_unblock_is_refused_and_not_done(
     assert latest["actor"] == actor_for_hash(hash_key(other_admin))
 
 
+def test_a_csv_export_counts_as_an_action(make_proxy: ProxyFactory, admin_key: str) -> None:
+    # docs/console.md and docs/api.md count exports as actions: they can read the whole ledger.
+    server = admin_proxy(make_proxy, admin_key, actions_per_minute=2)
+    url = server.url + "/admin/api/usage.csv"
+    me = _bearer(admin_key)
+    done = [httpx.get(url, headers=me, timeout=10) for _ in range(2)]
+    assert [r.status_code for r in done] == [200, 200], [r.text for r in done]
+    refused = httpx.get(url, params={"table": "users"}, headers=me, timeout=10)
+    _refused(refused, ACTIONS_MESSAGE)
+    mine = actor_for_hash(hash_key(admin_key))
+    exports = [
+        r for r in _audit(server, admin_key) if r["actor"] == mine and r["action"] == "export"
+    ]
+    assert len(exports) == 2
+
+
 def test_past_the_action_limit_sign_out_and_sign_in_are_refused(
     make_proxy: ProxyFactory, admin_key: str
 ) -> None:

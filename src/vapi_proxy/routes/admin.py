@@ -350,6 +350,8 @@ class AdminApi:
     async def usage_csv(self, request: Request) -> Response:
         admin = await self.gate.authenticate(request, write=False)
         flt, query = self.usage_filter(request, {"table": choice("series", "profiles", "users")})
+        # An export is audited, and counted, as an action (it can read the whole ledger).
+        await self.gate.limit_actions(admin.actor)
         table = query.get("table", "series")
         db = self.runtime.ledger.database
         if table == "series":
