@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from functools import wraps
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -23,9 +22,9 @@ from vapi_proxy.limits.core import (
     SETTLEABLE,
     Plan,
     Shortfall,
-    StoreUnavailableError,
     true_up,
 )
+from vapi_proxy.limits.deadline import unavailable_on
 
 metadata = sa.MetaData()
 
@@ -164,61 +163,11 @@ $$;
 """
 _SCHEMA_LOCK_ID = 0x7661_7069  # arbitrary, constant: serialises CREATE TABLE across replicas
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
-
-class _Deadlined(Protocol):
-    @property
-    def deadline(self) -> float | None: ...
-
-    @property
-    def slots(self) -> asyncio.Semaphore: ...
-
-    @property
-    def queue_timeout(self) -> float: ...
-
-
-S = TypeVar("S", bound=_Deadlined)
-
-
-def _unavailable(
-    fn: Callable[Concatenate[S, P], Awaitable[R]],
-) -> Callable[Concatenate[S, P], Awaitable[R]]:
-    """Translate driver and network failures into StoreUnavailableError at one boundary, and
-    hold the whole operation (connecting, the command, a reconnect or retry) to the store's
-    deadline: a frozen server must cost `timeout_seconds`, not a multiple of it.
-
-    The deadline starts once the operation holds one of `slots` (as many as the pool has
-    connections), so it measures the store's answer, not the queue in front of the pool: a
-    burst larger than the pool waits its turn (up to `queue_timeout`, long but finite, so a
-    stuck pool still fails closed) instead of being refused as "store down"."""
-
-    @wraps(fn)
-    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            async with asyncio.timeout(self.queue_timeout):
-                await self.slots.acquire()
-        except TimeoutError as exc:
-            raise StoreUnavailableError(
-                f"no store connection free within {self.queue_timeout:g} s"
-            ) from exc
-        try:
-            async with asyncio.timeout(self.deadline):
-                return await fn(self, *args, **kwargs)
-        except (
-            sa.exc.TimeoutError,
-            sa.exc.OperationalError,
-            sa.exc.InterfaceError,
-            sa.exc.DBAPIError,
-            OSError,
-            TimeoutError,
-        ) as exc:
-            raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
-        finally:
-            self.slots.release()
-
-    return wrapper
+_unavailable = unavailable_on(
+    sa.exc.TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError
+)
 
 
 class LimitsSchemaError(RuntimeError):
