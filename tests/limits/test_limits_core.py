@@ -60,6 +60,22 @@ def ts(iso: str) -> float:
             "2026-02-01T00:00:00-05:00",
         ),
         ("2026-02-28T12:00:00+00:00", "UTC", "month", "2026-02", "2026-03-01T00:00:00+00:00"),
+        # Santiago springs forward at midnight: 2026-09-06 00:00 does not exist, so the day
+        # ends at the first instant that does (01:00 -03), half an hour after 23:30 -04.
+        (
+            "2026-09-05T23:30:00-04:00",
+            "America/Santiago",
+            "day",
+            "2026-09-05",
+            "2026-09-06T01:00:00-03:00",
+        ),
+        (
+            "2026-09-06T01:30:00-03:00",
+            "America/Santiago",
+            "day",
+            "2026-09-06",
+            "2026-09-07T00:00:00-03:00",
+        ),
     ],
 )
 def test_calendar_windows(now: str, zone: str, period: str, window: str, end: str) -> None:
