@@ -39,7 +39,16 @@ class ServerThread:
     ) -> None:
         self.app = app
         self.host = host
-        self.port = port or free_port(host)
+        # Without a port, the socket is bound here and handed to uvicorn: a port picked with
+        # free_port() and bound later can be taken in between by another test's connection.
+        self._socket: socket.socket | None = None
+        if port is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._socket = socket.socket(family, socket.SOCK_STREAM)
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, 0))
+            port = int(self._socket.getsockname()[1])
+        self.port = port
         self._config = uvicorn.Config(
             app,
             host=host,
@@ -67,9 +76,12 @@ class ServerThread:
         self.loop = loop
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._server.serve())
+            sockets = [self._socket] if self._socket is not None else None
+            loop.run_until_complete(self._server.serve(sockets=sockets))
         finally:
             loop.close()
+            if self._socket is not None:
+                self._socket.close()
 
     def start(self) -> ServerThread:
         self._thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
@@ -88,6 +100,8 @@ class ServerThread:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        elif self._socket is not None:
+            self._socket.close()  # never started
 
     def __enter__(self) -> ServerThread:
         return self.start()

@@ -9,6 +9,7 @@ shows Vapi's reason. Every route that calls Vapi is covered.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.support.clients import PHONE_ID, bearer, seed_phone_number
 from tests.support.http import assert_envelope, post, sample, upstream_bodies
 from tests.support.proxy import SAVED_ASSISTANT_ID, TRANSIENT_ASSISTANT, ProxyFactory
 from vapi_proxy.sandbox import RunningSandbox
-from vapi_proxy.testing import ServerThread, free_port
+from vapi_proxy.testing import ServerThread
 
 GHOST_ID = "00000000-0000-4000-8000-00000000dead"
 REFUSALS = "vapi_proxy_upstream_refusals_total"
@@ -342,9 +343,13 @@ def test_a_refused_turn_gives_its_reservation_back(
 
 
 def test_unreachable_vapi_is_502(make_proxy: ProxyFactory, user_key: str) -> None:
-    port = free_port()
-    server = make_proxy(lambda c: c["vapi"].update(base_url=f"http://127.0.0.1:{port}"))
-    reply = post(server, {"assistantId": "sales-coach"}, user_key)
+    # A port held bound but not listening: connecting is refused, and no other test can take
+    # it meanwhile (a port from free_port() could be bound by someone else before the call).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        server = make_proxy(lambda c: c["vapi"].update(base_url=f"http://127.0.0.1:{port}"))
+        reply = post(server, {"assistantId": "sales-coach"}, user_key)
     body = assert_envelope(reply, 502)
     assert "Could not reach Vapi" in str(body["message"])
 
