@@ -133,6 +133,25 @@ def test_a_good_config_has_no_findings() -> None:
         ),
         ({"cors": {"allow_origins": []}}, "warning: cors.allow_origins: empty"),
         (
+            {
+                "limits": {
+                    "rules": [
+                        {
+                            "name": "a",
+                            "match": {"issuers": ["https://id.example/"]},
+                            "concurrency": 1,
+                        }
+                    ]
+                }
+            },
+            "warning: limits.rules[0] (a).match.issuers: 'https://id.example/' is not the issuer "
+            "of a configured jwt method, so no token meets it (configured: https://id.example)",
+        ),
+        (
+            {"profiles": {"t": {"assistant_id": "a", "access": {"issuers": ["other"]}}}},
+            "warning: profiles.t.access.issuers: 'other' is not the issuer of a configured jwt",
+        ),
+        (
             {"public_url": "http://localhost:8080"},
             "warning: public_url: http://localhost:8080 is not reachable from Vapi's servers",
         ),

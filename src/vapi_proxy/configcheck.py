@@ -65,8 +65,21 @@ def lint(settings: Settings) -> list[Finding]:
     if not profiles:
         warning("profiles", "none: every call will be refused")
 
+    issuers = {i for i in settings.auth.jwt_issuers if i is not None}
+
+    def unknown_issuers(where: str, named: list[str] | None) -> None:
+        for issuer in named or []:
+            if issuer not in issuers:
+                warning(
+                    where,
+                    f"{issuer!r} is not the issuer of a configured jwt method, so no token "
+                    "meets it (configured: "
+                    f"{', '.join(sorted(issuers)) or 'no jwt method names an issuer'})",
+                )
+
     for index, rule in enumerate(settings.limits.rules):
         where = f"limits.rules[{index}] ({rule.name})"
+        unknown_issuers(f"{where}.match.issuers", rule.match.issuers)
         for name in rule.match.profiles or []:
             if name not in profiles:
                 error(f"{where}.match.profiles", f"no profile named {name!r}{_known(profiles)}")
@@ -103,6 +116,7 @@ def lint(settings: Settings) -> list[Finding]:
     for name, profile in profiles.items():
         access = profile.access
         where = f"profiles.{name}.access"
+        unknown_issuers(f"{where}.issuers", access.issuers)
         if access.anonymous and "anonymous" not in configured:
             error(
                 f"{where}.anonymous",

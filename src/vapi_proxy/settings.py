@@ -29,7 +29,7 @@ from pydantic import (
 
 from vapi_proxy.auth.config import AuthSettings
 from vapi_proxy.configbase import StrictModel, config_context
-from vapi_proxy.limits.config import LimitsSettings
+from vapi_proxy.limits.config import LimitsSettings, unbound_issuer_limit_rules
 from vapi_proxy.policy.access import unbound_issuer_rules
 from vapi_proxy.policy.profiles import FileRef, Profile
 from vapi_proxy.webhooks.config import InboundAction, WebhookSettings
@@ -425,6 +425,14 @@ class Settings(StrictModel):
             raise ValueError(
                 f"profiles {', '.join(unbound)}: with several jwt methods, an access rule with "
                 "tenants, roles or claims must name the `issuers` whose tokens may meet it"
+            )
+        unbound = unbound_issuer_limit_rules(self.limits.rules, self.auth.jwt_issuers)
+        if unbound:
+            raise ValueError(
+                f"limits.rules {', '.join(unbound)}: with several jwt methods, a limit rule "
+                "that is tenant-scoped or matches tenants or claims must name the "
+                "`match.issuers` it applies to (each provider's tenant names and claims are "
+                "its own; naming them also counts each issuer's tenants apart)"
             )
         return self
 

@@ -449,6 +449,27 @@ async def test_nested_claim_rules_apply(make_limiter: MakeLimiter) -> None:
     assert err.message == "No calls are allowed here."
 
 
+async def test_a_tenant_rule_naming_issuers_counts_each_issuers_tenants_apart(
+    make_limiter: MakeLimiter,
+) -> None:
+    """Two providers' tenants of one name are two counters on every store (issue 13: tenant
+    names are each provider's own); the issuer's URL is safe in every store's keys."""
+    a, b = "https://a.idp.example/", "https://b.idp.example/t|iss=x:y%"
+    limiter = await make_limiter(
+        [{"name": "org", "scope": "tenant", "match": {"issuers": [a, b]}, "quota": {"per_day": 1}}]
+    )
+    first = Identity(subject="1", method="jwt", issuer=a, tenant="acme")
+    colleague = Identity(subject="2", method="jwt", issuer=a, tenant="acme")
+    namesake = Identity(subject="1", method="jwt", issuer=b, tenant="acme")
+    unnamed = Identity(subject="3", method="jwt", issuer="https://c.idp.example/", tenant="acme")
+    await limiter.reserve(req(first))
+    await refused(limiter, req(colleague))
+    await limiter.reserve(req(namesake))
+    await refused(limiter, req(namesake))
+    for _ in range(2):  # an issuer the rule does not name: the rule does not apply
+        await limiter.reserve(req(unnamed))
+
+
 async def test_usage_reports_each_limit_without_taking_any(
     make_limiter: MakeLimiter, clock: FakeClock
 ) -> None:

@@ -94,3 +94,76 @@ def test_with_several_issuers_a_tenant_rule_must_name_one(tmp_path: Path) -> Non
         parse_settings(config, environ={})
     config["auth"]["methods"] = config["auth"]["methods"][:1]  # one issuer: nothing to confuse
     parse_settings(config, environ={})
+
+
+def with_tenant_limit(config: dict[str, Any], folder: Path, rule: dict[str, Any]) -> None:
+    with_two_issuers(config, folder)
+    config["limits"]["rules"] = [rule]
+
+
+def test_a_tenant_limit_counts_each_issuers_tenants_apart(
+    make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two providers' `acme` are two organisations: one's use is not the other's quota."""
+    rule = {
+        "name": "per-org",
+        "scope": "tenant",
+        "match": {"issuers": [ISSUER_A, ISSUER_B]},
+        "quota": {"per_day": 1},
+    }
+    server = make_proxy(lambda config: with_tenant_limit(config, tmp_path, rule))
+    first = token(ISSUER_A, SECRET_A, sub="a-1", org="acme")
+    colleague = token(ISSUER_A, SECRET_A, sub="a-2", org="acme")
+    namesake = token(ISSUER_B, SECRET_B, sub="b-1", org="acme")
+    assert post(server, {"assistantId": "sales-coach"}, first).status_code == 201
+    assert post(server, {"assistantId": "sales-coach"}, colleague).status_code == 429
+    created = post(server, {"assistantId": "sales-coach"}, namesake)
+    assert created.status_code == 201, created.text
+    assert post(server, {"assistantId": "sales-coach"}, namesake).status_code == 429
+
+
+def test_a_limit_naming_issuers_applies_to_their_tokens_only(
+    make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    rule = {
+        "name": "a-pro",
+        "match": {"issuers": [ISSUER_A], "claims": {"plan": ["pro"]}},
+        "concurrency": 0,
+    }
+    server = make_proxy(lambda config: with_tenant_limit(config, tmp_path, rule))
+    refused = post(server, {"assistantId": "sales-coach"}, token(ISSUER_A, SECRET_A, plan="pro"))
+    assert refused.status_code == 429, refused.text
+    other = post(server, {"assistantId": "sales-coach"}, token(ISSUER_B, SECRET_B, plan="pro"))
+    assert other.status_code == 201, other.text
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"name": "per-org", "scope": "tenant", "quota": {"per_day": 5}},
+        {"name": "acme", "match": {"tenants": ["acme"]}, "quota": {"per_day": 5}},
+        {"name": "pro", "match": {"claims": {"plan": ["pro"]}}, "quota": {"per_day": 5}},
+    ],
+    ids=["tenant-scope", "tenant-match", "claims-match"],
+)
+def test_with_several_issuers_a_tenant_or_claims_limit_must_name_them(
+    tmp_path: Path, rule: dict[str, Any]
+) -> None:
+    config = base_config("http://127.0.0.1:9", "k" * 40, "o" * 40)
+    with_tenant_limit(config, tmp_path, rule)
+    with pytest.raises(ConfigError, match=r"must name the `match\.issuers`"):
+        parse_settings(config, environ={})
+    # Fine: naming them, a rule only for API keys (the operator names their tenants), or one issuer.
+    parse_settings(
+        {
+            **config,
+            "limits": {
+                "rules": [{**rule, "match": {**rule.get("match", {}), "issuers": [ISSUER_A]}}]
+            },
+        },
+        environ={},
+    )
+    api_keys_only = {**rule, "match": {**rule.get("match", {}), "methods": ["api_key"]}}
+    parse_settings({**config, "limits": {"rules": [api_keys_only]}}, environ={})
+    config["auth"]["methods"] = config["auth"]["methods"][:1]
+    parse_settings(config, environ={})

@@ -5,6 +5,7 @@ Validated once at start-up and passed down to `create_limiter`; nothing here doe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -68,6 +69,17 @@ class RuleMatch(_Strict):
     profiles: list[str] | None = Field(None, description="Profile names the rule applies to.")
     methods: list[AuthMethod] | None = Field(
         None, description="Authentication methods (`jwt`, `api_key`, `anonymous`)."
+    )
+    issuers: list[str] | None = Field(
+        None,
+        description=(
+            "The configured `issuer`s of the jwt methods whose tokens the rule applies to (other "
+            "callers never match it). With several jwt methods, a rule that is tenant-scoped or "
+            "matches tenants or claims must name them: tenant names and claims are each "
+            "provider's own. A tenant-scoped rule that names issuers counts each issuer's "
+            "tenants apart."
+        ),
+        min_length=1,
     )
     tenants: list[str] | None = Field(None, description="Tenants the rule applies to.")
     claims: dict[str, list[Any]] | None = Field(
@@ -203,3 +215,20 @@ class LimitsSettings(_Strict):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)
+
+
+def unbound_issuer_limit_rules(
+    rules: Sequence[LimitRule], jwt_issuers: Sequence[str | None]
+) -> list[str]:
+    """Rules that would count or select two jwt methods' callers by names each provider issues
+    on its own (a tenant, a claim value): with several jwt methods such a rule must name the
+    `issuers` it means, like an access rule (`policy.access.unbound_issuer_rules`)."""
+    if len(jwt_issuers) < 2:
+        return []
+    return [
+        rule.name
+        for rule in rules
+        if (rule.scope == "tenant" or rule.match.tenants is not None or rule.match.claims)
+        and rule.match.issuers is None
+        and (rule.match.methods is None or "jwt" in rule.match.methods)
+    ]

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from vapi_proxy.auth.claims import claim_matches, lookup
@@ -183,6 +184,8 @@ def _matches(match: RuleMatch, req: AdmissionRequest) -> bool:
         return False
     if match.methods is not None and ident.method not in match.methods:
         return False
+    if match.issuers is not None and (ident.method != "jwt" or ident.issuer not in match.issuers):
+        return False
     if match.tenants is not None and ident.tenant not in match.tenants:
         return False
     # The same dotted-path lookup and comparison as access rules (`app_metadata.plan`).
@@ -225,7 +228,7 @@ def scope_key(rule: LimitRule, req: AdmissionRequest) -> str:
         key = f"i={ident.key}"
     elif rule.scope == "tenant":
         # No tenant: the identity is its own tenant, never lumped with other tenantless callers.
-        key = f"t={ident.tenant}" if ident.tenant is not None else f"i={ident.key}"
+        key = tenant_key(rule, ident) if ident.tenant is not None else f"i={ident.key}"
     elif rule.scope == "profile":
         return f"p={req.profile}"
     else:
@@ -233,6 +236,15 @@ def scope_key(rule: LimitRule, req: AdmissionRequest) -> str:
     if rule.per_profile:
         key += f"|p={req.profile}"
     return key
+
+
+def tenant_key(rule: LimitRule, ident: Identity) -> str:
+    """A tenant scope's key. A rule that names `issuers` counts each issuer's tenants apart (two
+    providers' `acme` are two tenants); without them only one jwt method can be configured
+    (`LimitsSettings` refuses otherwise), so the name alone is unambiguous."""
+    if rule.match.issuers is None:
+        return f"t={ident.tenant}"
+    return f"t={ident.tenant}|iss={quote(ident.issuer or '', safe='')}"
 
 
 def calendar_window(now: float, zone: ZoneInfo, period: Period) -> tuple[str, float]:
@@ -372,6 +384,7 @@ class Planner:
         self._by_profile = any(m.profiles is not None for m in matches)
         self._by_method = any(m.methods is not None for m in matches)
         self._by_tenant = any(m.tenants is not None for m in matches)
+        self._by_issuer = any(m.issuers is not None for m in matches)
         self._claims = tuple(
             (path, accepted) for m in matches for path, accepted in (m.claims or {}).items()
         )
@@ -396,6 +409,7 @@ class Planner:
             req.profile if self._by_profile else None,
             ident.method if self._by_method else None,
             ident.tenant if self._by_tenant else None,
+            (ident.method, ident.issuer) if self._by_issuer else None,
         )
         if self._claims:
             claims = ident.claims
@@ -428,7 +442,7 @@ class Planner:
         if scope == "global":
             key = "*"
         elif scope == "tenant" and req.identity.tenant is not None:
-            key = f"t={req.identity.tenant}"
+            key = tenant_key(rule, req.identity)
         else:  # identity, or a tenant scope without a tenant
             key = f"i={self._identity_key(req.identity)}"
         if rule.per_profile:
