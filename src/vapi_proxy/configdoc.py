@@ -28,8 +28,10 @@ A bad value names the variable it came from.
 
 SQLite URLs: `sqlite:////var/lib/vapi-proxy/ledger.db` (four slashes) is an absolute path,
 `sqlite:///ledger.db` (three) one relative to the directory the proxy starts in. The folder must
-exist; `vapi-proxy check` says so when it does not. The `sqlite+aiosqlite://` driver form is
-accepted too and means the same.
+exist; `vapi-proxy check` says so when it does not. `serve` names the absolute file in its
+start-up line (`… ledger /srv/app/vapi-proxy.db)`): the default, `sqlite:///vapi-proxy.db`, is
+relative, so a proxy started from another folder opens another, empty ledger, with fresh counts.
+The `sqlite+aiosqlite://` driver form is accepted too and means the same.
 
 | setting | type | default | meaning |
 |---|---|---|---|

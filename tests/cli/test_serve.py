@@ -13,6 +13,7 @@ import pytest
 from tests.support.cli import run_cli
 from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.cli import main
+from vapi_proxy.cli.common import ledger_location
 from vapi_proxy.sandbox import RunningSandbox
 
 
@@ -80,7 +81,8 @@ def test_serve_says_where_it_listens_and_reload_reports_the_outcome(
         assert reply.status_code == 201, reply.text
     log = served.log.read_text()
     port = served.url.rsplit(":", 1)[1]
-    assert f"listening on http://127.0.0.1:{port} (1 worker(s), config {config})" in log
+    where = f"config {config}, ledger {tmp_path.resolve()}/ledger.db"
+    assert f"listening on http://127.0.0.1:{port} (1 worker(s), {where})" in log
 
 
 def test_serve_with_a_missing_sqlite_folder_is_one_line(tmp_path: Path) -> None:
@@ -93,3 +95,29 @@ def test_serve_with_a_missing_sqlite_folder_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"ledger.url: the folder {tmp_path}/nope does not exist" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:///vapi-proxy.db", "{cwd}/vapi-proxy.db"),
+        ("sqlite:///data/ledger.db?timeout=5", "{cwd}/data/ledger.db"),
+        ("sqlite:////var/lib/vapi-proxy/ledger.db", "/var/lib/vapi-proxy/ledger.db"),
+        ("sqlite+aiosqlite:///x.db", "{cwd}/x.db"),
+        ("sqlite://", "in memory (nothing is kept)"),
+        ("sqlite:///:memory:", "in memory (nothing is kept)"),
+        (
+            "postgresql://proxy:hunter2-secret@db.internal:5432/vapi",
+            "postgresql://db.internal:5432/vapi",
+        ),
+        ("postgresql+asyncpg://u:p@[::1]/vapi", "postgresql+asyncpg://[::1]/vapi"),
+        ("postgresql://u:p@db:notaport/vapi", "postgresql://…"),
+    ],
+)
+def test_the_start_up_line_says_where_the_ledger_is_without_its_password(
+    url: str, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative SQLite URL is relative to where `serve` starts: the line names the absolute
+    file, so starting from another folder (a fresh, empty ledger and fresh counts) shows."""
+    monkeypatch.chdir(tmp_path)
+    assert ledger_location(url) == shown.format(cwd=tmp_path.resolve())

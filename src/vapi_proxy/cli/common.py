@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from vapi_proxy.settings import ConfigError, Settings, load_secrets, load_settings
 
@@ -27,6 +29,26 @@ def config_path(args: argparse.Namespace) -> str | None:
 
 def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def ledger_location(url: str) -> str:
+    """Where the ledger (and the default limits' counts) live, for the start-up line: a SQLite
+    file as an absolute path (a relative URL is relative to the directory `serve` starts in,
+    so starting elsewhere would open another, empty file), a server without its credentials."""
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+", 1)[0].lower() == "sqlite":
+        path = rest[1:].split("?", 1)[0] if rest.startswith("/") else ""
+        if not path or path == ":memory:":
+            return "in memory (nothing is kept)"
+        return str(Path(path).resolve())
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return f"{scheme}://…"
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}{port}{parts.path}"
 
 
 def validate_for_serve(path: str) -> Settings:

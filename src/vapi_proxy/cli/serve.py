@@ -17,6 +17,7 @@ from vapi_proxy import __version__
 from vapi_proxy.cli.common import (
     EXIT_CONFIG,
     config_path,
+    ledger_location,
     print_problems,
     url_host,
     uvicorn_kwargs,
@@ -91,7 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     supervisor = Supervisor(config, sockets, path, status_file, metrics_dir)
     print(
         f"vapi-proxy {__version__} listening on http://{url_host(args.host)}:{args.port} "
-        f"({args.workers} worker(s), config {path})",
+        f"({args.workers} worker(s), config {path}, "
+        f"ledger {ledger_location(settings.ledger.url)})",
         flush=True,
     )
     try:
