@@ -86,6 +86,7 @@ auth:
     - type: api_key
       keys:
         - {name: backend, hash: 'sha256:%s'}
+    - type: anonymous
 webhooks:
   verify: [{type: bearer, secret_env: SANDBOX_TEST_UNSET_WEBHOOK_SECRET}]
   vapi_credential_id: cred-123
@@ -97,6 +98,9 @@ profiles:
     assistant_id: 11111111-2222-4333-8444-555555555555
     client_variables:
       firstName: {type: string, required: true, max_length: 20}
+  Widget:
+    assistant_id: 11111111-2222-4333-8444-666666666666
+    access: {anonymous: true}
 """ % ("0" * 64)
 
 
@@ -145,7 +149,9 @@ def test_serve_sandbox_with_the_users_own_config_closes_the_webhook_loop(tmp_pat
         assert [("Authorization" in h, "X-API-Key" in h) for h, _ in requests] == [
             (True, False),
             (False, True),
+            (False, False),
         ]
+        assert "# anonymous (no credential), profile Widget" in text, text
         url = f"http://127.0.0.1:{port}/call/web"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
