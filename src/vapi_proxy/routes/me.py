@@ -4,7 +4,7 @@ before it starts one. Nobody sees anyone else's."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import orjson
@@ -22,6 +22,8 @@ from vapi_proxy.routes.common import identify, json_response
 from vapi_proxy.routes.query import read_query
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from vapi_proxy.runtime import Runtime
 
 
@@ -45,8 +47,7 @@ class MyUsageRoute:
         query = read_query(request, {"profile": self._profile_name})
         profile = query.get("profile")
         now = utc_now()
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        month = day.replace(day=1)
+        day, month = calendar_starts(now, runtime.settings.limits.zone)
         usage = {
             "today": await self._totals(identity.key, profile, day, now),
             "thisMonth": await self._totals(identity.key, profile, month, now),
@@ -75,6 +76,17 @@ class MyUsageRoute:
             profile=profile,
         )
         return await totals(self.runtime.ledger.database, flt)
+
+
+def calendar_starts(now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The starts of the calendar day and month containing `now` in `zone` (`limits.time_zone`:
+    the quotas' and budgets' own calendar, so "today" here is the day they count), in UTC. A
+    midnight the zone skips (a spring-forward at 00:00) starts the day at the first instant that
+    exists, as `limits.core.calendar_window` ends the day before there."""
+    local = now.astimezone(zone)
+    day = datetime(local.year, local.month, local.day, tzinfo=zone)
+    month = datetime(local.year, local.month, 1, tzinfo=zone)
+    return day.astimezone(UTC), month.astimezone(UTC)
 
 
 def routes(runtime: Runtime) -> list[Route]:
