@@ -20,6 +20,13 @@ from vapi_proxy.ledger.schema import admin_audit, admin_sessions, console_versio
 BLOCKS = "blocks"
 """The `console_versions` row bumped on every block change: replicas poll it."""
 
+PENDING = "pending"
+"""The outcome of an action reserved and not (yet) done: see `ConsoleStore.reserve_action`."""
+ACTION_WINDOW = timedelta(minutes=1)
+ACTION_LOCK_CLASS = 0x7661_7061
+"""PostgreSQL: the first key of the per-actor advisory lock that serialises reservations (the
+two-key lock space, apart from the one-key locks of migrations and the limits store)."""
+
 
 @dataclass(frozen=True, slots=True)
 class AdminSession:
@@ -53,6 +60,11 @@ def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _lock_key(actor: str) -> int:
+    """An actor's advisory lock key: a signed 32-bit hash of their name."""
+    return int.from_bytes(hashlib.sha256(actor[:128].encode()).digest()[:4], "big", signed=True)
 
 
 def _token_hash(token: str) -> str:
@@ -141,6 +153,72 @@ class ConsoleStore:
                 )
             )
 
+    async def reserve_action(
+        self,
+        *,
+        actor: str,
+        action: str,
+        limit: int,
+        target: str | None = None,
+        client: str | None = None,
+        request_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> int | None:
+        """Reserve one of `actor`'s `limit` actions per minute: the id of a new audit row for
+        `action`, outcome `pending`, or None (nothing written) when `actor` already has `limit`
+        rows in the minute before `now`.
+
+        The count and the insert are one transaction that holds a lock per actor until it
+        commits (PostgreSQL: a transaction-level advisory lock; SQLite: the database's write
+        lock, taken by `BEGIN IMMEDIATE`), so reservations of one operator take turns across
+        every worker, process and machine on this database: each counts every reservation
+        committed before it, pending ones included. At most `limit` get a row per window, and
+        none is refused while there is room."""
+        now = now or utc_now()
+        count = (
+            sa.select(sa.func.count())
+            .select_from(admin_audit)
+            .where(admin_audit.c.actor == actor[:128], admin_audit.c.at >= now - ACTION_WINDOW)
+        )
+        async with self._db.write() as conn:
+            if self._db.dialect == "postgresql":
+                # Each statement must see what committed before it, the lock holder's row
+                # included, whatever the server's default isolation is.
+                await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+                await conn.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(ACTION_LOCK_CLASS, _lock_key(actor)))
+                )
+            if int((await conn.execute(count)).scalar_one()) >= limit:
+                return None
+            row = await conn.execute(
+                admin_audit.insert()
+                .values(
+                    at=now,
+                    actor=actor[:128],
+                    action=action[:64],
+                    target=None if target is None else target[:512],
+                    outcome=PENDING,
+                    client=None if client is None else client[:64],
+                    request_id=request_id,
+                    detail=detail,
+                )
+                .returning(admin_audit.c.id)
+            )
+            return int(row.scalar_one())
+
+    async def finish_action(
+        self, row_id: int, *, outcome: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Record the outcome (and detail, when given) of the action reserved as `row_id`."""
+        values: dict[str, Any] = {"outcome": outcome[:16]}
+        if detail is not None:
+            values["detail"] = detail
+        async with self._db.write() as conn:
+            await conn.execute(
+                admin_audit.update().where(admin_audit.c.id == row_id).values(**values)
+            )
+
     async def count_actions(
         self,
         *,
@@ -149,8 +227,9 @@ class ConsoleStore:
         client: str | None = None,
         outcome: str | None = None,
     ) -> int:
-        """Audited actions since `since` by one actor (or from one address): the shared rate
-        limit's counter."""
+        """Audited actions since `since` by one actor (or from one address, or with one
+        outcome): the refused sign-ins per address are counted with it. (The action limit
+        counts in `reserve_action`, under its lock.)"""
         query = sa.select(sa.func.count()).select_from(admin_audit)
         query = query.where(admin_audit.c.at >= since)
         if actor is not None:
