@@ -32,7 +32,7 @@ from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.console.access import AdminGate, actor_for_hash
 from vapi_proxy.console.store import ConsoleStore
 from vapi_proxy.edge.client_address import ClientAddressResolver
-from vapi_proxy.errors import TooManyRequestsError
+from vapi_proxy.errors import TooManyRequestsError, UpstreamError
 from vapi_proxy.ledger.store import Ledger
 from vapi_proxy.sandbox import ManualClock, RunningSandbox
 from vapi_proxy.settings import AdminSettings
@@ -220,9 +220,10 @@ def test_past_the_action_limit_a_live_call_is_not_ended(
 def test_a_burst_of_concurrent_actions_is_held_to_the_limit(
     make_proxy: ProxyFactory, admin_key: str
 ) -> None:
-    """Eight blocks sent at once by one operator with room for two: every request reads the
-    count before any is audited, so only what this process has already let through can stop
-    the rest. Exactly two are done; the others are refused and leave no trace."""
+    """Eight blocks sent at once by one operator with room for two: each reserves its slot in
+    the database before it runs, so the first two hold the window before either is done.
+    Exactly two are done; the others are refused and leave no trace. (Across replicas:
+    test_action_limits_replicas.py.)"""
     server = admin_proxy(make_proxy, admin_key, actions_per_minute=2)
     senders = 8
     start = threading.Barrier(senders, timeout=10)
@@ -299,8 +300,8 @@ async def test_the_action_window_is_the_last_minute_of_the_shared_audit_trail(
     db_url: str,
 ) -> None:
     """Two gates on two connections to one database (two replicas): actions replica A let
-    through and audited refuse the operator on replica B, which let none through itself; only
-    the last minute counts, and only the operator's own actions."""
+    through refuse the operator on replica B, which let none through itself; only the last
+    minute counts, and only the operator's own actions."""
     settings = AdminSettings(key_hashes=[hash_key(generate_key())], actions_per_minute=2)
     ledger_a = Ledger.from_url(db_url)
     ledger_b = Ledger.from_url(db_url)
@@ -315,19 +316,113 @@ async def test_the_action_window_is_the_last_minute_of_the_shared_audit_trail(
         now = datetime(2026, 12, 1, 12, tzinfo=UTC)
         await store_a.audit(actor="key:ops", action="block", now=now - timedelta(seconds=90))
         for seconds in (30, 20):
-            moment = now - timedelta(seconds=seconds)
-            await gate_a.limit_actions("key:ops", now=moment)
-            await store_a.audit(actor="key:ops", action="block", now=moment)
+            async with gate_a.action("key:ops", "block", now=now - timedelta(seconds=seconds)):
+                pass
 
         with pytest.raises(TooManyRequestsError) as refused:
-            await gate_b.limit_actions("key:ops", now=now)
+            async with gate_b.action("key:ops", "block", now=now):
+                pytest.fail("a refused action must not run")
         assert refused.value.retry_after == 60
-        await gate_b.limit_actions("key:someone-else", now=now)
+        async with gate_b.action("key:someone-else", "block", now=now):
+            pass
         # 31 s later the action made 30 s ago has left the window: room for one more.
-        await gate_b.limit_actions("key:ops", now=now + timedelta(seconds=31))
+        async with gate_b.action("key:ops", "block", now=now + timedelta(seconds=31)):
+            pass
+        with pytest.raises(TooManyRequestsError):
+            async with gate_a.action("key:ops", "block", now=now + timedelta(seconds=31)):
+                pytest.fail("a refused action must not run")
+        trail = await store_a.audit_log(actor="key:ops")
+        assert [r["outcome"] for r in trail] == ["ok"] * 4
     finally:
         await ledger_b.aclose()
         await ledger_a.aclose()
+
+
+async def _reserve_at_once(db_url: str) -> None:
+    """Forty reservations of one operator at once, half through each of two engines on one
+    database, with room for three: exactly three get a row, and no refused one wrote any."""
+    ledger_a = Ledger.from_url(db_url)
+    ledger_b = Ledger.from_url(db_url)
+    await ledger_a.start(auto_migrate=True)
+    await ledger_b.start(auto_migrate=False)
+    try:
+        stores = [ConsoleStore(ledger_a.database), ConsoleStore(ledger_b.database)]
+        now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+        async def reserve(n: int) -> int | None:
+            return await stores[n % 2].reserve_action(
+                actor="key:ops", action="block", target=f"t{n}", limit=3, now=now
+            )
+
+        ids = await asyncio.gather(*(reserve(n) for n in range(40)))
+        taken = [row for row in ids if row is not None]
+        assert len(taken) == 3
+        trail = await stores[0].audit_log(actor="key:ops")
+        assert sorted(r["id"] for r in trail) == sorted(taken)
+        assert {r["outcome"] for r in trail} == {"pending"}
+    finally:
+        await ledger_b.aclose()
+        await ledger_a.aclose()
+
+
+async def test_concurrent_reservations_on_two_replicas_take_at_most_the_limit(
+    db_url: str,
+) -> None:
+    await _reserve_at_once(db_url)
+
+
+async def test_reservations_hold_on_a_server_whose_default_isolation_is_repeatable_read() -> None:
+    """PostgreSQL configured with `default_transaction_isolation = 'repeatable read'`: the
+    reservation's transaction still reads what committed while it waited for the lock."""
+    import asyncpg
+
+    async with fresh_postgres_database() as url:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            name = url.rsplit("/", 1)[1]
+            await conn.execute(
+                f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+            )
+        finally:
+            await conn.close()
+        await _reserve_at_once(url)
+
+
+async def test_an_action_that_fails_keeps_its_slot_and_is_audited_as_failed(
+    db_url: str,
+) -> None:
+    """An attempt counts whether or not it succeeds: a failure is recorded as `failed` with its
+    error, and a reservation whose outcome was never recorded (its process stopped) stays
+    `pending` and counts too."""
+    ledger = Ledger.from_url(db_url)
+    await ledger.start(auto_migrate=True)
+    try:
+        store = ConsoleStore(ledger.database)
+        gate = AdminGate(
+            AdminSettings(key_hashes=[hash_key(generate_key())], actions_per_minute=3),
+            resolver=ClientAddressResolver(()),
+            store=store,
+        )
+        with pytest.raises(UpstreamError):
+            async with gate.action("key:ops", "end-call", target="call-1", client="127.0.0.1"):
+                raise UpstreamError("Vapi did not end the call.")
+        with pytest.raises(RuntimeError):
+            async with gate.action("key:ops", "block", target="api_key:x", detail={"r": 1}):
+                raise RuntimeError("boom")
+        # A reservation nobody finished, as a process that stopped mid-action leaves it.
+        assert await store.reserve_action(actor="key:ops", action="export", limit=3) is not None
+        with pytest.raises(TooManyRequestsError):
+            async with gate.action("key:ops", "sign-out"):
+                pytest.fail("a refused action must not run")
+        trail = await store.audit_log(actor="key:ops")
+        assert [(r["action"], r["target"], r["outcome"], r["detail"]) for r in trail] == [
+            ("export", None, "pending", None),
+            ("block", "api_key:x", "failed", {"r": 1, "error": "RuntimeError"}),
+            ("end-call", "call-1", "failed", {"error": "Vapi did not end the call."}),
+        ]
+        assert trail[2]["client"] == "127.0.0.1"
+    finally:
+        await ledger.aclose()
 
 
 # --- the read limit ----------------------------------------------------------------------------

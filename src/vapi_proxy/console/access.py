@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from starlette.requests import Request
 
@@ -35,6 +38,8 @@ from vapi_proxy.errors import (
 )
 from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.settings import AdminSettings
+
+logger = logging.getLogger("vapi_proxy.admin")
 
 COOKIE = "vapi_proxy_admin"
 SECURE_COOKIE = "__Host-vapi_proxy_admin"
@@ -64,6 +69,16 @@ class Admin:
     csrf_token: str | None = None
 
 
+@dataclass(slots=True)
+class ActionSlot:
+    """An admin action that has its slot: its audit row is `pending` until the `AdminGate.action`
+    block ends, then holds `outcome` and `detail` (set them inside the block)."""
+
+    row_id: int
+    outcome: str = "ok"
+    detail: dict[str, Any] | None = None
+
+
 def actor_for_hash(key_hash: str) -> str:
     """An operator's name in the audit trail: the first hex digits of their key's hash."""
     return "key:" + key_hash.split(":", 1)[1][:12]
@@ -91,7 +106,6 @@ class AdminGate:
         self.store = store
         self._clock = clock
         self._reads: dict[str, deque[float]] = {}
-        self._actions: dict[str, list[datetime]] = {}
 
     # --- where from ------------------------------------------------------------------------
 
@@ -167,7 +181,8 @@ class AdminGate:
 
     async def authenticate(self, request: Request, *, write: bool) -> Admin:
         """The operator behind `request`, or 401; 403 for a cookie write without its CSRF token
-        or from another origin; 429 past the rate limits."""
+        or from another origin; 429 past the read limit. A write counts against the action
+        limit when it runs, in `action`."""
         client = self.reachable(request)
         headers = plain_headers(request.scope)
         authorization = headers.get("authorization")
@@ -195,9 +210,7 @@ class AdminGate:
                 self._check_csrf(request, session.csrf_token)
         state = request_state(request.scope)
         state.identity = admin.actor
-        if write:
-            await self.limit_actions(admin.actor)
-        else:
+        if not write:
             self.limit_reads(admin.actor)
         return admin
 
@@ -213,23 +226,55 @@ class AdminGate:
 
     # --- how often -------------------------------------------------------------------------
 
-    async def limit_actions(self, actor: str, *, now: datetime | None = None) -> None:
-        """Audited actions per operator per minute, counted in the shared database.
+    @asynccontextmanager
+    async def action(
+        self,
+        actor: str,
+        action: str,
+        *,
+        target: str | None = None,
+        client: str | None = None,
+        request_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> AsyncIterator[ActionSlot]:
+        """Run an audited action inside this block, or get a 429 before it starts.
 
-        An action is audited only once done, so concurrent requests would all read the same
-        count and all pass: the actions this process let through in the last minute count too
-        (the larger of the two numbers decides), which holds a burst to the limit per process."""
-        now = now or utc_now()
-        since = now - timedelta(minutes=1)
-        count = await self.store.count_actions(since=since, actor=actor)
-        # From here to the append nothing awaits, so no other request of this process interleaves.
-        admitted = [moment for moment in self._actions.get(actor, ()) if moment >= since]
-        if max(count, len(admitted)) >= self.settings.actions_per_minute:
+        `admin.actions_per_minute` per operator holds across every worker and replica: the
+        action's audit row is written first, as `pending`, in the shared database, and only if
+        the operator has fewer rows than the limit in the last minute (`reserve_action` counts
+        and inserts under a per-operator lock, so a burst on several replicas takes turns). The
+        block then runs the action and the row gets its outcome: the slot's `outcome` (default
+        `ok`), or `failed` with the error when the block raises. An attempt keeps its slot
+        whether it succeeded or not; a row left `pending` is an action whose outcome was never
+        recorded (the process stopped, or the database failed, while it ran)."""
+        row_id = await self.store.reserve_action(
+            actor=actor,
+            action=action,
+            limit=self.settings.actions_per_minute,
+            target=target,
+            client=client,
+            request_id=request_id,
+            detail=detail,
+            now=now,
+        )
+        if row_id is None:
             raise TooManyRequestsError(
                 "Too many admin actions in the last minute; wait a moment.", retry_after=60
             )
-        admitted.append(now)
-        self._actions[actor] = admitted
+        slot = ActionSlot(row_id, detail=detail)
+        try:
+            yield slot
+        except Exception as exc:
+            error = exc.message if isinstance(exc, ProxyError) else type(exc).__name__
+            try:
+                await self.store.finish_action(
+                    row_id, outcome="failed", detail={**(slot.detail or {}), "error": str(error)}
+                )
+            except Exception:  # the action's own error is the one to report
+                logger.warning("could not record the failed %s of %s", action, actor, exc_info=True)
+            raise
+        await self.store.finish_action(row_id, outcome=slot.outcome, detail=slot.detail)
 
     async def limit_sign_ins(self, client: str, *, now: datetime | None = None) -> None:
         """Refused sign-ins per address per minute: the key cannot be guessed by brute force."""

@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vapi_proxy.console.access import COOKIE, SECURE_COOKIE, SECURITY_HEADERS, Admin, AdminGate
+from vapi_proxy.console.access import (
+    COOKIE,
+    SECURE_COOKIE,
+    SECURITY_HEADERS,
+    ActionSlot,
+    Admin,
+    AdminGate,
+)
 from vapi_proxy.console.calls import end_call, live_calls
 from vapi_proxy.console.limits_view import identity_from_ledger, remaining
 from vapi_proxy.console.queries import (
@@ -180,21 +188,21 @@ class AdminApi:
             raise BadRequestError("The request body must be a JSON object.")
         return value
 
-    async def audit(
+    def action(
         self,
         request: Request,
         admin: Admin,
         action: str,
         *,
         target: str | None = None,
-        outcome: str = "ok",
         detail: dict[str, Any] | None = None,
-    ) -> None:
-        await self.store.audit(
-            actor=admin.actor,
-            action=action,
+    ) -> AbstractAsyncContextManager[ActionSlot]:
+        """The block that runs an audited action: its slot under the action limit is reserved
+        (in the shared database) on entry, or the request is refused with a 429."""
+        return self.gate.action(
+            admin.actor,
+            action,
             target=target,
-            outcome=outcome,
             client=admin.client,
             request_id=request_state(request.scope).request_id,
             detail=detail,
@@ -220,10 +228,9 @@ class AdminApi:
                 request_id=request_id,
             )
             raise UnauthorizedError("The admin key is not valid.")
-        await self.gate.limit_actions(actor)
         ttl = self.runtime.settings.admin.session_ttl_seconds
-        token, session = await self.store.open_session(actor, ttl_seconds=ttl, client=client)
-        await self.store.audit(actor=actor, action="sign-in", client=client, request_id=request_id)
+        async with self.gate.action(actor, "sign-in", client=client, request_id=request_id):
+            token, session = await self.store.open_session(actor, ttl_seconds=ttl, client=client)
         reply = json_reply(
             {"actor": actor, "csrfToken": session.csrf_token, "expiresAt": iso(session.expires_at)}
         )
@@ -248,9 +255,9 @@ class AdminApi:
         admin = await self.gate.authenticate(request, write=True)
         read_query(request, NO_QUERY)
         token = self.gate.cookie_token(request)
-        if token is not None:
-            await self.store.close_session(token)
-        await self.audit(request, admin, "sign-out")
+        async with self.action(request, admin, "sign-out"):
+            if token is not None:
+                await self.store.close_session(token)
         reply = json_reply({"signedOut": True})
         for name in (COOKIE, SECURE_COOKIE):
             reply.delete_cookie(
@@ -350,20 +357,19 @@ class AdminApi:
     async def usage_csv(self, request: Request) -> Response:
         admin = await self.gate.authenticate(request, write=False)
         flt, query = self.usage_filter(request, {"table": choice("series", "profiles", "users")})
-        # An export is audited, and counted, as an action (it can read the whole ledger).
-        await self.gate.limit_actions(admin.actor)
         table = query.get("table", "series")
         db = self.runtime.ledger.database
-        if table == "series":
-            rows = await usage_series(db, flt)
-            header = ["t", "calls", "chats", "minutes", "costUsd"]
-        elif table == "profiles":
-            rows = await by_profile(db, flt)
-            header = ["profile", "calls", "chats", "minutes", "costUsd"]
-        else:
-            rows = await top_identities(db, flt, limit=1000)
-            header = ["identity", "tenant", "calls", "chats", "minutes", "costUsd"]
-        await self.audit(request, admin, "export", target=table, detail=flt.view())
+        # An export is audited, and counted, as an action (it can read the whole ledger).
+        async with self.action(request, admin, "export", target=table, detail=flt.view()):
+            if table == "series":
+                rows = await usage_series(db, flt)
+                header = ["t", "calls", "chats", "minutes", "costUsd"]
+            elif table == "profiles":
+                rows = await by_profile(db, flt)
+                header = ["profile", "calls", "chats", "minutes", "costUsd"]
+            else:
+                rows = await top_identities(db, flt, limit=1000)
+                header = ["identity", "tenant", "calls", "chats", "minutes", "costUsd"]
         name = f"vapi-usage-{table}-{flt.since:%Y%m%d}-{flt.until:%Y%m%d}.csv"
         return Response(
             to_csv(header, rows),
@@ -420,31 +426,23 @@ class AdminApi:
         end_calls = body.get("endCalls", False)
         if not isinstance(end_calls, bool):
             raise BadRequestError("'endCalls' must be true or false.")
-        block = await self.store.block(
-            identity, reason=reason, expires_at=expires_at, actor=admin.actor
-        )
-        self.runtime.blocks.invalidate()
         ended: list[str] = []
         failed: list[dict[str, str]] = []
-        if end_calls:
-            for call in await live_calls(self.runtime.ledger.database, identity_key=identity):
-                try:
-                    await end_call(self.runtime.ledger.database, self.runtime.upstream, call["id"])
-                    ended.append(call["id"])
-                except ProxyError as exc:
-                    failed.append({"id": call["id"], "error": str(exc.message)})
-        await self.audit(
-            request,
-            admin,
-            "block",
-            target=identity,
-            detail={
-                "reason": reason,
-                "expiresAt": iso(expires_at),
-                "endedCalls": ended,
-                "failedCalls": failed,
-            },
-        )
+        detail = {"reason": reason, "expiresAt": iso(expires_at)}
+        async with self.action(request, admin, "block", target=identity, detail=detail) as slot:
+            block = await self.store.block(
+                identity, reason=reason, expires_at=expires_at, actor=admin.actor
+            )
+            self.runtime.blocks.invalidate()
+            if end_calls:
+                db = self.runtime.ledger.database
+                for call in await live_calls(db, identity_key=identity):
+                    try:
+                        await end_call(db, self.runtime.upstream, call["id"])
+                        ended.append(call["id"])
+                    except ProxyError as exc:
+                        failed.append({"id": call["id"], "error": str(exc.message)})
+            slot.detail = {**detail, "endedCalls": ended, "failedCalls": failed}
         return json_reply(
             {"block": block.view(), "endedCalls": ended, "failedCalls": failed}, status=201
         )
@@ -454,11 +452,10 @@ class AdminApi:
         read_query(request, NO_QUERY)
         body = await self.body(request)
         identity = text_field(body, "identity", required=True, max_length=512) or ""
-        removed = await self.store.unblock(identity)
-        self.runtime.blocks.invalidate()
-        await self.audit(
-            request, admin, "unblock", target=identity, outcome="ok" if removed else "noop"
-        )
+        async with self.action(request, admin, "unblock", target=identity) as slot:
+            removed = await self.store.unblock(identity)
+            self.runtime.blocks.invalidate()
+            slot.outcome = "ok" if removed else "noop"
         if not removed:
             raise NotFoundError("That identity is not blocked.")
         return json_reply({"identity": identity, "unblocked": True})
@@ -481,19 +478,9 @@ class AdminApi:
         call_id = request.path_params["id"]
         if len(call_id) > 128:
             raise NotFoundError("No such call in the ledger.")
-        try:
+        # A failure is audited as `failed`, with Vapi's or the ledger's error, by the block.
+        async with self.action(request, admin, "end-call", target=call_id):
             result = await end_call(self.runtime.ledger.database, self.runtime.upstream, call_id)
-        except ProxyError as exc:
-            await self.audit(
-                request,
-                admin,
-                "end-call",
-                target=call_id,
-                outcome="failed",
-                detail={"error": str(exc.message)},
-            )
-            raise
-        await self.audit(request, admin, "end-call", target=call_id)
         return json_reply(result, status=202)
 
     # --- the page --------------------------------------------------------------------------
