@@ -148,6 +148,14 @@ def test_a_good_config_has_no_findings() -> None:
             "of a configured jwt method, so no token meets it (configured: https://id.example)",
         ),
         (
+            {
+                "limits": {
+                    "rules": [{"name": "t", "match": {"tenants": ["acme"]}, "concurrency": 1}]
+                }
+            },
+            "warning: limits.rules[0] (t).match.tenants: no jwt method sets `tenant_claim`",
+        ),
+        (
             {"profiles": {"t": {"assistant_id": "a", "access": {"issuers": ["other"]}}}},
             "warning: profiles.t.access.issuers: 'other' is not the issuer of a configured jwt",
         ),

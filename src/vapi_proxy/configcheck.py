@@ -65,6 +65,12 @@ def lint(settings: Settings) -> list[Finding]:
     if not profiles:
         warning("profiles", "none: every call will be refused")
 
+    has_roles = any(isinstance(m, JwtMethod) and m.roles_claim for m in methods)
+    has_tenants = any(
+        (isinstance(m, JwtMethod) and m.tenant_claim)
+        or (isinstance(m, ApiKeyMethod) and any(k.tenant for k in m.keys))
+        for m in methods
+    )
     issuers = {i for i in settings.auth.jwt_issuers if i is not None}
 
     def unknown_issuers(where: str, named: list[str] | None) -> None:
@@ -80,6 +86,12 @@ def lint(settings: Settings) -> list[Finding]:
     for index, rule in enumerate(settings.limits.rules):
         where = f"limits.rules[{index}] ({rule.name})"
         unknown_issuers(f"{where}.match.issuers", rule.match.issuers)
+        if rule.match.tenants and not has_tenants:
+            warning(
+                f"{where}.match.tenants",
+                "no jwt method sets `tenant_claim` and no API key has a `tenant`, so no caller "
+                "has a tenant and the rule never applies",
+            )
         for name in rule.match.profiles or []:
             if name not in profiles:
                 error(f"{where}.match.profiles", f"no profile named {name!r}{_known(profiles)}")
@@ -107,12 +119,6 @@ def lint(settings: Settings) -> list[Finding]:
                 "`access: {anonymous: true}`, so every one of them is refused",
             )
 
-    has_roles = any(isinstance(m, JwtMethod) and m.roles_claim for m in methods)
-    has_tenants = any(
-        (isinstance(m, JwtMethod) and m.tenant_claim)
-        or (isinstance(m, ApiKeyMethod) and any(k.tenant for k in m.keys))
-        for m in methods
-    )
     for name, profile in profiles.items():
         access = profile.access
         where = f"profiles.{name}.access"
