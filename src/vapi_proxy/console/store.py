@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,14 @@ ACTION_WINDOW = timedelta(minutes=1)
 ACTION_LOCK_CLASS = 0x7661_7061
 """PostgreSQL: the first key of the per-actor advisory lock that serialises reservations (the
 two-key lock space, apart from the one-key locks of migrations and the limits store)."""
+SIGN_IN_LOCK_CLASS = 0x7661_7073
+"""PostgreSQL: the first key of the per-address advisory lock that serialises sign-in attempts
+(apart from the per-actor action locks, whatever an actor and an address hash to)."""
+SIGN_IN = "sign-in"
+UNKNOWN_ACTOR = "-"
+"""Whom a sign-in attempt is audited under when no valid credential came with it: the
+per-address sign-in limit counts these rows (see `ConsoleStore.reserve_sign_in`)."""
+REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,24 @@ def iso(moment: datetime | None) -> str | None:
 def _lock_key(actor: str) -> int:
     """An actor's advisory lock key: a signed 32-bit hash of their name."""
     return int.from_bytes(hashlib.sha256(actor[:128].encode()).digest()[:4], "big", signed=True)
+
+
+def _address_lock_key(client: str) -> int:
+    """A client address's advisory lock key (under `SIGN_IN_LOCK_CLASS`)."""
+    return int.from_bytes(
+        hashlib.sha256(b"sign-in:" + client[:64].encode()).digest()[:4], "big", signed=True
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SignInSlot:
+    """A sign-in attempt let through by `ConsoleStore.reserve_sign_in`: `outcome` is what the
+    key check inside the reservation found (`ok`: nothing written; `refused`: the refused row
+    `row_id` was written) or `pending` (the credential must be verified outside the lock: row
+    `row_id` holds the slot until `finish_action` or `drop_sign_in`)."""
+
+    outcome: str
+    row_id: int | None = None
 
 
 def _token_hash(token: str) -> str:
@@ -207,6 +234,80 @@ class ConsoleStore:
             )
             return int(row.scalar_one())
 
+    async def reserve_sign_in(
+        self,
+        *,
+        client: str,
+        limit: int,
+        judge: Callable[[], str | None],
+        request_id: str | None = None,
+        now: datetime | None = None,
+    ) -> SignInSlot | None:
+        """Let one sign-in attempt from `client` check its credential, or None (nothing written,
+        `judge` not called) when the address already has `limit` sign-in attempts without a
+        valid credential in the minute before `now`: rows of `UNKNOWN_ACTOR`, refused, pending
+        or failed.
+
+        Under the address's lock (PostgreSQL: a transaction-level advisory lock in its own
+        class; SQLite: the database's write lock, taken by `BEGIN IMMEDIATE`) the attempts are
+        counted and, when there is room, `judge` checks the credential: `ok` (a valid one)
+        writes nothing, `refused` writes the refused row, and None (it cannot tell without
+        waiting, e.g. a JWT to verify) writes a `pending` row that holds the slot until the
+        caller records the outcome. So attempts from one address take turns across every
+        worker, process and machine on this database, and at most `limit` credentials that
+        are not valid are checked per window. `judge` runs inside the transaction: it must be
+        quick and must not wait."""
+        now = now or utc_now()
+        address = client[:64]
+        count = (
+            sa.select(sa.func.count())
+            .select_from(admin_audit)
+            .where(
+                admin_audit.c.client == address,
+                admin_audit.c.at >= now - ACTION_WINDOW,
+                admin_audit.c.actor == UNKNOWN_ACTOR,
+                admin_audit.c.action == SIGN_IN,
+            )
+        )
+        async with self._db.write() as conn:
+            if self._db.dialect == "postgresql":
+                await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+                await conn.execute(
+                    sa.select(
+                        sa.func.pg_advisory_xact_lock(
+                            SIGN_IN_LOCK_CLASS, _address_lock_key(address)
+                        )
+                    )
+                )
+            if int((await conn.execute(count)).scalar_one()) >= limit:
+                return None
+            verdict = judge()
+            if verdict == "ok":
+                return SignInSlot("ok")
+            row = await conn.execute(
+                admin_audit.insert()
+                .values(
+                    at=now,
+                    actor=UNKNOWN_ACTOR,
+                    action=SIGN_IN,
+                    outcome=REFUSED if verdict == REFUSED else PENDING,
+                    client=address,
+                    request_id=request_id,
+                )
+                .returning(admin_audit.c.id)
+            )
+            return SignInSlot(REFUSED if verdict == REFUSED else PENDING, int(row.scalar_one()))
+
+    async def drop_sign_in(self, row_id: int) -> None:
+        """Remove a pending sign-in attempt whose credential proved valid: it is not held
+        against its address (the sign-in is audited as the operator's own action)."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                admin_audit.delete().where(
+                    admin_audit.c.id == row_id, admin_audit.c.actor == UNKNOWN_ACTOR
+                )
+            )
+
     async def finish_action(
         self, row_id: int, *, outcome: str, detail: dict[str, Any] | None = None
     ) -> None:
@@ -228,8 +329,8 @@ class ConsoleStore:
         outcome: str | None = None,
     ) -> int:
         """Audited actions since `since` by one actor (or from one address, or with one
-        outcome): the refused sign-ins per address are counted with it. (The action limit
-        counts in `reserve_action`, under its lock.)"""
+        outcome). (The limits count under their locks: in `reserve_action` and
+        `reserve_sign_in`.)"""
         query = sa.select(sa.func.count()).select_from(admin_audit)
         query = query.where(admin_audit.c.at >= since)
         if actor is not None:
