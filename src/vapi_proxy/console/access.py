@@ -19,14 +19,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 
 from vapi_proxy.auth.base import looks_like_jwt
 from vapi_proxy.auth.chain import AuthChain
-from vapi_proxy.console.store import ConsoleStore
+from vapi_proxy.console.store import PENDING, REFUSED, ConsoleStore
 from vapi_proxy.edge.client_address import ClientAddressResolver
 from vapi_proxy.edge.middleware import plain_headers, request_state
 from vapi_proxy.errors import (
@@ -36,7 +36,6 @@ from vapi_proxy.errors import (
     TooManyRequestsError,
     UnauthorizedError,
 )
-from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.settings import AdminSettings
 
 logger = logging.getLogger("vapi_proxy.admin")
@@ -160,15 +159,21 @@ class AdminGate:
         """The actor behind an admin key, or behind a JWT the auth chain verifies and that
         carries one of `admin.jwt_roles`; None for anything else."""
         actor = self.check_key(token)
-        if actor is not None or not self._jwt_roles or self._auth is None:
+        if actor is not None or not self._may_be_admin_jwt(token):
             return actor
-        token = token.strip()
-        if not looks_like_jwt(token):
+        return await self._check_jwt(token, request)
+
+    def _may_be_admin_jwt(self, token: str) -> bool:
+        """Whether `token` is worth handing to the auth chain as an admin JWT."""
+        return bool(self._jwt_roles) and self._auth is not None and looks_like_jwt(token.strip())
+
+    async def _check_jwt(self, token: str, request: Request) -> str | None:
+        if self._auth is None:
             return None
         peer = request.client.host if request.client else ""
         try:
             identity = await self._auth.authenticate(
-                f"Bearer {token}", peer, plain_headers(request.scope)
+                f"Bearer {token.strip()}", peer, plain_headers(request.scope)
             )
         except ProxyError:
             return None
@@ -276,16 +281,67 @@ class AdminGate:
             raise
         await self.store.finish_action(row_id, outcome=slot.outcome, detail=slot.detail)
 
-    async def limit_sign_ins(self, client: str, *, now: datetime | None = None) -> None:
-        """Refused sign-ins per address per minute: the key cannot be guessed by brute force."""
-        since = (now or utc_now()) - timedelta(minutes=1)
-        failures = await self.store.count_actions(
-            since=since, actor="-", client=client, outcome="refused"
+    async def sign_in(
+        self,
+        key: str,
+        request: Request,
+        *,
+        client: str,
+        request_id: str | None = None,
+        now: datetime | None = None,
+    ) -> str:
+        """The actor behind the credential `key` sent to sign in from `client`; 401 when it is
+        not valid, or 429 before it is even checked when the address already has
+        `admin.actions_per_minute` sign-in attempts without a valid credential in the last
+        minute, counted across every worker and replica.
+
+        The count and the check take turns per address (`ConsoleStore.reserve_sign_in`): an
+        admin key is checked under the address's lock (a hash comparison), so a wrong one is
+        recorded as `refused` in the same transaction and a right one writes nothing there. A
+        JWT needs the auth chain (perhaps the identity provider's keys), so it first takes a
+        `pending` slot; the slot becomes `refused` (or `failed` if the check raised) or is
+        removed when the JWT proves valid. A valid credential never counts against its address,
+        and does not clear the address's refusals either; signing in is then an action of the
+        operator (`action`), under the operator's own limit."""
+        verdict: dict[str, str | None] = {}
+
+        def judge() -> str | None:
+            actor = self.check_key(key)
+            if actor is not None:
+                verdict["actor"] = actor
+                return "ok"
+            return None if self._may_be_admin_jwt(key) else REFUSED
+
+        slot = await self.store.reserve_sign_in(
+            client=client,
+            limit=self.settings.actions_per_minute,
+            judge=judge,
+            request_id=request_id,
+            now=now,
         )
-        if failures >= self.settings.actions_per_minute:
+        if slot is None:
             raise TooManyRequestsError(
                 "Too many failed sign-ins from this address; wait a minute.", retry_after=60
             )
+        actor = verdict.get("actor")
+        if slot.outcome == PENDING and slot.row_id is not None:
+            try:
+                actor = await self._check_jwt(key, request)
+            except Exception as exc:
+                try:
+                    await self.store.finish_action(
+                        slot.row_id, outcome="failed", detail={"error": type(exc).__name__}
+                    )
+                except Exception:  # the check's own error is the one to report
+                    logger.warning("could not record a failed sign-in check", exc_info=True)
+                raise
+            if actor is None:
+                await self.store.finish_action(slot.row_id, outcome=REFUSED)
+            else:
+                await self.store.drop_sign_in(slot.row_id)
+        if actor is None:
+            raise UnauthorizedError("The admin key is not valid.")
+        return actor
 
     def limit_reads(self, actor: str) -> None:
         """Reads per operator per minute, per process (reads change nothing, so a per-process

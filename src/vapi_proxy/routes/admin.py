@@ -53,7 +53,6 @@ from vapi_proxy.errors import (
     NotFoundError,
     ProxyError,
     ServiceUnavailableError,
-    UnauthorizedError,
 )
 from vapi_proxy.ledger.cli import usage_report
 from vapi_proxy.ledger.records import utc_now
@@ -213,21 +212,13 @@ class AdminApi:
     async def sign_in(self, request: Request) -> Response:
         client = self.gate.reachable(request)
         read_query(request, NO_QUERY)
-        await self.gate.limit_sign_ins(client)
         body = await self.body(request)
         key = text_field(body, "key", required=True, max_length=16384) or ""
-        actor = await self.gate.check_credential(key, request)
         request_id = request_state(request.scope).request_id
-        if actor is None:
-            # Refused attempts are audited under "-" so the per-address limit can count them.
-            await self.store.audit(
-                actor="-",
-                action="sign-in",
-                outcome="refused",
-                client=client,
-                request_id=request_id,
-            )
-            raise UnauthorizedError("The admin key is not valid.")
+        # 429 before the key is checked past the per-address limit; a wrong key is audited as
+        # refused under "-" so that limit counts it, a right one signs in as the operator's
+        # action below.
+        actor = await self.gate.sign_in(key, request, client=client, request_id=request_id)
         ttl = self.runtime.settings.admin.session_ttl_seconds
         async with self.gate.action(actor, "sign-in", client=client, request_id=request_id):
             token, session = await self.store.open_session(actor, ttl_seconds=ttl, client=client)
