@@ -320,28 +320,6 @@ class ConsoleStore:
                 admin_audit.update().where(admin_audit.c.id == row_id).values(**values)
             )
 
-    async def count_actions(
-        self,
-        *,
-        since: datetime,
-        actor: str | None = None,
-        client: str | None = None,
-        outcome: str | None = None,
-    ) -> int:
-        """Audited actions since `since` by one actor (or from one address, or with one
-        outcome). (The limits count under their locks: in `reserve_action` and
-        `reserve_sign_in`.)"""
-        query = sa.select(sa.func.count()).select_from(admin_audit)
-        query = query.where(admin_audit.c.at >= since)
-        if actor is not None:
-            query = query.where(admin_audit.c.actor == actor)
-        if client is not None:
-            query = query.where(admin_audit.c.client == client)
-        if outcome is not None:
-            query = query.where(admin_audit.c.outcome == outcome)
-        async with self._db.read() as conn:
-            return int((await conn.execute(query)).scalar_one())
-
     async def audit_log(
         self,
         *,
