@@ -295,12 +295,13 @@ async def test_a_stopped_redis_process_is_refused_within_the_timeout(
 
 
 @pytest.mark.parametrize(("backend", "pool"), [("postgres", 10), ("redis", 64)])
-async def test_a_frozen_store_refuses_a_burst_beyond_the_pool_by_its_deadline(
+async def test_a_frozen_store_refuses_a_burst_beyond_the_pool_by_one_deadline(
     backend: str, pool: int, silent_server: str, clock: FakeClock
 ) -> None:
-    """The deadline starts once an operation has a connection, but it still bounds each one:
-    a burst one larger than the pool is refused whole, every reserve by the store's deadline
-    (the last after waiting for the others), none by the long wait for a connection."""
+    """The deadline starts once an operation has a connection, but a queue does not multiply
+    it: of a burst three times the pool, the first wave is refused by the store's deadline and
+    everyone queued behind it as soon as that wave has missed it, without trying the store
+    again (before, each wave waited a whole deadline more: the last caller three)."""
     url = {
         "postgres": f"postgresql://postgres@{silent_server}/postgres",
         "redis": f"redis://{silent_server}/0",
@@ -309,11 +310,22 @@ async def test_a_frozen_store_refuses_a_burst_beyond_the_pool_by_its_deadline(
     try:
         async with asyncio.timeout(HANG_GUARD):
             results = await asyncio.gather(
-                *(limiter.reserve(REQ) for _ in range(pool + 1)), return_exceptions=True
+                *(limiter.reserve(REQ) for _ in range(3 * pool + 1)), return_exceptions=True
             )
         assert all(isinstance(r, ServiceUnavailableError) for r in results), results
+        queued = "the store missed its deadline while this operation waited for a connection"
+        by_deadline = []
         for refusal in results:
             assert isinstance(refusal, BaseException)
+            if str(refusal.__cause__) == queued:
+                continue
             assert_ended_by_the_stores_deadline(limiter, refusal)
+            by_deadline.append(refusal)
+        assert len(by_deadline) == pool
+        # The store is tried again afterwards: a caller arriving now gets its own deadline.
+        async with asyncio.timeout(HANG_GUARD):
+            with pytest.raises(ServiceUnavailableError) as info:
+                await limiter.reserve(REQ)
+        assert_ended_by_the_stores_deadline(limiter, info.value)
     finally:
         await limiter.aclose()

@@ -24,6 +24,9 @@ class Deadlined(Protocol):
     @property
     def queue_timeout(self) -> float: ...
 
+    deadline_misses: int
+    """How many operations have run out of the deadline (a frozen or overloaded store)."""
+
 
 S = TypeVar("S", bound=Deadlined)
 Method = Callable[Concatenate[S, P], Awaitable[R]]
@@ -40,12 +43,20 @@ def unavailable_on(
     The deadline starts once the operation holds one of `slots` (as many as the pool has
     connections), so it measures the store's answer, not the queue in front of the pool: a
     burst larger than the pool waits its turn (up to `queue_timeout`, long but finite, so a
-    stuck pool still fails closed) instead of being refused as "store down"."""
+    stuck pool still fails closed) instead of being refused as "store down".
+
+    But when an operation runs out of the deadline while others wait for a connection, those
+    are refused as soon as they get one, without trying: the store has just shown it is not
+    answering, and trying would make each wave of a burst wait a whole deadline more (a frozen
+    store and a burst three times the pool cost the last caller three deadlines). So a caller
+    waits at most about one deadline for a store that does not answer, however long the
+    queue."""
     caught: tuple[type[BaseException], ...] = (*failures, OSError, TimeoutError)
 
     def decorate(fn: Method[S, P, R]) -> Method[S, P, R]:
         @wraps(fn)
         async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            misses = self.deadline_misses
             try:
                 async with asyncio.timeout(self.queue_timeout):
                     await self.slots.acquire()
@@ -54,10 +65,18 @@ def unavailable_on(
                     f"no store connection free within {self.queue_timeout:g} s"
                 ) from exc
             try:
-                async with asyncio.timeout(self.deadline):
-                    return await fn(self, *args, **kwargs)
-            except caught as exc:
-                raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+                if self.deadline_misses != misses:
+                    raise StoreUnavailableError(
+                        "the store missed its deadline while this operation waited for a connection"
+                    )
+                try:
+                    async with asyncio.timeout(self.deadline):
+                        return await fn(self, *args, **kwargs)
+                except TimeoutError as exc:
+                    self.deadline_misses += 1
+                    raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+                except caught as exc:
+                    raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
             finally:
                 self.slots.release()
 

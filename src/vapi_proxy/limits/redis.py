@@ -192,6 +192,7 @@ class RedisStore:
         self.deadline: float | None = t
         self.slots = asyncio.Semaphore(_POOL_CONNECTIONS)
         self.queue_timeout = max(30.0, t)
+        self.deadline_misses = 0
         self._tag = f"{{{settings.namespace}}}"
         self._reserve = self._redis.register_script(_RESERVE)
         self._commit = self._redis.register_script(_COMMIT)

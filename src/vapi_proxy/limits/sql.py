@@ -193,6 +193,7 @@ class SqlStore:
         # outside the store deadline.
         self.slots = asyncio.Semaphore(self._db.pool_connections)
         self.queue_timeout = max(30.0, settings.timeout_seconds)
+        self.deadline_misses = 0
         self._ns = settings.namespace
         self._ready = False
         self._schema_lock = asyncio.Lock()
