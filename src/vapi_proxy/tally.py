@@ -17,6 +17,16 @@ Listener = Callable[[str, str, int], None]
 """Called as `listener(field, key, increase)`; `key` is "" for an int field."""
 
 
+def fan_out(*listeners: Listener) -> Listener:
+    """One listener that reports each increase to every one of `listeners`, in order."""
+
+    def every(field: str, key: str, increase: int) -> None:
+        for listener in listeners:
+            listener(field, key, increase)
+
+    return every
+
+
 class Tally(Counter[str]):
     """A `collections.Counter` of events by key that reports every increase."""
 
@@ -41,11 +51,18 @@ class Tallies:
     _listener: Listener | None = None
 
     def listen(self, listener: Listener) -> None:
+        """Report every increase to `listener` (replacing any listener set before)."""
         object.__setattr__(self, "_listener", listener)
         for name, value in vars(self).items():
             if isinstance(value, Tally):
                 value.listener = listener
                 value.field_name = name
+
+    def also_listen(self, listener: Listener) -> None:
+        """Report every increase to `listener` as well as to the listener already set (the
+        metrics and the console's durable tallies both listen to the webhook counters)."""
+        current = self._listener
+        self.listen(listener if current is None else fan_out(current, listener))
 
     def __setattr__(self, name: str, value: Any) -> None:
         listener = self._listener
