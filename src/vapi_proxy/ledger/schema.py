@@ -1,7 +1,7 @@
 """The ledger's tables as SQLAlchemy Core metadata: calls, the events that changed them,
-hourly usage totals, idempotency keys, the outbox of webhook events to forward, and the operator
-console's sessions, audit trail and identity blocks. Migrations in `migrations/versions/` must
-produce exactly this."""
+hourly usage totals, idempotency keys, the outbox of webhook events to forward, webhook intake
+counters per 5 minutes, and the operator console's sessions, audit trail and identity blocks.
+Migrations in `migrations/versions/` must produce exactly this."""
 
 from __future__ import annotations
 
@@ -165,6 +165,21 @@ webhook_outbox = sa.Table(
     sa.Column("last_error", sa.String(512)),
     sa.Column("delivered_at", UTCDateTime()),
     sa.Index(None, "state", "next_attempt_at"),
+)
+
+# Webhook intake counters (received, verified, refused by reason, duplicates) per 5-minute UTC
+# bucket and per process, for the console (webhooks/stats.py): each process adds what it counted
+# every few seconds, one upsert for all of it, never a write per delivery. `reason` is '' except
+# for `rejected`. Rows older than the console's longest window (31 days) are deleted.
+webhook_tallies = sa.Table(
+    "webhook_tallies",
+    metadata,
+    sa.Column("bucket", UTCDateTime(), primary_key=True, comment="start of the 5-minute bucket"),
+    sa.Column("process", sa.String(64), primary_key=True, comment="host/pid/random of a worker"),
+    sa.Column("counter", sa.String(16), primary_key=True),
+    sa.Column("reason", sa.String(64), primary_key=True, comment="'' unless counter = rejected"),
+    sa.Column("count", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
+    sqlite_with_rowid=False,
 )
 
 admin_sessions = sa.Table(
