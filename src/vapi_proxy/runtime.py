@@ -25,7 +25,7 @@ from vapi_proxy.upstream.replies import ReplyReader
 from vapi_proxy.webhooks import setup as webhook_setup
 from vapi_proxy.webhooks.forward import Forwarder
 from vapi_proxy.webhooks.receiver import WebhookReceiver
-from vapi_proxy.webhooks.stats import WebhookStats
+from vapi_proxy.webhooks.stats import WebhookStats, WebhookTallies
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -59,6 +59,8 @@ class Runtime:
     """Set when `tracing.enabled`: the components above are then traced in place."""
     blocks: BlockList = field(init=False)
     admissions: Admissions = field(init=False)
+    webhook_tallies: WebhookTallies = field(init=False)
+    """The console's webhook intake counters, kept in the ledger for every worker and replica."""
 
     def __post_init__(self) -> None:
         self.admissions = Admissions(self.limiter, self.ledger, self.counting)
@@ -67,6 +69,10 @@ class Runtime:
             ConsoleStore(self.ledger.database),
             refresh_seconds=self.settings.admin.block_refresh_seconds,
         )
+        # Listens beside the metrics (which `build` set first): counts in memory, written to
+        # the ledger every few seconds.
+        self.webhook_tallies = WebhookTallies(self.ledger.database)
+        self.webhook_stats.also_listen(self.webhook_tallies.record)
 
     @property
     def counting(self) -> Metrics | None:
@@ -165,8 +171,10 @@ class Runtime:
         await self.auth.start()
         if self.forwarder is not None:
             await self.forwarder.start()
+        self.webhook_tallies.start()
 
     async def aclose(self) -> None:
+        await self.webhook_tallies.aclose()  # what this worker counted since its last write
         if self.forwarder is not None:
             await self.forwarder.aclose()
         await self.auth.aclose()
