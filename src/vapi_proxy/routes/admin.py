@@ -378,16 +378,13 @@ class AdminApi:
         health = await webhook_health(
             self.runtime.ledger.database, since=now - timedelta(hours=hours), now=now
         )
-        stats = self.runtime.webhook_stats
         health["hours"] = hours
-        # Verification counters are this process's since it started (Prometheus sums them
-        # across workers and replicas: vapi_proxy_webhook_rejections_total).
+        # Verification counters of every worker and replica, from the ledger's 5-minute
+        # buckets (written every few seconds) plus what this process has not written yet.
+        totals = await self.runtime.webhook_tallies.totals(since=now - timedelta(hours=hours))
         health["verification"] = {
-            "scope": "this process since start",
-            "received": stats.received,
-            "verified": stats.verified,
-            "rejected": dict(stats.rejected),
-            "duplicates": stats.duplicates,
+            "scope": f"all workers and replicas, last {hours} hours",
+            **totals,
         }
         return json_reply(health)
 

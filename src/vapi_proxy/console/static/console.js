@@ -294,8 +294,8 @@
     const rejected = Object.entries(data.verification.rejected);
     const failures = rejected.reduce((sum, [, n]) => sum + n, 0);
     $('hook-rejected').textContent = failures
-      ? `${failures} (${rejected.map(([why, n]) => `${why}: ${n}`).join(', ')}) on this process`
-      : `none (of ${fmt.int(data.verification.received)} received by this process)`;
+      ? `${fmt.int(failures)} (${rejected.map(([why, n]) => `${why}: ${fmt.int(n)}`).join(', ')}) across all workers and replicas`
+      : `none (of ${fmt.int(data.verification.received)} received across all workers and replicas)`;
     const box = data.outbox;
     $('hook-backlog').textContent = `${fmt.int(box.pending)} waiting, ${fmt.int(box.parked)} parked`;
     $('hook-oldest').textContent = box.oldestPending
