@@ -288,3 +288,32 @@ def test_the_tallies_listen_beside_the_metrics() -> None:
         "vapi_proxy_webhook_rejections_total", {"reason": "hmac_expired"}
     )
     assert sample == 2
+
+
+async def test_the_background_round_flushes_and_purges(db_url: str) -> None:
+    """Started, the tallies write on their own (here every few milliseconds, instead of 10 s)
+    and delete old buckets on their first round; stopped, they write what is left."""
+    db = Database(db_url)
+    await upgrade_async(db)
+    tallies = WebhookTallies(db, process="test/3/0003", interval=0.01)
+    since = datetime.now(UTC) - timedelta(hours=1)
+    try:
+        await _add_row(db, datetime.now(UTC) - timedelta(days=40), "hmac_expired", 1)
+        tallies.record("received", "", 2)
+        tallies.start()
+        async with asyncio.timeout(10):
+            while tallies.writes < 2:  # the flush and the purge
+                await asyncio.sleep(0.01)
+        assert _bucket(datetime.now(UTC) - timedelta(days=40)) not in await _buckets(db)
+        tallies.record("rejected", "no_credential", 1)
+        await tallies.aclose()
+        other = WebhookTallies(db, process="test/4/0004")  # nothing of its own in memory
+        assert await other.totals(since=since) == {
+            "received": 2,
+            "verified": 0,
+            "rejected": {"no_credential": 1},
+            "duplicates": 0,
+        }
+    finally:
+        await tallies.aclose()
+        await db.aclose()

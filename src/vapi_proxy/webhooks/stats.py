@@ -134,6 +134,7 @@ class WebhookTallies:
         self._pending: dict[tuple[int, str, str], int] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._round_task: asyncio.Task[None] | None = None
         self._purged_at = -math.inf
         self.writes = 0
         """Statements written (upserts and purges): a handful per minute whatever the traffic."""
@@ -170,14 +171,17 @@ class WebhookTallies:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._round_task is not None:
+            await self._round_task  # a round the cancel caught half-way: let it finish
         await self.flush()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             # Shielded: a flush cancelled half-way (the app stopping) would not know whether
-            # its write landed; `aclose` waits for it through the lock instead.
-            await asyncio.shield(self._round())
+            # its write landed; `aclose` waits for the round to finish instead.
+            self._round_task = asyncio.create_task(self._round())
+            await asyncio.shield(self._round_task)
 
     async def _round(self) -> None:
         await self.flush()
