@@ -11,6 +11,19 @@ the event loop for all of them. Writes that need SQLAlchemy (schema checks, the 
 run on the same thread and connection. `write()` (the async engine: the console, migrations)
 pauses the writer for its transaction, so the process's writers queue in-process and never in
 SQLite's busy handler, which sleeps.
+
+WAL checkpoints are kept off the commit path. SQLite's automatic checkpoint runs inside the
+`COMMIT` that crosses its threshold (it copies the WAL's pages into the database file), and every
+request waiting on that transaction waited for the copy too. The writer's connection has
+`wal_autocheckpoint=0`; after commits, a checkpointer thread with a connection of its own runs a
+`PASSIVE` checkpoint (it never blocks a writer), at most every `CHECKPOINT_SECONDS`: that copies
+nearly all. A passive checkpoint cannot finish while the writer keeps appending, and the WAL
+starts over from its beginning only after one has, so once the WAL is longer than
+`WAL_TAIL_PAGES` the writer copies what is left itself, between two transactions, after it has
+answered the first: a few pages. Past `WAL_LIMIT_PAGES` (a reader kept the checkpoints from
+finishing) the checkpointer waits for readers (`RESTART`), and `journal_size_limit` gives the
+file back when it starts over. A commit is as durable as before: it is in the WAL when `COMMIT`
+returns, whoever copies it later.
 """
 
 from __future__ import annotations
@@ -41,6 +54,18 @@ POOL_SIZE = 5
 POOL_OVERFLOW = 5
 """PostgreSQL: the engine's pool (`pool_size`, `max_overflow`); the ledger and the SQL limits
 store share it when they share a database."""
+
+CHECKPOINT_SECONDS = 0.2
+"""SQLite: the least time between two checkpoints by the checkpointer thread."""
+WAL_TAIL_PAGES = 1000
+"""SQLite: a WAL longer than this (SQLite's own automatic threshold) is finished by the writer
+after the checkpointer's passive checkpoint, so it starts over."""
+WAL_LIMIT_PAGES = 16384
+"""SQLite: a WAL longer than this (64 MiB of 4 KiB pages) after a passive checkpoint is
+checkpointed with `RESTART`, which waits for readers and writers: the bound on its growth."""
+WAL_KEEP_BYTES = 64 * 1024 * 1024
+"""SQLite `journal_size_limit` of the writer's connection: the WAL file is cut back to this when
+it starts over."""
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -152,6 +177,84 @@ def _wrap(error: BaseException) -> BaseException:
     return error
 
 
+class _Checkpointer:
+    """Checkpoints a SQLite file's WAL from a thread and connection of its own, after the
+    writer's commits (see the module docstring)."""
+
+    def __init__(self, path: str, busy_ms: int) -> None:
+        self._path = path
+        self._busy_ms = busy_ms
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()  # one checkpoint at a time (the thread or `run`)
+        self._conn: sqlite3.Connection | None = None
+        self.tail_due = False
+        """Set by the checkpointer: the writer should finish the checkpoint (`finish`)."""
+        self.thread = threading.Thread(
+            target=self._loop, name="vapi-proxy-sqlite-checkpoint", daemon=True
+        )
+        self.thread.start()
+
+    def poke(self) -> None:
+        """Something was committed."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                if self._stopped.is_set():
+                    return
+                self._wake.clear()
+                try:
+                    self.run()
+                except sqlite3.Error:  # the next commit tries again
+                    log.warning("sqlite checkpoint failed", exc_info=True)
+                if self._stopped.wait(CHECKPOINT_SECONDS):
+                    return
+        finally:
+            with self._lock:
+                if self._conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.close()
+                    self._conn = None
+
+    def run(self) -> tuple[int, int, int]:
+        """One checkpoint: (busy, WAL frames, frames checkpointed), as `PRAGMA wal_checkpoint`."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(
+                    self._path,
+                    timeout=self._busy_ms / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                self._conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            conn = self._conn
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > WAL_LIMIT_PAGES:
+                busy, frames, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            elif frames > WAL_TAIL_PAGES:
+                # Even a complete one does not start the WAL over if the writer was inside a
+                # transaction when it finished (its next one begins after frames not copied).
+                self.tail_due = True
+            return int(busy), int(frames), int(done)
+
+    def finish(self, conn: sqlite3.Connection) -> None:
+        """On the writer's thread, between transactions: copy the pages the last passive
+        checkpoint left (appended while it ran), so the next transaction starts the WAL over."""
+        self.tail_due = False
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            log.warning("sqlite checkpoint failed", exc_info=True)
+
+
 class _Writer:
     """The thread that owns a process's SQLite write connection (see the module docstring)."""
 
@@ -162,6 +265,7 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
         self._sa: Engine | None = None
+        self.checkpointer = _Checkpointer(path, busy_ms) if _on_disk(path) else None
         self.thread = threading.Thread(target=self._run, name="vapi-proxy-sqlite", daemon=True)
         self.thread.start()
 
@@ -200,6 +304,9 @@ class _Writer:
                     writes.append(job)
             if writes:
                 self._transaction(writes)
+            checkpointer = self.checkpointer
+            if checkpointer is not None and checkpointer.tail_due and self._conn is not None:
+                checkpointer.finish(self._conn)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -211,6 +318,10 @@ class _Writer:
                 cached_statements=256,
             )
             _pragmas(conn, self._busy_ms)
+            if self.checkpointer is not None:
+                # Checkpoints are the checkpointer's, off the commit path.
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
             self._conn = conn
         return self._conn
 
@@ -257,6 +368,8 @@ class _Writer:
             self._abort(tokens, done, [], error)
             self._fail(failures)
             return
+        if self.checkpointer is not None:
+            self.checkpointer.poke()
         out: list[tuple[_Job, Any, BaseException | None]] = []
         for group, results in done:
             out.extend((job, result, None) for job, result in zip(group, results, strict=True))
@@ -321,6 +434,8 @@ class _Writer:
                 loop.call_soon_threadsafe(_settle, entries)
 
     def _close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         if self._sa is not None:
             self._sa.dispose()
             self._sa = None
@@ -330,6 +445,10 @@ class _Writer:
             except sqlite3.Error:
                 log.warning("sqlite writer: close failed", exc_info=True)
             self._conn = None
+
+
+def _on_disk(path: str) -> bool:
+    return bool(path) and path != ":memory:" and not path.startswith("file::memory:")
 
 
 def _undo_savepoint(conn: sqlite3.Connection) -> bool:
