@@ -1,0 +1,56 @@
+"""The embedded store folds its log into a snapshot only once the log is at least as long as
+the state the snapshot holds: a snapshot costs in proportion to that state, inside the writer's
+transaction that every reservation waits for, so a short log is not folded into a big state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support.limits import FakeClock
+from vapi_proxy.auth.identity import Identity
+from vapi_proxy.ledger.engine import Database
+from vapi_proxy.limits import AdmissionRequest, LimitsSettings, create_limiter
+from vapi_proxy.limits import embedded as embedded_module
+
+ALICE = Identity(subject="alice", method="jwt")
+MANY = [{"name": "q", "quota": {"per_day": 1000}, "concurrency": 1000}]
+
+
+async def log_rows(url: str) -> int:
+    db = Database(url)
+    try:
+        async with db.read() as conn:
+            return int((await conn.execute(sa.text("SELECT count(*) FROM limit_log"))).scalar_one())
+    finally:
+        await db.aclose()
+
+
+async def test_a_short_log_is_not_folded_into_a_big_state(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 10)
+    limiter = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    ask = AdmissionRequest(identity=ALICE, profile="support", worst_case_seconds=300)
+    try:
+        for _ in range(30):
+            await limiter.reserve(ask)
+        await limiter.expire()  # 31 entries, 30 open reservations: folded
+        assert await log_rows(url) == 1
+        for _ in range(12):
+            await limiter.reserve(ask)
+        # 13 entries since (more than SNAPSHOT_ENTRIES) against 42 open reservations: kept.
+        await limiter.expire()
+        assert await log_rows(url) == 14
+        # A new process reads the snapshot and the log after it: every count is there.
+        other = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+        try:
+            counts = {u.what: u.used for u in await other.usage(ALICE, "support")}
+            assert counts == {"quota": 42, "concurrency": 42}
+        finally:
+            await other.aclose()
+    finally:
+        await limiter.aclose()
