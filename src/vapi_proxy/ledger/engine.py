@@ -190,6 +190,8 @@ class _Checkpointer:
         self._conn: sqlite3.Connection | None = None
         self.tail_due = False
         """Set by the checkpointer: the writer should finish the checkpoint (`finish`)."""
+        self._tail_frames = 0
+        """The WAL's length at the writer's last `finish`."""
         self.thread = threading.Thread(
             target=self._loop, name="vapi-proxy-sqlite-checkpoint", daemon=True
         )
@@ -250,7 +252,14 @@ class _Checkpointer:
         checkpoint left (appended while it ran), so the next transaction starts the WAL over."""
         self.tail_due = False
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+            if frames > self._tail_frames:
+                # Longer than at the last tail: the WAL did not start over, because another
+                # process (a second worker) was inside a transaction each time. RESTART waits
+                # for it (SQLite's busy handler: a millisecond or two) and holds new writers
+                # back meanwhile, as the automatic checkpoint inside a commit did.
+                frames = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[1]
+            self._tail_frames = frames
         except sqlite3.Error:
             log.warning("sqlite checkpoint failed", exc_info=True)
 
