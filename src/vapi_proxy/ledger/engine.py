@@ -20,10 +20,11 @@ request waiting on that transaction waited for the copy too. The writer's connec
 nearly all. A passive checkpoint cannot finish while the writer keeps appending, and the WAL
 starts over from its beginning only after one has, so once the WAL is longer than
 `WAL_TAIL_PAGES` the writer copies what is left itself, between two transactions, after it has
-answered the first: a few pages. Past `WAL_LIMIT_PAGES` (a reader kept the checkpoints from
-finishing) the checkpointer waits for readers (`RESTART`), and `journal_size_limit` gives the
-file back when it starts over. A commit is as durable as before: it is in the WAL when `COMMIT`
-returns, whoever copies it later.
+answered the first: a few pages (with `RESTART`, which waits for the other process's transaction,
+when a second worker kept the WAL from starting over since the last time). Past
+`WAL_LIMIT_PAGES` (a reader kept the checkpoints from finishing) the checkpointer waits for
+readers (`RESTART`), and `journal_size_limit` gives the file back when it starts over. A commit
+is as durable as before: it is in the WAL when `COMMIT` returns, whoever copies it later.
 """
 
 from __future__ import annotations
