@@ -54,3 +54,31 @@ async def test_a_short_log_is_not_folded_into_a_big_state(
             await other.aclose()
     finally:
         await limiter.aclose()
+
+
+async def test_the_collector_is_off_while_the_snapshot_is_dumped(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dump's many short-lived lists would set off collections that walk the whole heap."""
+    import gc
+
+    from vapi_proxy.limits.memory import CounterState
+
+    seen: list[bool] = []
+    dump = CounterState.dump
+
+    def watched(self: CounterState) -> dict[str, object]:
+        seen.append(gc.isenabled())
+        return dump(self)
+
+    monkeypatch.setattr(CounterState, "dump", watched)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 1)
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    limiter = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    try:
+        await limiter.reserve(AdmissionRequest(identity=ALICE, profile="support"))
+        await limiter.expire()
+    finally:
+        await limiter.aclose()
+    assert seen == [False]
+    assert gc.isenabled()

@@ -26,6 +26,7 @@ write retried after an unclear failure is harmless.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -262,8 +263,17 @@ class EmbeddedStore:
         """Fold the log into a snapshot (holding the lock, caught up, buffer written)."""
         self._seq = int(conn.execute(_LAST, (self._ns,)).fetchone()[0])
         # orjson: the same compact JSON, several times faster than json.dumps on a big state
-        # (the writer and the lock are held meanwhile).
-        state = orjson.dumps(self._state.dump()).decode()
+        # (the writer and the lock are held meanwhile). The collector is off meanwhile: the
+        # dump's lists (several per reservation, all alive until it is written, none in a
+        # cycle) set off collections that walked the whole heap, the state included (a
+        # 0.57 s one inside a 1.5 s snapshot, measured); they die by reference counting.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            state = orjson.dumps(self._state.dump()).decode()
+        finally:
+            if collecting:
+                gc.enable()
         conn.execute(_SNAPSHOT, (self._ns, self._seq, state, now))
         # Keep the last entry: the next one is numbered after it, and a worker that is behind
         # sees the gap and reloads.
