@@ -189,12 +189,13 @@ async def test_compaction_keeps_every_count(tmp_path: Path, clock: FakeClock) ->
         r = await a.reserve(req())
         if i % 2:
             await a.commit(r, f"c{i}")
-    old = embedded_module.SNAPSHOT_ENTRIES
+    old = embedded_module.SNAPSHOT_ENTRIES, embedded_module.SNAPSHOT_KEEP_ENTRIES
     embedded_module.SNAPSHOT_ENTRIES = 10
+    embedded_module.SNAPSHOT_KEEP_ENTRIES = 0  # b is behind the kept entries: it reloads
     try:
         await a.expire()  # folds the log into a snapshot
     finally:
-        embedded_module.SNAPSHOT_ENTRIES = old
+        embedded_module.SNAPSHOT_ENTRIES, embedded_module.SNAPSHOT_KEEP_ENTRIES = old
     db = Database(url)
     async with db.read() as conn:
         left = (await conn.execute(sa.text("SELECT count(*) FROM limit_log"))).scalar_one()

@@ -33,6 +33,7 @@ async def test_a_short_log_is_not_folded_into_a_big_state(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'limits.db'}"
     monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 10)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_KEEP_ENTRIES", 0)
     limiter = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
     ask = AdmissionRequest(identity=ALICE, profile="support", worst_case_seconds=300)
     try:
@@ -82,3 +83,39 @@ async def test_the_collector_is_off_while_the_snapshot_is_dumped(
         await limiter.aclose()
     assert seen == [False]
     assert gc.isenabled()
+
+
+async def test_a_worker_a_little_behind_catches_up_without_reloading(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entries before a snapshot's are kept a while: the other worker, behind by what was
+    written since its last transaction, reads them instead of reloading the whole snapshot."""
+    from vapi_proxy.limits.embedded import EmbeddedStore
+
+    reloads: list[int] = []
+    reload = EmbeddedStore._reload
+
+    def counted(self: EmbeddedStore, conn: object) -> None:
+        reloads.append(1)
+        reload(self, conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EmbeddedStore, "_reload", counted)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 10)
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    a = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    b = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    ask = AdmissionRequest(identity=ALICE, profile="support", worst_case_seconds=300)
+    try:
+        await b.reserve(ask)  # b starts (one reload: its start) and is then behind a
+        for _ in range(30):
+            await a.reserve(ask)
+        await a.expire()  # a folds its log into a snapshot
+        assert await log_rows(url) > 1
+        started = len(reloads)
+        await b.reserve(ask)
+        assert len(reloads) == started  # caught up from the kept entries
+        counts = {u.what: u.used for u in await b.usage(ALICE, "support")}
+        assert counts == {"quota": 32, "concurrency": 32}
+    finally:
+        await a.aclose()
+        await b.aclose()
