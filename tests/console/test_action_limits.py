@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -251,17 +250,6 @@ def test_a_burst_of_concurrent_actions_is_held_to_the_limit(
 
 
 # --- the action limit across replicas ----------------------------------------------------------
-
-
-@pytest.fixture
-def postgres_ledger() -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres_database()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
 
 
 def test_the_action_limit_holds_across_two_replicas_on_one_ledger(

@@ -6,20 +6,16 @@ it runs. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.support.console import admin_proxy
 from tests.support.http import assert_envelope
 from tests.support.proxy import ProxyFactory
-from tests.support.services import fresh_postgres_database
 from vapi_proxy.auth.api_key import generate_key, hash_key
 from vapi_proxy.console.access import actor_for_hash
 from vapi_proxy.testing import ServerThread
@@ -27,21 +23,6 @@ from vapi_proxy.testing import ServerThread
 ACTIONS_MESSAGE = "Too many admin actions in the last minute; wait a moment."
 LIMIT = 3
 SENDERS_PER_REPLICA = 6
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """One ledger database URL for both replicas."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared-ledger.db'}"
-        return
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres_database()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
 
 
 def _replicas(

@@ -4,32 +4,17 @@ and a console session opened on one is good on the other."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.support.console import admin_proxy
 from tests.support.http import assert_envelope, post
 from tests.support.proxy import ProxyFactory
-from tests.support.services import fresh_postgres_database
 from vapi_proxy.auth.api_key import generate_key
 
 BOUND_SECONDS = 20.0
-
-
-@pytest.fixture
-def postgres_ledger() -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres_database()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
 
 
 def _until(check: Any, what: str) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -150,21 +150,6 @@ def test_a_burst_of_wrong_keys_on_one_proxy_is_held_to_the_limit(
     replies = _burst_of_wrong_keys([server], 10)
     _held_to_the_limit([server], replies)
     _then_the_right_key_waits_and_neighbours_do_not([server])
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """One ledger database URL for both replicas."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared-ledger.db'}"
-        return
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres_database()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
 
 
 def test_a_burst_of_wrong_keys_on_two_replicas_is_held_to_the_limit_in_total(

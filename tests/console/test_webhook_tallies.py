@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ import sqlalchemy as sa
 
 from tests.support.console import admin_proxy
 from tests.support.proxy import ProxyFactory
-from tests.support.services import fresh_postgres_database
 from tests.support.webhooks import on_server, runtime, write_secret
 from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.ledger.engine import Database
@@ -30,21 +29,6 @@ from vapi_proxy.testing import ServerThread
 from vapi_proxy.webhooks.stats import BUCKET_SECONDS, WebhookStats, WebhookTallies
 
 SECRET = "tallies-webhook-secret-0123456789"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """One ledger database URL for every replica of a test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared-ledger.db'}"
-        return
-    loop = asyncio.new_event_loop()
-    database = fresh_postgres_database()
-    try:
-        yield loop.run_until_complete(database.__aenter__())
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
 
 
 Replica = Callable[[], ServerThread]
