@@ -71,16 +71,34 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _lock_key(actor: str) -> int:
-    """An actor's advisory lock key: a signed 32-bit hash of their name."""
-    return int.from_bytes(hashlib.sha256(actor[:128].encode()).digest()[:4], "big", signed=True)
+def _lock_key(name: str) -> int:
+    """An advisory lock key: a signed 32-bit hash of `name` (an actor's name; for a client
+    address, `sign-in:<address>`)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
 
 
-def _address_lock_key(client: str) -> int:
-    """A client address's advisory lock key (under `SIGN_IN_LOCK_CLASS`)."""
-    return int.from_bytes(
-        hashlib.sha256(b"sign-in:" + client[:64].encode()).digest()[:4], "big", signed=True
-    )
+def _audit_row(
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    outcome: str,
+    target: str | None = None,
+    client: str | None = None,
+    request_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An `admin_audit` row's values, each cut to its column."""
+    return {
+        "at": at,
+        "actor": actor[:128],
+        "action": action[:64],
+        "target": None if target is None else target[:512],
+        "outcome": outcome[:16],
+        "client": None if client is None else client[:64],
+        "request_id": request_id,
+        "detail": detail,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,19 +184,18 @@ class ConsoleStore:
         detail: dict[str, Any] | None = None,
         now: datetime | None = None,
     ) -> None:
+        row = _audit_row(
+            at=now or utc_now(),
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            target=target,
+            client=client,
+            request_id=request_id,
+            detail=detail,
+        )
         async with self._db.write() as conn:
-            await conn.execute(
-                admin_audit.insert().values(
-                    at=now or utc_now(),
-                    actor=actor[:128],
-                    action=action[:64],
-                    target=None if target is None else target[:512],
-                    outcome=outcome[:16],
-                    client=None if client is None else client[:64],
-                    request_id=request_id,
-                    detail=detail,
-                )
-            )
+            await conn.execute(admin_audit.insert().values(**row))
 
     async def reserve_action(
         self,
@@ -208,29 +225,22 @@ class ConsoleStore:
             .select_from(admin_audit)
             .where(admin_audit.c.actor == actor[:128], admin_audit.c.at >= now - ACTION_WINDOW)
         )
+        values = _audit_row(
+            at=now,
+            actor=actor,
+            action=action,
+            outcome=PENDING,
+            target=target,
+            client=client,
+            request_id=request_id,
+            detail=detail,
+        )
         async with self._db.write() as conn:
-            if self._db.dialect == "postgresql":
-                # Each statement must see what committed before it, the lock holder's row
-                # included, whatever the server's default isolation is.
-                await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
-                await conn.execute(
-                    sa.select(sa.func.pg_advisory_xact_lock(ACTION_LOCK_CLASS, _lock_key(actor)))
-                )
+            await self._take_turn(conn, ACTION_LOCK_CLASS, actor[:128])
             if int((await conn.execute(count)).scalar_one()) >= limit:
                 return None
             row = await conn.execute(
-                admin_audit.insert()
-                .values(
-                    at=now,
-                    actor=actor[:128],
-                    action=action[:64],
-                    target=None if target is None else target[:512],
-                    outcome=PENDING,
-                    client=None if client is None else client[:64],
-                    request_id=request_id,
-                    detail=detail,
-                )
-                .returning(admin_audit.c.id)
+                admin_audit.insert().values(**values).returning(admin_audit.c.id)
             )
             return int(row.scalar_one())
 
@@ -270,33 +280,35 @@ class ConsoleStore:
             )
         )
         async with self._db.write() as conn:
-            if self._db.dialect == "postgresql":
-                await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
-                await conn.execute(
-                    sa.select(
-                        sa.func.pg_advisory_xact_lock(
-                            SIGN_IN_LOCK_CLASS, _address_lock_key(address)
-                        )
-                    )
-                )
+            await self._take_turn(conn, SIGN_IN_LOCK_CLASS, f"sign-in:{address}")
             if int((await conn.execute(count)).scalar_one()) >= limit:
                 return None
             verdict = judge()
             if verdict == "ok":
                 return SignInSlot("ok")
-            row = await conn.execute(
-                admin_audit.insert()
-                .values(
-                    at=now,
-                    actor=UNKNOWN_ACTOR,
-                    action=SIGN_IN,
-                    outcome=REFUSED if verdict == REFUSED else PENDING,
-                    client=address,
-                    request_id=request_id,
-                )
-                .returning(admin_audit.c.id)
+            outcome = REFUSED if verdict == REFUSED else PENDING
+            values = _audit_row(
+                at=now,
+                actor=UNKNOWN_ACTOR,
+                action=SIGN_IN,
+                outcome=outcome,
+                client=address,
+                request_id=request_id,
             )
-            return SignInSlot(REFUSED if verdict == REFUSED else PENDING, int(row.scalar_one()))
+            row = await conn.execute(
+                admin_audit.insert().values(**values).returning(admin_audit.c.id)
+            )
+            return SignInSlot(outcome, int(row.scalar_one()))
+
+    async def _take_turn(self, conn: Any, lock_class: int, name: str) -> None:
+        """PostgreSQL: wait for `name`'s advisory lock in `lock_class` until this transaction
+        ends, and see what committed before each statement (the previous holder's row included,
+        whatever the server's default isolation). SQLite: nothing to do, the transaction
+        already holds the database's write lock (`BEGIN IMMEDIATE`)."""
+        if self._db.dialect != "postgresql":
+            return
+        await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_class, _lock_key(name))))
 
     async def drop_sign_in(self, row_id: int) -> None:
         """Remove a pending sign-in attempt whose credential proved valid: it is not held
