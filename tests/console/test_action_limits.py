@@ -362,17 +362,7 @@ async def test_concurrent_reservations_on_two_replicas_take_at_most_the_limit(
 async def test_reservations_hold_on_a_server_whose_default_isolation_is_repeatable_read() -> None:
     """PostgreSQL configured with `default_transaction_isolation = 'repeatable read'`: the
     reservation's transaction still reads what committed while it waited for the lock."""
-    import asyncpg
-
-    async with fresh_postgres_database() as url:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            name = url.rsplit("/", 1)[1]
-            await conn.execute(
-                f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
-            )
-        finally:
-            await conn.close()
+    async with fresh_postgres_database(default_isolation="repeatable read") as url:
         await _reserve_at_once(url)
 
 

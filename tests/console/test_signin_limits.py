@@ -243,17 +243,7 @@ async def test_attempts_at_once_on_two_engines_check_at_most_the_limit_of_keys(
 async def test_attempts_hold_on_a_server_whose_default_isolation_is_repeatable_read() -> None:
     """PostgreSQL configured with `default_transaction_isolation = 'repeatable read'`: each
     attempt's transaction still counts what committed while it waited for the address's lock."""
-    import asyncpg
-
-    async with fresh_postgres_database() as url:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            name = url.rsplit("/", 1)[1]
-            await conn.execute(
-                f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
-            )
-        finally:
-            await conn.close()
+    async with fresh_postgres_database(default_isolation="repeatable read") as url:
         await _attempts_at_once(url)
 
 

@@ -63,8 +63,10 @@ def redis_url() -> str:
 
 
 @asynccontextmanager
-async def fresh_postgres_database() -> AsyncIterator[str]:
-    """A new empty database on the test server, dropped afterwards."""
+async def fresh_postgres_database(*, default_isolation: str | None = None) -> AsyncIterator[str]:
+    """A new empty database on the test server, dropped afterwards. `default_isolation`
+    (e.g. `repeatable read`): the database's `default_transaction_isolation`, for code that
+    must hold whatever the server's default is."""
     import asyncpg
 
     base = postgres_url()
@@ -73,6 +75,11 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
     conn = await asyncpg.connect(admin_dsn, timeout=10)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
+        if default_isolation is not None:
+            await conn.execute(
+                f'ALTER DATABASE "{name}" SET default_transaction_isolation = '
+                f"'{default_isolation}'"
+            )
     finally:
         await conn.close()
     try:
