@@ -72,10 +72,9 @@ def unavailable_on(
                 try:
                     async with asyncio.timeout(self.deadline):
                         return await fn(self, *args, **kwargs)
-                except TimeoutError as exc:
-                    self.deadline_misses += 1
-                    raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
                 except caught as exc:
+                    if isinstance(exc, TimeoutError):
+                        self.deadline_misses += 1
                     raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
             finally:
                 self.slots.release()
