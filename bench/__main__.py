@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--experiments",
         action="store_true",
-        help="also run the proxy with its ledger write skipped (what the rest costs)",
+        help="also run the experiments: the proxy with its ledger write skipped (what the rest"
+        " costs), and the bare pass-through and jwt+limits under granian (when importable)",
     )
     parser.add_argument(
         "--upstream",

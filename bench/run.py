@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from bench import load, procs, setups
+from bench import granian_app, load, procs, setups
 from bench.procs import Service
 
 # The server under test (a proxy or a baseline) gets CPU 0 to itself; the load generator and
@@ -27,6 +27,7 @@ from bench.procs import Service
 SERVER_CPU, LOAD_CPU, UPSTREAM_CPU = 0, 1, 1
 SIM_CPU = UPSTREAM_CPU  # the simulator, when it is the upstream (and for bench.profile)
 ROOT = Path(__file__).resolve().parents[1]
+GRANIAN_SKIPPED = "granian is not importable (pip install granian): experiment skipped"
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,15 @@ def _start_targets(
             log(f"{variant.name}: {target.error}")
         targets.append(target)
 
-    for variant in setups.baselines():
-        if plan.only and variant.name not in plan.only and not plan.baselines_always:
+    granian_missing = not granian_app.available()
+    for variant in setups.baselines(experiments=plan.experiments):
+        # The baselines always run (the ratios need them); an experimental one only if named.
+        always = plan.baselines_always and not variant.name.startswith("exp:")
+        if plan.only and variant.name not in plan.only and not always:
+            continue
+        if variant.server == "granian" and granian_missing:
+            notes[variant.name] = GRANIAN_SKIPPED
+            log(f"{variant.name}: {GRANIAN_SKIPPED}")
             continue
         port = procs.free_port()
         config = None
@@ -230,10 +238,23 @@ def _start_targets(
     for variant in variants:
         if plan.only and variant.name not in plan.only:
             continue
+        if variant.server == "granian" and granian_missing:
+            notes[variant.name] = GRANIAN_SKIPPED
+            log(f"{variant.name}: {GRANIAN_SKIPPED}")
+            continue
         cfg = setups.write_proxy_config(tmp, variant)
         port = procs.free_port()
         extra = {"PYTHONPATH": bench_path} if variant.module.startswith("bench.") else {}
-        cmd = setups.proxy_command(cfg, port, variant.module, variant.workers)
+        if variant.server == "granian":
+            # The app built as `serve` builds it in a worker (bench/granian_app.py).
+            cmd = granian_app.granian_command("bench.granian_app:app", port, factory=True) or []
+            extra = {
+                "PYTHONPATH": bench_path,
+                granian_app.CONFIG_ENV: str(cfg),
+                granian_app.METRICS_ENV: str(tmp / f"metrics-{port}"),
+            }
+        else:
+            cmd = setups.proxy_command(cfg, port, variant.module, variant.workers)
         start(variant, cmd, port, extra)
     return targets, upstream, notes
 

@@ -22,6 +22,7 @@ PRIVATE_KEY = "bench-" + uuid.uuid4().hex  # the simulator's private key, for th
 PROFILE = "bench"
 FULL = "jwt+limits"  # the issue's full policy: JWT + limits with rules + SQLite ledger
 WORKER, BARE = "worker", "bare-starlette"  # the two baselines every variant is compared with
+GRANIAN_BARE = "exp:granian-bare"  # `bare-starlette` under granian (an experiment)
 CLIENT_BODY = json.dumps({"assistantId": PROFILE}).encode()
 # What the proxy sends upstream for that body, roughly: the simulator sees the same shape direct.
 DIRECT_BODY = json.dumps(
@@ -65,6 +66,7 @@ class Variant:
     needs_services: bool = False
     module: str = "vapi_proxy"  # what `python -m` runs: bench.nowrite for the experiment
     workers: int = 1  # `serve --workers`
+    server: str = "uvicorn"  # or "granian" (the exp:granian-* variants, bench/granian_app.py)
 
 
 def sandbox_config() -> dict[str, Any]:
@@ -188,6 +190,17 @@ def proxy_variants(
                 headers=bearer,
                 config={**full, "ledger": {"url": f"sqlite:///{tmp / 'nowrite.db'}"}},
                 module="bench.nowrite",
+            )
+        )
+        variants.append(
+            Variant(
+                "exp:granian-" + FULL,
+                "experiment: jwt+limits under granian (ASGI, 1 worker, uvloop) instead of"
+                " uvicorn; granian is not a dependency",
+                "proxy",
+                headers=bearer,
+                config={**full, "ledger": {"url": f"sqlite:///{tmp / 'granian.db'}"}},
+                server="granian",
             )
         )
     if services is not None and bench_db is not None:
@@ -318,10 +331,21 @@ def upstream_variant() -> Variant:
     )
 
 
-def baselines() -> list[Variant]:
+def baselines(*, experiments: bool = False) -> list[Variant]:
     """The peers, sent the same client body as the proxy: the guide's Worker in workerd and a
-    bare pass-through on the proxy's stack (and on aiohttp.web alone)."""
+    bare pass-through on the proxy's stack (and on aiohttp.web alone); with `experiments`, the
+    bare pass-through under granian too."""
     plain = {"Content-Type": "application/json"}
+    granian = [
+        Variant(
+            GRANIAN_BARE,
+            "experiment: the bare Starlette pass-through under granian (ASGI, 1 worker, uvloop)",
+            "baseline",
+            headers=plain,
+            module="bench.bare_starlette",
+            server="granian",
+        )
+    ]
     return [
         Variant(WORKER, "the guide's Worker in workerd (the peer)", "baseline", headers=plain),
         Variant(
@@ -338,7 +362,7 @@ def baselines() -> list[Variant]:
             headers=plain,
             module="bench.bare_aiohttp",
         ),
-    ]
+    ] + (granian if experiments else [])
 
 
 def workerd_binary() -> Path | None:
@@ -360,6 +384,13 @@ def workerd_files(tmp: Path, port: int) -> Path:
 
 
 def baseline_command(variant: Variant, config: Path | None, port: int) -> list[str]:
+    if variant.server == "granian":
+        from bench.granian_app import granian_command
+
+        cmd = granian_command(f"{variant.module}:app", port)
+        if cmd is None:
+            raise RuntimeError("granian is not importable (pip install granian)")
+        return cmd
     if variant.name == WORKER:
         binary = workerd_binary()
         if binary is None or config is None:
