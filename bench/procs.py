@@ -55,21 +55,38 @@ class ProcSample:
     processes: int = 1
     root_rss_kb: int = 0  # of `pid` itself: `serve`'s supervisor when it runs workers
     total_rss_kb: int = 0  # of the whole tree
+    # VmRSS = RssAnon (the heap: Python objects, malloc) + RssFile (mapped file pages, e.g.
+    # the ledger's SQLite file under its mmap) + RssShmem; of the same (largest) process.
+    # A leak shows in RssAnon; RssFile grows with a mapped file and is given back under pressure.
+    rss_anon_kb: int = 0
+    rss_file_kb: int = 0
 
 
-def _one(pid: int) -> tuple[float, int, int, int]:
-    """(cpu seconds, rss kB, peak rss kB, parent pid) of one process."""
+@dataclass(frozen=True, slots=True)
+class _Mem:
+    rss: int = 0  # VmRSS, kB
+    peak: int = 0  # VmHWM
+    anon: int = 0  # RssAnon
+    file: int = 0  # RssFile
+
+
+def memory(pid: int) -> _Mem:
+    """VmRSS, VmHWM, RssAnon and RssFile of one process, kB (/proc/PID/status)."""
+    fields = {"VmRSS:": 0, "VmHWM:": 0, "RssAnon:": 0, "RssFile:": 0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        parts = line.split()  # "VmRSS:\t  2160 kB"
+        if len(parts) > 1 and parts[0] in fields:
+            fields[parts[0]] = int(parts[1])
+    return _Mem(fields["VmRSS:"], fields["VmHWM:"], fields["RssAnon:"], fields["RssFile:"])
+
+
+def _one(pid: int) -> tuple[float, _Mem, int]:
+    """(cpu seconds, memory, parent pid) of one process."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # Fields after the parenthesised command name; ppid is field 4, utime and stime 14 and 15.
     rest = stat[stat.rindex(")") + 2 :].split()
     ticks = int(rest[11]) + int(rest[12])
-    rss = peak = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-        elif line.startswith("VmHWM:"):
-            peak = int(line.split()[1])
-    return ticks / CLK_TCK, rss, peak, int(rest[1])
+    return ticks / CLK_TCK, memory(pid), int(rest[1])
 
 
 def _descendants(pid: int) -> list[int]:
@@ -94,19 +111,22 @@ def _descendants(pid: int) -> list[int]:
 def sample(pid: int) -> ProcSample:
     """CPU of `pid` and its descendants (a server that runs its workers under a supervisor,
     like `vapi-proxy serve`, is measured whole), memory of its largest process."""
-    cpu, rss, peak, _ = _one(pid)
-    root, total = rss, rss
+    cpu, largest, _ = _one(pid)
+    root = total = largest.rss
+    peak = largest.peak
     count = 1
     for child in _descendants(pid):
         try:
-            c_cpu, c_rss, c_peak, _ = _one(child)
+            c_cpu, c_mem, _ = _one(child)
         except (OSError, ValueError):
             continue
         cpu += c_cpu
-        rss, peak = max(rss, c_rss), max(peak, c_peak)
-        total += c_rss
+        if c_mem.rss > largest.rss:
+            largest = c_mem
+        peak = max(peak, c_mem.peak)
+        total += c_mem.rss
         count += 1
-    return ProcSample(cpu, rss, peak, count, root, total)
+    return ProcSample(cpu, largest.rss, peak, count, root, total, largest.anon, largest.file)
 
 
 class Service:

@@ -159,6 +159,10 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
 
 
+def _signed(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.1f}"
+
+
 def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any]) -> str:
     plan = raw["plan"]
     lines = [
@@ -207,8 +211,9 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
             )
     lines += [
         "",
-        "| variant | what | processes | RSS MB (largest) | peak RSS MB | supervisor RSS MB |",
-        "|---|---|---:|---:|---:|---:|",
+        "| variant | what | processes | RSS MB (largest) | of which RssAnon MB | RssFile MB"
+        " | peak RSS MB | supervisor RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for v in raw["variants"]:
         if v["error"]:
@@ -216,14 +221,17 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
             continue
         lines.append(
             f"| {v['name']} | {labels[v['name']]} | {v.get('processes') or '–'} | "
-            f"{_fmt(v.get('rss_mb'), 0)} | {_fmt(v.get('peak_rss_mb'), 0)} | "
+            f"{_fmt(v.get('rss_mb'), 0)} | {_fmt(v.get('rss_anon_mb'), 0)} | "
+            f"{_fmt(v.get('rss_file_mb'), 0)} | {_fmt(v.get('peak_rss_mb'), 0)} | "
             f"{_fmt(v.get('supervisor_rss_mb'), 0)} |"
         )
     lines.append(
         "\nCPU µs/req is the measured server process tree only (the nginx stub for `upstream`,"
         " workerd for `worker`, the proxy with its supervisor and workers otherwise), from /proc"
-        " utime+stime over all threads. RSS: the largest process of the tree at the end of the"
-        " run; supervisor: `vapi-proxy serve`'s own process, which starts the workers."
+        " utime+stime over all threads. RSS: VmRSS of the largest process of the tree at the end"
+        " of the run, split into RssAnon (the heap) and RssFile (mapped files: shared libraries"
+        " and, in the proxy, the ledger's SQLite file under its mmap); supervisor: `vapi-proxy"
+        " serve`'s own process, which starts the workers."
     )
     sustained = [v for v in raw["variants"] if v.get("sustained")]
     if sustained:
@@ -231,16 +239,24 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
             "",
             "## Memory over a sustained run (c=16)",
             "",
-            "| variant | seconds | requests | RSS MB, sampled every 2 s | growth MB"
-            " (median of 2nd half − 1st) | KB per 1,000 requests |",
-            "|---|---:|---:|---|---:|---:|",
+            "Sampled every 2 s. Growth: median of the 2nd half of the samples − the 1st's."
+            " A leak shows in RssAnon (the heap); VmRSS = RssAnon + RssFile (+ shared), and"
+            " RssFile grows with the ledger's file, mapped by SQLite up to `mmap_size`.",
+            "",
+            "| variant | seconds | requests | RssAnon MB | RssAnon growth MB"
+            " | KB per 1,000 requests (RssAnon) | VmRSS MB | VmRSS growth MB"
+            " | RssFile growth MB |",
+            "|---|---:|---:|---|---:|---:|---|---:|---:|",
         ]
         for v in sustained:
             s_ = v["sustained"]
-            series = " ".join(f"{x:g}" for x in s_["rss_mb"])
+            rss = " ".join(f"{x:g}" for x in s_["rss_mb"])
+            anon = " ".join(f"{x:g}" for x in s_.get("rss_anon_mb", [])) or "–"
             lines.append(
-                f"| {v['name']} | {s_['seconds']:g} | {s_['requests']:,} | {series} | "
-                f"{s_['growth_mb']:+.1f} | {s_['kb_per_1000_requests']:.2f} |"
+                f"| {v['name']} | {s_['seconds']:g} | {s_['requests']:,} | {anon} | "
+                f"{_signed(s_.get('anon_growth_mb'))} | "
+                f"{_fmt(s_.get('anon_kb_per_1000_requests'))} | {rss} | "
+                f"{_signed(s_['growth_mb'])} | {_signed(s_.get('file_growth_mb'))} |"
             )
     lines += ["", "## Goals", "", "| goal | achieved | target | met |", "|---|---:|---:|---|"]
     for g in summary["goals"]:

@@ -286,6 +286,8 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
                         (up_after.cpu_seconds - up_before.cpu_seconds) / n * 1e6
                     )
                     row["rss_mb"] = round(after.rss_kb / 1024, 1)
+                    row["rss_anon_mb"] = round(after.rss_anon_kb / 1024, 1)
+                    row["rss_file_mb"] = round(after.rss_file_kb / 1024, 1)
                     row["repeat"] = r
                     points[t.variant.name][c].append(row)
                     log(
@@ -324,6 +326,8 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
                 "error": t.error,
                 "peak_rss_mb": _mb(samples, t.variant.name, "peak_rss_kb"),
                 "rss_mb": _mb(samples, t.variant.name, "rss_kb"),
+                "rss_anon_mb": _mb(samples, t.variant.name, "rss_anon_kb"),
+                "rss_file_mb": _mb(samples, t.variant.name, "rss_file_kb"),
                 "supervisor_rss_mb": _mb(samples, t.variant.name, "root_rss_kb")
                 if t.variant.kind == "proxy"
                 else None,
@@ -358,20 +362,41 @@ def _sustain(
     step: float = 2.0,
 ) -> dict[str, Any]:
     """Load at c=16 for `seconds` (in `step`-second runs, a bounded count) and sample the
-    server's RSS after each: a leak shows as a slope, not a peak."""
+    server's memory after each: a leak shows as a slope, not a peak, and in RssAnon (the heap);
+    VmRSS also counts mapped file pages (RssFile: the ledger's SQLite file under its mmap),
+    which grow with the file up to the map's size and are not a leak."""
     assert target.service is not None
-    rss: list[float] = [round(target.service.sample().rss_kb / 1024, 1)]
+    series: dict[str, list[float]] = {"rss_mb": [], "rss_anon_mb": [], "rss_file_mb": []}
+
+    def take() -> None:
+        now = target.service.sample()  # type: ignore[union-attr]
+        series["rss_mb"].append(round(now.rss_kb / 1024, 1))
+        series["rss_anon_mb"].append(round(now.rss_anon_kb / 1024, 1))
+        series["rss_file_mb"].append(round(now.rss_file_kb / 1024, 1))
+
+    take()
     requests = 0
     for _ in range(max(1, min(600, round(seconds / step)))):
         requests += loader(target, 16, step).requests
-        rss.append(round(target.service.sample().rss_kb / 1024, 1))
-    half = len(rss) // 2
-    growth = statistics.median(rss[half:]) - statistics.median(rss[: half or 1])
-    log(f"sustained {target.variant.name}: {requests} requests, RSS {rss[0]} → {rss[-1]} MB")
+        take()
+
+    def growth(values: list[float]) -> float:
+        half = len(values) // 2
+        return statistics.median(values[half:]) - statistics.median(values[: half or 1])
+
+    rss, anon = series["rss_mb"], series["rss_anon_mb"]
+    log(
+        f"sustained {target.variant.name}: {requests} requests, RssAnon {anon[0]} → {anon[-1]}"
+        f" MB, VmRSS {rss[0]} → {rss[-1]} MB"
+    )
+    per_1000 = 1024 / max(1, requests) * 1000
     return {
         "seconds": seconds,
         "requests": requests,
-        "rss_mb": rss,
-        "growth_mb": round(growth, 1),
-        "kb_per_1000_requests": round(growth * 1024 / max(1, requests) * 1000, 2),
+        **series,
+        "growth_mb": round(growth(rss), 1),  # VmRSS
+        "kb_per_1000_requests": round(growth(rss) * per_1000, 2),
+        "anon_growth_mb": round(growth(anon), 1),  # the heap: what "flat" is judged on
+        "anon_kb_per_1000_requests": round(growth(anon) * per_1000, 2),
+        "file_growth_mb": round(growth(series["rss_file_mb"]), 1),
     }

@@ -92,6 +92,8 @@ def test_summary_reports_ratios_against_both_baselines_and_the_goals() -> None:
             "error": None,
             "peak_rss_mb": 90,
             "rss_mb": 80,
+            "rss_anon_mb": 60,
+            "rss_file_mb": 19,
             "supervisor_rss_mb": 30,
             "processes": 2,
             "points": points,
@@ -99,8 +101,13 @@ def test_summary_reports_ratios_against_both_baselines_and_the_goals() -> None:
                 "seconds": 4,
                 "requests": 100,
                 "rss_mb": [80, 80, 81],
+                "rss_anon_mb": [61, 62, 62],
+                "rss_file_mb": [18, 19, 20],
                 "growth_mb": 0.5,
                 "kb_per_1000_requests": 5.0,
+                "anon_growth_mb": 0.0,
+                "anon_kb_per_1000_requests": 0.0,
+                "file_growth_mb": 0.5,
             }
             if name == "jwt+limits"
             else None,
@@ -143,6 +150,42 @@ def test_summary_reports_ratios_against_both_baselines_and_the_goals() -> None:
     text = report.markdown(raw, summary, {"stream_bench": {"skipped": "absent"}})
     assert "| jwt+limits | 16 | 0.30 | 0.38 | 3.00 | 2.40 |" in text
     assert "80 80 81" in text and "absent" in text
+    assert "| jwt+limits | 4 | 100 | 61 62 62 | +0.0 | 0.00 | 80 80 81 | +0.5 | +0.5 |" in text
+    assert "| 2 | 80 | 60 | 19 | 90 | 30 |" in text  # VmRSS, RssAnon, RssFile, peak, supervisor
+    # A report saved before RssAnon was sampled still renders, with dashes.
+    for v in raw["variants"]:
+        sustained = v["sustained"]
+        if sustained:
+            for key in list(sustained):
+                if "anon" in key or "file" in key:
+                    del sustained[key]
+    old = report.markdown(raw, summary, {})
+    assert "| jwt+limits | 4 | 100 | – | – | – | 80 80 81 | +0.5 | – |" in old
+
+
+def test_memory_splits_vmrss_into_the_heap_and_mapped_files() -> None:
+    mem = procs.memory(os.getpid())
+    assert mem.rss > 0 and mem.anon > 0 and mem.file > 0
+    assert mem.anon + mem.file <= mem.rss <= mem.peak
+    sample = procs.sample(os.getpid())
+    assert sample.rss_anon_kb > 0 and sample.rss_file_kb > 0
+
+
+def test_granian_variants_are_experiments_skipped_without_granian(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import granian_app
+
+    assert all(v.server == "uvicorn" for v in setups.baselines())
+    granian = [v for v in setups.baselines(experiments=True) if v.server == "granian"]
+    assert [v.name for v in granian] == [setups.GRANIAN_BARE]
+    if granian_app.available():
+        cmd = setups.baseline_command(granian[0], None, 8080)
+        assert cmd[1:3] == ["-m", "granian"] and cmd[-1] == "bench.bare_starlette:app"
+    monkeypatch.setattr(granian_app, "available", lambda: False)
+    assert granian_app.granian_command("bench.granian_app:app", 8080, factory=True) is None
+    with pytest.raises(RuntimeError, match="granian is not importable"):
+        setups.baseline_command(granian[0], None, 8080)
 
 
 def test_stub_call_is_a_call_of_about_1_5_kb_with_nginx_request_id() -> None:
