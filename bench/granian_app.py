@@ -27,8 +27,9 @@ def available() -> bool:
 
 def granian_command(target: str, port: int, *, factory: bool = False) -> list[str] | None:
     """granian on 127.0.0.1:`port`, ASGI, HTTP/1 only, one worker, uvloop (as uvicorn picks it
-    here), one runtime thread, access log off, warnings only: the settings `serve` gives uvicorn.
-    (`--http auto` also sniffs for HTTP/2, which uvicorn does not serve: it cost ≈10 % CPU.)"""
+    here), one runtime thread, access log off, warnings only: the settings `serve` gives uvicorn,
+    which serves HTTP/1.1 only. (Neither `--http auto`, `--runtime-mode st` nor `--task-impl
+    rust` measured cheaper on the pass-through; BENCH_GRANIAN_ARGS tries others.)"""
     if not available():
         return None
     cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--http", "1"]
