@@ -98,16 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         variant = variants[args.variant]
         p = procs.free_port()
+        cmd, extra = setups.proxy_launch(variant, setups.write_proxy_config(tmp, variant), p, tmp)
         proxy = Service(
             variant.name,
-            setups.proxy_command(
-                setups.write_proxy_config(tmp, variant), p, variant.module, variant.workers
-            ),
+            cmd,
             port=p,
             log=RAW / f"profile-proxy-{variant.name}.log",
             cpu=SERVER_CPU,
             env={
                 **src_env,
+                **extra,
                 "VAPI_API_KEY": setups.PRIVATE_KEY,
                 "VAPI_BASE_URL": upstream_url,
                 # bench.nowrite (the experiment) must be importable from the temp dir

@@ -244,17 +244,9 @@ def _start_targets(
             continue
         cfg = setups.write_proxy_config(tmp, variant)
         port = procs.free_port()
-        extra = {"PYTHONPATH": bench_path} if variant.module.startswith("bench.") else {}
-        if variant.server == "granian":
-            # The app built as `serve` builds it in a worker (bench/granian_app.py).
-            cmd = granian_app.granian_command("bench.granian_app:app", port, factory=True) or []
-            extra = {
-                "PYTHONPATH": bench_path,
-                granian_app.CONFIG_ENV: str(cfg),
-                granian_app.METRICS_ENV: str(tmp / f"metrics-{port}"),
-            }
-        else:
-            cmd = setups.proxy_command(cfg, port, variant.module, variant.workers)
+        cmd, extra = setups.proxy_launch(variant, cfg, port, tmp)
+        if variant.module.startswith("bench.") or variant.server == "granian":
+            extra["PYTHONPATH"] = bench_path
         start(variant, cmd, port, extra)
     return targets, upstream, notes
 

@@ -234,6 +234,26 @@ def proxy_command(
     return cmd + (["--workers", str(workers)] if workers != 1 else [])
 
 
+def proxy_launch(
+    variant: Variant, config: Path, port: int, tmp: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The command that serves proxy `variant` and the environment it needs beyond the bench's
+    own (PYTHONPATH excepted): `vapi-proxy serve` (or a `bench.` module with the same CLI), or,
+    for the granian experiment, granian building the app as `serve`'s workers do."""
+    if variant.server != "granian":
+        return proxy_command(config, port, variant.module, variant.workers), {}
+    from bench import granian_app
+
+    cmd = granian_app.granian_command("bench.granian_app:app", port, factory=True)
+    if cmd is None:
+        raise RuntimeError("granian is not importable (pip install granian)")
+    env = {
+        granian_app.CONFIG_ENV: str(config),
+        granian_app.METRICS_ENV: str(tmp / f"metrics-{port}"),
+    }
+    return cmd, env
+
+
 def sandbox_command(config: Path, port: int) -> list[str]:
     return [
         sys.executable,
