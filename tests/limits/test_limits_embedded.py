@@ -4,6 +4,7 @@ settlements ride on the ledger's writes, and an upgrade carries the SQL store's 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,15 +13,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.limits.test_limits_state import OLD_SNAPSHOT, PEOPLE, SNAPSHOT_RULES, START
 from tests.support.limits import FakeClock
 from vapi_proxy.auth.identity import Identity
 from vapi_proxy.errors import ServiceUnavailableError, TooManyRequestsError
 from vapi_proxy.ledger import Ledger, LedgerEvent, upgrade_async
 from vapi_proxy.ledger.engine import Database
+from vapi_proxy.ledger.schema import limit_log, limit_state
 from vapi_proxy.limits import AdmissionRequest, Limiter, LimitsSettings, create_limiter
 from vapi_proxy.limits.config import LimitRule
 from vapi_proxy.limits.core import StoreLimiter, make_plan
-from vapi_proxy.limits.embedded import EmbeddedStore
+from vapi_proxy.limits.embedded import EmbeddedStore, write_snapshot
 
 ALICE = Identity(subject="alice", method="jwt")
 RULES: list[dict[str, Any]] = [
@@ -321,3 +324,43 @@ async def test_a_reservation_whose_transaction_fails_takes_nothing(
     for _ in range(2):
         await limiter.reserve(req())  # concurrency 2: both slots free again
     await limiter.aclose()
+
+
+async def test_an_old_snapshot_loads_and_the_state_stays_out_of_the_collectors_sight(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A snapshot row as deployments hold it (written when records were dataclasses) loads
+    as it was; what the store then takes, and what another worker replays from the log, is
+    kept in objects the garbage collector stops tracking (`test_limits_state`)."""
+    old = json.loads(OLD_SNAPSHOT.read_text())
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    db = Database(url)
+
+    def deployed(conn: sa.Connection) -> None:
+        limit_log.create(conn)
+        limit_state.create(conn)
+        write_snapshot(conn, "vapi-proxy", old, START)
+
+    await db.run_write(deployed)
+    await db.aclose()
+    clock.t = START + 10
+    settings = LimitsSettings(backend=url, rules=SNAPSHOT_RULES, grace_seconds=30)
+    a = create_limiter(settings, clock=clock)
+    b = create_limiter(settings, clock=clock)
+    await a.health()
+    await b.health()
+    stores = [a.store, b.store]
+    assert all(s._state.dump() == old for s in stores)  # type: ignore[attr-defined]
+    c = PEOPLE[2]  # r3 (expired) and r5 (pending, 10 minutes and $0.50 held)
+    usage = {u.what: u.used for u in await a.usage(c, "p") if u.rule == "r"}
+    assert usage == {"rate": 0, "quota": 2, "minutes": 10, "usd": 1.0, "concurrency": 1}
+    r = await a.reserve(AdmissionRequest(c, "p", worst_case_seconds=60, estimated_cost_usd=0.5))
+    await a.commit(r, "call-new")
+    assert {u.what: u.used for u in await b.usage(c, "p") if u.rule == "r"}["concurrency"] == 2
+    for _ in range(3):  # see test_the_held_state_is_out_of_the_collectors_sight
+        gc.collect()
+    for s in stores:
+        records = s._state.records  # type: ignore[attr-defined]
+        assert r.id in records and not [x for x in records.values() if gc.is_tracked(x)]
+    await a.aclose()
+    await b.aclose()

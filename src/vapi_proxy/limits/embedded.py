@@ -44,7 +44,6 @@ from sqlalchemy import Connection
 
 from vapi_proxy.ledger.engine import Batch, Database, async_url, raw_connection, redact
 from vapi_proxy.ledger.schema import limit_log, limit_state
-from vapi_proxy.limits.base import Hold
 from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.limits.core import (
     MICRO_USD,
@@ -54,7 +53,7 @@ from vapi_proxy.limits.core import (
     Shortfall,
     StoreUnavailableError,
 )
-from vapi_proxy.limits.memory import LIVE, CounterState
+from vapi_proxy.limits.memory import LIVE, STATE, CounterState, hold_rows
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -212,9 +211,9 @@ class EmbeddedStore:
             if rid not in st.records:
                 if len(e) == 7:  # the first format: [rule, what, key, amount] + {key: until}
                     holds = [[w, k, n, e[6].get(k, 0)] for _, w, k, n in holds]
-                hs = [Hold("", what, key, n) for what, key, n, _ in holds]
+                rows = tuple([("", what, key, n) for what, key, n, _ in holds])
                 untils = {key: until for _, key, _, until in holds}
-                st.take(rid, hs, untils, now=now, expires_at=expires_at, keep_until=keep_until)
+                st.take(rid, rows, untils, now=now, expires_at=expires_at, keep_until=keep_until)
         elif op == "c":
             st.commit(e[1], e[2])
         elif op == "x":
@@ -320,7 +319,7 @@ class EmbeddedStore:
         """Commits and settlements the ledger has and the log may not (a worker killed before
         its buffer was written): match open reservations with their calls."""
         st = self._state
-        open_rids = [rid for rid, rec in st.records.items() if rec.state in OPEN]
+        open_rids = [rid for rid, rec in st.records.items() if rec[STATE] in OPEN]
         entries: list[list[Any]] = []
         for i in range(0, len(open_rids), _RECONCILE_CHUNK):
             chunk = open_rids[i : i + _RECONCILE_CHUNK]
@@ -335,7 +334,7 @@ class EmbeddedStore:
                 rec = st.records.get(rid)
                 if rec is None:
                     continue
-                if rec.state == "pending" and st.commit(rid, call_id):
+                if rec[STATE] == "pending" and st.commit(rid, call_id):
                     entries.append(["c", rid, call_id])
                 if status != "ended":
                     continue
@@ -369,17 +368,17 @@ class EmbeddedStore:
                 if short:
                     continue
                 untils = {c.hold.key: ask.now + c.ttl for c in ask.plan.counters}
-                holds = ask.plan.holds
+                rows = hold_rows(ask.plan.holds)
                 self._state.take(
                     ask.rid,
-                    holds,
+                    rows,
                     untils,
                     now=ask.now,
                     expires_at=ask.expires_at,
                     keep_until=ask.keep_until,
                 )
                 # What each hold took and (counters) until when: all another worker needs.
-                took = [[h.what, h.key, h.amount, untils.get(h.key, 0)] for h in holds]
+                took = [[what, key, n, untils.get(key, 0)] for _, what, key, n in rows]
                 entries.append(["r", ask.rid, ask.now, ask.expires_at, ask.keep_until, took])
             if entries:
                 self._append_next(conn, entries)
@@ -390,7 +389,7 @@ class EmbeddedStore:
         with self._lock:
             for ask in batch:
                 rec = self._state.records.get(ask.rid)
-                if rec is not None and rec.state == "pending":
+                if rec is not None and rec[STATE] == "pending":
                     self._state.release(ask.rid, ask.now)  # gives back and forgets it
 
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
