@@ -5,13 +5,14 @@
 For each store and each N: a limiter with realistic rules (per user: rate per second and per
 minute, a daily quota, a concurrency slot, minute and USD budgets per day; per tenant: a
 concurrency slot) admits and commits N calls that never end (as the bench's do: every
-reservation stays held), with the start-up heap frozen first as the app does
-(`app.long_lived_heap`; the measured limiter and its state come after, as the embedded store's
-state does in the app: it is built at the first readiness probe). Then it prints the objects
-the collector tracks (the limiter's own included), the pause of a full
-`gc.collect()` (median and worst of five), and, over `--more` further admissions with the app's
-thresholds, the time spent collecting per admission and the longest pause. Bounded: the
-largest N takes a few seconds per store (`sqlite` is the embedded store, `ledger://`'s form).
+reservation stays held). The start-up heap is frozen first, as `app.long_lived_heap` does; the
+measured limiter and its state come after (the embedded store's state is built at the first
+readiness probe). Printed: the objects the collector tracks (the limiter's own included); the
+pause of a full `gc.collect()`, median and worst of five, each after 1,000 more admissions (one
+repeated at once finds the state in the CPU's caches and takes a fraction of the time); and,
+over `--more` further admissions with the app's thresholds, the collector's time per admission
+and the longest pause of each generation. Bounded: the largest N takes a few seconds per store
+(`sqlite` is the embedded store, the form `ledger://` takes on a SQLite ledger).
 """
 
 from __future__ import annotations
@@ -75,9 +76,12 @@ async def _admit(limiter: Limiter, people: list[Identity], first: int, n: int) -
         await asyncio.gather(*(one(j) for j in range(i, min(i + step, first + n))))
 
 
-def _full_pauses(repeats: int = 5) -> list[float]:
+async def _full_pauses(
+    limiter: Limiter, people: list[Identity], first: int, repeats: int = 5
+) -> list[float]:
     times = []
-    for _ in range(repeats):
+    for i in range(repeats):
+        await _admit(limiter, people, first + i * 1000, 1000)
         started = time.perf_counter()
         gc.collect()
         times.append(time.perf_counter() - started)
@@ -105,7 +109,8 @@ async def measure(url: str, size: int, more: int) -> dict[str, float]:
         gc.collect()
         gc.collect()  # the second sees what the first untracked
         tracked = len(gc.get_objects()) - base
-        full = _full_pauses()
+        full = await _full_pauses(limiter, people, 16 + size)
+        size += 5000
         pauses = _Pauses()
         previous = gc.get_threshold()
         gc.set_threshold(YOUNG_THRESHOLD, *previous[1:])
