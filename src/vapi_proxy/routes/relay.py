@@ -160,31 +160,46 @@ def error_event(fmt: SseFormat, error: UpstreamError, request_id: str, sequence:
     return b"data: " + orjson.dumps({"error": body}) + b"\n\n"
 
 
-async def _client_gone(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class _ClientWatch:
+    """Cancels `task` when the client disconnects (at most once)."""
+
+    __slots__ = ("left", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.left = False
+
+    async def run(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.left = True
+        self.task.cancel()
 
 
 async def run_until_client_leaves(work: Coroutine[Any, Any, None], receive: Receive) -> bool:
     """Run `work` (which answers the request) until it ends or the client disconnects, then
     cancel it, so whatever it holds open upstream is closed at once, whether the client left
     while Vapi was still to answer or mid-stream. True when the client left first; `work`'s
-    own exception is raised."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_client_gone(receive))
+    own exception is raised.
+
+    `work` runs in the caller's own task, at once: only the watcher is a task of its own, and
+    it starts while the request to Vapi is in flight, so nothing is scheduled (and no turn of
+    the event loop is waited for) before that request leaves."""
+    current = asyncio.current_task()
+    if current is None:  # pragma: no cover - always called from a task
+        raise RuntimeError("run_until_client_leaves() needs a running task")
+    watch = _ClientWatch(current)
+    watcher = asyncio.ensure_future(watch.run(receive))
     try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        await work
+    except asyncio.CancelledError:
+        if not watch.left:
+            raise  # cancelled from outside (the server stopping): not ours to swallow
     finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, gone, return_exceptions=True)
-    if task.cancelled():
-        return True
-    error = task.exception()
-    if error is not None:
-        raise error
-    return False
+        watcher.cancel()
+        if watch.left:
+            current.uncancel()  # the watcher's own cancellation, handled here
+    return watch.left
 
 
 class SseRelay:
