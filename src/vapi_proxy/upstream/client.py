@@ -57,6 +57,8 @@ class UpstreamClient:
         self._max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
         self._header_cache: dict[tuple[bool, str], tuple[str, dict[str, str]]] = {}
+        # A stream's timeout depends only on its idle timeout (one setting): built once.
+        self._stream_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -168,9 +170,11 @@ class UpstreamClient:
         the headers or the next bytes is capped at `idle_timeout`. Leaving the block before the
         body ended closes the connection (Vapi sees the client go); a finished one is reused.
         """
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
-        )
+        timeout = self._stream_timeouts.get(idle_timeout)
+        if timeout is None:
+            timeout = self._stream_timeouts[idle_timeout] = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
+            )
         headers = self._headers(body is not None, "text/event-stream, application/json")
         started = time.perf_counter()
         endpoint = endpoint_label(path)

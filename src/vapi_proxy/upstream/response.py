@@ -35,7 +35,24 @@ _ID_SEGMENT = re.compile(r"/[^/]*\d[^/]*(?=/|$)")
 
 def endpoint_label(path: str) -> str:
     """`/call/0193…` → `/call/{id}`: ids never become metric labels."""
-    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
+    label = _FIXED_LABELS.get(path)
+    if label is None:
+        label = _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
+    return label
+
+
+_FIXED_LABELS = {
+    path: _ID_SEGMENT.sub("/{id}", path)
+    for path in (
+        "/call",
+        "/call/web",
+        "/chat",
+        "/chat/responses",
+        "/chat/web",
+        "/chat/web/responses",
+    )
+}
+"""The paths without ids that every creation uses, labelled once (no regex per request)."""
 
 
 def status_kind(status: int) -> str | None:
