@@ -261,16 +261,21 @@ class SseRelay:
                 # Whole events are passed on the moment their last byte arrives; only an
                 # unfinished one waits for the rest of itself.
                 out = []
+                found = False
                 for event in splitter.feed(chunk):
                     data, payload = rewrite(event, self._transform)
                     if data:
                         out.append(data)
                     if payload is not None and watcher.see(payload):
+                        found = True
+                try:
+                    if out:
+                        body = b"".join(out)
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                        events += len(out)
+                finally:
+                    if found:  # started once the events that brought it are on their way
                         self._recorder = asyncio.ensure_future(self._on_id(watcher))
-                if out:
-                    body = b"".join(out)
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    events += len(out)
             last = splitter.rest()
             if last:  # Vapi ended without the final blank line: pass on what it sent
                 data, payload = rewrite(last, self._transform)
