@@ -10,6 +10,8 @@ reach Vapi would start a second call.
 from __future__ import annotations
 
 import contextlib
+import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,11 +28,15 @@ from vapi_proxy.upstream.response import (
     status_kind,
 )
 from vapi_proxy.upstream.stream import UpstreamStream
+from vapi_proxy.upstream.wire import ConnectFailedError, Connection, Pool
 
 __all__ = ["USER_AGENT", "UpstreamClient", "UpstreamResponse", "endpoint_label"]
 
 USER_AGENT = f"vapi-proxy/{__version__}"
 REDACTED = b"[redacted]"
+_TOKEN = re.compile(r"[A-Z]+")
+_PATH = re.compile(r"/[!-~]*")  # visible ASCII: no space, no control character
+_FIELD_VALUE = re.compile(r"[ !-~]*")
 
 
 class UpstreamClient:
@@ -57,8 +63,9 @@ class UpstreamClient:
         self._max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
         self._header_cache: dict[tuple[bool, str], tuple[str, dict[str, str]]] = {}
-        # A stream's timeout depends only on its idle timeout (one setting): built once.
-        self._stream_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._pool: Pool | None = None
+        # Each streamed path's request line and headers, for the current key.
+        self._stream_heads: dict[tuple[str, str], tuple[str, bytes]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -76,7 +83,19 @@ class UpstreamClient:
             requote_redirect_url=False,
         )
 
+        # Streamed replies travel on connections of their own (wire.py): a chat turn waits
+        # for every step before its first event, and aiohttp's are many.
+        self._pool = Pool(
+            self.base_url,
+            size=self._pool_size,
+            connect_timeout=self._connect_timeout,
+            ssl_context=ssl.create_default_context(),
+        )
+
     async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -160,6 +179,54 @@ class UpstreamClient:
         if self.observer is not None:
             self.observer(endpoint, time.perf_counter() - started, error)
 
+    def _stream_request(self, method: str, path: str, body: bytes | None) -> bytes:
+        """The whole request as written: one block, its head built once per path and key."""
+        key = self._api_key()
+        cached = self._stream_heads.get((method, path))
+        if cached is not None and cached[0] == key:
+            head = cached[1]
+        else:
+            if not _TOKEN.fullmatch(method) or not _PATH.fullmatch(path):
+                raise ValueError(f"not a request line: {method} {path}")
+            if not _FIELD_VALUE.fullmatch(key):
+                raise ValueError("the API key cannot be sent in a header")
+            assert self._pool is not None
+            head = b"".join(
+                (
+                    f"{method} {path} HTTP/1.1\r\n".encode(),
+                    b"Host: " + self._pool.host_header + b"\r\n",
+                    f"Authorization: Bearer {key}\r\n".encode(),
+                    b"Accept: text/event-stream, application/json\r\n",
+                    f"User-Agent: {USER_AGENT}\r\n".encode(),
+                    b"Content-Type: application/json\r\n",
+                )
+            )
+            if endpoint_label(path) == path:  # the creation paths: a handful, no ids
+                self._stream_heads[(method, path)] = (key, head)
+        body = body or b""
+        return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+
+    async def _open_stream(
+        self, request: bytes, started: float, idle_timeout: float, endpoint: str
+    ) -> Connection:
+        """Send `request` on a connection of its own and wait for the reply's headers."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("UpstreamClient.start() was not called")
+        with mapped_errors(endpoint, started, self.observer):
+            try:
+                conn = await pool.take()
+            except ConnectFailedError:
+                # Nothing reached Vapi: one immediate retry is safe (as for buffered requests).
+                conn = await pool.take()
+            try:
+                conn.send(request)
+                await conn.head(idle_timeout)
+            except BaseException:
+                pool.give_back(conn)  # not reusable: its reply never ended
+                raise
+        return conn
+
     @contextlib.asynccontextmanager
     async def stream(
         self, method: str, path: str, body: bytes | None = None, *, idle_timeout: float = 30.0
@@ -169,32 +236,31 @@ class UpstreamClient:
         No total timeout: a stream may last as long as Vapi keeps talking, but each wait for
         the headers or the next bytes is capped at `idle_timeout`. Leaving the block before the
         body ended closes the connection (Vapi sees the client go); a finished one is reused.
+        Nothing asks Vapi to compress the reply; one that is compressed anyway is refused.
         """
-        timeout = self._stream_timeouts.get(idle_timeout)
-        if timeout is None:
-            timeout = self._stream_timeouts[idle_timeout] = aiohttp.ClientTimeout(
-                total=None, sock_connect=self._connect_timeout, sock_read=idle_timeout
-            )
-        headers = self._headers(body is not None, "text/event-stream, application/json")
+        request = self._stream_request(method, path, body)
         started = time.perf_counter()
         endpoint = endpoint_label(path)
-        response = await self._send(
-            method, path, body, headers, started, timeout, endpoint=endpoint
-        )
-        # Time to the reply's headers: the stream's own length is not Vapi's latency.
-        self._observe(endpoint, started, status_kind(response.status))
-        stream = UpstreamStream(
-            response,
-            started=started,
-            max_response_bytes=self._max_response_bytes,
-            endpoint=endpoint,
-            observer=self.observer,
-            redact=self.redact,
-        )
+        conn = await self._open_stream(request, started, idle_timeout, endpoint)
         try:
-            yield stream
+            # Time to the reply's headers: the stream's own length is not Vapi's latency.
+            self._observe(endpoint, started, status_kind(conn.status))
+            if conn.headers.get(b"content-encoding", b"identity").lower() != b"identity":
+                if self.observer is not None:
+                    self.observer(endpoint, None, "bad_reply")
+                raise UpstreamError(
+                    "Vapi's reply was compressed, which the proxy does not read.",
+                    maybe_sent=True,
+                )
+            yield UpstreamStream(
+                conn,
+                started=started,
+                max_response_bytes=self._max_response_bytes,
+                idle_timeout=idle_timeout,
+                endpoint=endpoint,
+                observer=self.observer,
+                redact=self.redact,
+            )
         finally:
-            if stream.finished:
-                response.release()
-            else:
-                response.close()
+            assert self._pool is not None
+            self._pool.give_back(conn)  # kept only if its reply ended cleanly

@@ -13,6 +13,7 @@ from typing import Literal
 import aiohttp
 
 from vapi_proxy.errors import UpstreamError
+from vapi_proxy.upstream.wire import ConnectFailedError
 
 Observer = Callable[[str, float | None, str | None], None]
 """Told (endpoint template, seconds or None, error kind or None): the metrics. `None` seconds is
@@ -98,7 +99,7 @@ class mapped_errors:  # lower case: used like the function it replaced
         if exc is None:
             return False
         mid_stream = self.phase == "stream"
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailedError)):
             self._observe("connect")
             raise UpstreamError("Could not reach Vapi. Try again later.") from exc
         if isinstance(exc, TimeoutError):

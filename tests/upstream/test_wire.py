@@ -1,0 +1,513 @@
+"""The connections streamed replies travel on (upstream/wire.py), through `UpstreamClient.stream`,
+against raw loopback servers that answer byte for byte: the request leaves as one block; a reply
+is handed on as it arrives; a connection is reused only after a reply that ended cleanly;
+silence, refusals, broken and oversized replies become the usual `UpstreamError`s; and all of
+it under uvloop as well (its transports are not asyncio's classes)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from vapi_proxy.errors import UpstreamError
+from vapi_proxy.upstream.client import USER_AGENT, UpstreamClient
+from vapi_proxy.upstream.wire import MAX_HEADER_BYTES, ConnectFailedError, Pool
+
+KEY = "dummy-private-key-5e1f"
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+JSON_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+    b'content-length: 15\r\n\r\n{"message":"x"}'
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Seen = list[tuple[str, float | None, str | None]]
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+@dataclass
+class Server:
+    url: str
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> Server:
+        server = Server("")
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            server.connections += 1
+            try:
+                await handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                server.closed.set()
+                writer.close()
+
+        listening = await asyncio.start_server(connected, "127.0.0.1", 0)
+        servers.append(listening)
+        server.url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        return server
+
+    yield start
+    for listening in servers:
+        listening.close()
+
+
+def client_for(url: str, seen: Seen | None = None, pool_size: int = 10) -> UpstreamClient:
+    observer = None if seen is None else (lambda *item: seen.append(item))
+    return UpstreamClient(url, lambda: KEY, pool_size=pool_size, observer=observer)
+
+
+async def test_the_request_is_one_block_with_the_key_and_the_body(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    blocks: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        blocks.append(await reader.read(65536))  # the whole request in one read
+        writer.write(JSON_REPLY)
+        await reader.read()
+
+    server = await serve(handler)
+    client = client_for(server.url)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b'{"a":1}') as stream:
+            reply = await stream.read()
+    finally:
+        await client.aclose()
+    host = server.url.removeprefix("http://")
+    assert blocks == [
+        b"POST /chat HTTP/1.1\r\n"
+        + f"Host: {host}\r\nAuthorization: Bearer {KEY}\r\n".encode()
+        + b"Accept: text/event-stream, application/json\r\n"
+        + f"User-Agent: {USER_AGENT}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n"
+        + b'{"a":1}'
+    ]
+    assert (reply.status, reply.body, reply.content_type) == (
+        400,
+        b'{"message":"x"}',
+        "application/json",
+    )
+
+
+async def test_each_chunk_is_handed_on_before_the_next_is_sent(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    got_first = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(b"data: 1\n\n"))
+        await got_first.wait()
+        writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
+        await reader.read()
+
+    server = await serve(handler)
+    client = client_for(server.url)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            assert stream.is_sse
+            received = []
+            async for data in stream.chunks():
+                received.append(data)
+                got_first.set()
+            assert stream.finished
+    finally:
+        await client.aclose()
+    assert received == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_a_connection_is_reused_only_after_a_reply_that_ended(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"data: 1\n\n"))
+            if request.endswith(b'{"hold":1}'):
+                await reader.read()  # never ends this reply
+            writer.write(b"0\r\n\r\n")
+
+    server = await serve(handler)
+    client = client_for(server.url)
+    await client.start()
+    try:
+        for _ in range(3):
+            async with client.stream("POST", "/chat", b"{}") as stream:
+                assert [c async for c in stream.chunks()] == [b"data: 1\n\n"]
+        assert server.connections == 1
+        # Left before the end (the client went away): that connection is closed, not reused.
+        async with client.stream("POST", "/chat", b'{"hold":1}') as stream:
+            async for _ in stream.chunks():
+                break
+        await asyncio.wait_for(server.closed.wait(), 5)
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            assert [c async for c in stream.chunks()] == [b"data: 1\n\n"]
+        assert server.connections == 2
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # The server says it closes.
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}",
+        # Bytes after the reply: whatever follows would be out of step with the next request.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n",
+    ],
+    ids=["connection-close", "bytes-after-the-reply"],
+)
+async def test_a_connection_is_not_reused_when_it_may_be_out_of_step(
+    serve: Callable[[Handler], Awaitable[Server]], reply: bytes
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await reader.read()
+
+    server = await serve(handler)
+    client = client_for(server.url)
+    await client.start()
+    try:
+        for _ in range(2):
+            async with client.stream("POST", "/chat", b"{}") as stream:
+                assert (await stream.read()).body == b"{}"
+    finally:
+        await client.aclose()
+    assert server.connections == 2
+
+
+async def test_a_large_reply_in_the_same_read_as_its_headers_is_read_whole(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    body = b'{"message":"' + b"x" * (2 * MAX_HEADER_BYTES) + b'"}'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await reader.read()
+
+    client = client_for((await serve(handler)).url)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            assert (await stream.read()).body == body
+    finally:
+        await client.aclose()
+
+
+async def test_an_interim_reply_is_skipped(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + JSON_REPLY)
+        await reader.read()
+
+    client = client_for((await serve(handler)).url)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            reply = await stream.read()
+    finally:
+        await client.aclose()
+    assert (reply.status, reply.body, reply.content_type) == (
+        400,
+        b'{"message":"x"}',
+        "application/json",
+    )
+
+
+async def test_a_reply_without_a_length_ends_with_its_connection(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\n")
+        await writer.drain()
+
+    server = await serve(handler)
+    client = client_for(server.url)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            assert b"".join([c async for c in stream.chunks()]) == b"data: 1\n\n"
+            assert stream.finished
+    finally:
+        await client.aclose()
+
+
+async def test_a_silent_vapi_is_a_504_and_a_broken_reply_a_502(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        writer.transport.abort()
+
+    seen: Seen = []
+    client = client_for((await serve(silent)).url, seen)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamError) as silence:
+            async with client.stream("POST", "/chat", b"{}", idle_timeout=0.05):
+                pass
+    finally:
+        await client.aclose()
+    assert (silence.value.status_code, silence.value.maybe_sent) == (504, True)
+
+    client = client_for((await serve(broken)).url, seen)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            with pytest.raises(UpstreamError) as breaking:
+                async for _ in stream.chunks():
+                    pass
+    finally:
+        await client.aclose()
+    assert (breaking.value.status_code, breaking.value.maybe_sent) == (502, True)
+    assert [kind for _, _, kind in seen] == ["timeout", None, "disconnect"]
+
+
+async def test_an_unreachable_vapi_was_provably_not_sent_anything() -> None:
+    listening = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    listening.close()
+    await listening.wait_closed()
+    seen: Seen = []
+    client = client_for(f"http://127.0.0.1:{port}", seen)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamError) as refused:
+            async with client.stream("POST", "/chat", b"{}"):
+                pass
+    finally:
+        await client.aclose()
+    assert (refused.value.status_code, refused.value.maybe_sent) == (502, False)
+    assert [kind for _, _, kind in seen] == ["connect"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nx: " + b"a" * MAX_HEADER_BYTES + b"\r\n\r\n", "failed"),
+        (b"NOT HTTP AT ALL\r\n\r\n", "failed"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
+            b"content-length: 0\r\n\r\n",
+            "compressed",
+        ),
+    ],
+    ids=["headers-too-large", "not-http", "compressed"],
+)
+async def test_replies_the_proxy_cannot_read_are_refused(
+    serve: Callable[[Handler], Awaitable[Server]], reply: bytes, message: str
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await reader.read()
+
+    client = client_for((await serve(handler)).url)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamError, match=message) as refused:
+            async with client.stream("POST", "/chat", b"{}"):
+                pass
+    finally:
+        await client.aclose()
+    assert (refused.value.status_code, refused.value.maybe_sent) == (502, True)
+
+
+async def test_no_more_connections_than_the_pool_size(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    release = asyncio.Event()
+    answering = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"data: 1\n\n"))
+            answering.set()
+            await release.wait()
+            writer.write(b"0\r\n\r\n")
+
+    server = await serve(handler)
+    client = client_for(server.url, pool_size=1)
+    await client.start()
+
+    async def turn() -> list[bytes]:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            return [c async for c in stream.chunks()]
+
+    try:
+        first = asyncio.ensure_future(turn())
+        second = asyncio.ensure_future(turn())
+        await asyncio.wait_for(answering.wait(), 5)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # The second waits for the first's connection instead of opening another.
+        assert server.connections == 1
+        assert not second.done()
+        release.set()
+        assert await first == [b"data: 1\n\n"]
+        assert await second == [b"data: 1\n\n"]
+        assert server.connections == 1
+    finally:
+        await client.aclose()
+
+
+def test_under_uvloop() -> None:
+    async def main() -> bytes:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"data: 1\n\n") + b"0\r\n\r\n")
+            await reader.read()
+            writer.close()
+
+        listening = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        client = client_for(f"http://127.0.0.1:{port}")
+        await client.start()
+        try:
+            async with client.stream("POST", "/chat", b"{}") as stream:
+                return b"".join([c async for c in stream.chunks()])
+        finally:
+            await client.aclose()
+            listening.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == b"data: 1\n\n"
+    finally:
+        loop.close()
+
+
+async def test_an_idle_connection_past_its_keepalive_is_not_reused(
+    serve: Callable[[Handler], Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(JSON_REPLY)
+
+    monkeypatch.setattr("vapi_proxy.upstream.wire.KEEPALIVE_SECONDS", -1.0)
+    server = await serve(handler)
+    client = client_for(server.url)
+    await client.start()
+    try:
+        for _ in range(2):
+            async with client.stream("POST", "/chat", b"{}") as stream:
+                assert (await stream.read()).status == 400
+    finally:
+        await client.aclose()
+    assert server.connections == 2
+
+
+def _tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for `localhost` and a client context that trusts
+    only it (cryptography is there through the JWT dependencies)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+async def test_tls_with_the_certificate_checked_for_the_host(tmp_path: Path) -> None:
+    server_tls, client_tls = _tls_pair(tmp_path)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(b"data: 1\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    listening = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_tls)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        trusted = Pool(
+            f"https://localhost:{port}", size=1, connect_timeout=5, ssl_context=client_tls
+        )
+        conn = await trusted.take()
+        conn.send(b"POST /chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+        await conn.head(5)
+        assert (conn.status, await conn.chunk(5)) == (200, b"data: 1\n\n")
+        trusted.give_back(conn)
+        trusted.close()
+        # The same server is refused to a client that does not trust its certificate.
+        default = Pool(
+            f"https://localhost:{port}",
+            size=1,
+            connect_timeout=5,
+            ssl_context=ssl.create_default_context(),
+        )
+        with pytest.raises(ConnectFailedError):
+            await default.take()
+    finally:
+        listening.close()
