@@ -18,7 +18,12 @@ import uvloop
 
 from vapi_proxy.errors import UpstreamError
 from vapi_proxy.upstream.client import USER_AGENT, UpstreamClient
-from vapi_proxy.upstream.wire import MAX_HEADER_BYTES, ConnectFailedError, Pool
+from vapi_proxy.upstream.wire import (
+    HIGH_WATER_BYTES,
+    MAX_HEADER_BYTES,
+    ConnectFailedError,
+    Pool,
+)
 
 KEY = "dummy-private-key-5e1f"
 SSE_HEAD = (
@@ -146,6 +151,47 @@ async def test_each_chunk_is_handed_on_before_the_next_is_sent(
     finally:
         await client.aclose()
     assert received == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_a_reader_that_is_behind_stops_the_socket_being_read(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    # A slow client must not make the proxy hold whatever Vapi sends: past the high-water mark
+    # the connection stops reading (Vapi's writes wait in the kernel), and starts again as the
+    # reader catches up, with nothing lost. 32 MiB is far more than loopback's socket buffers.
+    piece = b"x" * 65536
+    pieces = 512
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD)
+        for _ in range(pieces):
+            writer.write(chunk(piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    server = await serve(handler)
+    client = client_for(server.url)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            conn = stream._conn
+            async with asyncio.timeout(10):
+                while not conn._paused:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # what would arrive if the socket were still read
+            assert conn.transport is not None and not conn.transport.is_reading()
+            # One read past the mark at most (the event loop reads up to 256 KiB at a time).
+            assert conn._buffered <= HIGH_WATER_BYTES + 256 * 1024 + len(piece) + 16
+            total = 0
+            async for data in stream.chunks():
+                total += len(data)
+            assert stream.finished
+    finally:
+        await client.aclose()
+    assert total == pieces * len(piece)
 
 
 async def test_a_connection_is_reused_only_after_a_reply_that_ended(

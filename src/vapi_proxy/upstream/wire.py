@@ -26,6 +26,9 @@ KEEPALIVE_SECONDS = 15.0
 side may be about to close it, and a request written as it does could not be retried."""
 DNS_TTL_SECONDS = 300.0
 """How long Vapi's resolved addresses are reused for new connections (aiohttp's setting here)."""
+HIGH_WATER_BYTES = 256 * 1024
+"""Body bytes held for a reader that is behind (a slow client): past this, the socket is not
+read until the reader catches up, so Vapi waits instead of the proxy's memory growing."""
 
 
 class ConnectFailedError(OSError):
@@ -51,6 +54,9 @@ class Connection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._head: asyncio.Future[None] | None = None
         self._chunks: list[bytes] = []
+        self._buffered = 0
+        """Bytes in `_chunks`."""
+        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._header_bytes = 0
         """The reply's header fields, name and value (what httptools hands over)."""
@@ -125,6 +131,10 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if not self._extra:
             self._chunks.append(body)
+            self._buffered += len(body)
+            if self._buffered > HIGH_WATER_BYTES and not self._paused and self.transport:
+                self._paused = True
+                self.transport.pause_reading()
             self._wake()
 
     def on_message_complete(self) -> None:
@@ -145,6 +155,7 @@ class Connection(asyncio.Protocol):
         self.headers = {}
         self.complete = False
         self._chunks = []
+        self._buffered = 0
         self._header_bytes = self._head_bytes = 0
         self.transport.write(request)
 
@@ -170,6 +181,11 @@ class Connection(asyncio.Protocol):
                 self._waiter = None
         chunks = self._chunks
         self._chunks = []
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @property
