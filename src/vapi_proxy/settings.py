@@ -68,7 +68,11 @@ class VapiSettings(StrictModel):
         default=30.0, gt=0, le=600, description="Total time allowed for one Vapi request."
     )
     pool_size: int = Field(
-        default=100, ge=1, le=10_000, description="Most open connections to Vapi per process."
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Most open connections to Vapi per process, for each of its two kinds of "
+        "request (buffered replies, and streamed chat replies): up to twice this in all.",
     )
     max_response_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest Vapi JSON reply accepted."

@@ -125,6 +125,28 @@ async def test_the_request_is_one_block_with_the_key_and_the_body(
     )
 
 
+async def test_a_base_url_with_a_path_prefixes_every_request(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    # Vapi behind a gateway's mount point (`vapi.base_url: https://gw.example/vapi`).
+    lines: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines.append((await read_request(reader)).split(b"\r\n", 1)[0])
+        writer.write(JSON_REPLY)
+        await reader.read()
+
+    server = await serve(handler)
+    client = client_for(server.url + "/vapi")
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            await stream.read()
+    finally:
+        await client.aclose()
+    assert lines == [b"POST /vapi/chat HTTP/1.1"]
+
+
 async def test_each_chunk_is_handed_on_before_the_next_is_sent(
     serve: Callable[[Handler], Awaitable[Server]],
 ) -> None:

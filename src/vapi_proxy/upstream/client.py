@@ -186,14 +186,15 @@ class UpstreamClient:
         if cached is not None and cached[0] == key:
             head = cached[1]
         else:
-            if not _TOKEN.fullmatch(method) or not _PATH.fullmatch(path):
-                raise ValueError(f"not a request line: {method} {path}")
+            assert self._pool is not None
+            target = self._pool.prefix + path
+            if not _TOKEN.fullmatch(method) or not _PATH.fullmatch(target):
+                raise ValueError(f"not a request line: {method} {target}")
             if not _FIELD_VALUE.fullmatch(key):
                 raise ValueError("the API key cannot be sent in a header")
-            assert self._pool is not None
             head = b"".join(
                 (
-                    f"{method} {path} HTTP/1.1\r\n".encode(),
+                    f"{method} {target} HTTP/1.1\r\n".encode(),
                     b"Host: " + self._pool.host_header + b"\r\n",
                     f"Authorization: Bearer {key}\r\n".encode(),
                     b"Accept: text/event-stream, application/json\r\n",

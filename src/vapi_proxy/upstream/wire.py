@@ -260,6 +260,8 @@ class Pool:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.host_header = parts.netloc.rsplit("@", 1)[-1].encode("idna")
+        self.prefix = parts.path.rstrip("/")
+        """The base URL's own path (a gateway's mount point): every request path goes under it."""
         self._ssl = ssl_context if parts.scheme == "https" else None
         self._connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(size)
