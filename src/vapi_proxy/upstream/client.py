@@ -1,4 +1,4 @@
-"""The Vapi client: one pooled aiohttp session per process, errors mapped at this one boundary.
+"""The Vapi client: kept-alive connections of its own (wire.py), errors mapped at this one boundary.
 
 The private key replaces whatever credential the client sent; nothing from the client's headers
 is forwarded, and the key is cut out of every reply read here (as `[redacted]`), so nothing
@@ -9,12 +9,13 @@ reach Vapi would start a second call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -36,7 +37,12 @@ USER_AGENT = f"vapi-proxy/{__version__}"
 REDACTED = b"[redacted]"
 _TOKEN = re.compile(r"[A-Z]+")
 _PATH = re.compile(r"/[!-~]*")  # visible ASCII: no space, no control character
+_VISIBLE = "".join(map(chr, range(0x21, 0x7F)))
 _FIELD_VALUE = re.compile(r"[ !-~]*")
+_BODILESS = frozenset(("GET", "HEAD", "DELETE", "OPTIONS"))
+"""Methods sent without `Content-Length` when they carry no body (as aiohttp did)."""
+_BUFFERED_ACCEPT = b"application/json"
+_STREAM_ACCEPT = b"text/event-stream, application/json"
 
 
 class UpstreamClient:
@@ -57,53 +63,61 @@ class UpstreamClient:
         self.observer = observer
         """Told (endpoint template, seconds, error kind or None) after each request: metrics."""
         self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._pool_size = pool_size
         self._max_response_bytes = max_response_bytes
-        self._session: aiohttp.ClientSession | None = None
-        self._header_cache: dict[tuple[bool, str], tuple[str, dict[str, str]]] = {}
+        # Two pools of `pool_size` each: a streamed chat turn holds its connection for as long
+        # as Vapi talks, and a burst of them must not make call creation wait for a slot.
         self._pool: Pool | None = None
-        # Each streamed path's request line and headers, for the current key.
-        self._stream_heads: dict[tuple[str, str], tuple[str, bytes]] = {}
+        """Buffered requests (JSON replies read whole)."""
+        self._stream_pool: Pool | None = None
+        """Streamed requests (SSE replies relayed as they arrive)."""
+        # Each fixed path's request line and headers, for the current key (the ids' are not kept).
+        self._heads: dict[tuple[str, str, bytes, bool], tuple[str, bytes]] = {}
+        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            skip_auto_headers=("User-Agent",),
-            # Nothing Vapi sets as a cookie may be stored and replayed on later requests made
-            # for other users.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
-            # The key must never follow a redirect to another host.
-            requote_redirect_url=False,
-        )
-
-        # Streamed replies travel on connections of their own (wire.py): a chat turn waits
-        # for every step before its first event, and aiohttp's are many.
+        context = ssl.create_default_context()
         self._pool = Pool(
             self.base_url,
             size=self._pool_size,
             connect_timeout=self._connect_timeout,
-            ssl_context=ssl.create_default_context(),
+            ssl_context=context,
+        )
+        self._stream_pool = Pool(
+            self.base_url,
+            size=self._pool_size,
+            connect_timeout=self._connect_timeout,
+            ssl_context=context,
         )
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._stream_pool):
+            if pool is not None:
+                pool.close()
+        self._pool = self._stream_pool = None
+        # One turn of the loop: the closed connections' transports finish closing before a
+        # caller can close the loop itself (uvloop refuses to close with handles still open).
+        await asyncio.sleep(0)
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+        """A general HTTP session for the console's live-call control URLs (other hosts than
+        Vapi's API, and no key sent): made on first use, closed by `aclose()`. Vapi's API
+        itself is never asked through it."""
+        if self._pool is None:
             raise RuntimeError("UpstreamClient.start() was not called")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # Nothing set as a cookie may be replayed on later requests for other users.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent",),
+                requote_redirect_url=False,
+            )
         return self._session
 
     def redact(self, data: bytes) -> bytes:
@@ -111,115 +125,111 @@ class UpstreamClient:
         key = self._api_key().encode()
         return data.replace(key, REDACTED) if key and key in data else data
 
-    def _headers(self, has_body: bool, accept: str = "application/json") -> dict[str, str]:
-        key = self._api_key()
-        cached = self._header_cache.get((has_body, accept))
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        headers = {
-            "Authorization": f"Bearer {key}",
-            "Accept": accept,
-            "User-Agent": USER_AGENT,
-        }
-        if has_body:
-            headers["Content-Type"] = "application/json"
-        # Built once per key (it may be rotated): aiohttp copies it into each request.
-        self._header_cache[(has_body, accept)] = (key, headers)
-        return headers
-
     async def request(self, method: str, path: str, body: bytes | None = None) -> UpstreamResponse:
-        """Send one request to Vapi and read its (bounded) reply."""
+        """Send one request to Vapi and read its (bounded) reply, all within the total timeout.
+
+        Nothing asks Vapi to compress the reply; one that is compressed anyway is refused."""
         started = time.perf_counter()
         endpoint = endpoint_label(path)
-        headers = self._headers(body is not None)
-        response = await self._send(method, path, body, headers, started, endpoint=endpoint)
+        request = self._request_bytes(method, path, body, _BUFFERED_ACCEPT)
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("UpstreamClient.start() was not called")
+        limit, parts, size = self._max_response_bytes, [], 0
         with mapped_errors(endpoint, started, self.observer):
-            async with response:
-                data = await response.content.read(self._max_response_bytes + 1)
-        if len(data) > self._max_response_bytes:
-            self._observe(endpoint, started, "bad_reply")
-            raise UpstreamError("Vapi's reply was larger than the proxy accepts.", maybe_sent=True)
-        self._observe(endpoint, started, status_kind(response.status))
-        reply_headers = response.headers
+            async with asyncio.timeout(self._timeout):
+                conn = await self._take(pool)
+                try:
+                    conn.send(request)
+                    await conn.head(None)
+                    if _compressed(conn):
+                        self._observe(endpoint, started, "bad_reply")
+                        raise _compressed_error()
+                    while chunk := await conn.chunk(None):
+                        size += len(chunk)
+                        if size > limit:
+                            self._observe(endpoint, started, "bad_reply")
+                            raise UpstreamError(
+                                "Vapi's reply was larger than the proxy accepts.", maybe_sent=True
+                            )
+                        parts.append(chunk)
+                finally:
+                    pool.give_back(conn)  # kept only if its reply ended cleanly
+        self._observe(endpoint, started, status_kind(conn.status))
+        headers = conn.headers
+        retry_after = headers.get(b"retry-after")
         return UpstreamResponse(
-            status=response.status,
-            body=self.redact(data),
-            content_type=reply_headers.get("Content-Type", ""),
-            retry_after=reply_headers.get("Retry-After"),
+            status=conn.status,
+            body=self.redact(parts[0] if len(parts) == 1 else b"".join(parts)),
+            content_type=headers.get(b"content-type", b"").decode("latin-1"),
+            retry_after=None if retry_after is None else retry_after.decode("latin-1"),
             elapsed_ms=(time.perf_counter() - started) * 1000,
             endpoint=endpoint,
         )
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        started: float,
-        client_timeout: aiohttp.ClientTimeout | None = None,
-        *,
-        endpoint: str,
-    ) -> aiohttp.ClientResponse:
-        """Send the request and return the reply with its headers read (the body is not)."""
-        kwargs: dict[str, Any] = {"data": body, "headers": headers, "allow_redirects": False}
-        if client_timeout is not None:
-            kwargs["timeout"] = client_timeout
-        url = self.base_url + path
-        with mapped_errors(endpoint, started, self.observer):
-            try:
-                return await self.session.request(method, url, **kwargs)
-            except aiohttp.ClientConnectorError:
-                # The TCP connection was never established: nothing reached Vapi, so one
-                # immediate retry is safe. A second failure is mapped like any other.
-                pass
-            return await self.session.request(method, url, **kwargs)
+    @staticmethod
+    async def _take(pool: Pool) -> Connection:
+        try:
+            return await pool.take()
+        except ConnectFailedError:
+            # The connection was never opened: nothing reached Vapi, so one immediate retry is
+            # safe. A second failure is mapped like any other.
+            return await pool.take()
 
     def _observe(self, endpoint: str, started: float, error: str | None) -> None:
         if self.observer is not None:
             self.observer(endpoint, time.perf_counter() - started, error)
 
-    def _stream_request(self, method: str, path: str, body: bytes | None) -> bytes:
-        """The whole request as written: one block, its head built once per path and key."""
+    def _request_bytes(self, method: str, path: str, body: bytes | None, accept: bytes) -> bytes:
+        """The whole request as written: one block, its head built once per fixed path and key."""
         key = self._api_key()
-        cached = self._stream_heads.get((method, path))
+        typed = body is not None
+        cached = self._heads.get((method, path, accept, typed))
         if cached is not None and cached[0] == key:
             head = cached[1]
         else:
-            assert self._pool is not None
-            target = self._pool.prefix + path
-            if not _TOKEN.fullmatch(method) or not _PATH.fullmatch(target):
-                raise ValueError(f"not a request line: {method} {target}")
-            if not _FIELD_VALUE.fullmatch(key):
-                raise ValueError("the API key cannot be sent in a header")
-            head = b"".join(
-                (
-                    f"{method} {target} HTTP/1.1\r\n".encode(),
-                    b"Host: " + self._pool.host_header + b"\r\n",
-                    f"Authorization: Bearer {key}\r\n".encode(),
-                    b"Accept: text/event-stream, application/json\r\n",
-                    f"User-Agent: {USER_AGENT}\r\n".encode(),
-                    b"Content-Type: application/json\r\n",
-                )
-            )
+            head = self._head(method, path, accept, typed, key)
             if endpoint_label(path) == path:  # the creation paths: a handful, no ids
-                self._stream_heads[(method, path)] = (key, head)
-        body = body or b""
+                self._heads[(method, path, accept, typed)] = (key, head)
+        if body is None:
+            if method in _BODILESS:
+                return head + b"\r\n"
+            body = b""
         return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+
+    def _head(self, method: str, path: str, accept: bytes, typed: bool, key: str) -> bytes:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("UpstreamClient.start() was not called")
+        if not _PATH.fullmatch(path):
+            # Spaces, control characters and non-ASCII percent-encoded (UTF-8), as aiohttp's
+            # URLs did: nothing in a path can break the request line.
+            path = quote(path, safe=_VISIBLE)
+        target = pool.prefix + path
+        if not _TOKEN.fullmatch(method) or not _PATH.fullmatch(target):
+            raise ValueError(f"not a request line: {method} {target}")
+        if not _FIELD_VALUE.fullmatch(key):
+            raise ValueError("the API key cannot be sent in a header")
+        return b"".join(
+            (
+                f"{method} {target} HTTP/1.1\r\n".encode(),
+                b"Host: " + pool.host_header + b"\r\n",
+                f"Authorization: Bearer {key}\r\n".encode(),
+                b"Accept: " + accept + b"\r\n",
+                f"User-Agent: {USER_AGENT}\r\n".encode(),
+                b"Content-Type: application/json\r\n" if typed else b"",
+            )
+        )
 
     async def _open_stream(
         self, request: bytes, started: float, idle_timeout: float, endpoint: str
     ) -> Connection:
         """Send `request` on a connection of its own and wait for the reply's headers."""
-        pool = self._pool
+        pool = self._stream_pool
         if pool is None:
             raise RuntimeError("UpstreamClient.start() was not called")
         with mapped_errors(endpoint, started, self.observer):
-            try:
-                conn = await pool.take()
-            except ConnectFailedError:
-                # Nothing reached Vapi: one immediate retry is safe (as for buffered requests).
-                conn = await pool.take()
+            conn = await self._take(pool)
             try:
                 conn.send(request)
                 await conn.head(idle_timeout)
@@ -239,20 +249,17 @@ class UpstreamClient:
         body ended closes the connection (Vapi sees the client go); a finished one is reused.
         Nothing asks Vapi to compress the reply; one that is compressed anyway is refused.
         """
-        request = self._stream_request(method, path, body)
+        request = self._request_bytes(method, path, body, _STREAM_ACCEPT)
         started = time.perf_counter()
         endpoint = endpoint_label(path)
         conn = await self._open_stream(request, started, idle_timeout, endpoint)
         try:
             # Time to the reply's headers: the stream's own length is not Vapi's latency.
             self._observe(endpoint, started, status_kind(conn.status))
-            if conn.headers.get(b"content-encoding", b"identity").lower() != b"identity":
+            if _compressed(conn):
                 if self.observer is not None:
                     self.observer(endpoint, None, "bad_reply")
-                raise UpstreamError(
-                    "Vapi's reply was compressed, which the proxy does not read.",
-                    maybe_sent=True,
-                )
+                raise _compressed_error()
             yield UpstreamStream(
                 conn,
                 started=started,
@@ -263,5 +270,15 @@ class UpstreamClient:
                 redact=self.redact,
             )
         finally:
-            assert self._pool is not None
-            self._pool.give_back(conn)  # kept only if its reply ended cleanly
+            assert self._stream_pool is not None
+            self._stream_pool.give_back(conn)  # kept only if its reply ended cleanly
+
+
+def _compressed(conn: Connection) -> bool:
+    return conn.headers.get(b"content-encoding", b"identity").lower() != b"identity"
+
+
+def _compressed_error() -> UpstreamError:
+    return UpstreamError(
+        "Vapi's reply was compressed, which the proxy does not read.", maybe_sent=True
+    )

@@ -1,5 +1,5 @@
-"""What Vapi answered, and the one place aiohttp's failures become the proxy's `UpstreamError`s,
-for buffered and streamed requests alike (each failure is told to the metrics observer)."""
+"""What Vapi answered, and the one place the connection's failures (wire.py) become the proxy's
+`UpstreamError`s, for buffered and streamed requests alike (each told to the metrics observer)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
-
-import aiohttp
 
 from vapi_proxy.errors import UpstreamError
 from vapi_proxy.upstream.wire import ConnectFailedError
@@ -73,7 +71,7 @@ after the headers were observed (`body`), or relaying a stream (`stream`: the re
 
 
 class mapped_errors:  # lower case: used like the function it replaced
-    """aiohttp's (and the socket's) errors become the proxy's 502/504, each observed once.
+    """The connection's (and the socket's) errors become the proxy's 502/504, each observed once.
 
     A class rather than a generator-based context manager: it is entered twice per request."""
 
@@ -99,7 +97,7 @@ class mapped_errors:  # lower case: used like the function it replaced
         if exc is None:
             return False
         mid_stream = self.phase == "stream"
-        if isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailedError)):
+        if isinstance(exc, ConnectFailedError):
             self._observe("connect")
             raise UpstreamError("Could not reach Vapi. Try again later.") from exc
         if isinstance(exc, TimeoutError):
@@ -110,8 +108,8 @@ class mapped_errors:  # lower case: used like the function it replaced
                 else "Vapi did not answer in time. Try again later."
             )
             raise UpstreamError(message, status_code=504, maybe_sent=True) from exc
-        if isinstance(exc, (aiohttp.ClientError, OSError)):
-            # A reset socket surfaces as a bare OSError (ConnectionResetError) from some reads.
+        if isinstance(exc, OSError):
+            # A reset socket (ConnectionResetError) or a reply that broke the protocol.
             self._observe("disconnect")
             message = (
                 "The connection to Vapi broke off mid-reply."

@@ -1,12 +1,12 @@
-"""The connections streamed replies travel on: HTTP/1.1 to Vapi, kept alive, one reply at a time.
+"""The connections every Vapi request travels on: HTTP/1.1, kept alive, one reply at a time.
 
-A streamed chat turn waits for every step between the client's request and Vapi's first event,
-so its request is written here as one pre-assembled block (one write) and its reply parsed by
-httptools, instead of through aiohttp's general-purpose client (redirects, cookies, proxies,
-tracing: nothing a stream to Vapi uses). A connection goes back to the pool only when its reply
+Each request (buffered or streamed) waits for every step between the client's request and
+Vapi's reply, so it is written here as one pre-assembled block (one write) and its reply parsed
+by httptools, instead of through aiohttp's general-purpose client (redirects, cookies, proxies,
+tracing: nothing a request to Vapi uses). A connection goes back to the pool only when its reply
 ended cleanly (whole, nothing after it, keep-alive); anything else closes it, so a reply can
 never be read on behalf of the next request. Failures are plain `OSError`s and `TimeoutError`s,
-which `response.mapped_errors` maps like aiohttp's; `ConnectFailedError` means nothing was sent.
+which `response.mapped_errors` maps; `ConnectFailedError` means nothing was sent.
 """
 
 from __future__ import annotations
