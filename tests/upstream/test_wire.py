@@ -1,6 +1,6 @@
-"""The connections streamed replies travel on (upstream/wire.py), through `UpstreamClient.stream`,
-against raw loopback servers that answer byte for byte: the request leaves as one block; a reply
-is handed on as it arrives; a connection is reused only after a reply that ended cleanly;
+"""The connections every Vapi request travels on (upstream/wire.py), through `UpstreamClient.stream`
+and `.request`, against raw loopback servers that answer byte for byte: the request leaves as one
+block; a reply is handed on as it arrives (or read whole, bounded and within the total timeout); a connection is reused only after a reply that ended cleanly;
 silence, refusals, broken and oversized replies become the usual `UpstreamError`s; and all of
 it under uvloop as well (its transports are not asyncio's classes)."""
 
@@ -579,3 +579,267 @@ async def test_tls_with_the_certificate_checked_for_the_host(tmp_path: Path) -> 
             await default.take()
     finally:
         listening.close()
+
+
+# --- buffered requests (`UpstreamClient.request`) --------------------------------------------
+
+
+def buffered_client(
+    url: str, seen: Seen | None = None, *, timeout: float = 30.0, connect_timeout: float = 5.0
+) -> UpstreamClient:
+    observer = None if seen is None else (lambda *item: seen.append(item))
+    return UpstreamClient(
+        url,
+        lambda: KEY,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        max_response_bytes=1024,
+        observer=observer,
+    )
+
+
+async def test_a_buffered_request_is_one_block_asking_for_no_compression(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    blocks: list[bytes] = []
+    quoted = f'{{"message":"bad key {KEY}"}}'.encode()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            blocks.append(await read_request(reader))
+            writer.write(
+                b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+                b"retry-after: 7\r\ncontent-length: %d\r\n\r\n%s" % (len(quoted), quoted)
+            )
+
+    server = await serve(handler)
+    client = buffered_client(server.url)
+    await client.start()
+    try:
+        replies = [
+            await client.request("POST", "/call/web", b'{"a":1}'),
+            await client.request("GET", "/call?limit=2"),
+            await client.request("PATCH", "/call/c1", b"{}"),
+            await client.request("DELETE", "/call/c1"),
+            await client.request("POST", "/call/c1/end"),
+        ]
+    finally:
+        await client.aclose()
+    host = server.url.removeprefix("http://")
+    common = (
+        f"Host: {host}\r\nAuthorization: Bearer {KEY}\r\nAccept: application/json\r\n"
+        f"User-Agent: {USER_AGENT}\r\n"
+    ).encode()
+    typed = b"Content-Type: application/json\r\n"
+    assert blocks == [
+        b"POST /call/web HTTP/1.1\r\n" + common + typed + b'Content-Length: 7\r\n\r\n{"a":1}',
+        b"GET /call?limit=2 HTTP/1.1\r\n" + common + b"\r\n",
+        b"PATCH /call/c1 HTTP/1.1\r\n" + common + typed + b"Content-Length: 2\r\n\r\n{}",
+        b"DELETE /call/c1 HTTP/1.1\r\n" + common + b"\r\n",
+        b"POST /call/c1/end HTTP/1.1\r\n" + common + b"Content-Length: 0\r\n\r\n",
+    ]
+    assert server.connections == 1  # each reply ended cleanly: one connection kept alive
+    for reply in replies:
+        assert (reply.status, reply.content_type, reply.retry_after) == (
+            429,
+            "application/json",
+            "7",
+        )
+        assert reply.body == b'{"message":"bad key [redacted]"}'
+    assert [r.endpoint for r in replies] == [
+        "/call/web",
+        "/call",
+        "/call/{id}",
+        "/call/{id}",
+        "/call/{id}/end",
+    ]
+
+
+async def test_a_path_with_characters_a_request_line_cannot_hold_is_percent_encoded(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    lines: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines.append((await read_request(reader)).split(b"\r\n", 1)[0])
+        writer.write(JSON_REPLY)
+        await reader.read()
+
+    server = await serve(handler)
+    client = buffered_client(server.url)
+    await client.start()
+    try:
+        reply = await client.request("GET", "/call/a b\r\nX-Evil: 1\u00e9%41")
+    finally:
+        await client.aclose()
+    assert reply.status == 400
+    assert lines == [b"GET /call/a%20b%0D%0AX-Evil:%201%C3%A9%41 HTTP/1.1"]
+
+
+async def test_a_redirect_is_handed_back_not_followed(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 302 Found\r\nlocation: http://elsewhere.invalid/steal\r\n"
+                b"content-length: 0\r\n\r\n"
+            )
+
+    server = await serve(handler)
+    client = buffered_client(server.url)
+    await client.start()
+    try:
+        reply = await client.request("GET", "/call/c1")
+    finally:
+        await client.aclose()
+    assert (reply.status, reply.body) == (302, b"")
+    assert server.connections == 1
+
+
+async def test_a_buffered_reply_past_the_total_timeout_is_a_504_and_not_retried(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        # The headers arrive; the rest of the body never does.
+        writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 10\r\n\r\n{")
+        await reader.read()
+
+    seen: Seen = []
+    server = await serve(handler)
+    client = buffered_client(server.url, seen, timeout=0.05)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamError) as slow:
+            await client.request("POST", "/call/web", b"{}")
+    finally:
+        await client.aclose()
+    assert (slow.value.status_code, slow.value.maybe_sent) == (504, True)
+    assert "did not answer in time" in slow.value.message
+    assert [kind for _, _, kind in seen] == ["timeout"]
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("after_headers", [False, True])
+async def test_a_buffered_reply_that_breaks_off_is_a_502_and_not_retried(
+    serve: Callable[[Handler], Awaitable[Server]], after_headers: bool
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if after_headers:
+            writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 10\r\n\r\n{")
+            await writer.drain()
+        writer.transport.abort()
+
+    seen: Seen = []
+    server = await serve(handler)
+    client = buffered_client(server.url, seen)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamError) as broken:
+            await client.request("POST", "/call/web", b"{}")
+    finally:
+        await client.aclose()
+    assert (broken.value.status_code, broken.value.maybe_sent) == (502, True)
+    assert broken.value.message == "The connection to Vapi failed. Try again later."
+    assert [kind for _, _, kind in seen] == ["disconnect"]
+    assert server.connections == 1
+
+
+async def test_a_connection_that_cannot_be_opened_is_retried_once_and_a_502() -> None:
+    # TLS to a server that accepts and never answers the handshake: the connection is never
+    # opened, so nothing was sent and one retry is safe (and only one).
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+
+    listening = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    seen: Seen = []
+    client = buffered_client(f"https://127.0.0.1:{port}", seen, connect_timeout=0.05)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamError) as refused:
+            await client.request("POST", "/call/web", b"{}")
+    finally:
+        await client.aclose()
+        listening.close()
+        await listening.wait_closed()
+    assert (refused.value.status_code, refused.value.maybe_sent) == (502, False)
+    assert refused.value.message == "Could not reach Vapi. Try again later."
+    assert [kind for _, _, kind in seen] == ["connect"]
+    assert len(accepted) == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1025\r\n\r\n" + b"x" * 1025, "larger"),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            + chunk(b"x" * 600)
+            + chunk(b"x" * 600),
+            "larger",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+            b"content-length: 0\r\n\r\n",
+            "compressed",
+        ),
+    ],
+    ids=["too-large", "too-large-chunked", "compressed"],
+)
+async def test_buffered_replies_the_proxy_cannot_read_are_refused(
+    serve: Callable[[Handler], Awaitable[Server]], reply: bytes, message: str
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await reader.read()
+
+    seen: Seen = []
+    client = buffered_client((await serve(handler)).url, seen)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamError, match=message) as refused:
+            await client.request("GET", "/call/c1")
+    finally:
+        await client.aclose()
+    assert (refused.value.status_code, refused.value.maybe_sent) == (502, True)
+    assert [kind for _, _, kind in seen] == ["bad_reply"]
+
+
+async def test_streams_holding_every_connection_do_not_hold_up_a_buffered_request(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            if request.startswith(b"POST /chat "):
+                writer.write(SSE_HEAD + chunk(b"data: 1\n\n"))
+                await release.wait()
+                writer.write(b"0\r\n\r\n")
+            else:
+                writer.write(JSON_REPLY)
+
+    server = await serve(handler)
+    client = client_for(server.url, pool_size=1)
+    await client.start()
+    try:
+        async with client.stream("POST", "/chat", b"{}") as stream:
+            # The stream's pool is full; the buffered pool is its own.
+            assert (await client.request("GET", "/call/c1")).status == 400
+            release.set()
+            assert [c async for c in stream.chunks()] == [b"data: 1\n\n"]
+    finally:
+        await client.aclose()
+    assert server.connections == 2

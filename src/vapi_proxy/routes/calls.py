@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
@@ -279,12 +280,17 @@ class CallRoutes:
         read_query(request, NO_QUERY)
         state = request_state(request.scope)
         identity = await self._reader(request)
-        record = await runtime.ledger.get_call(call_id) if len(call_id) <= 128 else None
+        # `.` and `..` would be a path's own steps at Vapi, not a call (no call has them as id).
+        plausible = len(call_id) <= 128 and call_id not in (".", "..")
+        record = await runtime.ledger.get_call(call_id) if plausible else None
         # Someone else's call and no call at all look the same, and neither reaches Vapi.
         if record is None or record.identity_key != identity.key or record.kind == "chat":
             raise NotFoundError("Call not found.")
         state.profile = record.profile
-        reply = await runtime.upstream.request("GET", f"/call/{call_id}")
+        # The id came from Vapi's reply, and is quoted all the same: whatever it holds stays
+        # one path segment (`?`, `#`, `%`, `/`) and cannot break the request line.
+        path = "/call/" + quote(call_id, safe="")
+        reply = await runtime.upstream.request("GET", path)
         note_upstream(state, reply)
         call = runtime.replies.read(reply, state)
         return json_response(orjson.dumps(scrub(call, self._server_paths(record.profile))))
