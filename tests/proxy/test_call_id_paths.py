@@ -50,9 +50,7 @@ def test_a_hostile_id_reaches_vapi_as_one_quoted_segment(
     # Vapi has no such call: its 404 is the operator's (as for a call it no longer has).
     assert_envelope(reply, 502)
     seen = upstream_requests(sandbox, "/call")
-    assert [(e["method"], e["path"], e["query"]) for e in seen] == [
-        ("GET", f"/call/{call_id}", "")
-    ]
+    assert [(e["method"], e["path"], e["query"]) for e in seen] == [("GET", f"/call/{call_id}", "")]
 
 
 @pytest.mark.parametrize("call_id", [".", ".."])

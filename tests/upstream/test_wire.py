@@ -1,8 +1,9 @@
 """The connections every Vapi request travels on (upstream/wire.py), through `UpstreamClient.stream`
 and `.request`, against raw loopback servers that answer byte for byte: the request leaves as one
-block; a reply is handed on as it arrives (or read whole, bounded and within the total timeout); a connection is reused only after a reply that ended cleanly;
-silence, refusals, broken and oversized replies become the usual `UpstreamError`s; and all of
-it under uvloop as well (its transports are not asyncio's classes)."""
+block; a reply is handed on as it arrives, or read whole (bounded, within the total timeout); a
+connection is reused only after a reply that ended cleanly; silence, refusals, broken and
+oversized replies become the usual `UpstreamError`s; and all of it under uvloop as well (its
+transports are not asyncio's classes)."""
 
 from __future__ import annotations
 
@@ -674,6 +675,27 @@ async def test_a_path_with_characters_a_request_line_cannot_hold_is_percent_enco
         await client.aclose()
     assert reply.status == 400
     assert lines == [b"GET /call/a%20b%0D%0AX-Evil:%201%C3%A9%41 HTTP/1.1"]
+
+
+async def test_a_buffered_reply_that_arrives_in_pieces_is_read_whole(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 20\r\n\r\n" + b"a" * 10)
+        await writer.drain()
+        await asyncio.sleep(0.02)  # the rest in a read of its own
+        writer.write(b"b" * 10)
+        await reader.read()
+
+    server = await serve(handler)
+    client = buffered_client(server.url)
+    await client.start()
+    try:
+        reply = await client.request("POST", "/call/web", b"{}")
+    finally:
+        await client.aclose()
+    assert (reply.status, reply.body) == (201, b"a" * 10 + b"b" * 10)
 
 
 async def test_a_redirect_is_handed_back_not_followed(
