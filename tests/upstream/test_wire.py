@@ -865,3 +865,46 @@ async def test_streams_holding_every_connection_do_not_hold_up_a_buffered_reques
     finally:
         await client.aclose()
     assert server.connections == 2
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PATCH", "DELETE"])
+async def test_a_read_on_a_kept_alive_connection_vapi_closed_is_sent_again_once(
+    serve: Callable[[Handler], Awaitable[Server]], method: str
+) -> None:
+    # Vapi may close an idle kept-alive connection just as the next request is written on it:
+    # the request gets no reply byte. A read (GET) is sent again on a new connection, once;
+    # anything that may change something (a POST starts a call) is a 502 and never sent twice.
+    requests_seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first_connection = server.connections == 1
+        requests_seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        if first_connection:
+            requests_seen.append(await read_request(reader))
+            writer.transport.abort()  # closed with the second request unanswered
+            return
+        await reader.read()
+
+    seen: Seen = []
+    server = await serve(handler)
+    client = buffered_client(server.url, seen)
+    await client.start()
+    body = None if method in ("GET", "DELETE") else b"{}"
+    try:
+        first = await client.request(method, "/call/x", body)
+        assert first.status == 200
+        if method == "GET":
+            again = await client.request(method, "/call/x", body)
+            assert (again.status, again.body) == (200, b"{}")
+            assert server.connections == 2
+            assert len(requests_seen) == 3  # the unanswered one, sent again once
+        else:
+            with pytest.raises(UpstreamError) as broken:
+                await client.request(method, "/call/x", body)
+            assert (broken.value.status_code, broken.value.maybe_sent) == (502, True)
+            assert server.connections == 1
+            assert len(requests_seen) == 2
+    finally:
+        await client.aclose()

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -138,7 +139,8 @@ async def end_call(database: Database, upstream: UpstreamClient, call_id: str) -
 async def _look_up_control_url(
     database: Database, upstream: UpstreamClient, call_id: str
 ) -> str | None:
-    reply = await upstream.request("GET", f"/call/{call_id}")
+    # The id is a ledger row's; quoted all the same, so a `?`, `#` or `/` in it stays in it.
+    reply = await upstream.request("GET", "/call/" + quote(call_id, safe=""))
     url = control_url(parse_success(reply))
     if url is not None:
         async with database.write() as conn:

@@ -40,6 +40,10 @@ _PATH = re.compile(r"/[!-~]*")  # visible ASCII: no space, no control character
 _VISIBLE = "".join(map(chr, range(0x21, 0x7F)))
 _FIELD_VALUE = re.compile(r"[ !-~]*")
 _BODILESS = frozenset(("GET", "HEAD", "DELETE", "OPTIONS"))
+_READS = frozenset(("GET", "HEAD"))
+"""Sent again once when a kept-alive connection turns out closed before any reply byte: Vapi
+may close an idle connection just as a request is written on it. Never a method that changes
+anything (a POST /call sent twice starts two calls)."""
 """Methods sent without `Content-Length` when they carry no body (as aiohttp did)."""
 _BUFFERED_ACCEPT = b"application/json"
 _STREAM_ACCEPT = b"text/event-stream, application/json"
@@ -136,12 +140,23 @@ class UpstreamClient:
         if pool is None:
             raise RuntimeError("UpstreamClient.start() was not called")
         limit, parts, size = self._max_response_bytes, [], 0
+        conn: Connection | None = None
         with mapped_errors(endpoint, started, self.observer):
             async with asyncio.timeout(self._timeout):
                 conn = await self._take(pool)
                 try:
-                    conn.send(request)
-                    await conn.head(None)
+                    try:
+                        conn.send(request)
+                        await conn.head(None)
+                    except ConnectionError:
+                        if not (method in _READS and conn.requests > 1 and not conn.received):
+                            raise
+                        # A kept-alive connection Vapi had closed: the read never arrived.
+                        pool.give_back(conn)
+                        conn = None
+                        conn = await self._take(pool, reuse=False)
+                        conn.send(request)
+                        await conn.head(None)
                     if _compressed(conn):
                         self._observe(endpoint, started, "bad_reply")
                         raise _compressed_error()
@@ -154,7 +169,9 @@ class UpstreamClient:
                             )
                         parts.append(chunk)
                 finally:
-                    pool.give_back(conn)  # kept only if its reply ended cleanly
+                    if conn is not None:
+                        pool.give_back(conn)  # kept only if its reply ended cleanly
+        assert conn is not None
         self._observe(endpoint, started, status_kind(conn.status))
         headers = conn.headers
         retry_after = headers.get(b"retry-after")
@@ -168,13 +185,13 @@ class UpstreamClient:
         )
 
     @staticmethod
-    async def _take(pool: Pool) -> Connection:
+    async def _take(pool: Pool, *, reuse: bool = True) -> Connection:
         try:
-            return await pool.take()
+            return await pool.take(reuse=reuse)
         except ConnectFailedError:
             # The connection was never opened: nothing reached Vapi, so one immediate retry is
             # safe. A second failure is mapped like any other.
-            return await pool.take()
+            return await pool.take(reuse=False)
 
     def _observe(self, endpoint: str, started: float, error: str | None) -> None:
         if self.observer is not None:

@@ -51,6 +51,10 @@ class Connection(asyncio.Protocol):
         """The whole reply was read (the body's end, by length, chunking or close)."""
         self.broken = False
         """Lost, refused or past its reply: never reused."""
+        self.requests = 0
+        """Requests written on this connection (more than one: it was kept alive for this one)."""
+        self.received = 0
+        """Bytes received since the current request was written."""
         self._parser: httptools.HttpResponseParser | None = None
         self._head: asyncio.Future[None] | None = None
         self._chunks: list[bytes] = []
@@ -73,6 +77,7 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         parser = self._parser
         if parser is None or self.complete:
             # Bytes nobody asked for (between replies, or after one): the stream is out of step.
@@ -157,6 +162,8 @@ class Connection(asyncio.Protocol):
         self._chunks = []
         self._buffered = 0
         self._header_bytes = self._head_bytes = 0
+        self.received = 0
+        self.requests += 1
         self.transport.write(request)
 
     async def head(self, idle: float | None) -> None:
@@ -269,12 +276,13 @@ class Pool:
         self._addresses: list[str] = []
         self._resolved_at = float("-inf")
 
-    async def take(self) -> Connection:
-        """A connection of one's own: a kept-alive one if any is still open, else a new one."""
+    async def take(self, *, reuse: bool = True) -> Connection:
+        """A connection of one's own: a kept-alive one if any is still open (and `reuse`), else
+        a new one."""
         await self._slots.acquire()
         try:
             fresh = asyncio.get_running_loop().time() - KEEPALIVE_SECONDS
-            while self._idle:
+            while reuse and self._idle:
                 since, conn = self._idle.pop()
                 if since > fresh and conn.reusable:
                     return conn
