@@ -183,7 +183,7 @@ PARTS = [
     ),
     ("JWT verification (PyJWT, cryptography)", ("jwt/", "cryptography", "auth/")),
     ("limits (reserve, plans, windows)", ("limits/",)),
-    ("upstream call (aiohttp client)", ("aiohttp/", "upstream/")),
+    ("upstream call (upstream/wire.py; aiohttp where still used)", ("aiohttp/", "upstream/")),
     ("Starlette routing, requests, responses", ("starlette/",)),
     ("uvicorn, httptools, uvloop", ("uvicorn/", "httptools", "uvloop")),
     ("the proxy's own code elsewhere", ("vapi_proxy/",)),
