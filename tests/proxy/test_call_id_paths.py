@@ -27,21 +27,29 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("call_id", HOSTILE)
-def test_a_hostile_id_reaches_vapi_as_one_quoted_segment(
-    make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str, tmp_path: Path, call_id: str
-) -> None:
+def _owning_a_call_named(
+    call_id: str, make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str, tmp_path: Path
+) -> str:
+    """A proxy (its URL) whose ledger says the user owns a call with this id: a real call is
+    created, then renamed (the ledger holds only ids Vapi gave). Vapi's log starts empty."""
     ledger = tmp_path / "ledger.db"
     proxy = make_proxy(lambda c: c.update(ledger={"url": f"sqlite:///{ledger}"}))
     created = HTTP.post(
         f"{proxy.url}/call/web", json={"assistantId": "sales-coach"}, headers=bearer(user_key)
     )
     assert created.status_code == 201, created.text
-    # The ledger holds only ids Vapi gave; this one is made to hold the hostile id instead.
     with sqlite3.connect(ledger) as db:
         db.execute("UPDATE calls SET id = ? WHERE id = ?", (call_id, created.json()["id"]))
     clear_requests(sandbox)
-    reply = HTTP.get(f"{proxy.url}/call/{quote(call_id, safe='')}", headers=bearer(user_key))
+    return proxy.url
+
+
+@pytest.mark.parametrize("call_id", HOSTILE)
+def test_a_hostile_id_reaches_vapi_as_one_quoted_segment(
+    make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str, tmp_path: Path, call_id: str
+) -> None:
+    proxy_url = _owning_a_call_named(call_id, make_proxy, sandbox, user_key, tmp_path)
+    reply = HTTP.get(f"{proxy_url}/call/{quote(call_id, safe='')}", headers=bearer(user_key))
     if "/" in call_id:
         # A `/` (even sent as %2F) is a path separator by the time the router sees it.
         assert_envelope(reply, 404)
@@ -57,15 +65,8 @@ def test_a_hostile_id_reaches_vapi_as_one_quoted_segment(
 def test_a_dot_id_is_not_found_and_never_reaches_vapi(
     make_proxy: ProxyFactory, sandbox: RunningSandbox, user_key: str, tmp_path: Path, call_id: str
 ) -> None:
-    ledger = tmp_path / "ledger.db"
-    proxy = make_proxy(lambda c: c.update(ledger={"url": f"sqlite:///{ledger}"}))
-    created = HTTP.post(
-        f"{proxy.url}/call/web", json={"assistantId": "sales-coach"}, headers=bearer(user_key)
-    )
-    with sqlite3.connect(ledger) as db:
-        db.execute("UPDATE calls SET id = ? WHERE id = ?", (call_id, created.json()["id"]))
-    clear_requests(sandbox)
+    proxy_url = _owning_a_call_named(call_id, make_proxy, sandbox, user_key, tmp_path)
     dots = call_id.replace(".", "%2E")  # a client would resolve a bare `..` away
-    reply = HTTP.get(f"{proxy.url}/call/{dots}", headers=bearer(user_key))
+    reply = HTTP.get(f"{proxy_url}/call/{dots}", headers=bearer(user_key))
     assert_envelope(reply, 404)
     assert upstream_requests(sandbox) == []

@@ -8,6 +8,7 @@ transports are not asyncio's classes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -92,6 +93,16 @@ def client_for(url: str, seen: Seen | None = None, pool_size: int = 10) -> Upstr
     return UpstreamClient(url, lambda: KEY, pool_size=pool_size, observer=observer)
 
 
+@contextlib.asynccontextmanager
+async def started(client: UpstreamClient) -> AsyncIterator[UpstreamClient]:
+    """`client`, started, and closed on the way out."""
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 async def test_the_request_is_one_block_with_the_key_and_the_body(
     serve: Callable[[Handler], Awaitable[Server]],
 ) -> None:
@@ -103,13 +114,11 @@ async def test_the_request_is_one_block_with_the_key_and_the_body(
         await reader.read()
 
     server = await serve(handler)
-    client = client_for(server.url)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b'{"a":1}') as stream:
-            reply = await stream.read()
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for(server.url)) as client,
+        client.stream("POST", "/chat", b'{"a":1}') as stream,
+    ):
+        reply = await stream.read()
     host = server.url.removeprefix("http://")
     assert blocks == [
         b"POST /chat HTTP/1.1\r\n"
@@ -138,13 +147,11 @@ async def test_a_base_url_with_a_path_prefixes_every_request(
         await reader.read()
 
     server = await serve(handler)
-    client = client_for(server.url + "/vapi")
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            await stream.read()
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for(server.url + "/vapi")) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        await stream.read()
     assert lines == [b"POST /vapi/chat HTTP/1.1"]
 
 
@@ -161,18 +168,16 @@ async def test_each_chunk_is_handed_on_before_the_next_is_sent(
         await reader.read()
 
     server = await serve(handler)
-    client = client_for(server.url)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            assert stream.is_sse
-            received = []
-            async for data in stream.chunks():
-                received.append(data)
-                got_first.set()
-            assert stream.finished
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for(server.url)) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        assert stream.is_sse
+        received = []
+        async for data in stream.chunks():
+            received.append(data)
+            got_first.set()
+        assert stream.finished
     assert received == [b"data: 1\n\n", b"data: 2\n\n"]
 
 
@@ -196,24 +201,22 @@ async def test_a_reader_that_is_behind_stops_the_socket_being_read(
         await reader.read()
 
     server = await serve(handler)
-    client = client_for(server.url)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            conn = stream._conn
-            async with asyncio.timeout(10):
-                while not conn._paused:
-                    await asyncio.sleep(0.01)
-            await asyncio.sleep(0.1)  # what would arrive if the socket were still read
-            assert conn.transport is not None and not conn.transport.is_reading()
-            # One read past the mark at most (the event loop reads up to 256 KiB at a time).
-            assert conn._buffered <= HIGH_WATER_BYTES + 256 * 1024 + len(piece) + 16
-            total = 0
-            async for data in stream.chunks():
-                total += len(data)
-            assert stream.finished
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for(server.url)) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        conn = stream._conn
+        async with asyncio.timeout(10):
+            while not conn._paused:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # what would arrive if the socket were still read
+        assert conn.transport is not None and not conn.transport.is_reading()
+        # One read past the mark at most (the event loop reads up to 256 KiB at a time).
+        assert conn._buffered <= HIGH_WATER_BYTES + 256 * 1024 + len(piece) + 16
+        total = 0
+        async for data in stream.chunks():
+            total += len(data)
+        assert stream.finished
     assert total == pieces * len(piece)
 
 
@@ -229,9 +232,7 @@ async def test_a_connection_is_reused_only_after_a_reply_that_ended(
             writer.write(b"0\r\n\r\n")
 
     server = await serve(handler)
-    client = client_for(server.url)
-    await client.start()
-    try:
+    async with started(client_for(server.url)) as client:
         for _ in range(3):
             async with client.stream("POST", "/chat", b"{}") as stream:
                 assert [c async for c in stream.chunks()] == [b"data: 1\n\n"]
@@ -244,8 +245,6 @@ async def test_a_connection_is_reused_only_after_a_reply_that_ended(
         async with client.stream("POST", "/chat", b"{}") as stream:
             assert [c async for c in stream.chunks()] == [b"data: 1\n\n"]
         assert server.connections == 2
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.parametrize(
@@ -267,14 +266,10 @@ async def test_a_connection_is_not_reused_when_it_may_be_out_of_step(
         await reader.read()
 
     server = await serve(handler)
-    client = client_for(server.url)
-    await client.start()
-    try:
+    async with started(client_for(server.url)) as client:
         for _ in range(2):
             async with client.stream("POST", "/chat", b"{}") as stream:
                 assert (await stream.read()).body == b"{}"
-    finally:
-        await client.aclose()
     assert server.connections == 2
 
 
@@ -290,13 +285,11 @@ async def test_a_large_reply_in_the_same_read_as_its_headers_is_read_whole(
         )
         await reader.read()
 
-    client = client_for((await serve(handler)).url)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            assert (await stream.read()).body == body
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for((await serve(handler)).url)) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        assert (await stream.read()).body == body
 
 
 async def test_an_interim_reply_is_skipped(serve: Callable[[Handler], Awaitable[Server]]) -> None:
@@ -305,13 +298,11 @@ async def test_an_interim_reply_is_skipped(serve: Callable[[Handler], Awaitable[
         writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + JSON_REPLY)
         await reader.read()
 
-    client = client_for((await serve(handler)).url)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            reply = await stream.read()
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for((await serve(handler)).url)) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        reply = await stream.read()
     assert (reply.status, reply.body, reply.content_type) == (
         400,
         b'{"message":"x"}',
@@ -328,14 +319,12 @@ async def test_a_reply_without_a_length_ends_with_its_connection(
         await writer.drain()
 
     server = await serve(handler)
-    client = client_for(server.url)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            assert b"".join([c async for c in stream.chunks()]) == b"data: 1\n\n"
-            assert stream.finished
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for(server.url)) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        assert b"".join([c async for c in stream.chunks()]) == b"data: 1\n\n"
+        assert stream.finished
 
 
 async def test_a_silent_vapi_is_a_504_and_a_broken_reply_a_502(
@@ -352,25 +341,19 @@ async def test_a_silent_vapi_is_a_504_and_a_broken_reply_a_502(
         writer.transport.abort()
 
     seen: Seen = []
-    client = client_for((await serve(silent)).url, seen)
-    await client.start()
-    try:
+    async with started(client_for((await serve(silent)).url, seen)) as client:
         with pytest.raises(UpstreamError) as silence:
             async with client.stream("POST", "/chat", b"{}", idle_timeout=0.05):
                 pass
-    finally:
-        await client.aclose()
     assert (silence.value.status_code, silence.value.maybe_sent) == (504, True)
 
-    client = client_for((await serve(broken)).url, seen)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            with pytest.raises(UpstreamError) as breaking:
-                async for _ in stream.chunks():
-                    pass
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for((await serve(broken)).url, seen)) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        with pytest.raises(UpstreamError) as breaking:
+            async for _ in stream.chunks():
+                pass
     assert (breaking.value.status_code, breaking.value.maybe_sent) == (502, True)
     assert [kind for _, _, kind in seen] == ["timeout", None, "disconnect"]
 
@@ -381,14 +364,10 @@ async def test_an_unreachable_vapi_was_provably_not_sent_anything() -> None:
     listening.close()
     await listening.wait_closed()
     seen: Seen = []
-    client = client_for(f"http://127.0.0.1:{port}", seen)
-    await client.start()
-    try:
+    async with started(client_for(f"http://127.0.0.1:{port}", seen)) as client:
         with pytest.raises(UpstreamError) as refused:
             async with client.stream("POST", "/chat", b"{}"):
                 pass
-    finally:
-        await client.aclose()
     assert (refused.value.status_code, refused.value.maybe_sent) == (502, False)
     assert [kind for _, _, kind in seen] == ["connect"]
 
@@ -414,14 +393,10 @@ async def test_replies_the_proxy_cannot_read_are_refused(
         writer.write(reply)
         await reader.read()
 
-    client = client_for((await serve(handler)).url)
-    await client.start()
-    try:
+    async with started(client_for((await serve(handler)).url)) as client:
         with pytest.raises(UpstreamError, match=message) as refused:
             async with client.stream("POST", "/chat", b"{}"):
                 pass
-    finally:
-        await client.aclose()
     assert (refused.value.status_code, refused.value.maybe_sent) == (502, True)
 
 
@@ -474,13 +449,13 @@ def test_under_uvloop() -> None:
 
         listening = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = listening.sockets[0].getsockname()[1]
-        client = client_for(f"http://127.0.0.1:{port}")
-        await client.start()
         try:
-            async with client.stream("POST", "/chat", b"{}") as stream:
+            async with (
+                started(client_for(f"http://127.0.0.1:{port}")) as client,
+                client.stream("POST", "/chat", b"{}") as stream,
+            ):
                 return b"".join([c async for c in stream.chunks()])
         finally:
-            await client.aclose()
             listening.close()
 
     loop = uvloop.new_event_loop()
@@ -500,14 +475,10 @@ async def test_an_idle_connection_past_its_keepalive_is_not_reused(
 
     monkeypatch.setattr("vapi_proxy.upstream.wire.KEEPALIVE_SECONDS", -1.0)
     server = await serve(handler)
-    client = client_for(server.url)
-    await client.start()
-    try:
+    async with started(client_for(server.url)) as client:
         for _ in range(2):
             async with client.stream("POST", "/chat", b"{}") as stream:
                 assert (await stream.read()).status == 400
-    finally:
-        await client.aclose()
     assert server.connections == 2
 
 
@@ -614,9 +585,7 @@ async def test_a_buffered_request_is_one_block_asking_for_no_compression(
             )
 
     server = await serve(handler)
-    client = buffered_client(server.url)
-    await client.start()
-    try:
+    async with started(buffered_client(server.url)) as client:
         replies = [
             await client.request("POST", "/call/web", b'{"a":1}'),
             await client.request("GET", "/call?limit=2"),
@@ -624,8 +593,6 @@ async def test_a_buffered_request_is_one_block_asking_for_no_compression(
             await client.request("DELETE", "/call/c1"),
             await client.request("POST", "/call/c1/end"),
         ]
-    finally:
-        await client.aclose()
     host = server.url.removeprefix("http://")
     common = (
         f"Host: {host}\r\nAuthorization: Bearer {KEY}\r\nAccept: application/json\r\n"
@@ -667,12 +634,8 @@ async def test_a_path_with_characters_a_request_line_cannot_hold_is_percent_enco
         await reader.read()
 
     server = await serve(handler)
-    client = buffered_client(server.url)
-    await client.start()
-    try:
+    async with started(buffered_client(server.url)) as client:
         reply = await client.request("GET", "/call/a b\r\nX-Evil: 1\u00e9%41")
-    finally:
-        await client.aclose()
     assert reply.status == 400
     assert lines == [b"GET /call/a%20b%0D%0AX-Evil:%201%C3%A9%41 HTTP/1.1"]
 
@@ -689,12 +652,8 @@ async def test_a_buffered_reply_that_arrives_in_pieces_is_read_whole(
         await reader.read()
 
     server = await serve(handler)
-    client = buffered_client(server.url)
-    await client.start()
-    try:
+    async with started(buffered_client(server.url)) as client:
         reply = await client.request("POST", "/call/web", b"{}")
-    finally:
-        await client.aclose()
     assert (reply.status, reply.body) == (201, b"a" * 10 + b"b" * 10)
 
 
@@ -710,12 +669,8 @@ async def test_a_redirect_is_handed_back_not_followed(
             )
 
     server = await serve(handler)
-    client = buffered_client(server.url)
-    await client.start()
-    try:
+    async with started(buffered_client(server.url)) as client:
         reply = await client.request("GET", "/call/c1")
-    finally:
-        await client.aclose()
     assert (reply.status, reply.body) == (302, b"")
     assert server.connections == 1
 
@@ -731,13 +686,9 @@ async def test_a_buffered_reply_past_the_total_timeout_is_a_504_and_not_retried(
 
     seen: Seen = []
     server = await serve(handler)
-    client = buffered_client(server.url, seen, timeout=0.05)
-    await client.start()
-    try:
+    async with started(buffered_client(server.url, seen, timeout=0.05)) as client:
         with pytest.raises(UpstreamError) as slow:
             await client.request("POST", "/call/web", b"{}")
-    finally:
-        await client.aclose()
     assert (slow.value.status_code, slow.value.maybe_sent) == (504, True)
     assert "did not answer in time" in slow.value.message
     assert [kind for _, _, kind in seen] == ["timeout"]
@@ -757,13 +708,9 @@ async def test_a_buffered_reply_that_breaks_off_is_a_502_and_not_retried(
 
     seen: Seen = []
     server = await serve(handler)
-    client = buffered_client(server.url, seen)
-    await client.start()
-    try:
+    async with started(buffered_client(server.url, seen)) as client:
         with pytest.raises(UpstreamError) as broken:
             await client.request("POST", "/call/web", b"{}")
-    finally:
-        await client.aclose()
     assert (broken.value.status_code, broken.value.maybe_sent) == (502, True)
     assert broken.value.message == "The connection to Vapi failed. Try again later."
     assert [kind for _, _, kind in seen] == ["disconnect"]
@@ -785,13 +732,11 @@ async def test_a_connection_that_cannot_be_opened_is_retried_once_and_a_502() ->
     listening = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = listening.sockets[0].getsockname()[1]
     seen: Seen = []
-    client = buffered_client(f"https://127.0.0.1:{port}", seen, connect_timeout=0.05)
-    await client.start()
-    try:
+    async with started(
+        buffered_client(f"https://127.0.0.1:{port}", seen, connect_timeout=0.05)
+    ) as client:
         with pytest.raises(UpstreamError) as refused:
             await client.request("POST", "/call/web", b"{}")
-    finally:
-        await client.aclose()
         listening.close()
         await listening.wait_closed()
     assert (refused.value.status_code, refused.value.maybe_sent) == (502, False)
@@ -827,13 +772,9 @@ async def test_buffered_replies_the_proxy_cannot_read_are_refused(
         await reader.read()
 
     seen: Seen = []
-    client = buffered_client((await serve(handler)).url, seen)
-    await client.start()
-    try:
+    async with started(buffered_client((await serve(handler)).url, seen)) as client:
         with pytest.raises(UpstreamError, match=message) as refused:
             await client.request("GET", "/call/c1")
-    finally:
-        await client.aclose()
     assert (refused.value.status_code, refused.value.maybe_sent) == (502, True)
     assert [kind for _, _, kind in seen] == ["bad_reply"]
 
@@ -854,16 +795,14 @@ async def test_streams_holding_every_connection_do_not_hold_up_a_buffered_reques
                 writer.write(JSON_REPLY)
 
     server = await serve(handler)
-    client = client_for(server.url, pool_size=1)
-    await client.start()
-    try:
-        async with client.stream("POST", "/chat", b"{}") as stream:
-            # The stream's pool is full; the buffered pool is its own.
-            assert (await client.request("GET", "/call/c1")).status == 400
-            release.set()
-            assert [c async for c in stream.chunks()] == [b"data: 1\n\n"]
-    finally:
-        await client.aclose()
+    async with (
+        started(client_for(server.url, pool_size=1)) as client,
+        client.stream("POST", "/chat", b"{}") as stream,
+    ):
+        # The stream's pool is full; the buffered pool is its own.
+        assert (await client.request("GET", "/call/c1")).status == 400
+        release.set()
+        assert [c async for c in stream.chunks()] == [b"data: 1\n\n"]
     assert server.connections == 2
 
 
