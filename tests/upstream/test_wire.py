@@ -61,6 +61,31 @@ class Server:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+async def answering(serve: Callable[[Handler], Awaitable[Server]], reply: bytes) -> Server:
+    """A server answering every request on a connection with `reply`, then waiting."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await reader.read()
+
+    return await serve(handler)
+
+
+async def request_lines(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> tuple[Server, list[bytes]]:
+    """A server answering every request with JSON_REPLY, and the request lines it was sent."""
+    lines: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines.append((await read_request(reader)).split(b"\r\n", 1)[0])
+        writer.write(JSON_REPLY)
+        await reader.read()
+
+    return await serve(handler), lines
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
     servers: list[asyncio.Server] = []
@@ -139,14 +164,7 @@ async def test_a_base_url_with_a_path_prefixes_every_request(
     serve: Callable[[Handler], Awaitable[Server]],
 ) -> None:
     # Vapi behind a gateway's mount point (`vapi.base_url: https://gw.example/vapi`).
-    lines: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lines.append((await read_request(reader)).split(b"\r\n", 1)[0])
-        writer.write(JSON_REPLY)
-        await reader.read()
-
-    server = await serve(handler)
+    server, lines = await request_lines(serve)
     async with (
         started(client_for(server.url + "/vapi")) as client,
         client.stream("POST", "/chat", b"{}") as stream,
@@ -293,13 +311,16 @@ async def test_a_large_reply_in_the_same_read_as_its_headers_is_read_whole(
 
 
 async def test_an_interim_reply_is_skipped(serve: Callable[[Handler], Awaitable[Server]]) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + JSON_REPLY)
-        await reader.read()
-
     async with (
-        started(client_for((await serve(handler)).url)) as client,
+        started(
+            client_for(
+                (
+                    await answering(
+                        serve, b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + JSON_REPLY
+                    )
+                ).url
+            )
+        ) as client,
         client.stream("POST", "/chat", b"{}") as stream,
     ):
         reply = await stream.read()
@@ -388,12 +409,7 @@ async def test_an_unreachable_vapi_was_provably_not_sent_anything() -> None:
 async def test_replies_the_proxy_cannot_read_are_refused(
     serve: Callable[[Handler], Awaitable[Server]], reply: bytes, message: str
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(reply)
-        await reader.read()
-
-    async with started(client_for((await serve(handler)).url)) as client:
+    async with started(client_for((await answering(serve, reply)).url)) as client:
         with pytest.raises(UpstreamError, match=message) as refused:
             async with client.stream("POST", "/chat", b"{}"):
                 pass
@@ -626,14 +642,7 @@ async def test_a_buffered_request_is_one_block_asking_for_no_compression(
 async def test_a_path_with_characters_a_request_line_cannot_hold_is_percent_encoded(
     serve: Callable[[Handler], Awaitable[Server]],
 ) -> None:
-    lines: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lines.append((await read_request(reader)).split(b"\r\n", 1)[0])
-        writer.write(JSON_REPLY)
-        await reader.read()
-
-    server = await serve(handler)
+    server, lines = await request_lines(serve)
     async with started(buffered_client(server.url)) as client:
         reply = await client.request("GET", "/call/a b\r\nX-Evil: 1\u00e9%41")
     assert reply.status == 400
@@ -766,13 +775,8 @@ async def test_a_connection_that_cannot_be_opened_is_retried_once_and_a_502() ->
 async def test_buffered_replies_the_proxy_cannot_read_are_refused(
     serve: Callable[[Handler], Awaitable[Server]], reply: bytes, message: str
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(reply)
-        await reader.read()
-
     seen: Seen = []
-    async with started(buffered_client((await serve(handler)).url, seen)) as client:
+    async with started(buffered_client((await answering(serve, reply)).url, seen)) as client:
         with pytest.raises(UpstreamError, match=message) as refused:
             await client.request("GET", "/call/c1")
     assert (refused.value.status_code, refused.value.maybe_sent) == (502, True)
