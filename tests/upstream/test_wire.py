@@ -540,9 +540,13 @@ async def test_tls_with_the_certificate_checked_for_the_host(tmp_path: Path) -> 
     server_tls, client_tls = _tls_pair(tmp_path)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(SSE_HEAD + chunk(b"data: 1\n\n") + b"0\r\n\r\n")
-        await writer.drain()
+        try:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"data: 1\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+        finally:
+            writer.close()  # Python 3.13 reports a writer left to the collector
 
     listening = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_tls)
     port = listening.sockets[0].getsockname()[1]
