@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -23,6 +22,7 @@ from vapi_proxy.console.store import iso
 from vapi_proxy.errors import NotFoundError, ProxyError, UpstreamError
 from vapi_proxy.ledger.records import utc_now
 from vapi_proxy.ledger.schema import calls
+from vapi_proxy.upstream.client import call_path
 from vapi_proxy.upstream.replies import parse_success
 
 if TYPE_CHECKING:
@@ -139,8 +139,7 @@ async def end_call(database: Database, upstream: UpstreamClient, call_id: str) -
 async def _look_up_control_url(
     database: Database, upstream: UpstreamClient, call_id: str
 ) -> str | None:
-    # The id is a ledger row's; quoted all the same, so a `?`, `#` or `/` in it stays in it.
-    reply = await upstream.request("GET", "/call/" + quote(call_id, safe=""))
+    reply = await upstream.request("GET", call_path(call_id))
     url = control_url(parse_success(reply))
     if url is not None:
         async with database.write() as conn:

@@ -15,7 +15,6 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
@@ -44,6 +43,7 @@ from vapi_proxy.policy.reply import SDK_PATHS, scrub
 from vapi_proxy.policy.webcall import plan_web_call
 from vapi_proxy.routes.common import authenticate, json_response, note_upstream
 from vapi_proxy.routes.query import NO_QUERY, read_query, whole_number
+from vapi_proxy.upstream.client import call_path
 
 if TYPE_CHECKING:
     from vapi_proxy.runtime import Runtime
@@ -287,10 +287,7 @@ class CallRoutes:
         if record is None or record.identity_key != identity.key or record.kind == "chat":
             raise NotFoundError("Call not found.")
         state.profile = record.profile
-        # The id came from Vapi's reply, and is quoted all the same: whatever it holds stays
-        # one path segment (`?`, `#`, `%`, `/`) and cannot break the request line.
-        path = "/call/" + quote(call_id, safe="")
-        reply = await runtime.upstream.request("GET", path)
+        reply = await runtime.upstream.request("GET", call_path(call_id))
         note_upstream(state, reply)
         call = runtime.replies.read(reply, state)
         return json_response(orjson.dumps(scrub(call, self._server_paths(record.profile))))

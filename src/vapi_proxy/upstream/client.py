@@ -31,7 +31,7 @@ from vapi_proxy.upstream.response import (
 from vapi_proxy.upstream.stream import UpstreamStream
 from vapi_proxy.upstream.wire import ConnectFailedError, Connection, Pool
 
-__all__ = ["USER_AGENT", "UpstreamClient", "UpstreamResponse", "endpoint_label"]
+__all__ = ["USER_AGENT", "UpstreamClient", "UpstreamResponse", "call_path", "endpoint_label"]
 
 USER_AGENT = f"vapi-proxy/{__version__}"
 REDACTED = b"[redacted]"
@@ -40,13 +40,19 @@ _PATH = re.compile(r"/[!-~]*")  # visible ASCII: no space, no control character
 _VISIBLE = "".join(map(chr, range(0x21, 0x7F)))
 _FIELD_VALUE = re.compile(r"[ !-~]*")
 _BODILESS = frozenset(("GET", "HEAD", "DELETE", "OPTIONS"))
+"""Methods sent without `Content-Length` when they carry no body (as aiohttp did)."""
 _READS = frozenset(("GET", "HEAD"))
 """Sent again once when a kept-alive connection turns out closed before any reply byte: Vapi
 may close an idle connection just as a request is written on it. Never a method that changes
 anything (a POST /call sent twice starts two calls)."""
-"""Methods sent without `Content-Length` when they carry no body (as aiohttp did)."""
 _BUFFERED_ACCEPT = b"application/json"
 _STREAM_ACCEPT = b"text/event-stream, application/json"
+
+
+def call_path(call_id: str) -> str:
+    """Vapi's path for one call. The id is quoted whole, wherever it came from (Vapi's reply,
+    the ledger): a `?`, `#`, `%` or `/` in it stays in its one path segment."""
+    return "/call/" + quote(call_id, safe="")
 
 
 class UpstreamClient:
