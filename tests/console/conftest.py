@@ -1,4 +1,5 @@
-"""Console fixtures: the webhook suite's simulator (real lifecycle webhooks on a manual clock),
+"""Console fixtures: the webhook simulator (real lifecycle webhooks on a manual clock, shared with
+the webhook tests through tests/support/hook_fixtures.py),
 an empty ledger database per backend, and one ledger shared by the replicas of a test."""
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import fresh_postgres_database
-from tests.webhooks.conftest import (  # noqa: F401  (fixtures, used by name)
+from tests.support.hook_fixtures import (  # noqa: F401  (fixtures, used by name)
     clock,
     hook_sandbox,
     keys,
     make_hook_proxy,
 )
+from tests.support.services import fresh_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
