@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -186,6 +187,8 @@ def have_wrk() -> bool:
 
 def _main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    # uvloop's factory returns its own Loop class: name the type both branches share.
+    factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
 

@@ -21,7 +21,7 @@ def _status() -> str:
 
 
 async def _admin(url: str, sql: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(url, timeout=10)
     try:
