@@ -158,7 +158,7 @@ def _fill_sqlite(path: str, rows: int, now: datetime) -> None:
 
 
 async def _fill_postgres(url: str, rows: int, now: datetime) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(url, timeout=30)
     try:
