@@ -1,10 +1,12 @@
-"""The embedded store folds its log into a snapshot only once the log is at least as long as
-the state the snapshot holds: a snapshot costs in proportion to that state, inside the writer's
-transaction that every reservation waits for, so a short log is not folded into a big state."""
+"""The embedded store's snapshots: a short log is not folded into a big state (a snapshot
+costs in proportion to the state), and the fold never holds up reservations: the state is
+copied inside the upkeep's transaction, serialised outside it in pieces, and stored over an
+older snapshot only."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import sqlalchemy as sa
@@ -14,6 +16,9 @@ from vapi_proxy.auth.identity import Identity
 from vapi_proxy.ledger.engine import Database
 from vapi_proxy.limits import AdmissionRequest, LimitsSettings, create_limiter
 from vapi_proxy.limits import embedded as embedded_module
+from vapi_proxy.limits.core import StoreLimiter
+from vapi_proxy.limits.embedded import EmbeddedStore
+from vapi_proxy.limits.memory import CounterState
 
 ALICE = Identity(subject="alice", method="jwt")
 MANY = [{"name": "q", "quota": {"per_day": 1000}, "concurrency": 1000}]
@@ -57,32 +62,171 @@ async def test_a_short_log_is_not_folded_into_a_big_state(
         await limiter.aclose()
 
 
-async def test_the_collector_is_off_while_the_snapshot_is_dumped(
+async def test_the_collector_is_off_while_each_piece_of_the_snapshot_is_dumped(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The dump's many short-lived lists would set off collections that walk the whole heap."""
+    """A piece's short-lived tuples would set off collections that walk the whole heap; the
+    collector is back on between pieces (other work runs then)."""
     import gc
 
-    from vapi_proxy.limits.memory import CounterState
-
     seen: list[bool] = []
-    dump = CounterState.dump
+    dumps_part = embedded_module._dumps_part
 
-    def watched(self: CounterState) -> dict[str, object]:
+    def watched(part: dict[str, object]) -> bytes:
         seen.append(gc.isenabled())
-        return dump(self)
+        return dumps_part(part)
 
-    monkeypatch.setattr(CounterState, "dump", watched)
+    monkeypatch.setattr(embedded_module, "_dumps_part", watched)
     monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 1)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_CHUNK", 2)
     url = f"sqlite:///{tmp_path / 'limits.db'}"
     limiter = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
     try:
-        await limiter.reserve(AdmissionRequest(identity=ALICE, profile="support"))
+        for _ in range(5):
+            await limiter.reserve(AdmissionRequest(identity=ALICE, profile="support"))
         await limiter.expire()
     finally:
         await limiter.aclose()
-    assert seen == [False]
+    assert seen == [False, False, False]
     assert gc.isenabled()
+
+
+def store_of(limiter: object) -> EmbeddedStore:
+    assert isinstance(limiter, StoreLimiter)
+    store = limiter._store
+    assert isinstance(store, EmbeddedStore)
+    return store
+
+
+async def test_the_snapshot_is_serialised_outside_the_writers_transaction(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serialising costs in proportion to the state (a second and more at 150,000 held
+    reservations): inside the writer's transaction, or holding the state's lock, it held up
+    every reservation of the process meanwhile."""
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    limiter = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    store = store_of(limiter)
+    held: list[tuple[bool, bool]] = []
+
+    async def between() -> None:
+        writer = store._db._writer
+        assert writer is not None and writer._conn is not None
+        held.append((store._lock.locked(), writer._conn.in_transaction))
+
+    monkeypatch.setattr(embedded_module, "_between_pieces", between)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 10)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_CHUNK", 4)
+    ask = AdmissionRequest(identity=ALICE, profile="support", worst_case_seconds=300)
+    try:
+        for _ in range(30):
+            await limiter.reserve(ask)
+        await limiter.expire()
+    finally:
+        await limiter.aclose()
+    assert len(held) >= 8  # the header, 8 pieces of records, the end
+    assert set(held) == {(False, False)}
+
+
+async def test_what_is_logged_while_a_snapshot_is_serialised_is_kept(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries logged after the copy was taken are numbered after the snapshot's and stay in
+    the log: a start replays them over it."""
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    limiter = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    ask = AdmissionRequest(identity=ALICE, profile="support", worst_case_seconds=300)
+    done: list[str] = []
+
+    async def between() -> None:
+        if not done:
+            done.append("x")
+            first = await limiter.reserve(ask)
+            await limiter.reserve(ask)
+            await limiter.commit(first, "call-late")
+
+    monkeypatch.setattr(embedded_module, "_between_pieces", between)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 10)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_KEEP_ENTRIES", 0)
+    try:
+        for _ in range(30):
+            await limiter.reserve(ask)
+        await limiter.expire()
+        assert done
+        assert await log_rows(url) >= 2  # the two reservations after the snapshot's entry
+    finally:
+        await limiter.aclose()
+    other = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    try:
+        counts = {u.what: u.used for u in await other.usage(ALICE, "support")}
+        assert counts == {"quota": 32, "concurrency": 32}
+        assert store_of(other)._state.calls == {"call-late": ANY}
+    finally:
+        await other.aclose()
+
+
+async def test_a_snapshot_never_replaces_a_newer_one(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one worker serialises its snapshot, another stores a newer one and drops the log
+    before it: the older snapshot stored over it would lose what lay between the two."""
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    a = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    b = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    ask = AdmissionRequest(identity=ALICE, profile="support", worst_case_seconds=300)
+    inside: list[str] = []
+
+    async def between() -> None:
+        if not inside:  # a's snapshot, first piece: b logs two more and snapshots
+            inside.append("a")
+            await b.reserve(ask)
+            await b.reserve(ask)
+            await b.expire()
+
+    monkeypatch.setattr(embedded_module, "_between_pieces", between)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_ENTRIES", 10)
+    monkeypatch.setattr(embedded_module, "SNAPSHOT_KEEP_ENTRIES", 0)
+    try:
+        await b.reserve(ask)
+        for _ in range(30):
+            await a.reserve(ask)
+        await a.expire()
+        newer = store_of(b)._snapshot_seq
+        assert inside and newer > store_of(a)._snapshot_seq > 0
+        db = Database(url)
+        try:
+            async with db.read() as conn:
+                stored = (await conn.execute(sa.text("SELECT seq FROM limit_state"))).scalar_one()
+        finally:
+            await db.aclose()
+        assert stored == newer
+    finally:
+        await a.aclose()
+        await b.aclose()
+    c = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    try:
+        counts = {u.what: u.used for u in await c.usage(ALICE, "support")}
+        assert counts == {"quota": 33, "concurrency": 33}
+    finally:
+        await c.aclose()
+
+
+def test_the_pieces_are_the_dump_byte_for_byte() -> None:
+    """The snapshot's form is unchanged (old snapshots load, tests/limits/old_snapshot.json):
+    the pieces joined are what `orjson.dumps(state.dump())` gave, for any piece size."""
+    import orjson
+
+    from tests.limits.test_limits_state import scripted
+
+    state = scripted()
+    whole = orjson.dumps(state.dump())
+    for chunk in (1, 2, 3, 1000):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(embedded_module, "SNAPSHOT_CHUNK", chunk)
+            assert b"".join(embedded_module.snapshot_pieces(state.freeze())) == whole
+    assert b"".join(embedded_module.snapshot_pieces(CounterState().freeze())) == orjson.dumps(
+        CounterState().dump()
+    )
 
 
 async def test_a_worker_a_little_behind_catches_up_without_reloading(

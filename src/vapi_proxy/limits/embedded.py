@@ -15,7 +15,10 @@ keeps a `CounterState` and the number of the last log entry it has applied:
   and settlements in any case: at start, the open reservations are matched with their calls
   (`calls.reservation_id`), and those that ended are settled from the row.
 - expire (the periodic upkeep) appends which reservations it expired, so all workers agree, and
-  now and then writes a snapshot and drops the log before it.
+  now and then writes a snapshot and drops the log before it. The snapshot is a copy of the
+  state taken inside that transaction (milliseconds: records are immutable tuples), serialised
+  afterwards on the event loop in pieces, and stored in a transaction of its own, over an older
+  snapshot only; the entries logged meanwhile come after its sequence number and stay.
 
 A worker that missed log entries folded into a snapshot (it was idle through a compaction)
 notices the gap in sequence numbers and reloads the snapshot. Every logged operation is
@@ -34,8 +37,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, TypeVar
 
 import orjson
@@ -53,7 +57,15 @@ from vapi_proxy.limits.core import (
     Shortfall,
     StoreUnavailableError,
 )
-from vapi_proxy.limits.memory import LIVE, STATE, CounterState, hold_rows
+from vapi_proxy.limits.memory import (
+    FINISHED,
+    LIVE,
+    SLOT_KEYS,
+    STATE,
+    CounterState,
+    Frozen,
+    hold_rows,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -65,6 +77,9 @@ SNAPSHOT_SECONDS = 300.0
 SNAPSHOT_KEEP_ENTRIES = 2000
 """Log entries kept before a snapshot's, for workers a little behind (they catch up from the
 log instead of reloading the snapshot)."""
+SNAPSHOT_CHUNK = 2000
+"""Records serialised per piece of a snapshot: one piece holds the event loop a millisecond or
+two, and other work runs between pieces."""
 _RECONCILE_CHUNK = 500
 OPEN = ("pending", "committed", "expired", "ended")
 
@@ -76,11 +91,13 @@ _INSERT_AT = "INSERT INTO limit_log (namespace, seq, writer, entry) VALUES (?, ?
 _SINCE = "SELECT seq, writer, entry FROM limit_log WHERE namespace = ? AND seq > ? ORDER BY seq"
 _LAST = "SELECT coalesce(max(seq), 0) FROM limit_log WHERE namespace = ?"
 _STATE = "SELECT seq, state FROM limit_state WHERE namespace = ?"
+# Over an older snapshot only: another worker may have stored a newer one meanwhile.
 _SNAPSHOT = (
     "INSERT INTO limit_state (namespace, seq, state, written_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (namespace) DO UPDATE SET seq = excluded.seq, state = excluded.state, "
-    "written_at = excluded.written_at"
+    "written_at = excluded.written_at WHERE excluded.seq > limit_state.seq"
 )
+_STORED = "SELECT seq FROM limit_state WHERE namespace = ?"
 _TRIM = "DELETE FROM limit_log WHERE namespace = ? AND seq < ?"
 
 
@@ -113,6 +130,53 @@ def _dumps(entry: list[Any]) -> str:
     return orjson.dumps(entry).decode()
 
 
+def _dumps_part(part: dict[str, Any]) -> bytes:
+    return orjson.dumps(part)
+
+
+def snapshot_pieces(frozen: Frozen) -> Iterator[bytes]:
+    """A snapshot's JSON in pieces of `SNAPSHOT_CHUNK` records: joined, byte for byte
+    `orjson.dumps(state.dump())` of the state `frozen` was taken from. orjson writes tuples as
+    arrays, so a record is written as it is held, without the lists `dump` builds. The
+    collector is off while a piece is built (no await inside): its short-lived tuples would
+    otherwise set off collections that walk the whole heap."""
+    yield (
+        b'{"counters":'
+        + orjson.dumps(frozen.counters)
+        + b',"slots":'
+        + orjson.dumps(frozen.slots)
+        + b',"records":{'
+    )
+    items = iter(frozen.records.items())
+    separator = b""
+    while True:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            taken = 0
+            part: dict[str, Any] = {}
+            for rid, rec in islice(items, SNAPSHOT_CHUNK):
+                taken += 1
+                if rec[STATE] not in FINISHED:
+                    part[rid] = rec[:SLOT_KEYS]
+            piece = _dumps_part(part)[1:-1] if part else b""
+            del part
+        finally:
+            if collecting:
+                gc.enable()
+        if piece:
+            yield separator + piece
+            separator = b","
+        if taken < SNAPSHOT_CHUNK:
+            break
+    yield b"}}"
+
+
+async def _between_pieces() -> None:
+    """Other work runs between two pieces of a snapshot."""
+    await asyncio.sleep(0)
+
+
 class EmbeddedStore:
     """A `LimitStore` over a SQLite file; see the module docstring."""
 
@@ -135,6 +199,7 @@ class EmbeddedStore:
         self._seq = 0
         self._snapshot_seq = 0
         self._snapshot_at = time.monotonic()
+        self._snapshotting = False
         # The state is changed on the event loop (commit, settle) and on the database's writer
         # thread (reserve, catching up); one lock keeps each change whole.
         self._lock = threading.Lock()
@@ -241,7 +306,7 @@ class EmbeddedStore:
         self._seq = 0
         row = conn.execute(_STATE, (self._ns,)).fetchone()
         if row is not None:
-            self._state.load(json.loads(row[1]))
+            self._state.load(orjson.loads(row[1]))
             self._seq = self._snapshot_seq = int(row[0])
         for seq, _, entry in conn.execute(_SINCE, (self._ns, self._seq)).fetchall():
             self._apply(orjson.loads(entry))  # this process's entries too: the state is new
@@ -261,29 +326,41 @@ class EmbeddedStore:
         old = time.monotonic() - self._snapshot_at > SNAPSHOT_SECONDS
         return (old or logged >= SNAPSHOT_ENTRIES) and logged >= len(self._state.records)
 
-    def _snapshot(self, conn: sqlite3.Connection, now: float) -> None:
-        """Fold the log into a snapshot (holding the lock, caught up, buffer written)."""
-        self._seq = int(conn.execute(_LAST, (self._ns,)).fetchone()[0])
-        # orjson: the same compact JSON, several times faster than json.dumps on a big state
-        # (the writer and the lock are held meanwhile). The collector is off meanwhile: the
-        # dump's lists (several per reservation, all alive until it is written, none in a
-        # cycle) set off collections that walked the whole heap, the state included (a
-        # 0.57 s one inside a 1.5 s snapshot, measured); they die by reference counting.
-        collecting = gc.isenabled()
-        gc.disable()
+    async def _snapshot(self, seq: int, frozen: Frozen, now: float) -> None:
+        """Fold the log into a snapshot: `frozen` is the state as of log entry `seq`, copied
+        inside the transaction that read up to it. Serialising it costs in proportion to the
+        state (about a second at 150,000 held reservations), so it is done here, on the event
+        loop in pieces, between other work, and not inside the writer's transaction, which
+        every reservation waits for; the snapshot is then stored in a short transaction of its
+        own. Entries logged meanwhile are numbered after `seq` and kept: replaying them over
+        the snapshot is harmless (every logged operation is idempotent)."""
         try:
-            state = orjson.dumps(self._state.dump()).decode()
+            pieces = []
+            for piece in snapshot_pieces(frozen):
+                pieces.append(piece)
+                await _between_pieces()
+            state = b"".join(pieces).decode()
+            del pieces, frozen
+            await self._write(lambda conn: self._store_snapshot(conn, seq, state, now))
+        except (StoreUnavailableError, *_DOWN) as exc:
+            # The log still holds everything; the next upkeep tries again.
+            log.warning("limits: snapshot not written: %s", exc)
         finally:
-            if collecting:
-                gc.enable()
-        conn.execute(_SNAPSHOT, (self._ns, self._seq, state, now))
-        # Keep the last entries: the next one is numbered after them, a worker a little behind
-        # (another worker writes between two of ours) catches up from them, and one further
-        # behind sees the gap and reloads. Trimming to the last entry made the other worker
-        # reload the whole snapshot after nearly every one (0.4-1.1 s in its transaction).
-        conn.execute(_TRIM, (self._ns, self._seq - SNAPSHOT_KEEP_ENTRIES))
-        self._snapshot_seq = self._seq
-        self._snapshot_at = time.monotonic()
+            self._snapshotting = False
+
+    def _store_snapshot(self, conn: sqlite3.Connection, seq: int, state: str, now: float) -> None:
+        """Store the snapshot over an older one (another worker may have stored a newer one
+        meanwhile) and drop the log before the stored one. Keep the last entries: the next one
+        is numbered after them, a worker a little behind (another worker writes between two of
+        ours) catches up from them, and one further behind sees the gap and reloads. Trimming
+        to the last entry made the other worker reload the whole snapshot after nearly every
+        one (0.4-1.1 s in its transaction)."""
+        conn.execute(_SNAPSHOT, (self._ns, seq, state, now))
+        stored = int(conn.execute(_STORED, (self._ns,)).fetchone()[0])
+        conn.execute(_TRIM, (self._ns, stored - SNAPSHOT_KEEP_ENTRIES))
+        with self._lock:
+            self._snapshot_seq = max(self._snapshot_seq, seq)
+            self._snapshot_at = time.monotonic()
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -427,18 +504,25 @@ class EmbeddedStore:
     async def expire(self, now: float) -> list[str | None]:
         await self._ensure_or_unavailable(now)
 
-        def tx(conn: sqlite3.Connection) -> list[str | None]:
+        def tx(conn: sqlite3.Connection) -> tuple[list[str | None], Frozen | None, int]:
+            frozen = None
             with self._lock:
                 self._catch_up(conn)
                 due = self._state.due(now)
                 freed = self._state.mark_expired(due)
                 self._state.gc(now)
                 self._append_next(conn, [["e", due, now]])
-                if self._snapshot_due():
-                    self._snapshot(conn, now)
-            return freed
+                # Caught up, holding SQLite's write lock: the state is that of the whole log.
+                if not self._snapshotting and self._snapshot_due():
+                    self._snapshotting = True
+                    frozen = self._state.freeze()
+                seq = self._seq
+            return freed, frozen, seq
 
-        return await self._write(tx)
+        freed, frozen, seq = await self._write(tx)
+        if frozen is not None:
+            await self._snapshot(seq, frozen, now)
+        return freed
 
     async def peek(
         self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float

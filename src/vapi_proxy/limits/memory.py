@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from vapi_proxy.limits.base import Hold
@@ -24,6 +25,8 @@ from vapi_proxy.limits.core import SETTLEABLE, CounterCheck, Plan, Shortfall, tr
 
 # States a reservation moves through; only live ones hold a concurrency slot.
 LIVE = ("pending", "committed")
+FINISHED = ("released", "settled")
+"""States in which nothing more can change a reservation: snapshots leave them out."""
 _RECORD, _COUNTER, _SLOT = 0, 1, 2  # what a `CounterState._reclaim` entry is about
 
 
@@ -50,6 +53,15 @@ def hold_rows(holds: Iterable[Hold]) -> tuple[HoldRow, ...]:
 def _moved(rec: Record, state: str, call_id: str | None, applied: str) -> Record:
     holds, expires_at, keep_until, _, _, _, slot_keys = rec
     return (holds, expires_at, keep_until, state, call_id, applied, slot_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Frozen:
+    """A copy of a `CounterState`'s counters, slots and records (`CounterState.freeze`)."""
+
+    counters: dict[str, tuple[int, float]]
+    slots: dict[str, dict[str, float]]
+    records: dict[str, Record]
 
 
 class CounterState:
@@ -303,13 +315,23 @@ class CounterState:
         records = {
             rid: [[list(h) for h in holds], expires_at, keep_until, state, call_id, applied]
             for rid, (holds, expires_at, keep_until, state, call_id, applied, _) in held
-            if state not in ("released", "settled")
+            if state not in FINISHED
         }
         return {
             "counters": {k: list(v) for k, v in self.counters.items()},
             "slots": {k: dict(v) for k, v in self.slots.items() if v},
             "records": records,
         }
+
+    def freeze(self) -> Frozen:
+        """What `dump` holds, copied in a few milliseconds so that it can be serialised later,
+        while the state moves on: records are immutable tuples, so a shallow copy of their dict
+        is a consistent copy, and only the slots' inner dicts are copied a level down."""
+        return Frozen(
+            counters=dict(self.counters),
+            slots={k: dict(v) for k, v in self.slots.items() if v},
+            records=dict(self.records),
+        )
 
     def load(self, data: Mapping[str, Any]) -> None:
         self.counters = {k: (int(v), float(u)) for k, (v, u) in data["counters"].items()}
