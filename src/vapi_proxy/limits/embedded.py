@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -77,9 +78,14 @@ SNAPSHOT_SECONDS = 300.0
 SNAPSHOT_KEEP_ENTRIES = 2000
 """Log entries kept before a snapshot's, for workers a little behind (they catch up from the
 log instead of reloading the snapshot)."""
-SNAPSHOT_CHUNK = 2000
-"""Records serialised per piece of a snapshot: one piece holds the event loop a millisecond or
-two, and other work runs between pieces."""
+SNAPSHOT_CHUNK = 1000
+"""Records serialised (and compressed) per piece of a snapshot: one piece holds the event loop
+a few milliseconds, and other work runs between pieces."""
+SNAPSHOT_LEVEL = 1
+"""zlib level of stored snapshots. The JSON repeats its keys (every hold names its counter): at
+level 1 a snapshot of 20,000 reservations is 28 times smaller (14.9 MB → 0.53 MB, 27 ms), and
+storing it is that much shorter a transaction (118 ms uncompressed, in which every reservation
+waited)."""
 _RECONCILE_CHUNK = 500
 OPEN = ("pending", "committed", "expired", "ended")
 
@@ -170,6 +176,12 @@ def snapshot_pieces(frozen: Frozen) -> Iterator[bytes]:
         if taken < SNAPSHOT_CHUNK:
             break
     yield b"}}"
+
+
+def read_snapshot(stored: str | bytes) -> Any:
+    """A stored snapshot's data: zlib-compressed JSON (a blob), or JSON text as snapshots were
+    stored before they were compressed (and as `write_snapshot` stores a migrated state)."""
+    return orjson.loads(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
 
 
 async def _between_pieces() -> None:
@@ -306,7 +318,7 @@ class EmbeddedStore:
         self._seq = 0
         row = conn.execute(_STATE, (self._ns,)).fetchone()
         if row is not None:
-            self._state.load(orjson.loads(row[1]))
+            self._state.load(read_snapshot(row[1]))
             self._seq = self._snapshot_seq = int(row[0])
         for seq, _, entry in conn.execute(_SINCE, (self._ns, self._seq)).fetchall():
             self._apply(orjson.loads(entry))  # this process's entries too: the state is new
@@ -317,11 +329,10 @@ class EmbeddedStore:
     def _snapshot_due(self) -> bool:
         """Fold the log (every `SNAPSHOT_ENTRIES` entries or `SNAPSHOT_SECONDS`) once it is
         longer than the state a snapshot would hold. A snapshot costs in proportion to that
-        state (every reservation not yet settled: a day of calls whose end never came), and it
-        is written inside the writer's transaction, which every reservation waits for: folding
-        a short log into a big state each upkeep held every request for a second. This way the
-        snapshots cost no more than the entries they fold, and a start replays at most as many
-        entries as the snapshot holds records."""
+        state (every reservation not yet settled: a day of calls whose end never came), so
+        folding a short log into a big state each upkeep would spend far more than the entries
+        it folds. This way the snapshots cost no more than the entries they fold, and a start
+        replays at most as many entries as the snapshot holds records."""
         logged = self._seq - self._snapshot_seq
         old = time.monotonic() - self._snapshot_at > SNAPSHOT_SECONDS
         return (old or logged >= SNAPSHOT_ENTRIES) and logged >= len(self._state.records)
@@ -329,18 +340,21 @@ class EmbeddedStore:
     async def _snapshot(self, seq: int, frozen: Frozen, now: float) -> None:
         """Fold the log into a snapshot: `frozen` is the state as of log entry `seq`, copied
         inside the transaction that read up to it. Serialising it costs in proportion to the
-        state (about a second at 150,000 held reservations), so it is done here, on the event
-        loop in pieces, between other work, and not inside the writer's transaction, which
-        every reservation waits for; the snapshot is then stored in a short transaction of its
-        own. Entries logged meanwhile are numbered after `seq` and kept: replaying them over
-        the snapshot is harmless (every logged operation is idempotent)."""
+        state (a second and more at 150,000 held reservations), so it is done here, on the
+        event loop in pieces with other work between them, and not inside the writer's
+        transaction, which every reservation waits for; compressed, the snapshot is then
+        stored in a short transaction of its own. Entries logged meanwhile are numbered after
+        `seq` and kept: replaying them over the snapshot is harmless (every logged operation
+        is idempotent)."""
         try:
-            pieces = []
+            packer = zlib.compressobj(SNAPSHOT_LEVEL)
+            packed = []
             for piece in snapshot_pieces(frozen):
-                pieces.append(piece)
+                packed.append(packer.compress(piece))
                 await _between_pieces()
-            state = b"".join(pieces).decode()
-            del pieces, frozen
+            packed.append(packer.flush())
+            del frozen
+            state = b"".join(packed)
             await self._write(lambda conn: self._store_snapshot(conn, seq, state, now))
         except (StoreUnavailableError, *_DOWN) as exc:
             # The log still holds everything; the next upkeep tries again.
@@ -348,7 +362,7 @@ class EmbeddedStore:
         finally:
             self._snapshotting = False
 
-    def _store_snapshot(self, conn: sqlite3.Connection, seq: int, state: str, now: float) -> None:
+    def _store_snapshot(self, conn: sqlite3.Connection, seq: int, state: bytes, now: float) -> None:
         """Store the snapshot over an older one (another worker may have stored a newer one
         meanwhile) and drop the log before the stored one. Keep the last entries: the next one
         is numbered after them, a worker a little behind (another worker writes between two of
