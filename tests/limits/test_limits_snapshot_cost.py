@@ -6,6 +6,7 @@ older snapshot only."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -92,6 +93,22 @@ async def test_the_collector_is_off_while_each_piece_of_the_snapshot_is_dumped(
     assert gc.isenabled()
 
 
+@contextlib.asynccontextmanager
+async def restarted(url: str, clock: FakeClock) -> AsyncIterator[object]:
+    """A new process's limiter on the file: it rebuilds its counts from the snapshot and the
+    log after it."""
+    limiter = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
+    try:
+        yield limiter
+    finally:
+        await limiter.aclose()
+
+
+async def used(limiter: object) -> dict[str, int]:
+    assert isinstance(limiter, StoreLimiter)
+    return {u.what: u.used for u in await limiter.usage(ALICE, "support")}
+
+
 def store_of(limiter: object) -> EmbeddedStore:
     assert isinstance(limiter, StoreLimiter)
     store = limiter._store
@@ -157,13 +174,9 @@ async def test_what_is_logged_while_a_snapshot_is_serialised_is_kept(
         assert await log_rows(url) >= 2  # the two reservations after the snapshot's entry
     finally:
         await limiter.aclose()
-    other = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
-    try:
-        counts = {u.what: u.used for u in await other.usage(ALICE, "support")}
-        assert counts == {"quota": 32, "concurrency": 32}
+    async with restarted(url, clock) as other:
+        assert await used(other) == {"quota": 32, "concurrency": 32}
         assert store_of(other)._state.calls == {"call-late": ANY}
-    finally:
-        await other.aclose()
 
 
 async def test_a_snapshot_never_replaces_a_newer_one(
@@ -204,12 +217,8 @@ async def test_a_snapshot_never_replaces_a_newer_one(
     finally:
         await a.aclose()
         await b.aclose()
-    c = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
-    try:
-        counts = {u.what: u.used for u in await c.usage(ALICE, "support")}
-        assert counts == {"quota": 33, "concurrency": 33}
-    finally:
-        await c.aclose()
+    async with restarted(url, clock) as c:
+        assert await used(c) == {"quota": 33, "concurrency": 33}
 
 
 def test_the_pieces_are_the_dump_byte_for_byte() -> None:
@@ -298,13 +307,9 @@ async def test_snapshots_are_stored_compressed_and_text_ones_still_load(
         assert len(stored) * 5 < len(orjson.dumps(dump))
         with conn:  # as a proxy from before compression stored it
             conn.execute("UPDATE limit_state SET state = ?", (orjson.dumps(dump).decode(),))
-    other = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
-    try:
-        counts = {u.what: u.used for u in await other.usage(ALICE, "support")}
-        assert counts == {"quota": 30, "concurrency": 30}
+    async with restarted(url, clock) as other:
+        assert await used(other) == {"quota": 30, "concurrency": 30}
         assert store_of(other)._state.dump() == dump
-    finally:
-        await other.aclose()
 
 
 async def test_the_log_is_dropped_a_piece_at_a_time(
@@ -334,9 +339,5 @@ async def test_the_log_is_dropped_a_piece_at_a_time(
         assert await log_rows(url) == 3
     finally:
         await limiter.aclose()
-    other = create_limiter(LimitsSettings(backend=url, rules=MANY), clock=clock)
-    try:
-        counts = {u.what: u.used for u in await other.usage(ALICE, "support")}
-        assert counts == {"quota": 30, "concurrency": 30}
-    finally:
-        await other.aclose()
+    async with restarted(url, clock) as other:
+        assert await used(other) == {"quota": 30, "concurrency": 30}
