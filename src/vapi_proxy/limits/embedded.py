@@ -99,7 +99,6 @@ _INSERT = (
 )
 _INSERT_AT = "INSERT INTO limit_log (namespace, seq, writer, entry) VALUES (?, ?, ?, ?)"
 _SINCE = "SELECT seq, writer, entry FROM limit_log WHERE namespace = ? AND seq > ? ORDER BY seq"
-_LAST = "SELECT coalesce(max(seq), 0) FROM limit_log WHERE namespace = ?"
 _STATE = "SELECT seq, state FROM limit_state WHERE namespace = ?"
 # Over an older snapshot only: another worker may have stored a newer one meanwhile.
 _SNAPSHOT = (
