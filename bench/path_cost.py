@@ -261,8 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(ngx.stop)
         ngx.wait_ready()
         keys = setups.jwt_keys()
+        scaled: tuple[dict[str, str] | None, str | None] = (None, None)
+        if args.variant == "jwt+redis+pg":
+            from bench.services import scaled_out
+
+            scaled = stack.enter_context(scaled_out())
         variant = next(
-            v for v in setups.proxy_variants(tmp, keys, None, None) if v.name == args.variant
+            v
+            for v in setups.proxy_variants(tmp, keys, scaled[0], scaled[1])
+            if v.name == args.variant
         )
         config = setups.write_proxy_config(tmp, variant)
         os.environ["VAPI_API_KEY"] = setups.PRIVATE_KEY
