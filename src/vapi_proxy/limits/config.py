@@ -152,7 +152,8 @@ class LimitsSettings(_Strict):
             "Where counters live: `ledger://` (the default: the ledger's database; with a "
             "SQLite ledger, in-process counters kept durable in its file, shared by every "
             "worker of the machine and kept across restarts), `sqlite:///path.db` (the same in "
-            "a file of its own), `postgresql://…` or `redis://…` (several replicas), "
+            "a file of its own), `postgresql://…` or `redis://…` / `rediss://…` (TLS) "
+            "(several replicas; docs/limits.md lists the Redis URL's options), "
             "`memory://` (one process; counts are lost on every restart)."
         ),
     )
@@ -201,6 +202,10 @@ class LimitsSettings(_Strict):
                 f"limits backend {value!r}: use ledger://, sqlite:///…, postgresql://…, "
                 "redis://… or memory://"
             )
+        if scheme in {"redis", "rediss"}:
+            from vapi_proxy.limits.resp import parse_url
+
+            parse_url(value)  # a ValueError names what the client cannot serve
         return value
 
     @model_validator(mode="after")

@@ -73,6 +73,9 @@ class CounterCheck:
     """Rate windows: the earlier buckets' keys, oldest first, whose values count towards the
     check but are not taken from."""
     bucket_seconds: float = 0.0
+    bucket: int = 0
+    """Rate windows: the current bucket's number. The hold's key ends with it, and each earlier
+    bucket's key is the same stem ending with its own number (a store may build them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,7 +494,7 @@ class Planner:
                 period = c.period
                 fixed = _FIXED.get(period)
                 if fixed is not None:
-                    _, earlier, current, end = self.sliding(period, now)
+                    k, earlier, current, end = self.sliding(period, now)
                     hold = Hold(rule.name, c.what, prefix + current, amounts[c.amount])
                     # Rate buckets are never trued up by a settle: a short margin suffices.
                     counters.append(
@@ -505,6 +508,7 @@ class Planner:
                             rule,
                             tuple(map(prefix.__add__, earlier)),
                             fixed / SLIDING_BUCKETS,
+                            k,
                         )
                     )
                 else:

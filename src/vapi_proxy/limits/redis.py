@@ -11,72 +11,70 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vapi_proxy.limits.config import LimitsSettings
 from vapi_proxy.limits.core import Plan, Shortfall
 from vapi_proxy.limits.deadline import unavailable_on
+from vapi_proxy.limits.resp import RespClient, Script
 
+# KEYS: each counter's key, each slot set's key, the reservation's hash, the live set.
+# ARGV: now, expires_at (exact text: both are stored), rid, the checks as one JSON array, the
+# holds as JSON (stored for settle). One JSON document instead of five arguments per counter
+# and one key per earlier bucket: the client encodes each argument in Python, and that was
+# most of a reservation's cost on the proxy's side. A rate window's earlier buckets are the
+# counter's key with the bucket's number in place of the current one's, all under the same
+# hash tag, so they sit on the key's slot (as the holds _FINISH reads do).
 _RESERVE = """
 local now = ARGV[1]
-local nc = tonumber(ARGV[2])
-local nsl = tonumber(ARGV[3])
+local expires_at = ARGV[2]
+local rid = ARGV[3]
+local spec = cjson.decode(ARGV[4])
+local counters, slots, keep_ms = spec[1], spec[2], spec[3]
+local nc, nsl = #counters, #slots
 local short = {}
-local a = 4
--- A sliding rate window's earlier buckets follow the reservation's own keys in KEYS.
-local w = nc + nsl + 3
 for i = 1, nc do
-  local amount = tonumber(ARGV[a])
-  local limit = tonumber(ARGV[a + 1])
+  -- amount, limit, must fit (1|0), ttl ms, current bucket's number, earlier buckets counted
+  local c = counters[i]
   local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
-  for _ = 1, tonumber(ARGV[a + 4]) do
-    cur = cur + tonumber(redis.call('GET', KEYS[w]) or '0')
-    w = w + 1
+  local n = c[6]
+  if n > 0 then
+    local bucket = c[5]
+    local own = string.format('%d', bucket)
+    local stem = string.sub(KEYS[i], 1, #KEYS[i] - #own)
+    for b = bucket - n, bucket - 1 do
+      cur = cur + tonumber(redis.call('GET', stem .. string.format('%d', b)) or '0')
+    end
   end
   local ok
-  if ARGV[a + 2] == '1' then ok = cur + amount <= limit else ok = cur < limit end
+  if c[3] == 1 then ok = cur + c[1] <= c[2] else ok = cur < c[2] end
   if not ok then
     short[#short + 1] = i - 1; short[#short + 1] = cur; short[#short + 1] = ''
   end
-  a = a + 5
 end
 for j = 1, nsl do
   local k = KEYS[nc + j]
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   local n = redis.call('ZCARD', k)
-  if n >= tonumber(ARGV[a]) then
+  if n >= slots[j][1] then
     local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
     short[#short + 1] = nc + j - 1; short[#short + 1] = n; short[#short + 1] = first[2] or ''
   end
-  a = a + 2
 end
 if #short > 0 then return short end
-a = 4
 for i = 1, nc do
   -- INCRBY 0 too: settle must find the counter to add the actual cost to.
-  redis.call('INCRBY', KEYS[i], ARGV[a])
-  redis.call('PEXPIRE', KEYS[i], ARGV[a + 3])
-  a = a + 5
+  redis.call('INCRBY', KEYS[i], string.format('%d', counters[i][1]))
+  redis.call('PEXPIRE', KEYS[i], string.format('%d', counters[i][4]))
 end
-local rid = ARGV[a + 2 * nsl]
-local expires_at = ARGV[a + 2 * nsl + 1]
-local keep_ms = tonumber(ARGV[a + 2 * nsl + 2])
 for j = 1, nsl do
   local k = KEYS[nc + j]
   redis.call('ZADD', k, expires_at, rid)
-  local want = tonumber(ARGV[a + 1])
-  if redis.call('PTTL', k) < want then redis.call('PEXPIRE', k, want) end
-  a = a + 2
+  local want = slots[j][2]
+  if redis.call('PTTL', k) < want then redis.call('PEXPIRE', k, string.format('%d', want)) end
 end
 local rk = KEYS[nc + nsl + 1]
-redis.call('HSET', rk, 'state', 'pending', 'holds', ARGV[#ARGV], 'expires_at', expires_at)
-redis.call('PEXPIRE', rk, keep_ms)
+redis.call('HSET', rk, 'state', 'pending', 'holds', ARGV[5], 'expires_at', expires_at)
+redis.call('PEXPIRE', rk, string.format('%d', keep_ms))
 redis.call('ZADD', KEYS[nc + nsl + 2], expires_at, rid)
 return {}
 """
@@ -156,10 +154,12 @@ return freed
 """
 
 
-_unavailable = unavailable_on(RedisConnectionError, RedisTimeoutError)
+# ConnectionError (a lost connection, a server that cannot answer now) is an OSError.
+_unavailable = unavailable_on()
 
 
-_POOL_CONNECTIONS = 64
+_IN_FLIGHT = 64
+"""Commands in flight at once, all on one pipelined connection (see `_unavailable`)."""
 
 
 def _ms(seconds: float) -> int:
@@ -169,35 +169,19 @@ def _ms(seconds: float) -> int:
 class RedisStore:
     def __init__(self, settings: LimitsSettings) -> None:
         t = settings.timeout_seconds
-        # A blocking pool queues a burst for a free connection instead of failing it (the
-        # default pool raises MaxConnectionsError, which would read as "Redis is down").
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            settings.backend,
-            max_connections=_POOL_CONNECTIONS,
-            # `slots` already queues a burst (outside the deadline): a connection is free here.
-            timeout=max(30.0, t),
-            decode_responses=True,
-            socket_timeout=t,
-            socket_connect_timeout=t,
-            # One immediate retry covers a pooled connection that died with a Redis restart;
-            # more would only delay the fail-closed/fail-open answer.
-            retry=Retry(NoBackoff(), 1),
-        )
-        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
-        host = self._redis.connection_pool.connection_kwargs.get("host", "?")
-        port = self._redis.connection_pool.connection_kwargs.get("port", "?")
-        self.name = f"redis ({host}:{port})"
+        self._redis = RespClient(settings.backend)
+        self.name = f"redis ({self._redis.target.name})"
         self._ns = settings.namespace
-        # The deadline starts once a connection is ours (see `_unavailable`).
+        # The deadline covers connecting too; it starts once the operation holds a slot.
         self.deadline: float | None = t
-        self.slots = asyncio.Semaphore(_POOL_CONNECTIONS)
+        self.slots = asyncio.Semaphore(_IN_FLIGHT)
         self.queue_timeout = max(30.0, t)
         self.deadline_misses = 0
         self._tag = f"{{{settings.namespace}}}"
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._commit = self._redis.register_script(_COMMIT)
-        self._finish = self._redis.register_script(_FINISH)
-        self._expire = self._redis.register_script(_EXPIRE)
+        self._reserve = Script(_RESERVE)
+        self._commit = Script(_COMMIT)
+        self._finish = Script(_FINISH)
+        self._expire = Script(_EXPIRE)
 
     def _k(self, key: str) -> str:
         """Plan keys start with the namespace; wrap it in braces to make it the hash tag."""
@@ -214,18 +198,20 @@ class RedisStore:
     async def reserve(
         self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
     ) -> list[Shortfall]:
-        keys = [self._k(c.hold.key) for c in plan.counters]
-        keys += [self._k(s.hold.key) for s in plan.slots]
+        k = self._k
+        keys = [k(c.hold.key) for c in plan.counters]
+        keys += [k(s.hold.key) for s in plan.slots]
         keys += [self._res(rid), self._live]
-        keys += [self._k(k) for c in plan.counters for k in c.window]
-        args: list[Any] = [repr(now), len(plan.counters), len(plan.slots)]
-        for c in plan.counters:
-            args += [c.hold.amount, c.limit, "1" if c.fit else "0", _ms(c.ttl), len(c.window)]
-        for s in plan.slots:
-            args += [s.limit, _ms(keep_until - now)]
-        holds = [[h.what, self._k(h.key), h.amount] for h in plan.holds]
-        args += [rid, repr(expires_at), _ms(keep_until - now), json.dumps(holds)]
-        out = await self._reserve(keys=keys, args=args)
+        keep_ms = _ms(keep_until - now)
+        counters = [
+            [c.hold.amount, c.limit, 1 if c.fit else 0, _ms(c.ttl), c.bucket, len(c.window)]
+            for c in plan.counters
+        ]
+        slots = [[s.limit, keep_ms] for s in plan.slots]
+        holds = [[h.what, k(h.key), h.amount] for h in plan.holds]
+        spec = json.dumps([counters, slots, keep_ms])
+        args = [repr(now), repr(expires_at), rid, spec, json.dumps(holds)]
+        out = await self._redis.script(self._reserve, keys, args)
         short: list[Shortfall] = []
         for i in range(0, len(out), 3):
             earliest = float(out[i + 2]) if out[i + 2] not in ("", None) else None
@@ -235,57 +221,57 @@ class RedisStore:
     @_unavailable
     async def commit(self, rid: str, call_id: str, *, now: float) -> None:
         keys = [self._res(rid), f"{self._tag}:call:{call_id}"]
-        await self._commit(keys=keys, args=[rid, call_id])
+        await self._redis.script(self._commit, keys, (rid, call_id))
 
     @_unavailable
     async def release(self, rid: str, *, now: float) -> None:
         keys = [self._res(rid), self._live]
-        await self._finish(keys=keys, args=[rid, "release", "", ""])
+        await self._redis.script(self._finish, keys, (rid, "release", "", ""))
 
     @_unavailable
     async def settle(
         self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
     ) -> None:
-        raw = await self._redis.get(f"{self._tag}:call:{call_id}")
-        if raw is None:
+        rid = await self._redis.execute("GET", f"{self._tag}:call:{call_id}")
+        if rid is None:
             return
-        rid = raw if isinstance(raw, str) else raw.decode()
-        args = [
+        args = (
             rid,
             "settle",
             "" if actual_ms is None else actual_ms,
             "" if actual_micro_usd is None else actual_micro_usd,
-        ]
-        await self._finish(keys=[self._res(rid), self._live], args=args)
+        )
+        await self._redis.script(self._finish, (self._res(rid), self._live), args)
 
     @_unavailable
     async def expire(self, now: float) -> list[str | None]:
-        freed = await self._expire(keys=[self._live], args=[repr(now), f"{self._tag}:res:"])
+        freed = await self._redis.script(
+            self._expire, (self._live,), (repr(now), f"{self._tag}:res:")
+        )
         return [str(c) if c else None for c in freed]
 
     @_unavailable
     async def peek(
         self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
     ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[list[str]] = []
         if keys:
-            pipe.mget([self._k(k) for k in keys])
+            commands.append(["MGET", *(self._k(k) for k in keys)])
         for key in slot_keys:
-            pipe.zrangebyscore(self._k(key), f"({now!r}", "+inf", withscores=True)
-        out = await pipe.execute()
+            commands.append(["ZRANGEBYSCORE", self._k(key), f"({now!r}", "+inf", "WITHSCORES"])
+        out = await self._redis.pipeline(commands) if commands else []
         values: dict[str, int] = {}
         if keys:
             values = {k: int(v) for k, v in zip(keys, out.pop(0), strict=True) if v is not None}
         live: dict[str, tuple[int, float | None]] = {}
-        for key, members in zip(slot_keys, out, strict=True):
-            ends = [float(score) for _, score in members]
+        for key, flat in zip(slot_keys, out, strict=True):
+            ends = [float(score) for score in flat[1::2]]  # member, score, member, score, …
             live[key] = (len(ends), min(ends, default=None))
         return values, live
 
     @_unavailable
     async def ping(self) -> None:
-        await self._redis.ping()
+        await self._redis.execute("PING")
 
     async def aclose(self) -> None:
         await self._redis.aclose()
-        await self._pool.aclose()
