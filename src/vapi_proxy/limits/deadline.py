@@ -57,13 +57,17 @@ def unavailable_on(
         @wraps(fn)
         async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
             misses = self.deadline_misses
-            try:
-                async with asyncio.timeout(self.queue_timeout):
-                    await self.slots.acquire()
-            except TimeoutError as exc:
-                raise StoreUnavailableError(
-                    f"no store connection free within {self.queue_timeout:g} s"
-                ) from exc
+            slots = self.slots
+            if slots.locked():
+                try:
+                    async with asyncio.timeout(self.queue_timeout):
+                        await slots.acquire()
+                except TimeoutError as exc:
+                    raise StoreUnavailableError(
+                        f"no store connection free within {self.queue_timeout:g} s"
+                    ) from exc
+            else:
+                await slots.acquire()  # free: taken at once, without a timer
             try:
                 if self.deadline_misses != misses:
                     raise StoreUnavailableError(
@@ -77,7 +81,7 @@ def unavailable_on(
                         self.deadline_misses += 1
                     raise StoreUnavailableError(f"{type(exc).__name__}: {exc}"[:300]) from exc
             finally:
-                self.slots.release()
+                slots.release()
 
         return wrapper
 
