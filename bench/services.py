@@ -32,22 +32,18 @@ async def _admin(url: str, sql: str) -> None:
 
 async def _forget_keys(url: str, pattern: str, most: int = 5_000_000) -> None:
     """Delete the bench's limit counters (bounded: at most `most` keys)."""
-    from redis.asyncio import Redis
+    from vapi_proxy.limits.resp import RespClient
 
-    client = Redis.from_url(url)
+    client = RespClient(url)
     try:
-        batch: list[bytes] = []
-        seen = 0
-        async for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            seen += 1
-            if len(batch) == 1000:
-                await client.delete(*batch)
-                batch = []
-            if seen >= most:
+        cursor, seen = "0", 0
+        while seen < most:
+            cursor, keys = await client.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            if keys:
+                await client.execute("DEL", *keys)
+                seen += len(keys)
+            if cursor == "0":
                 break
-        if batch:
-            await client.delete(*batch)
     finally:
         await client.aclose()
 
