@@ -34,9 +34,10 @@ class AdmissionRequest:
     """Seconds since the epoch; None means the limiter's clock."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hold:
-    """One thing a reservation took: a count, an amount, or a concurrency slot."""
+    """One thing a reservation took: a count, an amount, or a concurrency slot. Never changed
+    once made (not `frozen` only for its cost: see `limits.core.CounterCheck`)."""
 
     rule: str
     what: Literal["rate", "quota", "minutes", "usd", "concurrency"]
