@@ -71,8 +71,15 @@ def identity_key(method: AuthMethod, subject: str, issuer: str | None = None) ->
     phone numbers are each a single namespace the proxy itself defines.
     """
     if method == "jwt":
-        return f"jwt:{quote(issuer or '', safe='')}:{subject}"
+        return f"jwt:{_encoded_issuer(issuer or '')}:{subject}"
     return f"{method}:{subject}"
+
+
+@lru_cache(maxsize=256)
+def _encoded_issuer(issuer: str) -> str:
+    # Cached: a deployment has a few issuers, and every request makes its caller's key several
+    # times (limits, ledger, logs); quote() alone was most of that.
+    return quote(issuer, safe="")
 
 
 def parse_identity_key(key: str) -> tuple[str, str, str | None]:
