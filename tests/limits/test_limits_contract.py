@@ -527,3 +527,42 @@ async def test_usage_reports_each_limit_without_taking_any(
     assert {u.rule for u in await limiter.usage(BOB)} == {"mine", "pro"}
     assert {u.what: u.used for u in await limiter.usage(BOB) if u.kind == "call"}["quota"] == 0
     assert await limiter.usage(CAROL, "support") != []
+
+
+# Any name authentication lets through (tests/auth/test_jwt.py refuses the rest): up to 256
+# characters without control characters, and issuers up to 240 characters percent-encoded.
+ODD_CALLERS = [
+    Identity(subject=subject, method="jwt")
+    for subject in ("zoë", "用户-😀", "{brace}", '"quoted" \\ back', "x:rate:minute:12|p=y")
+] + [
+    # Limit keys past PostgreSQL's 512-character columns (the store stores a digest's form).
+    Identity(subject="s" * 256, method="jwt", issuer="https://" + "i" * 200),
+    Identity(subject="s" * 255 + "t", method="jwt", issuer="https://" + "i" * 200),
+]
+
+
+async def test_callers_with_any_subject_are_counted_apart_and_settled(
+    make_limiter: MakeLimiter,
+) -> None:
+    """Subjects are any text a verified token carries: each is its own caller, and a call's
+    settlement finds its counters again (the Redis scripts read the keys back from JSON)."""
+    limiter = await make_limiter(
+        [
+            {
+                "name": "each",
+                "rate": {"per_minute": 5},
+                "quota": {"per_day": 1},
+                "concurrency": 1,
+                "budget": {"minutes_per_day": 10},
+            }
+        ]
+    )
+    for n, who in enumerate(ODD_CALLERS):
+        await start(limiter, f"odd-{n}", req(who, worst_case_seconds=300))
+        assert "your 1 call for today" in (await refused(limiter, req(who))).message
+        await limiter.settle(f"odd-{n}", duration_seconds=60, cost_usd=0.01)
+        usage = {(u.what, u.period): u for u in await limiter.usage(who, "support")}
+        assert usage["quota", "day"].used == 1
+        assert usage["minutes", "day"].used == 1  # the settled minute, not the 5 reserved
+        assert usage["concurrency", None].used == 0  # the settle freed the slot
+    await start(limiter, "plain", req(Identity(subject="zoe", method="jwt")))  # not "zoë"

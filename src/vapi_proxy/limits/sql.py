@@ -9,6 +9,7 @@ is still read once from SQLite files, to carry an older version's counts over.)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -174,6 +175,21 @@ class LimitsSchemaError(RuntimeError):
     """The limits tables exist but do not match this version."""
 
 
+KEY_CHARS = 512
+"""The key columns' width (`String(512)`)."""
+_KEPT = KEY_CHARS - 65
+
+
+def _fit(key: str) -> str:
+    """A counter or slot key as stored: itself, or past the columns' width its first part (the
+    namespace and rule, so the upkeep's prefix ranges still find it) and a digest of the whole.
+    Limit keys hold the caller's identity key, and a long issuer and subject made them too long
+    for PostgreSQL, which refused the reservation ("limits unavailable" for that caller)."""
+    if len(key) <= KEY_CHARS:
+        return key
+    return key[:_KEPT] + "#" + hashlib.sha256(key.encode()).hexdigest()
+
+
 class SqlStore:
     def __init__(self, settings: LimitsSettings, *, database: Database | None = None) -> None:
         # A shared Database (the ledger's, same URL) means one engine and one SQLite writer
@@ -231,13 +247,13 @@ class SqlStore:
     async def reserve(
         self, rid: str, plan: Plan, *, now: float, expires_at: float, keep_until: float
     ) -> list[Shortfall]:
-        slot_keys = [s.hold.key for s in plan.slots]
+        slot_keys = [_fit(s.hold.key) for s in plan.slots]
         # Every counter, plus one anchor row per slot bucket so slot counting is serialised too.
-        anchors = {c.hold.key: now + c.ttl for c in plan.counters}
+        anchors = {_fit(c.hold.key): now + c.ttl for c in plan.counters}
         for key in slot_keys:
             anchors.setdefault(key, keep_until)
         keys = sorted(anchors)
-        holds = json.dumps([[h.what, h.key, h.amount] for h in plan.holds])
+        holds = json.dumps([[h.what, _fit(h.key), h.amount] for h in plan.holds])
         return await self._run(
             lambda conn: self._pg_reserve(
                 conn, plan, rid, keys, anchors, now, expires_at, keep_until, holds
@@ -261,13 +277,13 @@ class SqlStore:
             {
                 "ak": keys,
                 "ax": [anchors[k] for k in keys],
-                "k": [c.hold.key for c in plan.counters],
+                "k": [_fit(c.hold.key) for c in plan.counters],
                 "a": [c.hold.amount for c in plan.counters],
                 "l": [c.limit for c in plan.counters],
                 "f": [c.fit for c in plan.counters],
-                "wk": [k for c in plan.counters for k in c.window],
+                "wk": [_fit(k) for c in plan.counters for k in c.window],
                 "wn": [len(c.window) for c in plan.counters],
-                "sk": [s.hold.key for s in plan.slots],
+                "sk": [_fit(s.hold.key) for s in plan.slots],
                 "sl": [s.limit for s in plan.slots],
                 "rid": rid,
                 "ns": self._ns,
@@ -375,21 +391,23 @@ class SqlStore:
         self, keys: Sequence[str], slot_keys: Sequence[str], *, now: float
     ) -> tuple[dict[str, int], dict[str, tuple[int, float | None]]]:
         await self._ensure_schema()
+        asked = {_fit(k): k for k in keys}
+        asked_slots = {_fit(k): k for k in slot_keys}
         async with self._db.read() as conn:
             values: dict[str, int] = {}
-            if keys:
+            if asked:
                 rows = await conn.execute(
-                    sa.select(counters.c.key, counters.c.value).where(counters.c.key.in_(keys))
+                    sa.select(counters.c.key, counters.c.value).where(counters.c.key.in_(asked))
                 )
-                values = {k: int(v) for k, v in rows}
+                values = {asked[k]: int(v) for k, v in rows}
             live: dict[str, tuple[int, float | None]] = {}
-            if slot_keys:
+            if asked_slots:
                 found = await conn.execute(
                     sa.select(slots.c.key, sa.func.count(), sa.func.min(slots.c.expires_at))
-                    .where(slots.c.key.in_(slot_keys), slots.c.expires_at > now)
+                    .where(slots.c.key.in_(asked_slots), slots.c.expires_at > now)
                     .group_by(slots.c.key)
                 )
-                live = {k: (int(n), e) for k, n, e in found}
+                live = {asked_slots[k]: (int(n), e) for k, n, e in found}
         return values, live
 
     @_unavailable
