@@ -110,6 +110,8 @@ def test_api_key_config() -> None:
         ([{"name": "a", "hash": digest}, {"name": "a", "hash": hash_key("y" * 40)}], "name: a"),
         ([{"name": "a", "hash": digest}, {"name": "b", "hash": digest}], "duplicate API key hash"),
         ([], "at least 1"),
+        ([{"name": "a\nb", "hash": digest}], "should match pattern"),
+        ([{"name": "n" * 257, "hash": digest}], "at most 256 characters"),
     ]:
         with pytest.raises(ValidationError, match=message):
             load({"type": "api_key", "keys": keys})

@@ -227,3 +227,30 @@ async def test_required_nested_claim_follows_the_dotted_path(
     assert (await chain.authenticate(f"Bearer {token}", "::1")).subject == "user-1"
     with pytest.raises(UnauthorizedError):
         await chain.authenticate(f"Bearer {rsa_key.sign(claims(app_metadata={}))}", "::1")
+
+
+@pytest.mark.parametrize(
+    ("sub", "org", "claim"),
+    [
+        ("nul\x00in", "acme", "sub"),
+        ("line\nbreak", "acme", "sub"),
+        ("del\x7f", "acme", "sub"),
+        ("c1\x85", "acme", "sub"),
+        ("user-1", "ac\x00me", "org"),
+        ("user-1", "ac\r\nme", "org"),
+        ("s" * 257, "acme", "sub"),
+        ("user-1", "o" * 257, "org"),
+    ],
+)
+async def test_names_with_control_characters_or_too_long_are_refused(
+    chain_factory: Any, rsa_key: SigningKey, sub: str, org: str, claim: str
+) -> None:
+    """A subject or tenant becomes a key in every store; PostgreSQL refuses NUL in text, which
+    made the limits store 'unavailable' for that caller (uncounted where a rule fails open)."""
+    chain = await chain_factory(pem_method(rsa_key, tenant_claim="org"))
+    token = rsa_key.sign(claims(sub=sub, org=org))
+    why = "is longer than 256" if max(len(sub), len(org)) > 256 else "holds control characters"
+    with pytest.raises(UnauthorizedError, match=f"'{claim}' claim {why}"):
+        await chain.authenticate(f"Bearer {token}", "::1")
+    fine = rsa_key.sign(claims(sub="zoë 用户 😀" + "s" * 245, org="acme"))
+    assert (await chain.authenticate(f"Bearer {fine}", "::1")).subject.startswith("zoë 用户 😀")

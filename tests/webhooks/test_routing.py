@@ -187,3 +187,17 @@ def test_from_message_reads_vapi_fields() -> None:
     assert InboundCall.from_message(message) == InboundCall(
         "call-1", "pn-1", "+15550100", "+4930111"
     )
+
+
+def test_numbers_with_control_characters_or_too_long_are_withheld() -> None:
+    """The caller's number becomes their identity and a key in every store: one with a NUL or
+    a line break, or longer than a name may be, is treated as withheld (and such callers share
+    the `unknown` identity)."""
+    message = {
+        "call": {"id": "call-1"},
+        "phoneNumber": {"id": "pn-1", "number": "+1555\x000100"},
+        "customer": {"number": "+4930\n111"},
+    }
+    assert InboundCall.from_message(message) == InboundCall("call-1", "pn-1", None, None)
+    message["customer"] = {"number": "sip:" + "9" * 300}
+    assert InboundCall.from_message(message).caller_number is None

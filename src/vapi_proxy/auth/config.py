@@ -26,7 +26,12 @@ from pydantic import (
     model_validator,
 )
 
-from vapi_proxy.auth.identity import AuthMethod
+from vapi_proxy.auth.identity import (
+    MAX_ISSUER_CHARS,
+    MAX_NAME_CHARS,
+    AuthMethod,
+    encoded_issuer_length,
+)
 from vapi_proxy.configbase import StrictModel, environ_of, read_secrets
 from vapi_proxy.edge.client_address import DEFAULT_HEADER, HEADER_NAME
 
@@ -154,6 +159,16 @@ class JwtMethod(StrictModel):
                 )
         return list(dict.fromkeys(value))
 
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_fits(cls, value: str | None) -> str | None:
+        if value is not None and encoded_issuer_length(value) > MAX_ISSUER_CHARS:
+            raise ValueError(
+                f"issuer is too long: identity keys hold at most {MAX_ISSUER_CHARS} characters"
+                " of it, percent-encoded"
+            )
+        return value
+
     @field_validator("jwks_url")
     @classmethod
     def _https_only(cls, value: str | None) -> str | None:
@@ -245,7 +260,12 @@ class JwtMethod(StrictModel):
 class ApiKey(StrictModel):
     """One static API key, stored only as its hash."""
 
-    name: str = Field(min_length=1, description="Names the caller: becomes the identity's subject.")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        pattern=r"^[^\x00-\x1f\x7f-\x9f]+$",
+        description="Names the caller: becomes the identity's subject (no control characters).",
+    )
     hash: str = Field(
         description="`sha256:<hex>` as printed by `vapi-proxy hash-key`; never the key itself."
     )

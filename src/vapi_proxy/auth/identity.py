@@ -9,6 +9,7 @@ the only place the format is defined; the ledger migration that rewrote older ke
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,6 +58,35 @@ def identity_hash(key: str) -> str:
 def _tag(key: str) -> str:
     # Cached: the same callers come back, and this runs on every request's log line.
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+MAX_NAME_CHARS = 256
+"""The longest subject or tenant a credential may carry: the ledger's columns hold a tenant of
+256 characters and an identity key (method, issuer and subject) of 512."""
+
+MAX_ISSUER_CHARS = 240
+"""The longest configured issuer, percent-encoded as identity keys hold it."""
+
+
+def unusable_name(name: str) -> str | None:
+    """Why a caller's name (a subject or tenant from a credential, a caller's number) cannot
+    name them, or None. Names become keys in every store: PostgreSQL refuses NUL in text and
+    longer values than its columns hold, which made the limits store "unavailable" for that
+    one caller (admitted uncounted where a rule fails open) and their calls unrecordable; line
+    breaks do not belong in names that reach logs and the console. No identity provider
+    issues such names, so credentials carrying them are refused."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"is longer than {MAX_NAME_CHARS} characters"
+    if _CONTROL.search(name) is not None:
+        return "holds control characters"
+    return None
+
+
+def encoded_issuer_length(issuer: str) -> int:
+    """How long `issuer` is inside identity keys (percent-encoded)."""
+    return len(_encoded_issuer(issuer))
 
 
 ANONYMOUS_METHOD: AuthMethod = "anonymous"

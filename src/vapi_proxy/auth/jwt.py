@@ -21,7 +21,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from vapi_proxy.auth.base import AuthFailure, Credential, looks_like_jwt
 from vapi_proxy.auth.claims import MISSING, as_strings, lookup
 from vapi_proxy.auth.config import JwtMethod
-from vapi_proxy.auth.identity import Identity
+from vapi_proxy.auth.identity import Identity, unusable_name
 from vapi_proxy.auth.jwks import JwkKey, JwksCache
 from vapi_proxy.auth.token_cache import VerifiedToken, VerifiedTokenCache
 
@@ -202,6 +202,11 @@ class JwtAuthenticator:
         if not subject:
             raise _missing(method.subject_claim)
         tenant = _name(lookup(claims, method.tenant_claim)) if method.tenant_claim else None
+        for claim, name in ((method.subject_claim, subject), (method.tenant_claim, tenant)):
+            why = unusable_name(name) if name is not None else None
+            if why is not None:
+                # The claim's name comes from the config, never from the token.
+                raise AuthFailure("malformed", f"Token's '{claim}' claim {why}")
         roles = frozenset[str]()
         if method.roles_claim:
             roles = as_strings(lookup(claims, method.roles_claim))

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from vapi_proxy.auth.identity import unusable_name
 from vapi_proxy.webhooks.config import DAYS, HoursWindow, InboundAction, InboundSettings, PhoneMatch
 
 
@@ -52,7 +53,12 @@ class Route:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    # A number or id with control characters, or longer than a caller's name may be, is
+    # treated as withheld: it would become the caller's identity (a key in every store), and
+    # no real one is like that.
+    if isinstance(value, str) and value and unusable_name(value) is None:
+        return value
+    return None
 
 
 def _minutes(hhmm: str) -> int:
