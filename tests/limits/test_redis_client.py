@@ -450,3 +450,32 @@ async def test_tls_verifies_the_servers_certificate(tmp_path: Path) -> None:
                 await client.aclose()
     finally:
         tls.stop()
+
+
+async def test_a_set_up_that_never_answers_ends_so_the_next_can_start() -> None:
+    """A server that accepts and never answers the login: the shared set-up gives up after its
+    own timeout (a caller's shorter deadline does not end it for the others), and the next
+    command starts a new one instead of waiting on the stuck one forever."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RespClient(f"redis://:pw@127.0.0.1:{port}", connect_timeout=0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await client.execute("PING")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.execute("PING"), 5)  # the set-up's own 0.3 s
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.execute("PING"), 5)
+        assert len(accepted) == 2  # a new attempt, not the stuck one
+    finally:
+        await client.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -169,7 +169,7 @@ def _ms(seconds: float) -> int:
 class RedisStore:
     def __init__(self, settings: LimitsSettings) -> None:
         t = settings.timeout_seconds
-        self._redis = RespClient(settings.backend)
+        self._redis = RespClient(settings.backend, connect_timeout=t)
         self.name = f"redis ({self._redis.target.name})"
         self._ns = settings.namespace
         # The deadline covers connecting too; it starts once the operation holds a slot.

@@ -305,8 +305,11 @@ class Script:
 class RespClient:
     """Commands over one connection, opened when first needed and again after it is lost."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, connect_timeout: float | None = None) -> None:
         self.target = parse_url(url)
+        self.connect_timeout = connect_timeout
+        """Bounds opening a connection (TCP, TLS, login), which its callers share: a caller
+        may stop waiting sooner, but the attempt itself must end for the next one to start."""
         self._conn: _Connection | None = None
         self._opening: asyncio.Future[_Connection] | None = None
 
@@ -328,6 +331,10 @@ class RespClient:
             opening.exception()  # retrieved here: a failure is the waiters' to report
 
     async def _open(self) -> _Connection:
+        async with asyncio.timeout(self.connect_timeout):
+            return await self._open_now()
+
+    async def _open_now(self) -> _Connection:
         t = self.target
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
