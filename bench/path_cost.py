@@ -136,6 +136,25 @@ def _isolate(runtime: Any, *, upstream: bool, ledger: bool) -> None:
         runtime.ledger.record_call = record_call
 
 
+def _thread_times() -> dict[str, float]:
+    """CPU seconds of each of this process's threads, by Python thread name (Linux /proc;
+    {} elsewhere). Threads Python did not start (nginx is another process) show as tids."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    times: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    tasks = Path("/proc/self/task")
+    for task in tasks.glob("*") if tasks.exists() else ():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(task.name), f"tid {task.name}")
+        times[name] = times.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return times
+
+
 class _Pauses:
     def __init__(self) -> None:
         self.times: dict[int, list[float]] = {}
@@ -176,6 +195,7 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
         n = (args.requests // args.concurrency) * args.concurrency
         runs: list[tuple[float, float]] = []
         for _ in range(args.repeats):
+            threads0 = _thread_times() if args.threads else {}
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
             if profiler is not None:
                 profiler.enable()
@@ -190,6 +210,16 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
                 f"{variant.name}: {n} requests at c={args.concurrency}, {failures} failed; "
                 f"CPU {cpu:.0f} µs/req (event loop thread {thread:.0f}), {n / wall:.0f} req/s"
             )
+            if args.threads:
+                spent = {
+                    k: (v - threads0.get(k, 0.0)) / n * 1e6 for k, v in _thread_times().items()
+                }
+                print(
+                    "  by thread (µs/req, /proc ticks):",
+                    ", ".join(
+                        f"{k} {v:.0f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v
+                    ),
+                )
         if pauses is not None:
             gc.callbacks.remove(pauses.callback)
             for generation, times in sorted(pauses.times.items()):
@@ -227,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--gc", action="store_true", help="time the garbage collector's pauses")
+    parser.add_argument(
+        "--threads", action="store_true", help="CPU per request of each thread (Linux /proc)"
+    )
     parser.add_argument("--fake-upstream", action="store_true", help="a canned reply, no I/O")
     parser.add_argument("--no-ledger-write", action="store_true", help="skip `record_call`")
     parser.add_argument(
