@@ -38,7 +38,7 @@ CONTROL_TIMEOUT_SECONDS = 5.0
 def control_url(call: Mapping[str, Any]) -> str | None:
     """`monitor.controlUrl` of a Vapi Call object, if it has an http(s) one."""
     monitor = call.get("monitor")
-    if not isinstance(monitor, Mapping):
+    if not isinstance(monitor, (dict, Mapping)):  # dict first: the ABC's check is slow
         return None
     url = monitor.get("controlUrl")
     if isinstance(url, str) and url.startswith(("https://", "http://")) and len(url) <= 2048:
