@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import subprocess
-import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.limits import HANG_GUARD, REQ, WHO, FakeClock
+from tests.support.redis_server import RedisServer
 from tests.support.services import closed_port
 from vapi_proxy.errors import ServiceUnavailableError
 from vapi_proxy.limits import LimitsSettings, create_limiter
@@ -117,29 +116,12 @@ async def test_failure_mode_per_rule(
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Redis of this test's own, so the test can stop it mid-way."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server not installed: run scripts/services")
-    port = closed_port()
-    proc = subprocess.Popen(
-        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisServer(tmp_path)
     try:
-        import socket
-
-        for _ in range(100):  # bounded: 5 s
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("own redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0", proc
+        yield server.url, server.proc
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        server.proc.kill()
+        server.proc.wait(timeout=10)
 
 
 async def test_redis_stopped_mid_way_fails_closed_and_health_says_so(

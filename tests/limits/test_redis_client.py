@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.services import closed_port
+from tests.support.redis_server import RedisServer
+from tests.support.tls import self_signed
 from vapi_proxy.limits.resp import (
     NotNowError,
     ReplyError,
@@ -210,49 +205,9 @@ def test_arguments_are_bulk_strings() -> None:
 # --- a real redis-server -------------------------------------------------------------------------
 
 
-def _wait_listening(port: int) -> None:
-    for _ in range(100):  # bounded: 5 s
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail("own redis-server did not start")
-
-
-class _Server:
-    def __init__(self, tmp: Path, *extra: str) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server not installed: run scripts/services")
-        self.exe = exe
-        self.port = closed_port()
-        self.args = ["--bind", "127.0.0.1", "--save", "", "--dir", str(tmp), *extra]
-        self.proc = self._start()
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        tls = "--tls-port" in self.args
-        port_args = ["--port", "0", "--tls-port", str(self.port)] if tls else []
-        args = [a for a in self.args if a != "--tls-port"]
-        proc = subprocess.Popen(
-            [self.exe, *args, *(port_args or ["--port", str(self.port)])],
-            stdout=subprocess.DEVNULL,
-        )
-        _wait_listening(self.port)
-        return proc
-
-    def restart(self) -> None:
-        self.stop()
-        self.proc = self._start()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[_Server]:
-    s = _Server(tmp_path, "--requirepass", "root-pw")
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    s = RedisServer(tmp_path, "--requirepass", "root-pw")
     try:
         yield s
     finally:
@@ -260,7 +215,7 @@ def server(tmp_path: Path) -> Iterator[_Server]:
         s.stop()
 
 
-async def test_login_with_a_user_and_a_database(server: _Server) -> None:
+async def test_login_with_a_user_and_a_database(server: RedisServer) -> None:
     admin = RespClient(f"redis://:root-pw@127.0.0.1:{server.port}/0")
     app = RespClient(f"redis://app%40x:p%3Ass%2Fw@127.0.0.1:{server.port}/3")
     try:
@@ -274,7 +229,9 @@ async def test_login_with_a_user_and_a_database(server: _Server) -> None:
         await app.aclose()
 
 
-async def test_a_refused_login_is_a_connection_error_without_the_password(server: _Server) -> None:
+async def test_a_refused_login_is_a_connection_error_without_the_password(
+    server: RedisServer,
+) -> None:
     client = RespClient(f"redis://:wrong-pw@127.0.0.1:{server.port}/0")
     try:
         with pytest.raises(ConnectionError) as info:
@@ -284,7 +241,7 @@ async def test_a_refused_login_is_a_connection_error_without_the_password(server
         await client.aclose()
 
 
-async def test_a_flushed_script_is_sent_whole_again(server: _Server) -> None:
+async def test_a_flushed_script_is_sent_whole_again(server: RedisServer) -> None:
     client = RespClient(f"redis://:root-pw@127.0.0.1:{server.port}")
     script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     try:
@@ -300,7 +257,7 @@ async def test_a_flushed_script_is_sent_whole_again(server: _Server) -> None:
 
 
 async def test_pipelined_replies_come_back_in_order_and_an_error_is_raised_after_all(
-    server: _Server,
+    server: RedisServer,
 ) -> None:
     client = RespClient(f"redis://:root-pw@127.0.0.1:{server.port}")
     try:
@@ -314,7 +271,7 @@ async def test_pipelined_replies_come_back_in_order_and_an_error_is_raised_after
 
 
 async def test_a_restarted_server_is_reconnected_and_nothing_is_sent_twice(
-    server: _Server,
+    server: RedisServer,
 ) -> None:
     client = RespClient(f"redis://:root-pw@127.0.0.1:{server.port}")
     try:
@@ -367,7 +324,7 @@ async def test_a_command_lost_in_flight_is_an_error_and_never_sent_twice() -> No
 
 
 async def test_a_reply_too_late_retires_the_connection_and_is_never_given_to_another(
-    server: _Server,
+    server: RedisServer,
 ) -> None:
     client = RespClient(f"redis://:root-pw@127.0.0.1:{server.port}")
     try:
@@ -387,53 +344,12 @@ async def test_a_reply_too_late_retires_the_connection_and_is_never_given_to_ano
         await client.aclose()
 
 
-def _certificate(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "redis.crt", tmp / "redis.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls_verifies_the_servers_certificate(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path)
-    tls = _Server(
+    cert, key = self_signed(tmp_path, "127.0.0.1")
+    tls = RedisServer(
         tmp_path,
-        "--tls-port",
-        "--tls-cert-file",
-        str(cert),
-        "--tls-key-file",
-        str(key),
-        "--tls-auth-clients",
-        "no",
+        *("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no"),
+        tls=True,
     )
     base = f"rediss://127.0.0.1:{tls.port}/0"
     try:
