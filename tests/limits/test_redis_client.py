@@ -59,6 +59,8 @@ def test_urls_name_host_port_login_and_database() -> None:
         ("redis://h?ssl_cert_reqs=none", "need rediss://"),
         ("rediss://h?ssl_cert_reqs=maybe", "none, optional or required"),
         ("rediss://h?ssl_keyfile=k.pem", "needs ssl_certfile"),
+        ("rediss://h?ssl_ca_certs=/no/such.pem", "ssl_ca_certs: the files cannot be used"),
+        ("rediss://h?ssl_certfile=/no/c.pem", "ssl_certfile: the files cannot be used"),
     ],
 )
 def test_a_wrong_url_is_refused_with_the_reason_and_never_the_password(url: str, says: str) -> None:

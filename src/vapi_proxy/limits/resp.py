@@ -232,18 +232,25 @@ def _tls(options: dict[str, str]) -> ssl.SSLContext:
     modes = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
     if reqs not in modes:
         raise ValueError(f"Redis URL option ssl_cert_reqs={reqs!r}: use none, optional or required")
-    context = ssl.create_default_context(
-        cafile=options.get("ssl_ca_certs"), capath=options.get("ssl_ca_path")
-    )
+    if "ssl_keyfile" in options and "ssl_certfile" not in options:
+        raise ValueError("Redis URL option ssl_keyfile needs ssl_certfile")
+    try:
+        context = ssl.create_default_context(
+            cafile=options.get("ssl_ca_certs"), capath=options.get("ssl_ca_path")
+        )
+        if "ssl_certfile" in options:
+            context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    except OSError as exc:  # ssl.SSLError too: a file missing, unreadable or not PEM
+        named = [k for k in ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile") if k in options]
+        raise ValueError(
+            f"Redis URL option(s) {', '.join(named)}: the files cannot be used"
+            f" ({type(exc).__name__}: {exc.strerror or exc})"
+        ) from None
     check = options.get("ssl_check_hostname")
     context.check_hostname = (
         _flag(check, "ssl_check_hostname") if check is not None else reqs != "none"
     )
     context.verify_mode = modes[reqs]
-    if "ssl_certfile" in options:
-        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
-    elif "ssl_keyfile" in options:
-        raise ValueError("Redis URL option ssl_keyfile needs ssl_certfile")
     return context
 
 
