@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from vapi_proxy.auth.identity import (
+    CONTROL_CHARACTERS,
     MAX_ISSUER_CHARS,
     MAX_NAME_CHARS,
     AuthMethod,
@@ -263,7 +264,7 @@ class ApiKey(StrictModel):
     name: str = Field(
         min_length=1,
         max_length=MAX_NAME_CHARS,
-        pattern=r"^[^\x00-\x1f\x7f-\x9f]+$",
+        pattern=f"^[^{CONTROL_CHARACTERS}]+$",
         description="Names the caller: becomes the identity's subject (no control characters).",
     )
     hash: str = Field(

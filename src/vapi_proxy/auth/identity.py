@@ -60,7 +60,9 @@ def _tag(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTERS = "\\x00-\\x1f\\x7f-\\x9f"
+"""C0, DEL and C1, as a regular expression character range (names may hold none)."""
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 MAX_NAME_CHARS = 256
 """The longest subject or tenant a credential may carry: the ledger's columns hold a tenant of
