@@ -51,10 +51,13 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 log = logging.getLogger(__name__)
 
-POOL_SIZE = 5
-POOL_OVERFLOW = 5
+POOL_SIZE = 10
+POOL_OVERFLOW = 0
 """PostgreSQL: the engine's pool (`pool_size`, `max_overflow`); the ledger and the SQL limits
-store share it when they share a database."""
+store share it when they share a database. No overflow: the pool closes an overflow connection
+whenever it comes back to a full pool, so under steady load past `pool_size` it kept opening new
+ones (a backend forked each time, and a login costing the client more CPU than a reservation):
+5 + 5 opened a connection every 11 reservations at 16 concurrent callers, at half the rate."""
 
 CHECKPOINT_SECONDS = 0.2
 """SQLite: the least time between two checkpoints by the checkpointer thread."""
