@@ -5,7 +5,13 @@ in front of it. (PostgreSQL and Redis: both stores pool their connections.)
 The real server sits behind a loopback proxy that delays every reply by a fixed lag. That
 puts a floor under each operation, so the queue behind the pool is long by construction, not
 by the machine's load: with the pool's connections all busy, the last reserve of the burst
-waits for a connection about twice the deadline, while one reserve takes a fraction of it.
+waits for a connection more than twice the deadline, while one reserve takes a fraction of it.
+
+Every reserve of the burst is the same caller's, so inside PostgreSQL they also queue for the
+same counter row. A reservation is one statement that commits on its own: the row is locked for
+the function's run, not across a round trip to the client and back (with BEGIN and COMMIT of
+their own, ten connections queued for the lock each held it a whole lagged round trip, and a
+reserve waited up to a second for it: the deadline then failed a burst it should admit).
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from vapi_proxy.limits import LimitsSettings, Reservation, create_limiter
 
 TIMEOUT = 1.0  # the store deadline under test
 # (backend, its pool's connections, reserves in the burst, lag added to each reply). A warm
-# PostgreSQL reserve is 3 round trips (BEGIN, the call, COMMIT) and a Redis one is 1, so the
-# last reserve's wait for a connection is at least 600 / 10 * 3 * 0.01 = 1.8 s and
-# 2560 / 64 * 0.05 = 2 s: about twice TIMEOUT, whatever the machine's load. A reserve itself,
-# even one that opens a connection, is a fraction of TIMEOUT.
-CASES = [("postgres", 10, 600, 0.01), ("redis", 64, 2560, 0.05)]
+# reserve is one round trip on either store, so the last reserve's wait for a connection is at
+# least 2400 / 10 * 0.01 = 2.4 s and 2560 / 64 * 0.05 = 2 s: over twice TIMEOUT, whatever the
+# machine's load. A reserve itself is a fraction of TIMEOUT: one lagged round trip, or about
+# twenty when it opens a connection (PostgreSQL's pool closes its overflow connections when
+# they come back to a full pool, and the burst opens them again).
+CASES = [("postgres", 10, 2400, 0.01), ("redis", 64, 2560, 0.05)]
 
 
 @dataclass
@@ -39,12 +46,15 @@ class LaggingProxy:
     lag: float = 0.0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    sent: int = 0
+    """How many times the client's bytes were passed on to the server."""
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lag: bool
     ) -> None:
         try:
             while data := await reader.read(65536):
+                self.sent += not lag
                 if lag and self.lag:
                     await asyncio.sleep(self.lag)
                 writer.write(data)
@@ -121,3 +131,35 @@ async def test_a_burst_beyond_the_pool_is_admitted_and_counted_exactly(
         assert usage[("q", "quota", "call")].used == pool + n
     finally:
         await limiter.aclose()
+
+
+async def test_a_postgresql_reservation_and_its_commit_are_one_round_trip_each(
+    clock: FakeClock,
+) -> None:
+    """Each is one statement sent once: no BEGIN and COMMIT of its own, which would hold the
+    caller's counter rows locked across two more round trips (see the module's docstring)."""
+    rules = [{"name": "q", "quota": {"per_day": 100}}, {"name": "c", "concurrency": 50}]
+    async for url, proxy in through_proxy(postgres_url()):
+        settings = LimitsSettings(
+            backend=url, namespace=f"r{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=5
+        )
+        limiter = create_limiter(settings, clock=clock)
+        try:
+            async with asyncio.timeout(HANG_GUARD):
+                await limiter.health()
+                # Every pooled connection has prepared the statements (a first use adds a
+                # round trip to prepare): the pool hands its idle connections out in turn.
+                for i in range(12):
+                    await limiter.commit(await limiter.reserve(REQ), f"warm-{i}")
+                for i in range(5):
+                    before = proxy.sent
+                    reservation = await limiter.reserve(REQ)
+                    assert proxy.sent - before == 1
+                    before = proxy.sent
+                    await limiter.commit(reservation, f"call-{i}")
+                    assert proxy.sent - before == 1
+                usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
+            assert usage[("q", "quota")].used == 17
+            assert usage[("c", "concurrency")].used == 17
+        finally:
+            await limiter.aclose()

@@ -226,6 +226,11 @@ class SqlStore:
         await self._ensure_schema()
         return await self._db.run_write(fn)
 
+    async def _run_one(self, fn: Callable[[Connection], R]) -> R:
+        """`fn` executes one statement: it commits on its own (see `Database.run_statement`)."""
+        await self._ensure_schema()
+        return await self._db.run_statement(fn)
+
     def _create_schema(self, conn: Connection) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
         metadata.create_all(conn)
@@ -254,7 +259,7 @@ class SqlStore:
             anchors.setdefault(key, keep_until)
         keys = sorted(anchors)
         holds = json.dumps([[h.what, _fit(h.key), h.amount] for h in plan.holds])
-        return await self._run(
+        return await self._run_one(
             lambda conn: self._pg_reserve(
                 conn, plan, rid, keys, anchors, now, expires_at, keep_until, holds
             )
@@ -300,7 +305,7 @@ class SqlStore:
         def tx(conn: Connection) -> None:
             conn.execute(_COMMIT_STMT, {"rid": rid, "ck": f"{self._ns}:{call_id}"})
 
-        await self._run(tx)
+        await self._run_one(tx)
 
     @staticmethod
     def _finish(
