@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from vapi_proxy.auth.identity import Identity
+from vapi_proxy.ledger import store
 from vapi_proxy.ledger.engine import Database
 from vapi_proxy.ledger.migrate import current_revision, head_revision, upgrade_async
 from vapi_proxy.ledger.records import LedgerEvent
@@ -233,6 +234,36 @@ async def test_idempotency_expiry_and_abandon(ledger: Ledger) -> None:
     await ledger.idempotency_abandon("k", ALICE.key)
     assert (await ledger.idempotency_claim("k", ALICE.key, now=expired)).state == "claimed"
     assert await ledger.idempotency_purge(now=T0 + timedelta(days=30)) == 1
+
+
+async def test_a_purge_backlog_goes_in_bounded_transactions(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Days of expired keys are deleted a few rows a transaction, so the request path's writes
+    never wait behind one long delete; live keys and other callers' same-named keys stay."""
+    monkeypatch.setattr(store, "PURGE_BATCH", 3)
+    for i in range(8):
+        await ledger.idempotency_claim(f"old-{i}", ALICE.key, ttl_seconds=60, now=T0)
+    await ledger.idempotency_claim("old-0", BOB.key, ttl_seconds=60, now=T0)
+    later = T0 + timedelta(days=2)
+    await ledger.idempotency_claim("old-1", BOB.key, ttl_seconds=3600, now=later)
+    await ledger.idempotency_claim("new", ALICE.key, ttl_seconds=3600, now=later)
+    deleted: list[int] = []
+    run_write = ledger._db.run_write
+
+    async def counting(fn: Any) -> Any:
+        result = await run_write(fn)
+        deleted.append(result)
+        return result
+
+    monkeypatch.setattr(ledger._db, "run_write", counting)
+    assert await ledger.idempotency_purge(now=later) == 9
+    assert deleted == [3, 3, 3, 0]
+    monkeypatch.undo()
+    assert (await ledger.idempotency_claim("new", ALICE.key, now=later)).state == "in_progress"
+    assert (await ledger.idempotency_claim("old-1", BOB.key, now=later)).state == "in_progress"
+    assert (await ledger.idempotency_claim("old-1", ALICE.key, now=later)).state == "claimed"
+    assert await ledger.idempotency_purge(now=later) == 0
 
 
 async def test_health(ledger: Ledger) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.services import fresh_postgres_database
+from vapi_proxy.ledger import store
 from vapi_proxy.ledger.records import LedgerEvent, OutboxItem
 from vapi_proxy.ledger.store import Ledger
 
@@ -67,6 +68,21 @@ async def test_claim_lease_retry_deliver_and_park(ledger: Ledger) -> None:
     assert [(e.event_id, e.attempts) for e in retried] == [("ev-1", 2)]
     assert await ledger.outbox_counts() == {"delivered": 1, "pending": 1, "parked": 1}
     assert await ledger.outbox_purge(before=T0 + timedelta(seconds=1)) == 1
+
+
+async def test_delivered_rows_are_purged_in_bounded_transactions(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "PURGE_BATCH", 2)
+    await ledger.outbox_add(
+        [OutboxItem(f"ev-{i}", "http://app/x", "status-update", b"{}") for i in range(7)], now=T0
+    )
+    claimed = await ledger.outbox_claim(limit=10, lease_seconds=30, now=T0)
+    for entry in claimed[:5]:
+        await ledger.outbox_delivered(entry.id, now=T0)
+    await ledger.outbox_delivered(claimed[5].id, now=T0 + timedelta(days=1))
+    assert await ledger.outbox_purge(before=T0 + timedelta(seconds=1)) == 5
+    assert await ledger.outbox_counts() == {"delivered": 1, "pending": 1}
 
 
 async def test_an_expired_lease_returns_the_row(ledger: Ledger) -> None:

@@ -41,6 +41,11 @@ from vapi_proxy.ledger.records import (
 )
 from vapi_proxy.ledger.schema import call_events, calls, idempotency_keys, webhook_outbox
 
+PURGE_BATCH = 2000
+"""Rows one purge transaction deletes at most. A backlog (the upkeep was off for days, or a
+week of delivered forwards comes due at once) is deleted in short transactions, so the request
+path's writes wait for one of them at a time (SQLite has one writer), never for all of it."""
+
 
 class LedgerSchemaError(RuntimeError):
     """The database is not at the revision this code expects; run `vapi-proxy db upgrade`."""
@@ -470,8 +475,22 @@ class Ledger:
         return IdempotencyResult("in_progress")
 
     async def idempotency_purge(self, *, now: datetime | None = None) -> int:
-        stmt = idempotency_keys.delete().where(idempotency_keys.c.expires_at <= (now or utc_now()))
-        return await self._db.run_write(lambda conn: int(conn.execute(stmt).rowcount))
+        """Forget expired idempotency keys; how many."""
+        due = idempotency_keys.c.expires_at <= (now or utc_now())
+        return await self._purge([idempotency_keys.c.key, idempotency_keys.c.identity_key], due)
+
+    async def _purge(self, key: Sequence[sa.Column[Any]], where: sa.ColumnElement[bool]) -> int:
+        """Delete the rows of `key`'s table that match `where`, at most `PURGE_BATCH` a
+        transaction, until none is left; how many."""
+        chosen = sa.select(*key).where(where).limit(PURGE_BATCH)
+        match = sa.tuple_(*key).in_(chosen) if len(key) > 1 else key[0].in_(chosen)
+        stmt = sa.delete(key[0].table).where(match)
+        total = 0
+        while True:
+            deleted = await self._db.run_write(lambda conn: int(conn.execute(stmt).rowcount))
+            total += deleted
+            if deleted < PURGE_BATCH:  # the last batch (another replica may be purging too)
+                return total
 
     # --- webhook outbox --------------------------------------------------------------------
 
@@ -540,11 +559,9 @@ class Ledger:
             return {state: int(n) for state, n in await conn.execute(q)}
 
     async def outbox_purge(self, *, before: datetime) -> int:
-        """Forget delivered rows older than `before`."""
-        stmt = webhook_outbox.delete().where(
-            webhook_outbox.c.state == "delivered", webhook_outbox.c.delivered_at < before
-        )
-        return await self._db.run_write(lambda conn: int(conn.execute(stmt).rowcount))
+        """Forget delivered rows older than `before`; how many."""
+        due = sa.and_(webhook_outbox.c.state == "delivered", webhook_outbox.c.delivered_at < before)
+        return await self._purge([webhook_outbox.c.id], due)
 
 
 def _outcomes(
