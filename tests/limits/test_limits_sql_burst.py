@@ -26,6 +26,7 @@ import pytest
 
 from tests.support.limits import HANG_GUARD, REQ, WHO, FakeClock
 from tests.support.services import postgres_url, redis_url
+from vapi_proxy.errors import ServiceUnavailableError
 from vapi_proxy.limits import LimitsSettings, Reservation, create_limiter
 
 TIMEOUT = 1.0  # the store deadline under test
@@ -161,5 +162,38 @@ async def test_a_postgresql_reservation_and_its_commit_are_one_round_trip_each(
                 usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
             assert usage[("q", "quota")].used == 17
             assert usage[("c", "concurrency")].used == 17
+        finally:
+            await limiter.aclose()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "redis"])
+async def test_a_reservation_refused_for_its_late_answer_is_given_back(
+    backend: str, clock: FakeClock
+) -> None:
+    """The store ran the reservation, but its answer came after the deadline: the caller is
+    refused (fail closed), so the reservation is withdrawn once the store answers again. The
+    caller's quota and concurrency slot are as if it had never been asked."""
+    rules = [{"name": "q", "quota": {"per_day": 2}}, {"name": "c", "concurrency": 1}]
+    target = postgres_url() if backend == "postgres" else redis_url()
+    async for url, proxy in through_proxy(target):
+        settings = LimitsSettings(
+            backend=url, namespace=f"w{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=0.5
+        )
+        limiter = create_limiter(settings, clock=clock)
+        try:
+            async with asyncio.timeout(HANG_GUARD):
+                await limiter.release(await limiter.reserve(REQ))  # set up, connected
+                proxy.lag = 1.5
+                with pytest.raises(ServiceUnavailableError):
+                    await limiter.reserve(REQ)
+                proxy.lag = 0.0
+                # Counted in the store meanwhile (its answer is what came late)...
+                usage = {u.rule: u.used for u in await limiter.usage(WHO, "support")}
+                assert usage == {"q": 1, "c": 1}
+                # ...and given back once the store had its deadline to finish.
+                while usage != {"q": 0, "c": 0}:
+                    await asyncio.sleep(0.05)
+                    usage = {u.rule: u.used for u in await limiter.usage(WHO, "support")}
+                await limiter.reserve(REQ)
         finally:
             await limiter.aclose()

@@ -6,6 +6,7 @@ the plan to a `LimitStore` that checks and takes it atomically, and turns shortf
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -53,7 +54,18 @@ of a window late."""
 
 
 class StoreUnavailableError(Exception):
-    """The backing store could not be reached or answered in time (internal to limits)."""
+    """The backing store could not be reached or answered in time (internal to limits).
+    `untried`: the operation was refused before it was sent, so the store never ran it."""
+
+    def __init__(self, message: str, *, untried: bool = False) -> None:
+        super().__init__(message)
+        self.untried = untried
+
+
+LATE_RELEASES = 1000
+"""At most this many withdrawals of reservations refused for a late answer wait at once (see
+`StoreLimiter._withdraw`); past it, a store down under a flood costs no more memory, and what
+was taken frees its slots at their expiry."""
 
 
 # A plan (its checks and holds) is built for every request and never changed after. The classes
@@ -719,6 +731,7 @@ class StoreLimiter:
         self._clock = clock
         self._planner = Planner(settings)
         self._grace = settings.grace_seconds
+        self._late: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> LimitStore:
@@ -752,6 +765,8 @@ class StoreLimiter:
                     ", ".join(closed),
                     exc,
                 )
+                if not exc.untried:
+                    self._withdraw(rid)
                 raise ServiceUnavailableError(
                     "Usage limits cannot be checked right now; please try again shortly."
                 ) from exc
@@ -767,6 +782,26 @@ class StoreLimiter:
             # The longest wait is the honest one: retrying sooner fails on that limit anyway.
             raise max(errors, key=lambda e: e.retry_after)
         return Reservation(rid, plan.holds, expires_at)
+
+    def _withdraw(self, rid: str) -> None:
+        """Give back a reservation refused because the store did not answer in time: it may
+        still have been taken (the store ran it and its answer came late, or was lost), and a
+        refused caller must not be charged for it. Sent once the store has had its deadline to
+        finish (or drop) the operation. Best effort: a store still down leaves the slots to
+        free themselves at their expiry and the counters as taken, the conservative side."""
+        if len(self._late) < LATE_RELEASES:
+            task = asyncio.create_task(self._release_late(rid))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    async def _release_late(self, rid: str) -> None:
+        await asyncio.sleep(self._settings.timeout_seconds)
+        try:
+            await self._store.release(rid, now=self._clock())
+        except StoreUnavailableError as exc:
+            log.info("limits: late-refused reservation %s not given back: %s", rid, exc)
+        except Exception:
+            log.exception("limits: giving back reservation %s failed", rid)
 
     async def _buckets(
         self, refused: Sequence[CounterCheck | SlotCheck], now: float
@@ -876,4 +911,8 @@ class StoreLimiter:
         return HealthStatus(True, self._store.name, None, self._settings.failure_mode)
 
     async def aclose(self) -> None:
+        late, self._late = self._late, set()
+        for task in late:  # what they would give back frees itself at its expiry
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         await self._store.aclose()

@@ -64,14 +64,16 @@ def unavailable_on(
                         await slots.acquire()
                 except TimeoutError as exc:
                     raise StoreUnavailableError(
-                        f"no store connection free within {self.queue_timeout:g} s"
+                        f"no store connection free within {self.queue_timeout:g} s", untried=True
                     ) from exc
             else:
                 await slots.acquire()  # free: taken at once, without a timer
             try:
                 if self.deadline_misses != misses:
                     raise StoreUnavailableError(
-                        "the store missed its deadline while this operation waited for a connection"
+                        "the store missed its deadline while this operation waited for a "
+                        "connection",
+                        untried=True,
                     )
                 try:
                     async with asyncio.timeout(self.deadline):
