@@ -49,6 +49,9 @@ class LaggingProxy:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     sent: int = 0
     """How many times the client's bytes were passed on to the server."""
+    refuse: bool = False
+    """Close new connections at once (the server's port is closed, as it were)."""
+    refused: int = 0
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lag: bool
@@ -66,6 +69,10 @@ class LaggingProxy:
             writer.close()
 
     async def accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            self.refused += 1
+            c_writer.close()
+            return
         s_reader, s_writer = await asyncio.open_connection(*self.target)
         self.writers += [c_writer, s_writer]
         for task in (
@@ -194,6 +201,36 @@ async def test_a_reservation_refused_for_its_late_answer_is_given_back(
                 while usage != {"q": 0, "c": 0}:
                     await asyncio.sleep(0.05)
                     usage = {u.rule: u.used for u in await limiter.usage(WHO, "support")}
+                await limiter.reserve(REQ)
+        finally:
+            await limiter.aclose()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "redis"])
+async def test_a_late_reservation_is_given_back_when_the_store_is_back(
+    backend: str, clock: FakeClock
+) -> None:
+    """The first tries to give the reservation back find the store unreachable: a later try,
+    once it is back, does."""
+    rules = [{"name": "c", "concurrency": 1}]
+    target = postgres_url() if backend == "postgres" else redis_url()
+    async for url, proxy in through_proxy(target):
+        settings = LimitsSettings(
+            backend=url, namespace=f"x{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=0.5
+        )
+        limiter = create_limiter(settings, clock=clock)
+        try:
+            async with asyncio.timeout(HANG_GUARD):
+                await limiter.release(await limiter.reserve(REQ))
+                proxy.lag = 1.5
+                with pytest.raises(ServiceUnavailableError):
+                    await limiter.reserve(REQ)
+                proxy.lag, proxy.refuse = 0.0, True  # the late answer was lost with the store
+                while not proxy.refused:
+                    await asyncio.sleep(0.05)
+                proxy.refuse = False
+                while [u.used for u in await limiter.usage(WHO, "support")] != [0]:
+                    await asyncio.sleep(0.05)
                 await limiter.reserve(REQ)
         finally:
             await limiter.aclose()

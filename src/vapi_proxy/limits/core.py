@@ -66,6 +66,9 @@ LATE_RELEASES = 1000
 """At most this many withdrawals of reservations refused for a late answer wait at once (see
 `StoreLimiter._withdraw`); past it, a store down under a flood costs no more memory, and what
 was taken frees its slots at their expiry."""
+LATE_RELEASE_TRIES = 3
+"""Each withdrawal tries `timeout_seconds` after the refusal, then twice and four times that
+after the previous try, while the store is still unavailable."""
 
 
 # A plan (its checks and holds) is built for every request and never changed after. The classes
@@ -795,13 +798,21 @@ class StoreLimiter:
             task.add_done_callback(self._late.discard)
 
     async def _release_late(self, rid: str) -> None:
-        await asyncio.sleep(self._settings.timeout_seconds)
-        try:
-            await self._store.release(rid, now=self._clock())
-        except StoreUnavailableError as exc:
-            log.info("limits: late-refused reservation %s not given back: %s", rid, exc)
-        except Exception:
-            log.exception("limits: giving back reservation %s failed", rid)
+        # A store that was frozen may run the reservation only when it wakes: try again, later
+        # each time, before leaving it to expire.
+        delay = self._settings.timeout_seconds
+        for attempt in range(1, LATE_RELEASE_TRIES + 1):
+            await asyncio.sleep(delay)
+            try:
+                await self._store.release(rid, now=self._clock())
+                return
+            except StoreUnavailableError as exc:
+                if attempt == LATE_RELEASE_TRIES:
+                    log.info("limits: late-refused reservation %s not given back: %s", rid, exc)
+            except Exception:
+                log.exception("limits: giving back reservation %s failed", rid)
+                return
+            delay *= 2
 
     async def _buckets(
         self, refused: Sequence[CounterCheck | SlotCheck], now: float
