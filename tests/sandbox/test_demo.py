@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 
-def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
+def test_serve_sandbox_starts_and_proxies_a_web_call(tmp_path: Path) -> None:
     import time
 
     import httpx
@@ -21,6 +21,7 @@ def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
 
     port, sandbox_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    env["TMPDIR"] = str(tmp_path)  # where the throwaway ledger goes (and must go from)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -61,9 +62,13 @@ def test_serve_sandbox_starts_and_proxies_a_web_call() -> None:
             accepted = [d for d in log if d.get("responseStatus") == 200]
             time.sleep(0.2)
         assert accepted, log
+        (scratch,) = tmp_path.glob("vapi-proxy-sandbox-*")
+        assert (scratch / "ledger.db").is_file()
     finally:
         process.terminate()
         out, err = process.communicate(timeout=30)
+    # The throwaway ledger goes with the sandbox: runs of the demo do not pile up in /tmp.
+    assert not scratch.exists()
     assert "demo API key" in out
     # A signed-in caller's example shows what signing in adds; the browser line needs no token.
     assert (

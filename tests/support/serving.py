@@ -41,6 +41,9 @@ def serve_process(
     port = port or free_port()
     environ = {
         **os.environ,
+        # What serve makes in the temporary folder (its workers' metric files) stays with the
+        # test's files when a test kills it with SIGKILL, instead of piling up in /tmp.
+        "TMPDIR": str(config.parent),
         **(env or {}),
         "VAPI_API_KEY": sandbox.settings.private_key.get_secret_value(),
     }

@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import secrets as secrets_module
+import shutil
 import signal
 import sys
 import tempfile
@@ -252,18 +253,28 @@ def _load_sandbox_config(
 
 
 async def serve_sandbox(args: argparse.Namespace) -> int:
-    from vapi_proxy.app import create_app
-    from vapi_proxy.auth.api_key import generate_key, hash_key
-    from vapi_proxy.logs import configure_logging
-    from vapi_proxy.sandbox import BearerCredential, SandboxSettings, SeededAssistant
-    from vapi_proxy.sandbox import create_app as create_sandbox
-
     if args.workers > 1:
         print(
             "vapi-proxy serve --sandbox runs one worker (the simulator lives in-process)",
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    # The ledger is throwaway: its folder goes when the sandbox stops, however it stops short
+    # of SIGKILL (a config error, Ctrl-C, SIGTERM, an exception).
+    scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
+    try:
+        return await _serve_sandbox_in(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
+    from vapi_proxy.app import create_app
+    from vapi_proxy.auth.api_key import generate_key, hash_key
+    from vapi_proxy.logs import configure_logging
+    from vapi_proxy.sandbox import BearerCredential, SandboxSettings, SeededAssistant
+    from vapi_proxy.sandbox import create_app as create_sandbox
+
     path = config_path(args)
     proxy_url = f"http://{url_host(args.host)}:{args.port}"
     sandbox_url = f"http://{url_host(args.host)}:{args.sandbox_port}"
@@ -271,7 +282,6 @@ async def serve_sandbox(args: argparse.Namespace) -> int:
     # bearer credential, and calls the proxy creates point Vapi at the proxy's /webhook.
     webhook_token = secrets_module.token_urlsafe(32)
     demo_key = generate_key()
-    scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
     try:
         settings = _load_sandbox_config(
             path,
