@@ -10,6 +10,7 @@ long, and the second request is sent only once the server has provably started s
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -130,3 +131,42 @@ def test_an_idle_connection_is_closed_when_the_grace_ends() -> None:
                 assert conn.recv(4096) == b""
             except ConnectionResetError:
                 pytest.fail("the idle connection was reset rather than closed")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # A control character in a header value.
+        b"POST /call/web HTTP/1.1\r\nHost: t\r\nX-Request-Id: a\x01b\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        # A chunk size that is not hexadecimal.
+        b"POST /call/web HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nab\r\n0\r\n\r\n",
+        # A request line that is not one.
+        b"POST /call/web HTTX/1.1\r\nHost: t\r\n\r\n",
+        # A header line without a colon.
+        b"GET /healthz HTTP/1.1\r\nHost t\r\n\r\n",
+    ],
+    ids=["control-character", "bad-chunk", "request-line", "header-line"],
+)
+def test_a_request_the_parser_refuses_gets_the_json_envelope(request_bytes: bytes) -> None:
+    with running(DrainingHttpToolsProtocol) as (_server, port):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD)
+        with conn:
+            conn.sendall(request_bytes)
+            reply = b""
+            while chunk := conn.recv(4096):  # the server closes the connection after it
+                reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 400 Bad Request", reply
+    headers = dict(line.split(b": ", 1) for line in lines[1:])
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"connection"] == b"close"
+    assert int(headers[b"content-length"]) == len(body)
+    error = json.loads(body)
+    assert set(error) == {"message", "error", "statusCode", "requestId"}
+    assert error["statusCode"] == 400 and error["error"] == "Bad Request"
+    assert "HTTP/1.1" in error["message"]
+    assert error["requestId"] == headers[b"x-request-id"].decode()
+    assert len(error["requestId"]) == 32

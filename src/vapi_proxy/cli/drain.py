@@ -1,13 +1,19 @@
 """The HTTP protocol the workers run: uvicorn's httptools protocol, with a drain that answers
-a request already on its way over a kept-alive connection instead of resetting it."""
+a request already on its way over a kept-alive connection instead of resetting it, and the JSON
+error envelope for a request too malformed to reach the app."""
 
 from __future__ import annotations
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from vapi_proxy.errors import envelope
+
+MALFORMED = "The request is not valid HTTP/1.1 (its request line, headers or chunked body)."
 
 
 class DrainingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; only `shutdown` differs.
+    """uvicorn's httptools protocol; `shutdown` and the answer to a malformed request differ.
 
     When a worker stops (SIGTERM, or a reload replacing it), uvicorn stops accepting and then closes
     every keep-alive connection that is idle at that instant. A client that has just read a reply
@@ -43,3 +49,30 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
         if self._draining and self.cycle is not None:
             # The reply carries `Connection: close` and the connection ends after it.
             self.cycle.keep_alive = False
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refuses (a control character in a header, a bad chunk size, a
+        broken request line) gets the envelope every other error has, with a request id, as
+        JSON, instead of uvicorn's plain-text "Invalid HTTP request received.". The connection
+        closes after it, as before: nothing after a parse error can be trusted."""
+        # Here, not at the top: the edge imports prometheus_client, which must not be imported
+        # before the worker has set its metrics folder; a request comes after that.
+        from vapi_proxy.edge.middleware import next_request_id
+
+        request_id = next_request_id()
+        body = orjson.dumps(envelope(400, MALFORMED, request_id))
+        head = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"x-request-id: " + request_id.encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(head))
+        self.transport.close()

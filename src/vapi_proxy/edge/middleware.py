@@ -75,6 +75,8 @@ class _RequestIds:
 
 
 _next_request_id = _RequestIds().next
+next_request_id = _next_request_id
+"""A fresh request id, for the answers given before a request reaches the app."""
 
 
 def plain_headers(scope: Scope) -> dict[str, str]:
