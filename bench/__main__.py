@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the py-spy profile of the full variants (bench/results/profile-*.md)",
     )
     parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let every process run on every CPU (default: the server alone on CPU 0, wrk and"
+        " the upstream on CPU 1); what `serve --workers 2` on two CPUs looks like",
+    )
+    parser.add_argument(
         "--render", action="store_true", help="only rewrite latest.md and .png from latest.json"
     )
     args = parser.parse_args(argv)
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ref=args.ref,
         experiments=args.experiments,
         upstream=args.upstream,
+        pin=not args.no_pin,
         sustain_seconds=max(
             0.0, min(args.sustain if args.sustain is not None else (6 if args.quick else 30), 600)
         ),

@@ -155,6 +155,14 @@ def goals(table: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _pins(plan: dict[str, Any]) -> str:
+    if plan["pinning"]:
+        return str(plan["pinning"])
+    if plan["cpus"] < 2:
+        return "none (1 CPU)"
+    return "none (`--no-pin`: every process on every CPU; latency figures include wrk's share)"
+
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
 
@@ -169,7 +177,7 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
         f"# Benchmark: `python -m bench` ({raw['started']})",
         "",
         f"{plan['repeats']} × {plan['seconds']:g} s per point, medians shown; load generator "
-        f"{plan['tool']}; {plan['cpus']} CPUs; pinning {plan['pinning'] or 'none (1 CPU)'}; "
+        f"{plan['tool']}; {plan['cpus']} CPUs; pinning {_pins(plan)}; "
         f"upstream {raw.get('notes', {}).get('upstream', '?')}; "
         f"run took {raw['elapsed_seconds']:.0f} s. Load average before "
         f"{raw['load_average']['before']}, after {raw['load_average']['after']}.",

@@ -44,6 +44,21 @@ class Plan:
     upstream: str = "auto"  # auto (the nginx stub when nginx exists) | stub | simulator
     baselines_always: bool = True  # run the baselines even with --only (ratios need them)
     sustain_seconds: float = 30.0  # the RSS run of the full variants (0: none)
+    pin: bool = True  # False (--no-pin): every process may run on every CPU
+
+
+def pinning(plan: Plan) -> dict[str, int] | None:
+    """Which CPU the server, the load generator and the upstream are pinned to, or None: one
+    CPU, or `--no-pin` (what `serve --workers N` on N CPUs looks like, wrk and the upstream
+    sharing them)."""
+    if not plan.pin or procs.cpu_count() < 2:
+        return None
+    return {"server": SERVER_CPU, "load": LOAD_CPU, "upstream": UPSTREAM_CPU}
+
+
+def _cpu(plan: Plan, role: str) -> int | None:
+    pins = pinning(plan)
+    return None if pins is None else pins[role]
 
 
 def source_tree(ref: str | None, tmp: Path) -> tuple[dict[str, str], str]:
@@ -99,11 +114,16 @@ def _loader(plan: Plan, tmp: Path) -> Callable[..., load.LoadResult]:
                 v.headers,
                 connections=connections,
                 seconds=seconds,
-                cpu=LOAD_CPU,
+                cpu=_cpu(plan, "load"),
                 script_dir=tmp,
             )
         return load.run_pyload(
-            target.url, v.body, v.headers, connections=connections, seconds=seconds, cpu=LOAD_CPU
+            target.url,
+            v.body,
+            v.headers,
+            connections=connections,
+            seconds=seconds,
+            cpu=_cpu(plan, "load"),
         )
 
     return run
@@ -126,7 +146,7 @@ def _start_upstream(
             ["nginx", "-p", str(ngx_dir), "-c", str(conf), "-e", str(ngx_dir / "nginx-error.log")],
             port=port,
             log=raw / "nginx.log",
-            cpu=UPSTREAM_CPU,
+            cpu=_cpu(plan, "upstream"),
         )
         stack.callback(ngx.stop)
         ngx.wait_ready()
@@ -141,7 +161,7 @@ def _start_upstream(
         setups.sandbox_command(sim_cfg, port),
         port=port,
         log=raw / "simulator.log",
-        cpu=UPSTREAM_CPU,
+        cpu=_cpu(plan, "upstream"),
         env=src_env,
     )
     stack.callback(sim.stop)
@@ -179,7 +199,7 @@ def _start_targets(
             cmd,
             port=port,
             log=raw / f"{variant.kind}-{variant.name}.log",
-            cpu=SERVER_CPU,
+            cpu=_cpu(plan, "server"),
             env={**env, **extra},
             cwd=tmp,
         )
@@ -302,9 +322,7 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
             "repeats": plan.repeats,
             "seconds": plan.seconds,
             "cpus": procs.cpu_count(),
-            "pinning": {"server": SERVER_CPU, "load": LOAD_CPU, "upstream": UPSTREAM_CPU}
-            if procs.cpu_count() >= 2
-            else None,
+            "pinning": pinning(plan),
             "tool": "wrk" if (plan.tool != "python" and load.have_wrk()) else "python",
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -165,7 +165,7 @@ def proxy_variants(
         ),
         Variant(
             "jwt+limits-ledger-2w",
-            "proxy: the same with `serve --workers 2` (both on the proxy's CPU)",
+            "proxy: the same with `serve --workers 2` (both on the server's CPU unless `--no-pin`)",
             "proxy",
             headers=bearer,
             config=ledger_limits_2w,

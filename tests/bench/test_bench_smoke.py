@@ -163,6 +163,22 @@ def test_summary_reports_ratios_against_both_baselines_and_the_goals() -> None:
     assert "| jwt+limits | 4 | 100 | – | – | – | 80 80 81 | +0.5 | – |" in old
 
 
+def test_no_pin_lets_every_process_run_on_every_cpu() -> None:
+    from bench.run import Plan, pinning
+
+    assert pinning(Plan(pin=False)) is None
+    pins = pinning(Plan())
+    if procs.cpu_count() >= 2:
+        assert pins == {"server": 0, "load": 1, "upstream": 1}
+    else:
+        assert pins is None
+    # The report says which layout the figures come from.
+    plan = {"cpus": 2, "pinning": None}
+    assert "--no-pin" in report._pins(plan)
+    assert report._pins({**plan, "cpus": 1}) == "none (1 CPU)"
+    assert report._pins({**plan, "pinning": {"server": 0}}) == "{'server': 0}"
+
+
 def test_memory_splits_vmrss_into_the_heap_and_mapped_files() -> None:
     mem = procs.memory(os.getpid())
     assert mem.rss > 0 and mem.anon > 0 and mem.file > 0
