@@ -173,6 +173,83 @@ async def test_a_postgresql_reservation_and_its_commit_are_one_round_trip_each(
             await limiter.aclose()
 
 
+async def test_a_postgresql_release_and_settlement_hold_no_lock_across_a_round_trip(
+    clock: FakeClock,
+) -> None:
+    """Each is two statements that commit on their own: the reservation read, then one call
+    applying the decision if the reservation is still as read. Neither holds the caller's
+    counter rows while the client is asked (a BEGIN ... COMMIT would, for a round trip)."""
+    rules = [
+        {"name": "q", "quota": {"per_day": 100}},
+        {"name": "c", "concurrency": 50},
+        {"name": "b", "budget": {"minutes_per_day": 1000}},
+    ]
+    async for url, proxy in through_proxy(postgres_url()):
+        settings = LimitsSettings(
+            backend=url, namespace=f"f{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=5
+        )
+        limiter = create_limiter(settings, clock=clock)
+        try:
+            async with asyncio.timeout(HANG_GUARD):
+                await limiter.health()
+                for i in range(12):  # every pooled connection prepares the statements
+                    await limiter.commit(await limiter.reserve(REQ), f"warm-{i}")
+                    await limiter.settle(f"warm-{i}", duration_seconds=60, cost_usd=None)
+                    await limiter.release(await limiter.reserve(REQ))
+                for i in range(5):
+                    reservation = await limiter.reserve(REQ)
+                    before = proxy.sent
+                    await limiter.release(reservation)
+                    assert proxy.sent - before == 2
+                    await limiter.commit(await limiter.reserve(REQ), f"call-{i}")
+                    before = proxy.sent
+                    await limiter.settle(f"call-{i}", duration_seconds=30, cost_usd=None)
+                    assert proxy.sent - before == 2
+                usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
+            # 12 + 5 settled calls; the released reservations gave everything back.
+            assert usage[("q", "quota")].used == 17
+            assert usage[("c", "concurrency")].used == 0
+            assert usage[("b", "minutes")].used == 12 + 5 * 0.5
+        finally:
+            await limiter.aclose()
+
+
+async def test_postgresql_settlements_racing_on_one_call_count_once(clock: FakeClock) -> None:
+    """Vapi's status-update `ended` (no cost yet), its end-of-call-report (with cost) and a
+    redelivery of either may arrive together: each decides from the reservation as read, and
+    the ones that read it before another changed it decide again under its lock. The minutes
+    are trued up once, whichever way they interleave."""
+    rules = [
+        {"name": "b", "budget": {"minutes_per_day": 10_000, "usd_per_day": 1_000}},
+        {"name": "c", "concurrency": 9},
+    ]
+    calls = 10
+    async for url, proxy in through_proxy(postgres_url()):
+        settings = LimitsSettings(
+            backend=url, namespace=f"s{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=5
+        )
+        limiter = create_limiter(settings, clock=clock)
+        try:
+            async with asyncio.timeout(HANG_GUARD):
+                for i in range(calls):
+                    await limiter.commit(await limiter.reserve(REQ), f"race-{i}")
+                    # The lag makes the three reads overlap: each reads the call unsettled.
+                    proxy.lag = 0.02
+                    # 60 s held; the call ended after 30 s, reported three ways at once.
+                    await asyncio.gather(
+                        limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=None),
+                        limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=0.25),
+                        limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=0.25),
+                    )
+                    proxy.lag = 0.0
+                usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
+            assert usage[("b", "minutes")].used == calls * 0.5
+            assert usage[("b", "usd")].used == calls * 0.25
+            assert usage[("c", "concurrency")].used == 0
+        finally:
+            await limiter.aclose()
+
+
 @pytest.mark.parametrize("backend", ["postgres", "redis"])
 async def test_a_reservation_refused_for_its_late_answer_is_given_back(
     backend: str, clock: FakeClock

@@ -591,10 +591,11 @@ class Database:
         return result
 
     async def run_statement(self, fn: Callable[[Connection], T]) -> T:
-        """PostgreSQL only: run `fn`, which must execute exactly one statement, as its own
-        transaction (autocommit): one round trip instead of three (BEGIN, the statement, COMMIT),
+        """PostgreSQL only: run `fn` on a connection in autocommit, so each statement it executes
+        is its own transaction: one round trip instead of three (BEGIN, the statement, COMMIT),
         and the row locks it takes are released when the statement ends, not a round trip later.
-        Under a burst on the same rows, every other transaction waits for those locks."""
+        Under a burst on the same rows, every other transaction waits for those locks. Nothing
+        spans two of `fn`'s statements: use it for statements that each stand alone."""
         if self.dialect == "sqlite":
             raise ValueError("run_statement is for PostgreSQL")
         async with self._autocommit.connect() as conn:

@@ -2,7 +2,9 @@
 
 A reservation is one call to a PL/pgSQL function that upserts every counter row it needs, which
 locks them in key order, so concurrent reservations on the same counters queue instead of
-racing, and never deadlock. (SQLite has the embedded store, `embedded.py`; these tables' shape
+racing, and never deadlock. A release or settlement is decided from the reservation as read and
+applied by another function only if it is still as read; no transaction holds a caller's
+counter rows across a round trip. (SQLite has the embedded store, `embedded.py`; these tables' shape
 is still read once from SQLite files, to carry an older version's counts over.)
 """
 
@@ -12,7 +14,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -82,6 +84,11 @@ _LOCK_BY_ID = (
 )
 _LOCK_BY_CALL = (
     sa.select(*_LOCKED_COLS).where(reservations.c.call_key == sa.bindparam("v")).with_for_update()
+)
+_READ_BY_ID = sa.select(*_LOCKED_COLS).where(reservations.c.id == sa.bindparam("v"))
+_READ_BY_CALL = sa.select(*_LOCKED_COLS).where(reservations.c.call_key == sa.bindparam("v"))
+_PG_FINISH_CALL = sa.text(
+    "SELECT vapi_limits_finish(:rid, :old_state, :old_applied, :st, :ap, :k, :d)"
 )
 _DELETE_SLOTS = slots.delete().where(slots.c.reservation_id == sa.bindparam("rid"))
 _SET_STATE = (
@@ -162,6 +169,34 @@ BEGIN
 END;
 $$;
 """
+# A release or settlement decided from the reservation as read (unlocked) a moment before:
+# applied only if the reservation is still as read (its state and which actuals landed), in
+# one statement, so the caller's counter rows are locked for the function's run only, as for
+# a reservation. False: it changed meanwhile (a commit, another settlement, the upkeep), and
+# the caller decides again under the row's lock.
+_PG_FINISH = """
+CREATE OR REPLACE FUNCTION vapi_limits_finish(
+    p_rid text, p_old_state text, p_old_applied text, p_state text, p_applied text,
+    p_keys text[], p_deltas bigint[]
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+BEGIN
+    UPDATE limit_reservations SET state = p_state, applied = p_applied
+        WHERE id = p_rid AND state = p_old_state AND applied = p_old_applied;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM limit_slots WHERE reservation_id = p_rid;
+    -- In key order (the caller sorts them), like a reservation: no lock-order deadlocks.
+    FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+        UPDATE limit_counters SET value = greatest(value + p_deltas[i], 0) WHERE key = p_keys[i];
+    END LOOP;
+    RETURN true;
+END;
+$$;
+"""
 _SCHEMA_LOCK_ID = 0x7661_7069  # arbitrary, constant: serialises CREATE TABLE across replicas
 
 R = TypeVar("R")
@@ -227,7 +262,7 @@ class SqlStore:
         return await self._db.run_write(fn)
 
     async def _run_one(self, fn: Callable[[Connection], R]) -> R:
-        """`fn` executes one statement: it commits on its own (see `Database.run_statement`)."""
+        """`fn`'s statements each commit on their own (see `Database.run_statement`)."""
         await self._ensure_schema()
         return await self._db.run_statement(fn)
 
@@ -247,6 +282,7 @@ class SqlStore:
                     "limit_slots and limit_reservations (or use a new database) and restart."
                 )
         conn.exec_driver_sql(_PG_RESERVE)
+        conn.exec_driver_sql(_PG_FINISH)
 
     @_unavailable
     async def reserve(
@@ -319,35 +355,84 @@ class SqlStore:
         if changes:
             conn.execute(_ADJUST, changes)
 
+    @staticmethod
+    def _release_deltas(row: sa.Row[Any]) -> tuple[dict[str, int], str, str] | None:
+        if row.state not in LIVE:
+            return None
+        deltas: dict[str, int] = {}
+        for what, key, amount in json.loads(row.holds):
+            if what != "concurrency":
+                deltas[key] = deltas.get(key, 0) - int(amount)
+        return deltas, "released", row.applied
+
+    @staticmethod
+    def _settle_deltas(
+        row: sa.Row[Any], actual_ms: int | None, actual_micro_usd: int | None
+    ) -> tuple[dict[str, int], str, str] | None:
+        if row.state not in SETTLEABLE:
+            return None
+        deltas, applied, done = true_up(
+            json.loads(row.holds), row.applied, actual_ms, actual_micro_usd
+        )
+        return deltas, "settled" if done else "ended", applied
+
+    async def _finish_row(
+        self,
+        read: sa.Select[Any],
+        lock: sa.Select[Any],
+        value: str,
+        decide: Callable[[sa.Row[Any]], tuple[dict[str, int], str, str] | None],
+    ) -> None:
+        """End a reservation: read it, decide its counter deltas and new state, and apply them
+        in one statement if it is still as read (`vapi_limits_finish`): two round trips, no lock
+        held across either. If it changed in between, decide again under its row lock."""
+
+        def optimistic(conn: Connection) -> bool:
+            row = conn.execute(read, {"v": value}).first()
+            decided = None if row is None else decide(row)
+            if row is None or decided is None:
+                return True  # nothing to end
+            deltas, state, applied = decided
+            changes = sorted((k, d) for k, d in deltas.items() if d)
+            return bool(
+                conn.execute(
+                    _PG_FINISH_CALL,
+                    {
+                        "rid": row.id,
+                        "old_state": row.state,
+                        "old_applied": row.applied,
+                        "st": state,
+                        "ap": applied,
+                        "k": [k for k, _ in changes],
+                        "d": [d for _, d in changes],
+                    },
+                ).scalar()
+            )
+
+        def locked(conn: Connection) -> None:
+            row = conn.execute(lock, {"v": value}).first()
+            decided = None if row is None else decide(row)
+            if row is not None and decided is not None:
+                deltas, state, applied = decided
+                self._finish(conn, row.id, deltas, state, applied)
+
+        if not await self._run_one(optimistic):
+            await self._run(locked)
+
     @_unavailable
     async def release(self, rid: str, *, now: float) -> None:
-        def tx(conn: Connection) -> None:
-            row = conn.execute(_LOCK_BY_ID, {"v": rid}).first()
-            if row is None or row.state not in LIVE:
-                return
-            deltas: dict[str, int] = {}
-            for what, key, amount in json.loads(row.holds):
-                if what != "concurrency":
-                    deltas[key] = deltas.get(key, 0) - int(amount)
-            self._finish(conn, row.id, deltas, "released", row.applied)
-
-        await self._run(tx)
+        await self._finish_row(_READ_BY_ID, _LOCK_BY_ID, rid, self._release_deltas)
 
     @_unavailable
     async def settle(
         self, call_id: str, *, actual_ms: int | None, actual_micro_usd: int | None, now: float
     ) -> None:
-        def tx(conn: Connection) -> None:
-            row = conn.execute(_LOCK_BY_CALL, {"v": f"{self._ns}:{call_id}"}).first()
-            if row is None or row.state not in SETTLEABLE:
-                return
-            deltas, applied, done = true_up(
-                json.loads(row.holds), row.applied, actual_ms, actual_micro_usd
-            )
-            state = "settled" if done else "ended"
-            self._finish(conn, row.id, deltas, state, applied)
-
-        await self._run(tx)
+        await self._finish_row(
+            _READ_BY_CALL,
+            _LOCK_BY_CALL,
+            f"{self._ns}:{call_id}",
+            lambda row: self._settle_deltas(row, actual_ms, actual_micro_usd),
+        )
 
     @_unavailable
     async def expire(self, now: float) -> list[str | None]:
