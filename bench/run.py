@@ -106,7 +106,7 @@ def _loader(plan: Plan, tmp: Path) -> Callable[..., load.LoadResult]:
     use_wrk = plan.tool == "wrk" or (plan.tool == "auto" and load.have_wrk())
 
     def run(target: Target, connections: int, seconds: float) -> load.LoadResult:
-        v = target.variant
+        v, cpu = target.variant, _cpu(plan, "load")
         if use_wrk:
             return load.run_wrk(
                 target.url,
@@ -114,16 +114,11 @@ def _loader(plan: Plan, tmp: Path) -> Callable[..., load.LoadResult]:
                 v.headers,
                 connections=connections,
                 seconds=seconds,
-                cpu=_cpu(plan, "load"),
+                cpu=cpu,
                 script_dir=tmp,
             )
         return load.run_pyload(
-            target.url,
-            v.body,
-            v.headers,
-            connections=connections,
-            seconds=seconds,
-            cpu=_cpu(plan, "load"),
+            target.url, v.body, v.headers, connections=connections, seconds=seconds, cpu=cpu
         )
 
     return run

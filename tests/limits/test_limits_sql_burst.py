@@ -17,8 +17,9 @@ reserve waited up to a second for it: the deadline then failed a burst it should
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,7 +28,7 @@ import pytest
 from tests.support.limits import HANG_GUARD, REQ, WHO, FakeClock
 from tests.support.services import postgres_url, redis_url
 from vapi_proxy.errors import ServiceUnavailableError
-from vapi_proxy.limits import LimitsSettings, Reservation, create_limiter
+from vapi_proxy.limits import Limiter, LimitsSettings, Reservation, create_limiter
 
 TIMEOUT = 1.0  # the store deadline under test
 # (backend, its pool's connections, reserves in the burst, lag added to each reply). A warm
@@ -101,6 +102,22 @@ async def through_proxy(url: str) -> AsyncIterator[tuple[str, LaggingProxy]]:
         await server.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def proxied_limiter(
+    target: str, rules: Sequence[object], clock: FakeClock, *, timeout: float = 5
+) -> AsyncIterator[tuple[Limiter, LaggingProxy]]:
+    """A limiter on `target` through a `LaggingProxy`, in a namespace of its own."""
+    async for url, proxy in through_proxy(target):
+        settings = LimitsSettings(
+            backend=url, namespace=f"t{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=timeout
+        )
+        limiter = create_limiter(settings, clock=clock)
+        try:
+            yield limiter, proxy
+        finally:
+            await limiter.aclose()
+
+
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
 async def lagging(
     request: pytest.FixtureRequest,
@@ -147,30 +164,23 @@ async def test_a_postgresql_reservation_and_its_commit_are_one_round_trip_each(
     """Each is one statement sent once: no BEGIN and COMMIT of its own, which would hold the
     caller's counter rows locked across two more round trips (see the module's docstring)."""
     rules = [{"name": "q", "quota": {"per_day": 100}}, {"name": "c", "concurrency": 50}]
-    async for url, proxy in through_proxy(postgres_url()):
-        settings = LimitsSettings(
-            backend=url, namespace=f"r{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=5
-        )
-        limiter = create_limiter(settings, clock=clock)
-        try:
-            async with asyncio.timeout(HANG_GUARD):
-                await limiter.health()
-                # Every pooled connection has prepared the statements (a first use adds a
-                # round trip to prepare): the pool hands its idle connections out in turn.
-                for i in range(12):
-                    await limiter.commit(await limiter.reserve(REQ), f"warm-{i}")
-                for i in range(5):
-                    before = proxy.sent
-                    reservation = await limiter.reserve(REQ)
-                    assert proxy.sent - before == 1
-                    before = proxy.sent
-                    await limiter.commit(reservation, f"call-{i}")
-                    assert proxy.sent - before == 1
-                usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
-            assert usage[("q", "quota")].used == 17
-            assert usage[("c", "concurrency")].used == 17
-        finally:
-            await limiter.aclose()
+    async with proxied_limiter(postgres_url(), rules, clock) as (limiter, proxy):
+        async with asyncio.timeout(HANG_GUARD):
+            await limiter.health()
+            # Every pooled connection has prepared the statements (a first use adds a
+            # round trip to prepare): the pool hands its idle connections out in turn.
+            for i in range(12):
+                await limiter.commit(await limiter.reserve(REQ), f"warm-{i}")
+            for i in range(5):
+                before = proxy.sent
+                reservation = await limiter.reserve(REQ)
+                assert proxy.sent - before == 1
+                before = proxy.sent
+                await limiter.commit(reservation, f"call-{i}")
+                assert proxy.sent - before == 1
+            usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
+        assert usage[("q", "quota")].used == 17
+        assert usage[("c", "concurrency")].used == 17
 
 
 async def test_a_postgresql_release_and_settlement_hold_no_lock_across_a_round_trip(
@@ -184,34 +194,27 @@ async def test_a_postgresql_release_and_settlement_hold_no_lock_across_a_round_t
         {"name": "c", "concurrency": 50},
         {"name": "b", "budget": {"minutes_per_day": 1000}},
     ]
-    async for url, proxy in through_proxy(postgres_url()):
-        settings = LimitsSettings(
-            backend=url, namespace=f"f{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=5
-        )
-        limiter = create_limiter(settings, clock=clock)
-        try:
-            async with asyncio.timeout(HANG_GUARD):
-                await limiter.health()
-                for i in range(12):  # every pooled connection prepares the statements
-                    await limiter.commit(await limiter.reserve(REQ), f"warm-{i}")
-                    await limiter.settle(f"warm-{i}", duration_seconds=60, cost_usd=None)
-                    await limiter.release(await limiter.reserve(REQ))
-                for i in range(5):
-                    reservation = await limiter.reserve(REQ)
-                    before = proxy.sent
-                    await limiter.release(reservation)
-                    assert proxy.sent - before == 2
-                    await limiter.commit(await limiter.reserve(REQ), f"call-{i}")
-                    before = proxy.sent
-                    await limiter.settle(f"call-{i}", duration_seconds=30, cost_usd=None)
-                    assert proxy.sent - before == 2
-                usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
-            # 12 + 5 settled calls; the released reservations gave everything back.
-            assert usage[("q", "quota")].used == 17
-            assert usage[("c", "concurrency")].used == 0
-            assert usage[("b", "minutes")].used == 12 + 5 * 0.5
-        finally:
-            await limiter.aclose()
+    async with proxied_limiter(postgres_url(), rules, clock) as (limiter, proxy):
+        async with asyncio.timeout(HANG_GUARD):
+            await limiter.health()
+            for i in range(12):  # every pooled connection prepares the statements
+                await limiter.commit(await limiter.reserve(REQ), f"warm-{i}")
+                await limiter.settle(f"warm-{i}", duration_seconds=60, cost_usd=None)
+                await limiter.release(await limiter.reserve(REQ))
+            for i in range(5):
+                reservation = await limiter.reserve(REQ)
+                before = proxy.sent
+                await limiter.release(reservation)
+                assert proxy.sent - before == 2
+                await limiter.commit(await limiter.reserve(REQ), f"call-{i}")
+                before = proxy.sent
+                await limiter.settle(f"call-{i}", duration_seconds=30, cost_usd=None)
+                assert proxy.sent - before == 2
+            usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
+        # 12 + 5 settled calls; the released reservations gave everything back.
+        assert usage[("q", "quota")].used == 17
+        assert usage[("c", "concurrency")].used == 0
+        assert usage[("b", "minutes")].used == 12 + 5 * 0.5
 
 
 async def test_postgresql_settlements_racing_on_one_call_count_once(clock: FakeClock) -> None:
@@ -224,30 +227,23 @@ async def test_postgresql_settlements_racing_on_one_call_count_once(clock: FakeC
         {"name": "c", "concurrency": 9},
     ]
     calls = 10
-    async for url, proxy in through_proxy(postgres_url()):
-        settings = LimitsSettings(
-            backend=url, namespace=f"s{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=5
-        )
-        limiter = create_limiter(settings, clock=clock)
-        try:
-            async with asyncio.timeout(HANG_GUARD):
-                for i in range(calls):
-                    await limiter.commit(await limiter.reserve(REQ), f"race-{i}")
-                    # The lag makes the three reads overlap: each reads the call unsettled.
-                    proxy.lag = 0.02
-                    # 60 s held; the call ended after 30 s, reported three ways at once.
-                    await asyncio.gather(
-                        limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=None),
-                        limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=0.25),
-                        limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=0.25),
-                    )
-                    proxy.lag = 0.0
-                usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
-            assert usage[("b", "minutes")].used == calls * 0.5
-            assert usage[("b", "usd")].used == calls * 0.25
-            assert usage[("c", "concurrency")].used == 0
-        finally:
-            await limiter.aclose()
+    async with proxied_limiter(postgres_url(), rules, clock) as (limiter, proxy):
+        async with asyncio.timeout(HANG_GUARD):
+            for i in range(calls):
+                await limiter.commit(await limiter.reserve(REQ), f"race-{i}")
+                # The lag makes the three reads overlap: each reads the call unsettled.
+                proxy.lag = 0.02
+                # 60 s held; the call ended after 30 s, reported three ways at once.
+                await asyncio.gather(
+                    limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=None),
+                    limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=0.25),
+                    limiter.settle(f"race-{i}", duration_seconds=30, cost_usd=0.25),
+                )
+                proxy.lag = 0.0
+            usage = {(u.rule, u.what): u for u in await limiter.usage(WHO, "support")}
+        assert usage[("b", "minutes")].used == calls * 0.5
+        assert usage[("b", "usd")].used == calls * 0.25
+        assert usage[("c", "concurrency")].used == 0
 
 
 @pytest.mark.parametrize("backend", ["postgres", "redis"])
@@ -259,28 +255,21 @@ async def test_a_reservation_refused_for_its_late_answer_is_given_back(
     caller's quota and concurrency slot are as if it had never been asked."""
     rules = [{"name": "q", "quota": {"per_day": 2}}, {"name": "c", "concurrency": 1}]
     target = postgres_url() if backend == "postgres" else redis_url()
-    async for url, proxy in through_proxy(target):
-        settings = LimitsSettings(
-            backend=url, namespace=f"w{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=0.5
-        )
-        limiter = create_limiter(settings, clock=clock)
-        try:
-            async with asyncio.timeout(HANG_GUARD):
-                await limiter.release(await limiter.reserve(REQ))  # set up, connected
-                proxy.lag = 1.5
-                with pytest.raises(ServiceUnavailableError):
-                    await limiter.reserve(REQ)
-                proxy.lag = 0.0
-                # Counted in the store meanwhile (its answer is what came late)...
-                usage = {u.rule: u.used for u in await limiter.usage(WHO, "support")}
-                assert usage == {"q": 1, "c": 1}
-                # ...and given back once the store had its deadline to finish.
-                while usage != {"q": 0, "c": 0}:
-                    await asyncio.sleep(0.05)
-                    usage = {u.rule: u.used for u in await limiter.usage(WHO, "support")}
+    async with proxied_limiter(target, rules, clock, timeout=0.5) as (limiter, proxy):
+        async with asyncio.timeout(HANG_GUARD):
+            await limiter.release(await limiter.reserve(REQ))  # set up, connected
+            proxy.lag = 1.5
+            with pytest.raises(ServiceUnavailableError):
                 await limiter.reserve(REQ)
-        finally:
-            await limiter.aclose()
+            proxy.lag = 0.0
+            # Counted in the store meanwhile (its answer is what came late)...
+            usage = {u.rule: u.used for u in await limiter.usage(WHO, "support")}
+            assert usage == {"q": 1, "c": 1}
+            # ...and given back once the store had its deadline to finish.
+            while usage != {"q": 0, "c": 0}:
+                await asyncio.sleep(0.05)
+                usage = {u.rule: u.used for u in await limiter.usage(WHO, "support")}
+            await limiter.reserve(REQ)
 
 
 @pytest.mark.parametrize("backend", ["postgres", "redis"])
@@ -291,23 +280,16 @@ async def test_a_late_reservation_is_given_back_when_the_store_is_back(
     once it is back, does."""
     rules = [{"name": "c", "concurrency": 1}]
     target = postgres_url() if backend == "postgres" else redis_url()
-    async for url, proxy in through_proxy(target):
-        settings = LimitsSettings(
-            backend=url, namespace=f"x{uuid.uuid4().hex[:10]}", rules=rules, timeout_seconds=0.5
-        )
-        limiter = create_limiter(settings, clock=clock)
-        try:
-            async with asyncio.timeout(HANG_GUARD):
-                await limiter.release(await limiter.reserve(REQ))
-                proxy.lag = 1.5
-                with pytest.raises(ServiceUnavailableError):
-                    await limiter.reserve(REQ)
-                proxy.lag, proxy.refuse = 0.0, True  # the late answer was lost with the store
-                while not proxy.refused:
-                    await asyncio.sleep(0.05)
-                proxy.refuse = False
-                while [u.used for u in await limiter.usage(WHO, "support")] != [0]:
-                    await asyncio.sleep(0.05)
+    async with proxied_limiter(target, rules, clock, timeout=0.5) as (limiter, proxy):
+        async with asyncio.timeout(HANG_GUARD):
+            await limiter.release(await limiter.reserve(REQ))
+            proxy.lag = 1.5
+            with pytest.raises(ServiceUnavailableError):
                 await limiter.reserve(REQ)
-        finally:
-            await limiter.aclose()
+            proxy.lag, proxy.refuse = 0.0, True  # the late answer was lost with the store
+            while not proxy.refused:
+                await asyncio.sleep(0.05)
+            proxy.refuse = False
+            while [u.used for u in await limiter.usage(WHO, "support")] != [0]:
+                await asyncio.sleep(0.05)
+            await limiter.reserve(REQ)
