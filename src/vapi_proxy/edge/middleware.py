@@ -74,9 +74,9 @@ class _RequestIds:
         return f"{self._prefix}{next(self._counter):016x}"
 
 
-_next_request_id = _RequestIds().next
-next_request_id = _next_request_id
-"""A fresh request id, for the answers given before a request reaches the app."""
+next_request_id = _RequestIds().next
+"""A fresh request id: every request's, and the protocol's for one too malformed to reach the
+app (cli/drain.py)."""
 
 
 def plain_headers(scope: Scope) -> dict[str, str]:
@@ -168,7 +168,7 @@ class EdgeMiddleware:
             elif name == b"access-control-request-method":
                 preflight_method = value
         if request_id is None:
-            request_id = _next_request_id()
+            request_id = next_request_id()
         client = scope.get("client")
         state = RequestState(
             request_id=request_id,

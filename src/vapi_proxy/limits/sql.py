@@ -225,6 +225,11 @@ def _fit(key: str) -> str:
     return key[:_KEPT] + "#" + hashlib.sha256(key.encode()).hexdigest()
 
 
+def _changes(deltas: dict[str, int]) -> list[tuple[str, int]]:
+    """The counter deltas that change something, in key order (the order rows are locked in)."""
+    return [(k, d) for k, d in sorted(deltas.items()) if d]
+
+
 class SqlStore:
     def __init__(self, settings: LimitsSettings, *, database: Database | None = None) -> None:
         # A shared Database (the ledger's, same URL) means one engine and one SQLite writer
@@ -351,7 +356,7 @@ class SqlStore:
         conn.execute(_SET_STATE, {"rid": rid, "st": state, "ap": applied})
         # Counters last, in one batch and in key order (like reserve: no lock-order deadlocks),
         # so the rows every reservation of this identity queues for are held only briefly.
-        changes = [{"k": k, "d": d} for k, d in sorted(deltas.items()) if d]
+        changes = [{"k": k, "d": d} for k, d in _changes(deltas)]
         if changes:
             conn.execute(_ADJUST, changes)
 
@@ -393,7 +398,7 @@ class SqlStore:
             if row is None or decided is None:
                 return True  # nothing to end
             deltas, state, applied = decided
-            changes = sorted((k, d) for k, d in deltas.items() if d)
+            changes = _changes(deltas)
             return bool(
                 conn.execute(
                     _PG_FINISH_CALL,

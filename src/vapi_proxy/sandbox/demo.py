@@ -11,7 +11,6 @@ import copy
 import json
 import os
 import secrets as secrets_module
-import shutil
 import signal
 import sys
 import tempfile
@@ -261,11 +260,10 @@ async def serve_sandbox(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # The ledger is throwaway: its folder goes when the sandbox stops, however it stops short
     # of SIGKILL (a config error, Ctrl-C, SIGTERM, an exception).
-    scratch = tempfile.mkdtemp(prefix="vapi-proxy-sandbox-")
-    try:
+    with tempfile.TemporaryDirectory(
+        prefix="vapi-proxy-sandbox-", ignore_cleanup_errors=True
+    ) as scratch:
         return await _serve_sandbox_in(args, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
