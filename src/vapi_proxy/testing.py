@@ -44,7 +44,10 @@ class ServerThread:
         self._socket: socket.socket | None = None
         if port is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self._socket = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off only on
+            # sockets whose protocol says TCP, and with it on, every reply after the first on a
+            # kept-alive connection waits ≈ 40 ms for the client's delayed ACK.
+            self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._socket.bind((host, 0))
             port = int(self._socket.getsockname()[1])
