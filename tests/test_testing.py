@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
+
 from vapi_proxy.testing import ServerThread
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -45,3 +47,25 @@ def test_a_server_thread_turns_nagles_algorithm_off_on_its_connections() -> None
         (served,) = server._server.server_state.connections
         sock = served.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+async def failing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+
+def test_an_app_whose_start_up_fails_is_reported_not_served() -> None:
+    server = ServerThread(failing_app)
+    with pytest.raises(RuntimeError, match="exited during start-up"):
+        server.start()
+    server.stop()
+
+
+def test_a_stopped_server_thread_has_ended_and_refuses_connections() -> None:
+    with ServerThread(app, lifespan="off") as server:
+        thread = server._thread
+        assert thread is not None and thread.is_alive()
+    assert not thread.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=30).close()
