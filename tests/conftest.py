@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,40 @@ from vapi_proxy.auth.api_key import generate_key
 from vapi_proxy.sandbox import RunningSandbox, SandboxSettings, SeededAssistant, run_sandbox
 from vapi_proxy.settings import Secrets, parse_settings
 from vapi_proxy.testing import ServerThread
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_ssl_context_per_setting() -> Iterator[None]:
+    """httpx builds an SSL context for every client, loading every CA certificate (≈ 20 ms),
+    even for the plain-HTTP loopback URLs the suite calls: each `httpx.get` and `httpx.post`
+    paid it, a large part of many tests' time. Here each distinct setting (the arguments and
+    the environment variables httpx reads) is built once and shared, as a context may be; a
+    test that changes the CA file or the key log still gets a context of its own."""
+    from httpx._transports import default
+
+    build = getattr(default, "create_ssl_context", None)
+    if build is None:  # another httpx layout: each client builds its own, as before
+        yield
+        return
+    built: dict[Any, Any] = {}
+
+    def shared(*args: Any, **kwargs: Any) -> Any:
+        environment = tuple(os.environ.get(name) for name in SSL_ENVIRONMENT)
+        key = (args, tuple(sorted(kwargs.items())), environment)
+        try:
+            return built[key]
+        except TypeError:  # an argument that cannot be a key
+            return build(*args, **kwargs)
+        except KeyError:
+            context = built[key] = build(*args, **kwargs)
+            return context
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(default, "create_ssl_context", shared)
+        yield
+
+
+SSL_ENVIRONMENT = ("SSL_CERT_FILE", "SSL_CERT_DIR", "SSLKEYLOGFILE")
 
 
 @pytest.fixture(scope="session")
