@@ -82,3 +82,23 @@ def test_the_start_up_heap_is_frozen_while_serving_and_released_after() -> None:
         assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
+
+
+def test_apps_that_stop_out_of_order_keep_the_heap_frozen_until_the_last_stops() -> None:
+    """Two apps in one process (a test's replicas, an embedding server): the first one's stop
+    used to unfreeze the heap and restore the threshold under the other, and the second's then
+    left its own start's threshold in place for good."""
+    import gc
+
+    from vapi_proxy.app import GC_YOUNG_THRESHOLD, long_lived_heap
+
+    before = gc.get_threshold()
+    first, second = long_lived_heap(), long_lived_heap()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_freeze_count() > 0  # the second app still serves
+    assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD
+    second.__exit__(None, None, None)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 from starlette.routing import BaseRoute, Route, Router
@@ -26,6 +27,36 @@ GC_YOUNG_THRESHOLD = 5000
 """Allocations between collections of the youngest generation (CPython's default is 700)."""
 
 
+class _LongLivedHeap:
+    """The process's collector settings while at least one app serves (see `long_lived_heap`).
+    Apps may start and stop in any order (a test's replicas, an embedding server): the first
+    to start freezes, the last to stop restores."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # apps may run on loops in different threads
+        self._holders = 0
+        self._threshold = gc.get_threshold()
+
+    def hold(self) -> None:
+        with self._lock:
+            if self._holders == 0:
+                gc.collect()
+                gc.freeze()
+                self._threshold = gc.get_threshold()
+                gc.set_threshold(max(self._threshold[0], GC_YOUNG_THRESHOLD), *self._threshold[1:])
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                gc.set_threshold(*self._threshold)
+                gc.unfreeze()
+
+
+_HEAP = _LongLivedHeap()
+
+
 @contextlib.contextmanager
 def long_lived_heap() -> Iterator[None]:
     """While the app serves: what start-up built (modules, config, pools: most of the heap) is
@@ -33,16 +64,12 @@ def long_lived_heap() -> Iterator[None]:
     less often. Measured under load (bench/path_cost.py --gc): a full collection walked the
     whole start-up heap, 100 ms or more every few thousand requests (the p99 stall) and a third
     of the CPU per request; a request's own objects die by reference counting, so collecting
-    them every 700 allocations found little. Undone when the app stops."""
-    gc.collect()
-    gc.freeze()
-    previous = gc.get_threshold()
-    gc.set_threshold(max(previous[0], GC_YOUNG_THRESHOLD), *previous[1:])
+    them every 700 allocations found little. Undone when the last app of the process stops."""
+    _HEAP.hold()
     try:
         yield
     finally:
-        gc.set_threshold(*previous)
-        gc.unfreeze()
+        _HEAP.release()
 
 
 def create_app(settings: Settings, secrets: Secrets) -> ASGIApp:
