@@ -226,3 +226,59 @@ def test_the_demo_config_gets_its_webhook_token_without_touching_the_environment
     assert method.secret is not None and method.secret.get_secret_value() == "s" * 32
     assert settings.logging.level == "debug"
     assert settings.ledger.url == f"sqlite:///{tmp_path}/ledger.db"
+
+
+def test_serve_sandbox_serves_the_consoles_own_port_from_the_one_app(tmp_path: Path) -> None:
+    """With `admin.port`, the console's port is a second socket of the proxy's one server, as in
+    `serve`. A second server used to run the app's start-up again (ledger, HTTP sessions,
+    upkeep), leaking the first start's session ("Unclosed client session" on stderr)."""
+    import time
+
+    from vapi_proxy.auth.api_key import generate_key, hash_key
+    from vapi_proxy.testing import free_port
+
+    admin_key = generate_key()
+    port, admin_port, sandbox_port = free_port(), free_port(), free_port()
+    config = tmp_path / "console.yaml"
+    config.write_text(
+        "auth:\n  methods: [{type: anonymous}]\n"
+        "profiles:\n  Widget:\n    assistant_id: 11111111-2222-4333-8444-666666666666\n"
+        "    access: {anonymous: true}\n"
+        f'admin:\n  key_hashes: ["{hash_key(admin_key)}"]\n  port: {admin_port}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    env["TMPDIR"] = str(tmp_path)
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "vapi_proxy", "serve", "--sandbox", "--config", str(config)),
+            *("--port", str(port), "--sandbox-port", str(sandbox_port)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("web:"):
+                break
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        console = httpx.get(f"http://127.0.0.1:{admin_port}/admin/api/blocks", headers=admin)
+        assert console.status_code == 200, console.text
+        elsewhere = httpx.get(f"http://127.0.0.1:{port}/admin/api/blocks", headers=admin)
+        assert elsewhere.status_code == 404
+        call = httpx.post(f"http://127.0.0.1:{port}/call/web", json={"assistantId": "Widget"})
+        assert call.status_code == 201, call.text
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Unclosed" not in err, err

@@ -313,6 +313,15 @@ async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
     configure_logging(settings.logging.level, settings.logging.format)
     key = sandbox_settings.private_key
     proxy_app = create_app(settings, Secrets(vapi_api_key=SecretStr(key.get_secret_value())))
+    # The console's own port is a second socket of the proxy's one server, as in `serve`: a
+    # second server would run the app's start-up (ledger, pools, upkeep) a second time.
+    proxy_config = uvicorn.Config(proxy_app, **uvicorn_kwargs(args, settings))
+    proxy_sockets = [proxy_config.bind_socket()]
+    if settings.admin.enabled and settings.admin.port is not None:
+        admin = uvicorn.Config(
+            proxy_app, **{**uvicorn_kwargs(args, settings), "port": settings.admin.port}
+        )
+        proxy_sockets.append(admin.bind_socket())
     servers = [
         _QuietServer(
             uvicorn.Config(
@@ -323,19 +332,7 @@ async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
                 access_log=False,
             )
         ),
-        _QuietServer(uvicorn.Config(proxy_app, **uvicorn_kwargs(args, settings))),
-        *(
-            [
-                _QuietServer(
-                    uvicorn.Config(
-                        proxy_app,
-                        **{**uvicorn_kwargs(args, settings), "port": settings.admin.port},
-                    )
-                )
-            ]
-            if settings.admin.enabled and settings.admin.port is not None
-            else []
-        ),
+        _QuietServer(proxy_config),
     ]
     print(
         _sandbox_banner(
@@ -357,7 +354,8 @@ async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_all)
-    await asyncio.gather(*(server.serve() for server in servers))
+    simulator, proxy = servers
+    await asyncio.gather(simulator.serve(), proxy.serve(sockets=proxy_sockets))
     return 0
 
 
