@@ -12,6 +12,42 @@ from typing import Any
 import httpx
 
 
+def start_sandbox(
+    config: Path, port: int, sandbox_port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """`serve --sandbox --config config` as a user starts it, its banner read up to the `web:`
+    line; the caller terminates it."""
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "vapi_proxy", "serve", "--sandbox", "--config", str(config)),
+            *("--port", str(port), "--sandbox-port", str(sandbox_port)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    banner = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        banner.append(line)
+        if line.startswith("web:"):
+            break
+    return process, banner
+
+
+def wait_until_healthy(port: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz")
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
 def test_serve_sandbox_starts_and_proxies_a_web_call(tmp_path: Path) -> None:
     import time
 
@@ -122,23 +158,8 @@ def test_serve_sandbox_with_the_users_own_config_closes_the_webhook_loop(tmp_pat
     port, sandbox_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
     env["SANDBOX_TEST_JWT_SECRET"] = "j" * 40
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "vapi_proxy", "serve", "--sandbox", "--config", str(config)),
-            *("--port", str(port), "--sandbox-port", str(sandbox_port)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    process, banner = start_sandbox(config, port, sandbox_port, env)
     try:
-        assert process.stdout is not None
-        banner = []
-        for line in process.stdout:
-            banner.append(line)
-            if line.startswith("web:"):
-                break
         text = "".join(banner)
         assert "profiles:        SalesCoach" in text, text
         assert "demo" not in text.split("profiles:")[1].splitlines()[0]
@@ -158,13 +179,7 @@ def test_serve_sandbox_with_the_users_own_config_closes_the_webhook_loop(tmp_pat
         ]
         assert "# anonymous (no credential), profile Widget" in text, text
         url = f"http://127.0.0.1:{port}/call/web"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_healthy(port)
         calls = []
         for headers, body in requests:
             reply = httpx.post(url, json=body, headers=headers)
@@ -232,7 +247,6 @@ def test_serve_sandbox_serves_the_consoles_own_port_from_the_one_app(tmp_path: P
     """With `admin.port`, the console's port is a second socket of the proxy's one server, as in
     `serve`. A second server used to run the app's start-up again (ledger, HTTP sessions,
     upkeep), leaking the first start's session ("Unclosed client session" on stderr)."""
-    import time
 
     from vapi_proxy.auth.api_key import generate_key, hash_key
     from vapi_proxy.testing import free_port
@@ -248,28 +262,9 @@ def test_serve_sandbox_serves_the_consoles_own_port_from_the_one_app(tmp_path: P
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
     env["TMPDIR"] = str(tmp_path)
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "vapi_proxy", "serve", "--sandbox", "--config", str(config)),
-            *("--port", str(port), "--sandbox-port", str(sandbox_port)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    process, _ = start_sandbox(config, port, sandbox_port, env)
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("web:"):
-                break
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_healthy(port)
         admin = {"Authorization": f"Bearer {admin_key}"}
         console = httpx.get(f"http://127.0.0.1:{admin_port}/admin/api/blocks", headers=admin)
         assert console.status_code == 200, console.text
