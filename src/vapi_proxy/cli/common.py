@@ -8,10 +8,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from vapi_proxy.settings import ConfigError, Settings, load_secrets, load_settings
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
 
 EXIT_CONFIG = 2
 
@@ -82,3 +87,17 @@ def uvicorn_kwargs(args: argparse.Namespace, settings: Settings) -> dict[str, An
         # instead of resetting it (cli/drain.py).
         "http": DrainingHttpToolsProtocol,
     }
+
+
+def bind_sockets(config: uvicorn.Config, settings: Settings) -> list[socket.socket]:
+    """The proxy's listening sockets, bound now: `config`'s, and the console's own port when
+    `admin.port` is set. One server listens on both (each of `serve`'s workers, `serve
+    --sandbox`'s one server): a second server on the same app would run its start-up again.
+    The admin routes answer only on the console's port."""
+    import uvicorn  # here, not at the top: only `serve` runs uvicorn
+
+    sockets = [config.bind_socket()]
+    if settings.admin.enabled and settings.admin.port is not None:
+        admin = uvicorn.Config(config.app, host=config.host, port=settings.admin.port)
+        sockets.append(admin.bind_socket())
+    return sockets

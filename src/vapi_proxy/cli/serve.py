@@ -16,6 +16,7 @@ import uvicorn
 from vapi_proxy import __version__
 from vapi_proxy.cli.common import (
     EXIT_CONFIG,
+    bind_sockets,
     config_path,
     ledger_location,
     print_problems,
@@ -83,12 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.metrics.enabled and settings.metrics.port is not None:
         metrics_server = serve_metrics_port(args.host, settings.metrics.port, metrics_dir.path)
     status_file = reload_status_path(args.pid_file) if args.pid_file else None
-    sockets = [config.bind_socket()]
-    if settings.admin.enabled and settings.admin.port is not None:
-        # The console's own port: every worker listens on it too; the admin routes answer only
-        # there (and only from admin.allowed_networks).
-        admin_config = uvicorn.Config(config.app, host=args.host, port=settings.admin.port)
-        sockets.append(admin_config.bind_socket())
+    # With admin.port, every worker listens on the console's port too; the admin routes answer
+    # only there (and only from admin.allowed_networks).
+    sockets = bind_sockets(config, settings)
     supervisor = Supervisor(config, sockets, path, status_file, metrics_dir)
     print(
         f"vapi-proxy {__version__} listening on http://{url_host(args.host)}:{args.port} "

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from vapi_proxy import __version__
 from vapi_proxy.cli.common import (
     EXIT_CONFIG,
+    bind_sockets,
     config_path,
     print_problems,
     url_host,
@@ -313,15 +314,9 @@ async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
     configure_logging(settings.logging.level, settings.logging.format)
     key = sandbox_settings.private_key
     proxy_app = create_app(settings, Secrets(vapi_api_key=SecretStr(key.get_secret_value())))
-    # The console's own port is a second socket of the proxy's one server, as in `serve`: a
-    # second server would run the app's start-up (ledger, pools, upkeep) a second time.
+    # The console's own port is a second socket of the proxy's one server, as in `serve`.
     proxy_config = uvicorn.Config(proxy_app, **uvicorn_kwargs(args, settings))
-    proxy_sockets = [proxy_config.bind_socket()]
-    if settings.admin.enabled and settings.admin.port is not None:
-        admin = uvicorn.Config(
-            proxy_app, **{**uvicorn_kwargs(args, settings), "port": settings.admin.port}
-        )
-        proxy_sockets.append(admin.bind_socket())
+    proxy_sockets = bind_sockets(proxy_config, settings)
     servers = [
         _QuietServer(
             uvicorn.Config(
