@@ -10,6 +10,13 @@ wrk in the picture, a change to the proxy's code shows as a difference of a few 
 where `python -m bench` needs many seconds of load to see it. `--profile` prints cProfile's view
 of the event loop's thread (deterministic, so every call is slowed: read shares, not times).
 `--ref` is not offered: run it in two checkouts. The bench's figures remain the ones to quote.
+
+`--processes N` runs the app in N processes on one ledger file (as `serve --workers N` does),
+each at `--concurrency` ÷ N, every repeat started together, and prints the CPU per request of
+all of them: what workers sharing the embedded limits cost, with the load split evenly by
+construction (under `python -m bench` the kernel hands each of wrk's connections to whichever
+worker accepts it first, so the split varies from round to round). The processes share the
+server's CPU unless `--no-pin`.
 """
 
 from __future__ import annotations
@@ -174,7 +181,25 @@ def _gc_pauses() -> _Pauses:
     return pauses
 
 
-async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant) -> None:
+class _Together:
+    """The other processes of `--processes`: wait for all of them, report to the parent."""
+
+    def __init__(self, barrier: Any, results: Any, index: int) -> None:
+        self.barrier, self.results, self.index = barrier, results, index
+
+    def wait(self) -> None:
+        self.barrier.wait(timeout=600)
+
+    def report(self, item: object) -> None:
+        self.results.put((self.index, item))
+
+
+async def _main(
+    args: argparse.Namespace,
+    config: Path,
+    variant: setups.Variant,
+    together: _Together | None = None,
+) -> None:
     from vapi_proxy.app import create_app
     from vapi_proxy.settings import load_secrets, load_settings
 
@@ -194,7 +219,11 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
         profiler = cProfile.Profile() if args.profile else None
         n = (args.requests // args.concurrency) * args.concurrency
         runs: list[tuple[float, float]] = []
+        if together is not None:
+            together.report("ready")
         for _ in range(args.repeats):
+            if together is not None:
+                together.wait()
             threads0 = _thread_times() if args.threads else {}
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
             if profiler is not None:
@@ -206,16 +235,21 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
             thread = (time.thread_time() - thread0) / n * 1e6
             wall = time.perf_counter() - wall0
             runs.append((cpu, thread))
-            print(
-                f"{variant.name}: {n} requests at c={args.concurrency}, {failures} failed; "
-                f"CPU {cpu:.0f} µs/req (event loop thread {thread:.0f}), {n / wall:.0f} req/s"
-            )
+            if together is not None:
+                together.report((cpu * n / 1e6, n, failures, wall))
+            else:
+                print(
+                    f"{variant.name}: {n} requests at c={args.concurrency}, {failures} failed; "
+                    f"CPU {cpu:.0f} µs/req (event loop thread {thread:.0f}), {n / wall:.0f} req/s"
+                )
             if args.threads:
                 spent = {
                     k: (v - threads0.get(k, 0.0)) / n * 1e6 for k, v in _thread_times().items()
                 }
                 print(
-                    "  by thread (µs/req, /proc ticks):",
+                    "  by thread (µs/req, /proc ticks)"
+                    + ("" if together is None else f", process {together.index}")
+                    + ":",
                     ", ".join(
                         f"{k} {v:.0f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v
                     ),
@@ -228,7 +262,7 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
                     f"gc generation {generation}: {len(times)} collections, "
                     f"{sum(times) / n * 1e6:.1f} µs/req, longest {times[-1] * 1000:.2f} ms"
                 )
-        if args.repeats > 1:
+        if args.repeats > 1 and together is None:
             cpus = sorted(r[0] for r in runs)
             threads = sorted(r[1] for r in runs)
             mid = len(runs) // 2
@@ -246,6 +280,84 @@ async def _main(args: argparse.Namespace, config: Path, variant: setups.Variant)
         await inbox.put({"type": "lifespan.shutdown"})
         await outbox.get()
         await task
+
+
+def _child(
+    args: argparse.Namespace,
+    config: Path,
+    variant: setups.Variant,
+    barrier: Any,
+    results: Any,
+    index: int,
+) -> None:
+    import uvloop
+
+    uvloop.run(_main(args, config, variant, _Together(barrier, results, index)))
+
+
+def _processes(args: argparse.Namespace, config: Path, variant: setups.Variant) -> None:
+    """`--processes N`: N copies of the app on one ledger file, each at c ÷ N, measured together."""
+    import multiprocessing
+
+    n = args.processes
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    child_args = argparse.Namespace(**vars(args))
+    child_args.concurrency = args.concurrency // n
+    child_args.requests = args.requests // n
+    child_args.warmup = max(1, args.warmup // n)
+    children: list[Any] = []
+
+    def next_result(timeout: float) -> Any:
+        """The next report of any process; fails at once if one of them died."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                return results.get(timeout=1)[1]
+            except queue.Empty:
+                dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a process of --processes exited with {dead[0]}") from None
+        raise TimeoutError(f"no report from the processes within {timeout:.0f} s")
+
+    try:
+        for i in range(n):  # one at a time: the first one's start-up migrates the ledger
+            child = ctx.Process(
+                target=_child, args=(child_args, config, variant, barrier, results, i)
+            )
+            child.start()
+            children.append(child)
+            ready = next_result(300)
+            if ready != "ready":
+                raise RuntimeError(f"process {i} did not start: {ready!r}")
+        cpus = []
+        for _ in range(args.repeats):
+            got = [next_result(600) for _ in range(n)]
+            cpu = sum(g[0] for g in got) / sum(g[1] for g in got) * 1e6
+            requests = sum(g[1] for g in got)
+            failures = sum(g[2] for g in got)
+            wall = max(g[3] for g in got)
+            cpus.append(cpu)
+            print(
+                f"{variant.name}: {n} processes, {requests} requests at "
+                f"c={child_args.concurrency} each, {failures} failed; CPU {cpu:.0f} µs/req "
+                f"(each: {', '.join(f'{g[0] / g[1] * 1e6:.0f}' for g in got)}), "
+                f"{requests / wall:.0f} req/s"
+            )
+        if args.repeats > 1:
+            cpus.sort()
+            print(f"{variant.name}: {n} processes, median CPU {cpus[len(cpus) // 2]:.0f} µs/req")
+    except BaseException:
+        for child in children:
+            child.terminate()
+        raise
+    finally:
+        for child in children:
+            child.join(timeout=60)
+            if child.is_alive():
+                child.terminate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +386,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep metric values in memory (as without `serve`) instead of in files",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="N processes on one ledger file, as `serve --workers N` (see the docstring)",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="let the app's processes use every CPU"
+    )
     args = parser.parse_args(argv)
+    if args.processes > 1 and (args.profile or args.gc):
+        parser.error("--processes does not combine with --profile or --gc")
+    if args.processes < 1 or args.concurrency < args.processes:
+        parser.error("--processes must be between 1 and --concurrency")
     if not shutil.which("nginx"):
         print("path_cost needs nginx (scripts/bench-setup)", file=sys.stderr)
         return 2
@@ -311,8 +436,11 @@ def main(argv: list[str] | None = None) -> int:
             # As `serve` runs every worker (prometheus_client reads it at import).
             (tmp / "metrics").mkdir()
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "metrics")
-        if procs.cpu_count() > 1:
+        if procs.cpu_count() > 1 and not args.no_pin:
             os.sched_setaffinity(0, {SERVER_CPU})
+        if args.processes > 1:
+            _processes(args, config, variant)
+            return 0
         import uvloop
 
         uvloop.run(_main(args, config, variant))

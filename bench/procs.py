@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,6 +60,17 @@ class ProcSample:
     # A leak shows in RssAnon; RssFile grows with a mapped file and is given back under pressure.
     rss_anon_kb: int = 0
     rss_file_kb: int = 0
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)  # the tree's, by process
+
+
+def busiest_share(before: ProcSample, after: ProcSample) -> float | None:
+    """The largest share of the CPU spent between two samples that one process of the tree
+    took; None if the tree spent none. About 1/N when N workers share the load evenly, near 1
+    when one worker took nearly all connections (the kernel hands each one to whichever worker
+    accepts first, and a kept-alive connection stays where it landed)."""
+    spent = {pid: cpu - before.cpu_by_pid.get(pid, 0.0) for pid, cpu in after.cpu_by_pid.items()}
+    total = sum(spent.values())
+    return max(spent.values()) / total if total > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,7 @@ def sample(pid: int) -> ProcSample:
     """CPU of `pid` and its descendants (a server that runs its workers under a supervisor,
     like `vapi-proxy serve`, is measured whole), memory of its largest process."""
     cpu, largest, _ = _one(pid)
+    by_pid = {pid: cpu}
     root = total = largest.rss
     peak = largest.peak
     count = 1
@@ -121,12 +133,15 @@ def sample(pid: int) -> ProcSample:
         except (OSError, ValueError):
             continue
         cpu += c_cpu
+        by_pid[child] = c_cpu
         if c_mem.rss > largest.rss:
             largest = c_mem
         peak = max(peak, c_mem.peak)
         total += c_mem.rss
         count += 1
-    return ProcSample(cpu, largest.rss, peak, count, root, total, largest.anon, largest.file)
+    return ProcSample(
+        cpu, largest.rss, peak, count, root, total, largest.anon, largest.file, by_pid
+    )
 
 
 class Service:

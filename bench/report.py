@@ -241,6 +241,34 @@ def markdown(raw: dict[str, Any], summary: dict[str, Any], extras: dict[str, Any
         " and, in the proxy, the ledger's SQLite file under its mmap); supervisor: `vapi-proxy"
         " serve`'s own process, which starts the workers."
     )
+    split = [
+        (v["name"], c, rows)
+        for v in raw["variants"]
+        if not v["error"]
+        for c, rows in v["points"].items()
+        if any(r.get("busiest_share") is not None for r in rows)
+    ]
+    if split:
+        lines += [
+            "",
+            "## How the workers split the load",
+            "",
+            "Variants with several workers: per round, the share of the process tree's CPU that"
+            " its busiest process took, and the round's CPU per request. Two workers splitting"
+            " the load evenly take about 50 % each; near 100 % one worker served (nearly) every"
+            " connection: the kernel hands each new connection to whichever worker accepts first,"
+            " and a kept-alive connection stays where it landed. `python -m bench.path_cost"
+            " --processes 2` measures the workers' sharing with the load split evenly.",
+            "",
+            "| variant | conns | busiest process's share, by round | CPU µs/req, by round |",
+            "|---|---:|---|---|",
+        ]
+        for name, c, rows in split:
+            shares = " ".join(
+                "–" if r.get("busiest_share") is None else f"{r['busiest_share']:.0%}" for r in rows
+            )
+            cpus = " ".join(f"{r['cpu_us_per_req']:,.0f}" for r in rows)
+            lines.append(f"| {name} | {c} | {shares} | {cpus} |")
     sustained = [v for v in raw["variants"] if v.get("sustained")]
     if sustained:
         lines += [

@@ -292,6 +292,8 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
                     row["upstream_cpu_us_per_req"] = (
                         (up_after.cpu_seconds - up_before.cpu_seconds) / n * 1e6
                     )
+                    if t.variant.workers > 1:
+                        row["busiest_share"] = procs.busiest_share(before, after)
                     row["rss_mb"] = round(after.rss_kb / 1024, 1)
                     row["rss_anon_mb"] = round(after.rss_anon_kb / 1024, 1)
                     row["rss_file_mb"] = round(after.rss_file_kb / 1024, 1)
@@ -302,6 +304,11 @@ def run(plan: Plan, raw: Path, log: Callable[[str], None] = print) -> dict[str, 
                         f" {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms"
                         f"  p99 {result.p99_ms:6.2f} ms  CPU {row['cpu_us_per_req']:6.0f} µs/req"
                         f"  non-2xx {result.non_2xx}"
+                        + (
+                            f"  busiest process {row['busiest_share']:.0%} of the CPU"
+                            if row.get("busiest_share") is not None
+                            else ""
+                        )
                     )
         sustained = {
             t.variant.name: _sustain(t, loader, plan.sustain_seconds, log)

@@ -163,6 +163,63 @@ def test_summary_reports_ratios_against_both_baselines_and_the_goals() -> None:
     assert "| jwt+limits | 4 | 100 | – | – | – | 80 80 81 | +0.5 | – |" in old
 
 
+def test_the_report_shows_how_each_round_split_the_load_between_workers() -> None:
+    def variant(name: str, rows: list[dict[str, float]]) -> dict[str, object]:
+        return {"name": name, "label": name, "kind": "x", "error": None, "points": {"16": rows}}
+
+    def split(cpu: float, share: float) -> dict[str, float]:
+        return {**_row(1000, 5, cpu), "busiest_share": share}
+
+    raw = {
+        "plan": {
+            "concurrencies": [16],
+            "repeats": 3,
+            "seconds": 5,
+            "cpus": 2,
+            "pinning": None,
+            "tool": "wrk",
+        },
+        "started": "now",
+        "elapsed_seconds": 1,
+        "load_average": {"before": 0, "after": 0},
+        "variants": [
+            variant("jwt+limits", [_row(1000, 5, 300)] * 3),
+            variant("jwt+limits-ledger-2w", [split(300, 0.97), split(390, 0.52), split(380, 0.6)]),
+        ],
+        "notes": {},
+    }
+    text = report.markdown(raw, report.summarise(raw), {})
+    assert "| jwt+limits-ledger-2w | 16 | 97% 52% 60% | 300 390 380 |" in text
+    assert "| jwt+limits | 16 |" not in text.split("How the workers split")[1]
+    # One worker only (or a run saved before the split was sampled): no such section.
+    for row in raw["variants"][1]["points"]["16"]:
+        del row["busiest_share"]
+    assert "How the workers split" not in report.markdown(raw, report.summarise(raw), {})
+
+
+def test_busiest_share_is_the_largest_process_share_of_the_cpu_spent() -> None:
+    before = procs.ProcSample(3.0, 0, 0, 3, cpu_by_pid={1: 1.0, 2: 1.0, 3: 1.0})
+    after = procs.ProcSample(7.0, 0, 0, 3, cpu_by_pid={1: 1.0, 2: 4.0, 3: 2.0})
+    assert procs.busiest_share(before, after) == 0.75  # 3 of the 4 seconds spent
+    assert procs.busiest_share(after, after) is None  # nothing spent
+    sample = procs.sample(os.getpid())
+    assert sample.cpu_by_pid[os.getpid()] > 0
+    assert sum(sample.cpu_by_pid.values()) == pytest.approx(sample.cpu_seconds)
+
+
+def test_path_cost_processes_need_a_share_of_the_concurrency_each() -> None:
+    from bench import path_cost
+
+    for argv in (
+        ["--processes", "3", "--concurrency", "2"],
+        ["--processes", "0"],
+        ["--processes", "2", "--profile"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            path_cost.main(argv)
+        assert exc.value.code == 2
+
+
 def test_no_pin_lets_every_process_run_on_every_cpu() -> None:
     from bench.run import Plan, pinning
 
