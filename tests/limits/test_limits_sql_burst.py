@@ -290,6 +290,11 @@ async def test_a_late_reservation_is_given_back_when_the_store_is_back(
             while not proxy.refused:
                 await asyncio.sleep(0.05)
             proxy.refuse = False
-            while [u.used for u in await limiter.usage(WHO, "support")] != [0]:
+            while True:
+                # The connection the refusing store just closed may not be known as closed yet:
+                # a read on it fails once (no command is sent twice), and the next one reconnects.
+                with contextlib.suppress(ServiceUnavailableError):
+                    if [u.used for u in await limiter.usage(WHO, "support")] == [0]:
+                        break
                 await asyncio.sleep(0.05)
             await limiter.reserve(REQ)
