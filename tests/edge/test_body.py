@@ -8,16 +8,14 @@ import pytest
 from starlette.requests import Request
 
 from vapi_proxy.edge.body import read_body
-from vapi_proxy.errors import BadRequestError, PayloadTooLargeError
+from vapi_proxy.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 
-def request(content_length: str, body: bytes = b"{}") -> Request:
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/call/web",
-        "headers": [(b"content-length", content_length.encode("latin-1"))],
-    }
+def request(content_length: str, body: bytes = b"{}", *, coding: str | None = None) -> Request:
+    headers = [(b"content-length", content_length.encode("latin-1"))]
+    if coding is not None:
+        headers.append((b"content-encoding", coding.encode("latin-1")))
+    scope = {"type": "http", "method": "POST", "path": "/call/web", "headers": headers}
     sent = False
 
     async def receive() -> dict[str, object]:
@@ -44,3 +42,17 @@ def test_a_length_that_is_not_plain_digits_is_a_400(value: str) -> None:
 def test_a_length_over_the_limit_is_a_413_whatever_its_size(value: str) -> None:
     with pytest.raises(PayloadTooLargeError):
         asyncio.run(read_body(request(value), 100))
+
+
+@pytest.mark.parametrize("coding", ["identity", "IDENTITY", " identity ", ""])
+def test_an_identity_coding_is_read(coding: str) -> None:
+    assert asyncio.run(read_body(request("2", coding=coding), 100)) == b"{}"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "identity, gzip", "x-" + "z" * 500])
+def test_a_coded_body_is_a_415_naming_the_coding(coding: str) -> None:
+    with pytest.raises(UnsupportedMediaTypeError) as refused:
+        asyncio.run(read_body(request("2", coding=coding), 100))
+    assert refused.value.headers == {"Accept-Encoding": "identity"}
+    assert "Content-Encoding: " in str(refused.value.message)
+    assert len(str(refused.value.message)) < 120

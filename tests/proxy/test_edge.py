@@ -89,6 +89,29 @@ def test_a_body_over_the_limit_is_413_even_without_content_length(
     assert_envelope(reply, 413)
 
 
+def test_a_compressed_body_is_refused_by_name_and_reaches_no_one(
+    proxy: ServerThread, user_key: str, sandbox: RunningSandbox
+) -> None:
+    """A gzip body was read as its coded bytes and refused as "not valid JSON"; a body marked
+    gzip but sent plain was taken as it was. Both are a 415 that names the coding."""
+    import gzip
+
+    plain = b'{"assistantId":"sales-coach"}'
+    auth = {"Authorization": f"Bearer {user_key}", "Content-Type": "application/json"}
+    for content, coding in [(gzip.compress(plain), "gzip"), (plain, "GZIP"), (plain, "br, gzip")]:
+        reply = httpx.post(
+            proxy.url + "/call/web", content=content, headers={**auth, "Content-Encoding": coding}
+        )
+        body = assert_envelope(reply, 415)
+        assert coding.lower() in str(body["message"])
+        assert reply.headers["accept-encoding"] == "identity"
+    assert upstream_bodies(sandbox) == []
+    reply = httpx.post(
+        proxy.url + "/call/web", content=plain, headers={**auth, "Content-Encoding": "identity"}
+    )
+    assert reply.status_code == 201, reply.text
+
+
 def test_too_deep_json_is_refused(proxy: ServerThread, user_key: str) -> None:
     deep = (
         b'{"assistantId":"sales-coach","assistantOverrides":{"variableValues":{"x":'

@@ -61,6 +61,29 @@ def test_the_answer_is_uncached_json_with_the_request_id(
     assert reply.headers["x-request-id"]
 
 
+def test_a_compressed_delivery_is_a_415_and_records_nothing(
+    make_hook_proxy: HookProxyFactory, keys: Keys, user_key: str
+) -> None:
+    """A coded body is refused by name (not as a bad signature or bad JSON), with nothing
+    recorded; the same delivery sent plain is taken."""
+    import gzip
+
+    proxy = make_hook_proxy("hmac")
+    call_id = start_web_call(proxy, user_key).json()["id"]
+    delivery = signed(keys, status_update(call_id, "in-progress"))
+    coded = {
+        "content": gzip.compress(delivery["content"]),
+        "headers": {**delivery["headers"], "content-encoding": "gzip"},
+    }
+    reply = httpx.post(proxy.url + "/webhook", timeout=10, **coded)
+    assert reply.status_code == 415
+    assert set(reply.json()) == ENVELOPE
+    assert "gzip" in reply.json()["message"]
+    assert event_rows(proxy, call_id) == []
+    assert httpx.post(proxy.url + "/webhook", timeout=10, **delivery).status_code == 200
+    assert len(event_rows(proxy, call_id)) == 1
+
+
 def test_other_methods_get_the_405_envelope(make_hook_proxy: HookProxyFactory) -> None:
     proxy = make_hook_proxy("hmac")
     for method in ("GET", "PUT", "DELETE"):

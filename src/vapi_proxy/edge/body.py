@@ -1,4 +1,5 @@
-"""Read a request body as JSON within the edge's limits: type 415, size 413, syntax/depth 400."""
+"""Read a request body as JSON within the edge's limits: type or coding 415, size 413,
+syntax/depth 400."""
 
 from __future__ import annotations
 
@@ -34,11 +35,30 @@ def _depth_ok(value: Any, max_depth: int) -> bool:
     return True
 
 
+def _refuse_coded(coding: str | None) -> None:
+    """A compressed body (`Content-Encoding: gzip`, …) would be read as its coded bytes, and
+    refused as "not valid JSON", or as a bad signature on a webhook: say what is wrong instead.
+    RFC 9110 §8.4.1 allows the 415, and §12.5.3 the `Accept-Encoding` that names what is
+    accepted."""
+    if coding is None:
+        return
+    codings = [c.strip().lower() for c in coding.split(",")]
+    if all(c in ("", "identity") for c in codings):
+        return
+    named = ", ".join(c for c in codings if c not in ("", "identity"))[:40]
+    raise UnsupportedMediaTypeError(
+        f"The request body must not be compressed (Content-Encoding: {named}); send it as is.",
+        headers={"Accept-Encoding": "identity"},
+    )
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, at most `max_bytes`. A client that leaves before sending all of it raises
     Starlette's `ClientDisconnect`, which the edge logs as a 499 (nobody is left to answer).
     Routes read the body before admission, so such a request has reserved nothing."""
-    declared = plain_headers(request.scope).get("content-length")
+    headers = plain_headers(request.scope)
+    _refuse_coded(headers.get("content-encoding"))
+    declared = headers.get("content-length")
     if declared is not None:
         # RFC 9110 §8.6: 1*DIGIT. int() also read "+12", " 12", "1_2" and other scripts' digits,
         # and raised past 4,300 digits; uvicorn refuses those itself, other ASGI servers may not.
