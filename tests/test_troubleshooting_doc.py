@@ -23,6 +23,11 @@ COMPOSED: dict[str, tuple[str, ...]] = {
     "the shared secret must be at least 32 bytes for HS256": (
         "the shared secret must be at least ",
     ),
+    "cannot listen on 127.0.0.1:8080 (the proxy, --port): the port is in use": (
+        "cannot listen on ",
+        "the proxy, --port",
+        "the port is in use",
+    ),
     "Vapi is busy or unavailable right now; try again in N seconds.": (
         "Vapi is busy or unavailable right now; try again",
     ),

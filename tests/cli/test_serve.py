@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -121,3 +124,68 @@ def test_the_start_up_line_says_where_the_ledger_is_without_its_password(
     file, so starting from another folder (a fresh, empty ledger and fresh counts) shows."""
     monkeypatch.chdir(tmp_path)
     assert ledger_location(url) == shown.format(cwd=tmp_path.resolve())
+
+
+@contextlib.contextmanager
+def a_port_in_use() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        yield holder.getsockname()[1]
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize("whose", ["the proxy, --port", "the console, admin.port", "the metrics"])
+def test_serve_on_a_port_in_use_says_which_in_one_line(tmp_path: Path, whose: str) -> None:
+    """uvicorn logged the bare "[Errno 98] Address already in use" without the port, and the
+    metrics port's clash was a traceback."""
+    from vapi_proxy.auth.api_key import generate_key, hash_key
+    from vapi_proxy.testing import free_port
+
+    with a_port_in_use() as taken:
+        port = taken if whose.startswith("the proxy") else free_port()
+        admin = taken if whose.startswith("the console") else free_port()
+        metrics = taken if whose.startswith("the metrics") else free_port()
+        config = tmp_path / "proxy.yaml"
+        config.write_text(
+            f"ledger: {{url: 'sqlite:///{tmp_path}/ledger.db'}}\n"
+            "profiles: {coach: {assistant_id: a}}\n"
+            f'admin: {{key_hashes: ["{hash_key(generate_key())}"], port: {admin}}}\n'
+            f"metrics: {{port: {metrics}}}\n"
+        )
+        done = run_cli(
+            *("serve", "--config", str(config), "--port", str(port)),
+            env={"VAPI_API_KEY": "dummy-key-for-test"},
+        )
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot listen on 127.0.0.1:{taken} ({whose}" in done.stderr
+    assert "the port is in use" in done.stderr
+
+
+def test_serve_sandbox_with_its_simulator_port_in_use_says_so_before_any_banner(
+    tmp_path: Path,
+) -> None:
+    """A second sandbox on another --port used to print the banner ("listening on …"), then a
+    traceback from the simulator's server, which could not bind the first one's port."""
+    from vapi_proxy.testing import free_port
+
+    port = free_port()
+    with a_port_in_use() as taken:
+        done = run_cli(
+            *("serve", "--sandbox", "--port", str(port), "--sandbox-port", str(taken)),
+            env={"TMPDIR": str(tmp_path)},
+        )
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "listening on" not in done.stdout
+    assert f"cannot listen on 127.0.0.1:{taken} (the simulator, --sandbox-port)" in done.stderr
+    # Nothing is left listening on the proxy's port: a new sandbox can have it at once.
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", port))
+    finally:
+        probe.close()

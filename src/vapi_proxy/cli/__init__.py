@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from vapi_proxy import __version__
 from vapi_proxy.auth import cli as auth_cli
-from vapi_proxy.cli.common import EXIT_CONFIG, print_problems
+from vapi_proxy.cli.common import EXIT_CONFIG, EXIT_LISTEN, CannotListenError, print_problems
 from vapi_proxy.ledger import cli as ledger_cli
 from vapi_proxy.sandbox import cli as sandbox_cli
 from vapi_proxy.settings import ConfigError
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print_problems(exc)
         return EXIT_CONFIG
+    except CannotListenError as exc:
+        print(f"vapi-proxy: {exc}", file=sys.stderr)
+        return EXIT_LISTEN
     except KeyboardInterrupt:
         return 130
     return code

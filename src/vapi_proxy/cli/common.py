@@ -5,6 +5,7 @@ uvicorn runs the proxy (`serve` and `serve --sandbox`)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,43 @@ if TYPE_CHECKING:
     import uvicorn
 
 EXIT_CONFIG = 2
+EXIT_LISTEN = 3
+"""A port the command must listen on cannot be had (uvicorn's own exit status for that)."""
+
+
+class CannotListenError(Exception):
+    """A port `serve` must listen on cannot be had: the message says which, and why."""
+
+
+def cannot_listen(host: str, port: int, what: str, exc: OSError) -> CannotListenError:
+    """`what`: whose port, and the option that sets it ("the proxy, --port")."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "the port is in use (by another vapi-proxy, or another program): stop it, or "
+        why += "choose another port"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied (ports below 1024 need privileges): choose another port"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = "this machine has no such address"
+    else:
+        why = exc.strerror or type(exc).__name__
+    return CannotListenError(f"cannot listen on {url_host(host)}:{port} ({what}): {why}")
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound to `host`:`port`, as uvicorn binds one (which, on failure, logs the
+    bare OS error and exits, without saying which port), for a server's `sockets=`."""
+    import socket as sockets  # here, not at the top: only `serve` listens
+
+    family = sockets.AF_INET6 if ":" in host else sockets.AF_INET
+    sock = sockets.socket(family, sockets.SOCK_STREAM)
+    try:
+        sock.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise cannot_listen(host, port, what, exc) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def print_problems(error: ConfigError) -> None:
@@ -94,10 +132,11 @@ def bind_sockets(config: uvicorn.Config, settings: Settings) -> list[socket.sock
     `admin.port` is set. One server listens on both (each of `serve`'s workers, `serve
     --sandbox`'s one server): a second server on the same app would run its start-up again.
     The admin routes answer only on the console's port."""
-    import uvicorn  # here, not at the top: only `serve` runs uvicorn
-
-    sockets = [config.bind_socket()]
+    sockets = [listen(config.host, config.port, "the proxy, --port")]
     if settings.admin.enabled and settings.admin.port is not None:
-        admin = uvicorn.Config(config.app, host=config.host, port=settings.admin.port)
-        sockets.append(admin.bind_socket())
+        try:
+            sockets.append(listen(config.host, settings.admin.port, "the console, admin.port"))
+        except CannotListenError:
+            sockets[0].close()
+            raise
     return sockets

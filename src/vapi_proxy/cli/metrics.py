@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vapi_proxy.cli.common import cannot_listen
+
 
 @dataclass(frozen=True)
 class MetricsDirectory:
@@ -37,5 +39,8 @@ def serve_metrics_port(host: str, port: int, directory: str) -> Any:
 
     registry = CollectorRegistry()
     prometheus_multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise cannot_listen(host, port, "the metrics, metrics.port", exc) from None
     return server

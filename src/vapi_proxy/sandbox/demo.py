@@ -26,8 +26,10 @@ from pydantic import SecretStr
 from vapi_proxy import __version__
 from vapi_proxy.cli.common import (
     EXIT_CONFIG,
+    CannotListenError,
     bind_sockets,
     config_path,
+    listen,
     print_problems,
     url_host,
     uvicorn_kwargs,
@@ -316,7 +318,15 @@ async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
     proxy_app = create_app(settings, Secrets(vapi_api_key=SecretStr(key.get_secret_value())))
     # The console's own port is a second socket of the proxy's one server, as in `serve`.
     proxy_config = uvicorn.Config(proxy_app, **uvicorn_kwargs(args, settings))
+    # Every port is bound before the banner says where to go: a simulator port in use used to
+    # fail after it, inside the server, with a traceback.
     proxy_sockets = bind_sockets(proxy_config, settings)
+    try:
+        simulator_socket = listen(args.host, args.sandbox_port, "the simulator, --sandbox-port")
+    except CannotListenError:
+        for sock in proxy_sockets:
+            sock.close()
+        raise
     servers = [
         _QuietServer(
             uvicorn.Config(
@@ -350,7 +360,9 @@ async def _serve_sandbox_in(args: argparse.Namespace, scratch: str) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_all)
     simulator, proxy = servers
-    await asyncio.gather(simulator.serve(), proxy.serve(sockets=proxy_sockets))
+    await asyncio.gather(
+        simulator.serve(sockets=[simulator_socket]), proxy.serve(sockets=proxy_sockets)
+    )
     return 0
 
 
