@@ -189,3 +189,13 @@ def test_serve_sandbox_with_its_simulator_port_in_use_says_so_before_any_banner(
         probe.bind(("127.0.0.1", port))
     finally:
         probe.close()
+
+
+@pytest.mark.parametrize("flag", ["--port", "--sandbox-port"])
+@pytest.mark.parametrize("value", ["70000", "0", "-1", "http"])
+def test_a_port_option_out_of_range_is_a_usage_error(flag: str, value: str) -> None:
+    """A port past 65535 was an OverflowError traceback from `bind`."""
+    done = run_cli("serve", "--sandbox", flag, value)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"argument {flag}: '{value}' is not a port (1-65535)" in done.stderr

@@ -36,3 +36,10 @@ def test_config_env_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert settings.public_key.get_secret_value() == "from-file"
     assert settings.private_key.get_secret_value() == "from-env"
     assert cli.load(parse("--config", str(path), "--port", "9100")).port == 9100
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_out_of_range_is_refused_before_anything_is_printed(port: str) -> None:
+    """`model_copy` does not validate: the banner named port 70000 and the server never came."""
+    with pytest.raises(SystemExit, match="is not a port"):
+        cli.load(parse("--port", port))

@@ -12,7 +12,13 @@ from typing import Any
 
 from vapi_proxy import __version__
 from vapi_proxy.auth import cli as auth_cli
-from vapi_proxy.cli.common import EXIT_CONFIG, EXIT_LISTEN, CannotListenError, print_problems
+from vapi_proxy.cli.common import (
+    EXIT_CONFIG,
+    EXIT_LISTEN,
+    CannotListenError,
+    port_number,
+    print_problems,
+)
 from vapi_proxy.ledger import cli as ledger_cli
 from vapi_proxy.sandbox import cli as sandbox_cli
 from vapi_proxy.settings import ConfigError
@@ -39,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="YAML config (default: $VAPI_PROXY_CONFIG)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    serve.add_argument("--port", type=port_number, default=8080, help="port to bind (default 8080)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument(
         "--sandbox",
@@ -48,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--sandbox-port",
-        type=int,
+        type=port_number,
         default=8787,
         help="port of the in-process simulator with --sandbox (default 8787)",
     )

@@ -28,6 +28,17 @@ class CannotListenError(Exception):
     """A port `serve` must listen on cannot be had: the message says which, and why."""
 
 
+def port_number(text: str) -> int:
+    """argparse's type for a port: 1-65535 (a port past that was a traceback from `bind`)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
+
+
 def cannot_listen(host: str, port: int, what: str, exc: OSError) -> CannotListenError:
     """`what`: whose port, and the option that sets it ("the proxy, --port")."""
     if exc.errno == errno.EADDRINUSE:

@@ -36,6 +36,8 @@ def load(args: argparse.Namespace) -> SandboxSettings:
     if args.host is not None:
         updates["host"] = args.host
     if args.port is not None:
+        if not 0 <= args.port <= 65535:  # model_copy does not validate; bind would raise
+            raise SystemExit(f"vapi-proxy sandbox: --port {args.port} is not a port (0-65535)")
         updates["port"] = args.port
     if getattr(args, "admin", False):
         updates["admin_enabled"] = True
