@@ -8,9 +8,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -32,6 +34,25 @@ def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
     if cpu is None or cpu_count() < 2 or shutil.which("taskset") is None:
         return list(cmd)
     return ["taskset", "-c", str(cpu), *cmd]
+
+
+@cache
+def _setpriv_pdeathsig() -> str | None:
+    """util-linux's `setpriv`, when it can set the parent-death signal (2.33 and later)."""
+    setpriv = shutil.which("setpriv")
+    if sys.platform != "linux" or setpriv is None:
+        return None
+    done = subprocess.run([setpriv, "--help"], capture_output=True, text=True, check=False)
+    return setpriv if "--pdeathsig" in done.stdout else None
+
+
+def dies_with_us(cmd: Sequence[str]) -> list[str]:
+    """`cmd` set to get SIGTERM when the process that started it dies, however it dies (a
+    `timeout`, a kill, the OOM killer): services run in sessions of their own, so that Ctrl-C
+    reaches only the bench, which stops them, and nothing else would. Killed benches left their
+    nginx stubs running. Unchanged where `setpriv --pdeathsig` is missing."""
+    setpriv = _setpriv_pdeathsig()
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else list(cmd)
 
 
 def wait_port(
@@ -163,7 +184,7 @@ class Service:
         self.log = log
         self._log_file = log.open("wb")
         self.proc = subprocess.Popen(
-            pinned(cmd, cpu),
+            pinned(dies_with_us(cmd), cpu),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -378,3 +378,47 @@ def test_profile_parts_charge_each_sample_to_its_innermost_known_part(tmp_path: 
     shares = dict(parts(folded))
     assert shares["SQLite ledger and limit store (SQLAlchemy, aiosqlite, sqlite3)"] == 75.0
     assert shares["JWT verification (PyJWT, cryptography)"] == 25.0
+
+
+@pytest.mark.skipif(procs.dies_with_us(["x"]) == ["x"], reason="no setpriv --pdeathsig here")
+def test_a_service_stops_when_the_bench_that_started_it_is_killed(tmp_path: Path) -> None:
+    """Services run in sessions of their own, so a bench killed by `timeout` or SIGKILL (no
+    `finally` runs) left its nginx stub and proxies running."""
+    import signal
+    import subprocess
+    import time
+
+    starter = (
+        "import sys, time; from pathlib import Path; from bench import procs; "
+        "svc = procs.Service('sleeper', [sys.executable, '-c', 'import time; time.sleep(120)'], "
+        f"port=procs.free_port(), log=Path({str(tmp_path / 'svc.log')!r})); "
+        "print(svc.pid, flush=True); time.sleep(120)"
+    )
+    bench = subprocess.Popen(
+        [sys.executable, "-c", starter], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert bench.stdout is not None
+        child = int(bench.stdout.readline())
+        os.kill(child, 0)  # running
+        bench.send_signal(signal.SIGKILL)
+        bench.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            with open(f"/proc/{child}/stat") as stat:  # a zombie of init's has stopped too
+                if stat.read().split(") ")[-1].startswith("Z"):
+                    break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the service outlived the bench that started it")
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+        if bench.stdout is not None:
+            bench.stdout.close()
