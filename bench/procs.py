@@ -50,9 +50,18 @@ def dies_with_us(cmd: Sequence[str]) -> list[str]:
     """`cmd` set to get SIGTERM when the process that started it dies, however it dies (a
     `timeout`, a kill, the OOM killer): services run in sessions of their own, so that Ctrl-C
     reaches only the bench, which stops them, and nothing else would. Killed benches left their
-    nginx stubs running. Unchanged where `setpriv --pdeathsig` is missing."""
+    nginx stubs running. Unchanged where `setpriv --pdeathsig` is missing.
+
+    The signal follows only a death after `setpriv` armed it: a bench killed in the moment
+    between the fork and that `prctl` left an orphan (1 start in 30 here). So a shell, started
+    once the signal is armed, runs `cmd` only if its parent is still this process; otherwise the
+    orphan exits. The kernel ties the signal to the thread that started the process: call this
+    and start the process on a thread that lives as long as the service."""
     setpriv = _setpriv_pdeathsig()
-    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else list(cmd)
+    if setpriv is None:
+        return list(cmd)
+    still_ours = 'test "$PPID" = "$0" && exec "$@"; echo "its starter $0 has exited" >&2; exit 1'
+    return [setpriv, "--pdeathsig", "TERM", "--", "sh", "-c", still_ours, str(os.getpid()), *cmd]
 
 
 def wait_port(

@@ -422,3 +422,28 @@ def test_a_service_stops_when_the_bench_that_started_it_is_killed(tmp_path: Path
             bench.wait(10)
         if bench.stdout is not None:
             bench.stdout.close()
+
+
+@pytest.mark.skipif(procs.dies_with_us(["x"]) == ["x"], reason="no setpriv --pdeathsig here")
+def test_a_service_whose_starter_died_before_the_signal_was_armed_never_runs(
+    tmp_path: Path,
+) -> None:
+    """A bench killed between the fork and `setpriv`'s `prctl` left an orphan that no signal
+    would ever stop (CI saw it on 2 of 4 legs). Here the process that asked for the service is
+    not the one that starts it, as it is when the asker has died by the time the signal is
+    armed: the service must not run."""
+    import subprocess
+
+    ran = tmp_path / "ran"
+    cmd = procs.dies_with_us([sys.executable, "-c", f"open({str(ran)!r}, 'w').close()"])
+
+    orphaned = subprocess.run(
+        ["sh", "-c", '"$@"; exit $?', "sh", *cmd], capture_output=True, text=True, timeout=30
+    )
+    assert orphaned.returncode == 1
+    assert "has exited" in orphaned.stderr
+    assert not ran.exists()
+
+    ours = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert ours.returncode == 0, ours.stderr
+    assert ran.exists()
