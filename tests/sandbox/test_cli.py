@@ -40,6 +40,69 @@ def test_config_env_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_a_port_out_of_range_is_refused_before_anything_is_printed(port: str) -> None:
-    """`model_copy` does not validate: the banner named port 70000 and the server never came."""
-    with pytest.raises(SystemExit, match="is not a port"):
+    """The flags were merged with `model_copy`, which does not validate: the banner named port
+    70000 and the server never came."""
+    with pytest.raises(cli.SandboxConfigError) as caught:
         cli.load(parse("--port", port))
+    assert caught.value.problems == [
+        f"port: Input should be {'less' if port == '70000' else 'greater'} than or equal to "
+        f"{65535 if port == '70000' else 0} (the value comes from --port)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("port: 99999\n", "port: Input should be less than or equal to 65535"),
+        ("prot: 9000\n", "prot: unknown setting (check the spelling; see docs/sandbox.md)"),
+        ("port: [\n", "{path}:2: not valid YAML: expected the node content, but found"),
+        ("- port\n", "{path}: expected a mapping of settings at the top level"),
+        (
+            "lifecycle:\n  ringing_after: soon\n",
+            "lifecycle.ringing_after: Input should be a valid number",
+        ),
+    ],
+)
+def test_a_bad_config_file_is_one_line_per_problem_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str
+) -> None:
+    """Each of these was a pydantic, YAML or Python traceback, and a stack trace is no answer to
+    a misspelt setting."""
+    path = tmp_path / "sandbox.yaml"
+    path.write_text(text)
+    assert cli.run(parse("--config", str(path))) == cli.EXIT_CONFIG
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0] == "vapi-proxy sandbox: invalid configuration:"
+    assert lines[1].startswith("  " + problem.format(path=path)), err
+    assert "Traceback" not in err
+
+
+def test_a_config_file_that_cannot_be_read_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert cli.run(parse("--config", str(missing))) == cli.EXIT_CONFIG
+    assert f"  {missing}: cannot read it (No such file or directory)" in capsys.readouterr().err
+    assert cli.run(parse("--config", str(tmp_path))) == cli.EXIT_CONFIG
+    assert f"  {tmp_path}: cannot read it (Is a directory)" in capsys.readouterr().err
+
+
+def test_a_key_from_the_environment_is_validated_but_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Problems name where a value came from, and never print the value: it may be a key."""
+    path = tmp_path / "sandbox.yaml"
+    path.write_text("private_key: [a, list]\n")
+    with pytest.raises(cli.SandboxConfigError) as caught:
+        cli.load(parse("--config", str(path)))
+    assert caught.value.problems == ["private_key: Input should be a valid string"]
+    monkeypatch.setenv(cli.ENV_PRIVATE_KEY, "sk-from-env")
+    assert cli.load(parse("--config", str(path))).private_key.get_secret_value() == "sk-from-env"
+
+
+def test_an_empty_config_file_is_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "sandbox.yaml"
+    path.write_text("# nothing yet\n")
+    assert cli.load(parse("--config", str(path))).port == 8787
