@@ -199,3 +199,51 @@ def test_a_port_option_out_of_range_is_a_usage_error(flag: str, value: str) -> N
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"argument {flag}: '{value}' is not a port (1-65535)" in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_client_that_connects_as_soon_as_the_start_up_line_appears_is_served(
+    tmp_path: Path, sandbox: RunningSandbox, workers: str
+) -> None:
+    """The line is printed once the port is had, and the port was had (bound) before anything
+    listened on it: uvicorn listens only once its server has started. A script that waited for
+    the line and connected at once was refused. The socket listens from the start now."""
+    from vapi_proxy.testing import free_port
+
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"vapi: {{base_url: '{sandbox.url}'}}\n"
+        f"ledger: {{url: 'sqlite:///{tmp_path}/ledger.db'}}\n"
+        f"profiles: {{coach: {{assistant_id: {SAVED_ASSISTANT_ID}}}}}\n"
+    )
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    environ["VAPI_API_KEY"] = sandbox.settings.private_key.get_secret_value()
+    argv = ["serve", "--config", str(config), "--port", str(port), "--workers", workers]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vapi_proxy", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environ,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "listening on" in line:
+                break
+        else:
+            raise AssertionError(f"no start-up line: {''.join(seen)}")
+        reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+        assert reply.status_code < 500, reply.text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

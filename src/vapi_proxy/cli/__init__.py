@@ -12,14 +12,9 @@ from typing import Any
 
 from vapi_proxy import __version__
 from vapi_proxy.auth import cli as auth_cli
-from vapi_proxy.cli.common import (
-    EXIT_CONFIG,
-    EXIT_LISTEN,
-    CannotListenError,
-    port_number,
-    print_problems,
-)
+from vapi_proxy.cli.common import EXIT_CONFIG, EXIT_LISTEN, port_number, print_problems
 from vapi_proxy.ledger import cli as ledger_cli
+from vapi_proxy.listening import CannotListenError
 from vapi_proxy.sandbox import cli as sandbox_cli
 from vapi_proxy.settings import ConfigError
 

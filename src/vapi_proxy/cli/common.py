@@ -5,13 +5,13 @@ uvicorn runs the proxy (`serve` and `serve --sandbox`)."""
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from vapi_proxy.listening import CannotListenError, listen
 from vapi_proxy.settings import ConfigError, Settings, load_secrets, load_settings
 
 if TYPE_CHECKING:
@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 EXIT_CONFIG = 2
 EXIT_LISTEN = 3
 """A port the command must listen on cannot be had (uvicorn's own exit status for that)."""
-
-
-class CannotListenError(Exception):
-    """A port `serve` must listen on cannot be had: the message says which, and why."""
 
 
 def port_number(text: str) -> int:
@@ -39,37 +35,6 @@ def port_number(text: str) -> int:
     return port
 
 
-def cannot_listen(host: str, port: int, what: str, exc: OSError) -> CannotListenError:
-    """`what`: whose port, and the option that sets it ("the proxy, --port")."""
-    if exc.errno == errno.EADDRINUSE:
-        why = "the port is in use (by another vapi-proxy, or another program): stop it, or "
-        why += "choose another port"
-    elif exc.errno == errno.EACCES:
-        why = "permission denied (ports below 1024 need privileges): choose another port"
-    elif exc.errno == errno.EADDRNOTAVAIL:
-        why = "this machine has no such address"
-    else:
-        why = exc.strerror or type(exc).__name__
-    return CannotListenError(f"cannot listen on {url_host(host)}:{port} ({what}): {why}")
-
-
-def listen(host: str, port: int, what: str) -> socket.socket:
-    """A TCP socket bound to `host`:`port`, as uvicorn binds one (which, on failure, logs the
-    bare OS error and exits, without saying which port), for a server's `sockets=`."""
-    import socket as sockets  # here, not at the top: only `serve` listens
-
-    family = sockets.AF_INET6 if ":" in host else sockets.AF_INET
-    sock = sockets.socket(family, sockets.SOCK_STREAM)
-    try:
-        sock.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise cannot_listen(host, port, what, exc) from None
-    sock.set_inheritable(True)
-    return sock
-
-
 def print_problems(error: ConfigError) -> None:
     print("vapi-proxy: invalid configuration:", file=sys.stderr)
     for problem in error.problems:
@@ -79,10 +44,6 @@ def print_problems(error: ConfigError) -> None:
 def config_path(args: argparse.Namespace) -> str | None:
     path: str | None = args.config or os.environ.get("VAPI_PROXY_CONFIG")
     return path
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def ledger_location(url: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vapi_proxy.cli.common import cannot_listen
+from vapi_proxy.listening import cannot_listen
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from vapi_proxy.cli.common import (
     config_path,
     ledger_location,
     print_problems,
-    url_host,
     uvicorn_kwargs,
     validate_for_serve,
 )
@@ -28,6 +27,7 @@ from vapi_proxy.cli.metrics import metrics_directory, serve_metrics_port
 from vapi_proxy.cli.reload import reload_status_path
 from vapi_proxy.cli.supervisor import Supervisor
 from vapi_proxy.cli.worker import build_app
+from vapi_proxy.listening import url_host
 from vapi_proxy.settings import ConfigError
 
 

@@ -26,14 +26,12 @@ from pydantic import SecretStr
 from vapi_proxy import __version__
 from vapi_proxy.cli.common import (
     EXIT_CONFIG,
-    CannotListenError,
     bind_sockets,
     config_path,
-    listen,
     print_problems,
-    url_host,
     uvicorn_kwargs,
 )
+from vapi_proxy.listening import CannotListenError, listen, url_host
 from vapi_proxy.settings import (
     ConfigError,
     Secrets,
