@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.support.cli import run_cli
 from vapi_proxy.sandbox import cli
 
 
@@ -106,3 +112,57 @@ def test_an_empty_config_file_is_the_defaults(tmp_path: Path) -> None:
     path = tmp_path / "sandbox.yaml"
     path.write_text("# nothing yet\n")
     assert cli.load(parse("--config", str(path))).port == 8787
+
+
+def test_a_port_in_use_is_one_line_before_any_banner() -> None:
+    """uvicorn bound the port after the banner was printed: keys for a server that never came,
+    then its bare "[Errno 98] … address already in use"."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        taken = holder.getsockname()[1]
+        done = run_cli("sandbox", "--port", str(taken))
+    finally:
+        holder.close()
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip() == (
+        f"vapi-proxy: cannot listen on 127.0.0.1:{taken} (the simulator, --port): the port is in "
+        "use (by another vapi-proxy, or another program): stop it, or choose another port"
+    )
+
+
+def test_port_0_serves_on_the_port_the_system_chose_and_the_banner_names_it() -> None:
+    """The banner said "http://127.0.0.1:0", a URL nobody could use."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    environ[cli.ENV_PRIVATE_KEY] = "sandbox-test-private-key"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vapi_proxy", "sandbox", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("Vapi sandbox on http://127.0.0.1:"), first
+        url = first.split(" on ", 1)[1].strip()
+        assert not url.endswith(":0")
+        reply = httpx.get(
+            f"{url}/assistant",
+            headers={"Authorization": "Bearer sandbox-test-private-key"},
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from vapi_proxy.listening import listen, url_host
+
 from .settings import SandboxSettings
 
 # Keys may come from the environment so they never have to appear on a command line.
@@ -96,7 +98,7 @@ def _problems(exc: ValidationError, origins: dict[str, str]) -> list[str]:
 
 def banner(settings: SandboxSettings) -> str:
     """What the command prints: the base URL and the keys to configure the proxy with."""
-    url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    url = settings.public_url or f"http://{url_host(settings.host)}:{settings.port}"
     return "\n".join(
         [
             f"Vapi sandbox on {url}",
@@ -122,8 +124,14 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    # Bound before the banner: a port in use was a banner for a server that never came, then
+    # uvicorn's bare "[Errno 98]". `vapi-proxy` prints the one line and exits with status 3.
+    sock = listen(settings.host, settings.port, "the simulator, --port")
+    if settings.port == 0:  # the port the system chose, for the banner
+        settings = settings.model_copy(update={"port": sock.getsockname()[1]})
     app = create_app(settings)
     # Printed for the person who started it (it is their local, throwaway org); never logged.
     print(banner(settings), flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
