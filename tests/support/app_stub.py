@@ -16,7 +16,8 @@ class AppStub:
     """ASGI app; `reply` is sent as JSON with `status`, once `hold` (when given) is set.
 
     `hold` is a threading.Event because the stub serves on its own thread (ServerThread): the
-    test sets it, and must set it before the server stops. `answered` counts replies sent."""
+    test sets it, and must set it before the server stops. `answered` counts replies sent, or
+    being sent."""
 
     status: int = 200
     reply: Any = field(default_factory=dict)
@@ -50,5 +51,7 @@ class AppStub:
                 "headers": [(b"content-type", b"application/json")],
             }
         )
-        await send({"type": "http.response.body", "body": payload})
+        # Counted before the body goes out: counted after, a client holding the reply could
+        # still read the old count (this thread resumes after the bytes are written). CI saw it.
         self.answered += 1
+        await send({"type": "http.response.body", "body": payload})
