@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.cli import run_cli
+from tests.support.cli import a_port_in_use, run_cli, started_cli
 from tests.support.proxy import SAVED_ASSISTANT_ID
 from vapi_proxy.cli import main
 from vapi_proxy.cli.common import ledger_location
@@ -126,18 +124,6 @@ def test_the_start_up_line_says_where_the_ledger_is_without_its_password(
     assert ledger_location(url) == shown.format(cwd=tmp_path.resolve())
 
 
-@contextlib.contextmanager
-def a_port_in_use() -> Iterator[int]:
-    """A loopback port another program listens on."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    try:
-        yield holder.getsockname()[1]
-    finally:
-        holder.close()
-
-
 @pytest.mark.parametrize("whose", ["the proxy, --port", "the console, admin.port", "the metrics"])
 def test_serve_on_a_port_in_use_says_which_in_one_line(tmp_path: Path, whose: str) -> None:
     """uvicorn logged the bare "[Errno 98] Address already in use" without the port, and the
@@ -217,17 +203,9 @@ def test_a_client_that_connects_as_soon_as_the_start_up_line_appears_is_served(
         f"profiles: {{coach: {{assistant_id: {SAVED_ASSISTANT_ID}}}}}\n"
     )
     port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
-    environ["VAPI_API_KEY"] = sandbox.settings.private_key.get_secret_value()
+    key = sandbox.settings.private_key.get_secret_value()
     argv = ["serve", "--config", str(config), "--port", str(port), "--workers", workers]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vapi_proxy", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environ,
-    )
-    try:
+    with started_cli(*argv, env={"VAPI_API_KEY": key}) as proc:
         assert proc.stdout is not None
         seen = []
         for line in proc.stdout:
@@ -238,12 +216,3 @@ def test_a_client_that_connects_as_soon_as_the_start_up_line_appears_is_served(
             raise AssertionError(f"no start-up line: {''.join(seen)}")
         reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
         assert reply.status_code < 500, reply.text
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.cli import run_cli
+from tests.support.cli import a_port_in_use, run_cli, started_cli
 from vapi_proxy.sandbox import cli
 
 
@@ -117,14 +113,8 @@ def test_an_empty_config_file_is_the_defaults(tmp_path: Path) -> None:
 def test_a_port_in_use_is_one_line_before_any_banner() -> None:
     """uvicorn bound the port after the banner was printed: keys for a server that never came,
     then its bare "[Errno 98] … address already in use"."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    try:
-        taken = holder.getsockname()[1]
+    with a_port_in_use() as taken:
         done = run_cli("sandbox", "--port", str(taken))
-    finally:
-        holder.close()
     assert done.returncode == 3, done.stderr
     assert done.stdout == ""
     assert done.stderr.strip() == (
@@ -135,16 +125,9 @@ def test_a_port_in_use_is_one_line_before_any_banner() -> None:
 
 def test_port_0_serves_on_the_port_the_system_chose_and_the_banner_names_it() -> None:
     """The banner said "http://127.0.0.1:0", a URL nobody could use."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
-    environ[cli.ENV_PRIVATE_KEY] = "sandbox-test-private-key"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vapi_proxy", "sandbox", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environ,
-    )
-    try:
+    with started_cli(
+        "sandbox", "--port", "0", env={cli.ENV_PRIVATE_KEY: "sandbox-test-private-key"}
+    ) as proc:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith("Vapi sandbox on http://127.0.0.1:"), first
@@ -156,13 +139,3 @@ def test_port_0_serves_on_the_port_the_system_chose_and_the_banner_names_it() ->
             timeout=10,
         )
         assert reply.status_code == 200, reply.text
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -17,3 +20,39 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env={**environ, **(env or {})},
         check=False,
     )
+
+
+@contextlib.contextmanager
+def started_cli(*argv: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """The command running in a child process (stderr into stdout, as text), stopped on exit."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vapi_proxy", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**environ, **(env or {})},
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def a_port_in_use() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        yield holder.getsockname()[1]
+    finally:
+        holder.close()
