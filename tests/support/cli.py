@@ -10,14 +10,18 @@ import sys
 from collections.abc import Iterator
 
 
+def _environ(env: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment without `VAPI_*` (a developer's own key or config), plus `env`."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}, **(env or {})}
+
+
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
     return subprocess.run(
         [sys.executable, "-m", "vapi_proxy", *argv],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**environ, **(env or {})},
+        env=_environ(env),
         check=False,
     )
 
@@ -25,13 +29,12 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @contextlib.contextmanager
 def started_cli(*argv: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """The command running in a child process (stderr into stdout, as text), stopped on exit."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("VAPI_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vapi_proxy", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**environ, **(env or {})},
+        env=_environ(env),
     )
     try:
         yield proc
