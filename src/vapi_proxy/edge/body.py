@@ -42,10 +42,10 @@ def _refuse_coded(coding: str | None) -> None:
     accepted."""
     if coding is None:
         return
-    codings = [c.strip().lower() for c in coding.split(",")]
-    if all(c in ("", "identity") for c in codings):
+    codings = [c for c in (part.strip().lower() for part in coding.split(",")) if c != "identity"]
+    named = ", ".join(c for c in codings if c)[:40]
+    if not named:
         return
-    named = ", ".join(c for c in codings if c not in ("", "identity"))[:40]
     raise UnsupportedMediaTypeError(
         f"The request body must not be compressed (Content-Encoding: {named}); send it as is.",
         headers={"Accept-Encoding": "identity"},
